@@ -1,0 +1,246 @@
+//! The FUSE connection and its per-worker channels.
+//!
+//! A [`Connection`] is one mounted filesystem: the master /dev/fuse fd (used
+//! for ioctls and notifications), what INIT negotiated, and the request
+//! counters. A [`Channel`] is one /dev/fuse fd a worker reads requests from;
+//! every worker gets its own clone (`FUSE_DEV_IOC_CLONE`), and a reply must
+//! be written to the channel its request was read from, because the kernel
+//! looks the `unique` up in that fd's own processing queue.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use super::abi::{self, InitFlags, Opcode};
+use super::request::ParseConfig;
+
+/// What INIT settled on; fixed for the life of the connection.
+#[derive(Clone, Debug)]
+pub struct Negotiated {
+    /// Protocol minor in use (the smaller of ours and the kernel's).
+    pub minor: u32,
+    /// Flags the kernel offered.
+    pub offered: InitFlags,
+    /// Flags both sides agreed on.
+    pub flags: InitFlags,
+    pub max_write: u32,
+    pub max_readahead: u32,
+    pub max_pages: u16,
+    pub max_stack_depth: u32,
+}
+
+impl Negotiated {
+    pub fn has(&self, f: InitFlags) -> bool {
+        self.flags.contains(f)
+    }
+
+    /// Entry replies carry a `fuse_entry_backing` (our kernel series).
+    pub fn entry_backing(&self) -> bool {
+        self.has(InitFlags::PASSTHROUGH_INO)
+    }
+
+    pub(crate) fn parse_config(&self) -> ParseConfig {
+        ParseConfig {
+            setxattr_ext: self.has(InitFlags::SETXATTR_EXT),
+        }
+    }
+}
+
+/// Per-opcode request counters: the daemon's proof of what passed through.
+pub struct RequestCounters {
+    counts: [AtomicU64; abi::MAX_OPCODE + 1],
+    /// Requests with an opcode we do not know.
+    unknown: AtomicU64,
+    /// Requests that could not be parsed.
+    malformed: AtomicU64,
+}
+
+impl Default for RequestCounters {
+    fn default() -> Self {
+        Self {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            unknown: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RequestCounters {
+    pub(crate) fn count(&self, opcode: u32) {
+        match Opcode::from_u32(opcode) {
+            Some(op) => self.counts[op as usize].fetch_add(1, Ordering::Relaxed),
+            None => self.unknown.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    pub(crate) fn count_malformed(&self) {
+        self.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests of `op` received so far.
+    pub fn get(&self, op: Opcode) -> u64 {
+        self.counts[op as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn unknown(&self) -> u64 {
+        self.unknown.load(Ordering::Relaxed)
+    }
+
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// `(opcode, count)` for every opcode seen at least once.
+    pub fn snapshot(&self) -> Vec<(Opcode, u64)> {
+        Opcode::ALL
+            .iter()
+            .map(|&op| (op, self.get(op)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+}
+
+/// One mounted FUSE connection.
+pub struct Connection {
+    dev: OwnedFd,
+    negotiated: OnceLock<Negotiated>,
+    pub counters: RequestCounters,
+}
+
+impl Connection {
+    pub(crate) fn new(dev: OwnedFd) -> Arc<Connection> {
+        Arc::new(Connection {
+            dev,
+            negotiated: OnceLock::new(),
+            counters: RequestCounters::default(),
+        })
+    }
+
+    /// The master /dev/fuse fd: backing ioctls and notifications go here.
+    pub fn dev_fd(&self) -> BorrowedFd<'_> {
+        self.dev.as_fd()
+    }
+
+    /// What INIT negotiated, once it has happened.
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.negotiated.get()
+    }
+
+    pub(crate) fn set_negotiated(&self, n: Negotiated) -> bool {
+        self.negotiated.set(n).is_ok()
+    }
+
+    /// Opens a new /dev/fuse fd attached to this connection.
+    pub(crate) fn clone_channel(self: &Arc<Self>) -> io::Result<Channel> {
+        // SAFETY: the path is a valid NUL-terminated string; open has no
+        // memory-safety preconditions.
+        let fd = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by open and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let master: u32 = self.dev.as_raw_fd() as u32;
+        // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the master fd) through
+        // the pointer, which is valid for the duration of the call.
+        let r = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                abi::DEV_IOC_CLONE as _,
+                &master as *const u32,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Channel {
+            fd,
+            conn: self.clone(),
+        })
+    }
+
+    /// A channel on the master fd itself (single-threaded mode, tests).
+    pub(crate) fn master_channel(self: &Arc<Self>) -> io::Result<Channel> {
+        Ok(Channel {
+            fd: self.dev.try_clone()?,
+            conn: self.clone(),
+        })
+    }
+
+    /// Writes a notification (unique 0, `error` = the notify code).
+    pub fn notify(&self, code: abi::NotifyCode, payload: &[IoSlice<'_>]) -> io::Result<()> {
+        if self.negotiated().is_none() {
+            return Err(io::Error::from_raw_os_error(libc::ENOTCONN));
+        }
+        let len =
+            std::mem::size_of::<abi::OutHeader>() + payload.iter().map(|s| s.len()).sum::<usize>();
+        let header = abi::OutHeader {
+            len: len as u32,
+            error: code as i32,
+            unique: 0,
+        };
+        write_message(self.dev.as_raw_fd(), &header, payload)
+    }
+}
+
+/// One /dev/fuse fd served by one worker.
+pub struct Channel {
+    fd: OwnedFd,
+    conn: Arc<Connection>,
+}
+
+impl Channel {
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+
+    /// Reads one request. The kernel returns exactly one whole request per
+    /// read, or fails if the buffer is too small for it.
+    pub(crate) fn receive(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Sends a reply: header plus payload in one writev.
+    pub(crate) fn send(&self, unique: u64, error: i32, payload: &[IoSlice<'_>]) -> io::Result<()> {
+        let len =
+            std::mem::size_of::<abi::OutHeader>() + payload.iter().map(|s| s.len()).sum::<usize>();
+        let header = abi::OutHeader {
+            len: len as u32,
+            error,
+            unique,
+        };
+        write_message(self.fd.as_raw_fd(), &header, payload)
+    }
+}
+
+fn write_message(fd: RawFd, header: &abi::OutHeader, payload: &[IoSlice<'_>]) -> io::Result<()> {
+    use zerocopy::IntoBytes;
+    const MAX_IOV: usize = 8;
+    let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+    iov[0] = IoSlice::new(header.as_bytes());
+    if payload.len() + 1 > MAX_IOV {
+        return Err(io::Error::from_raw_os_error(libc::E2BIG));
+    }
+    iov[1..=payload.len()].copy_from_slice(payload);
+    let count = payload.len() + 1;
+    // SAFETY: IoSlice is ABI-compatible with struct iovec and every slice
+    // outlives the call.
+    let n = unsafe { libc::writev(fd, iov.as_ptr().cast(), count as libc::c_int) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as u32 != header.len {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short write to /dev/fuse",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! Mounting and unmounting.
+//!
+//! As root we open /dev/fuse and call mount(2) ourselves. Otherwise the
+//! setuid helper `fusermount3` mounts for us and hands the /dev/fuse fd back
+//! over a unix socket named in `_FUSE_COMMFD` (libfuse's protocol).
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tracing::{debug, warn};
+
+/// Options of one mount, the subset of mount.fuse(8) options we honour.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Shown as the mount source (`fsname=`).
+    pub fsname: String,
+    /// Shown as `fuse.<subtype>` (`subtype=`).
+    pub subtype: String,
+    pub allow_other: bool,
+    pub default_permissions: bool,
+    pub read_only: bool,
+    pub dev: bool,
+    pub suid: bool,
+    pub exec: bool,
+    pub noatime: bool,
+    pub nodiratime: bool,
+    pub sync: bool,
+    pub dirsync: bool,
+    pub max_read: Option<u32>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            fsname: "passthroughfs".into(),
+            subtype: "passthroughfs".into(),
+            allow_other: false,
+            default_permissions: true,
+            read_only: false,
+            dev: false,
+            suid: false,
+            exec: true,
+            noatime: false,
+            nodiratime: false,
+            sync: false,
+            dirsync: false,
+            max_read: None,
+        }
+    }
+}
+
+impl MountOptions {
+    fn flags(&self) -> libc::c_ulong {
+        let mut f = 0;
+        if self.read_only {
+            f |= libc::MS_RDONLY;
+        }
+        if !self.dev {
+            f |= libc::MS_NODEV;
+        }
+        if !self.suid {
+            f |= libc::MS_NOSUID;
+        }
+        if !self.exec {
+            f |= libc::MS_NOEXEC;
+        }
+        if self.noatime {
+            f |= libc::MS_NOATIME;
+        }
+        if self.nodiratime {
+            f |= libc::MS_NODIRATIME;
+        }
+        if self.sync {
+            f |= libc::MS_SYNCHRONOUS;
+        }
+        if self.dirsync {
+            f |= libc::MS_DIRSYNC;
+        }
+        f
+    }
+
+    /// The `-o` string for fusermount3.
+    fn fusermount_opts(&self) -> String {
+        let mut v = vec![
+            if self.read_only { "ro" } else { "rw" }.to_string(),
+            if self.dev { "dev" } else { "nodev" }.to_string(),
+            if self.suid { "suid" } else { "nosuid" }.to_string(),
+            if self.exec { "exec" } else { "noexec" }.to_string(),
+            format!("fsname={}", escape_opt(&self.fsname)),
+            format!("subtype={}", escape_opt(&self.subtype)),
+        ];
+        if self.allow_other {
+            v.push("allow_other".into());
+        }
+        if self.default_permissions {
+            v.push("default_permissions".into());
+        }
+        if self.noatime {
+            v.push("noatime".into());
+        }
+        if let Some(m) = self.max_read {
+            v.push(format!("max_read={m}"));
+        }
+        v.join(",")
+    }
+}
+
+/// Commas would split the option string: escape them the way libfuse does.
+fn escape_opt(s: &str) -> String {
+    s.replace('\\', "\\\\").replace(',', "\\,")
+}
+
+/// How a mount was made, so it is undone the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Direct,
+    Fusermount,
+}
+
+/// A live mount. Unmounting is explicit ([`Mount::unmount`]); dropping a
+/// `Mount` leaves the filesystem mounted (the kernel ends the session when
+/// the device fd closes).
+#[derive(Debug)]
+pub struct Mount {
+    mountpoint: PathBuf,
+    method: Method,
+}
+
+impl Mount {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts; with `lazy`, detaches even while busy.
+    pub fn unmount(&self, lazy: bool) -> io::Result<()> {
+        match self.method {
+            Method::Direct => {
+                let p = cstring(self.mountpoint.as_os_str())?;
+                let flags = if lazy { libc::MNT_DETACH } else { 0 };
+                // SAFETY: `p` is a valid NUL-terminated path.
+                if unsafe { libc::umount2(p.as_ptr(), flags) } == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            }
+            Method::Fusermount => {
+                let mut cmd = Command::new(fusermount_bin());
+                cmd.arg("-u").arg("-q");
+                if lazy {
+                    cmd.arg("-z");
+                }
+                let status = cmd.arg("--").arg(&self.mountpoint).status()?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(io::Error::other(format!("fusermount3 -u failed: {status}")))
+                }
+            }
+        }
+    }
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn fusermount_bin() -> &'static str {
+    for p in [
+        "/usr/bin/fusermount3",
+        "/bin/fusermount3",
+        "/usr/local/bin/fusermount3",
+    ] {
+        if Path::new(p).exists() {
+            return p;
+        }
+    }
+    "fusermount3"
+}
+
+/// Mounts a FUSE filesystem at `mountpoint`; returns the /dev/fuse fd.
+pub fn mount(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, Mount)> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        mount_direct(mountpoint, opts)
+    } else {
+        mount_fusermount(mountpoint, opts)
+    }
+}
+
+fn mount_direct(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, Mount)> {
+    let meta = std::fs::metadata(mountpoint)?;
+    // SAFETY: the path is NUL-terminated; open has no memory preconditions.
+    let fd = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={}",
+        fd.as_raw_fd(),
+        meta.mode() & libc::S_IFMT,
+        uid,
+        gid
+    );
+    if opts.allow_other {
+        data.push_str(",allow_other");
+    }
+    if opts.default_permissions {
+        data.push_str(",default_permissions");
+    }
+    if let Some(m) = opts.max_read {
+        data.push_str(&format!(",max_read={m}"));
+    }
+    let source = cstring(OsStr::new(&opts.fsname))?;
+    let fstype = CString::new(format!("fuse.{}", opts.subtype))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let target = cstring(mountpoint.as_os_str())?;
+    let cdata =
+        CString::new(data.clone()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    debug!(
+        "mount({:?}, {:?}, {:?}, {:#x}, {})",
+        opts.fsname,
+        mountpoint,
+        fstype,
+        opts.flags(),
+        data
+    );
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            opts.flags(),
+            cdata.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((
+        fd,
+        Mount {
+            mountpoint: mountpoint.to_path_buf(),
+            method: Method::Direct,
+        },
+    ))
+}
+
+fn mount_fusermount(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, Mount)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two fds socketpair writes.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and owned by us.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    set_cloexec(ours.as_raw_fd(), true)?;
+    set_cloexec(theirs.as_raw_fd(), false)?;
+    let status = Command::new(fusermount_bin())
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .arg("-o")
+        .arg(opts.fusermount_opts())
+        .arg("--")
+        .arg(mountpoint)
+        .status()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot run fusermount3 (package fuse3): {e}"),
+            )
+        })?;
+    drop(theirs);
+    if !status.success() {
+        return Err(io::Error::other(format!("fusermount3 failed ({status})")));
+    }
+    let fd = receive_fd(ours.as_raw_fd())?;
+    set_cloexec(fd.as_raw_fd(), true)?;
+    Ok((
+        fd,
+        Mount {
+            mountpoint: mountpoint.to_path_buf(),
+            method: Method::Fusermount,
+        },
+    ))
+}
+
+fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one fd sent with SCM_RIGHTS.
+fn receive_fd(sock: RawFd) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one cmsghdr carrying one int, 8-byte aligned.
+    let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    loop {
+        // SAFETY: msg points at buffers valid for the call.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::other("fusermount3 sent no file descriptor"));
+        }
+        break;
+    }
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/CMSG_DATA stay within
+    // the control buffer we provided, and the kernel wrote a full cmsghdr.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(io::Error::other("fusermount3 sent no file descriptor"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
+        if fd < 0 {
+            return Err(io::Error::other("fusermount3 sent a bad file descriptor"));
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Is `path` the root of a mount? (Its mount id differs from its parent's,
+/// or it is `/`.) Used to refuse a busy mountpoint with a clear message.
+pub fn is_mountpoint(path: &Path) -> io::Result<bool> {
+    let canon = std::fs::canonicalize(path)?;
+    let Some(parent) = canon.parent() else {
+        return Ok(true);
+    };
+    let (a, b) = (mount_id(&canon)?, mount_id(parent)?);
+    Ok(a != b)
+}
+
+fn mount_id(path: &Path) -> io::Result<u64> {
+    let c = cstring(path.as_os_str())?;
+    // SAFETY: statx is plain old data; all-zero is valid.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and output buffer for the call.
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        warn!(
+            "statx gives no mount id; cannot tell whether {} is a mountpoint",
+            path.display()
+        );
+        return Ok(0);
+    }
+    Ok(stx.stx_mnt_id)
+}

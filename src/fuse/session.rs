@@ -1,0 +1,362 @@
+//! A mounted session: worker threads, each reading its own /dev/fuse clone,
+//! and an orderly end.
+//!
+//! The session ends when the kernel says the filesystem is gone (ENODEV, or
+//! ECONNABORTED after an abort), or when asked to stop. The daemon's main
+//! thread waits for SIGINT/SIGTERM/SIGHUP/SIGQUIT (unmount and stop) and
+//! SIGUSR1 (a callback, e.g. dump stats); workers block those signals and are
+//! woken out of `read(2)` with SIGUSR2 when the session stops.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::channel::{Channel, Connection};
+use super::dispatch::{dispatch, DispatchState};
+use super::filesystem::Filesystem;
+use super::mount::{self, Mount, MountOptions};
+
+/// How a session runs.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Worker threads.
+    pub threads: usize,
+    /// Give each worker its own /dev/fuse fd (FUSE_DEV_IOC_CLONE); otherwise
+    /// all workers share the master fd.
+    pub clone_fd: bool,
+    /// Largest WRITE payload; sizes every worker's request buffer.
+    pub max_write: u32,
+    /// Log every request.
+    pub debug: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            threads: default_threads(),
+            clone_fd: true,
+            max_write: 1 << 20,
+            debug: false,
+        }
+    }
+}
+
+/// Default worker count: one per CPU, at least two.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2)
+}
+
+/// Why a worker stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// The filesystem was unmounted or the connection aborted.
+    Unmounted,
+    /// The session was asked to stop.
+    Stopped,
+    /// Reading the device failed unexpectedly.
+    Failed,
+}
+
+/// A mounted, not yet running session.
+pub struct Session<F: Filesystem> {
+    fs: Arc<F>,
+    conn: Arc<Connection>,
+    mount: Option<Mount>,
+    opts: SessionOptions,
+}
+
+impl<F: Filesystem> Session<F> {
+    /// Mounts `fs` at `mountpoint`.
+    pub fn mount(
+        fs: Arc<F>,
+        mountpoint: &Path,
+        mopts: &MountOptions,
+        opts: SessionOptions,
+    ) -> io::Result<Self> {
+        let (fd, m) = mount::mount(mountpoint, mopts)?;
+        Ok(Session {
+            fs,
+            conn: Connection::new(fd),
+            mount: Some(m),
+            opts,
+        })
+    }
+
+    /// Serves an already mounted /dev/fuse fd (whoever mounted it unmounts).
+    pub fn from_fd(fs: Arc<F>, fd: OwnedFd, opts: SessionOptions) -> Self {
+        Session {
+            fs,
+            conn: Connection::new(fd),
+            mount: None,
+            opts,
+        }
+    }
+
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+
+    /// Starts the workers.
+    pub fn spawn(self) -> io::Result<RunningSession<F>> {
+        install_wakeup_handler();
+        let state = Arc::new(DispatchState::new(self.opts.max_write, self.opts.debug));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = self.opts.threads.max(1);
+        let served: Arc<Vec<AtomicU64>> =
+            Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
+        let bufsize =
+            (self.opts.max_write as usize + 64 * 1024).max(crate::fuse::abi::MIN_READ_BUFFER);
+        let mut workers = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let ch = if self.opts.clone_fd && i > 0 {
+                self.conn.clone_channel()?
+            } else {
+                self.conn.master_channel()?
+            };
+            let ch = Arc::new(ch);
+            let (fs, state, stop, served) =
+                (self.fs.clone(), state.clone(), stop.clone(), served.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("fuse-worker-{i}"))
+                .spawn(move || worker_loop(&*fs, &ch, &state, &stop, &served[i], bufsize))?;
+            workers.push(h);
+        }
+        Ok(RunningSession {
+            fs: self.fs,
+            conn: self.conn,
+            mount: self.mount,
+            workers,
+            stop,
+            served,
+            destroyed: false,
+        })
+    }
+}
+
+fn worker_loop<F: Filesystem>(
+    fs: &F,
+    ch: &Arc<Channel>,
+    state: &DispatchState,
+    stop: &AtomicBool,
+    served: &AtomicU64,
+    bufsize: usize,
+) -> WorkerExit {
+    let mut buf = vec![0u8; bufsize];
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return WorkerExit::Stopped;
+        }
+        match ch.receive(&mut buf) {
+            Ok(n) => {
+                served.fetch_add(1, Ordering::Relaxed);
+                // A bug in one handler must not take the worker down: the
+                // reply it held answers EIO as it unwinds.
+                if catch_unwind(AssertUnwindSafe(|| dispatch(fs, ch, &buf[..n], state))).is_err() {
+                    error!("a request handler panicked; the request was answered EIO");
+                }
+            }
+            Err(e) => match e.raw_os_error() {
+                // ENOENT: the request was interrupted before we read it.
+                Some(libc::ENOENT) | Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                Some(libc::ENODEV) | Some(libc::ECONNABORTED) => return WorkerExit::Unmounted,
+                _ => {
+                    error!("reading /dev/fuse failed: {e}");
+                    return WorkerExit::Failed;
+                }
+            },
+        }
+    }
+}
+
+extern "C" fn wakeup_handler(_: libc::c_int) {}
+
+/// SIGUSR2 interrupts a worker's blocking read (no SA_RESTART).
+fn install_wakeup_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sigaction is plain old data; the handler is an
+        // async-signal-safe no-op.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = wakeup_handler as *const () as usize;
+            sa.sa_flags = 0;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+/// A session whose workers are running.
+pub struct RunningSession<F: Filesystem> {
+    fs: Arc<F>,
+    conn: Arc<Connection>,
+    mount: Option<Mount>,
+    workers: Vec<JoinHandle<WorkerExit>>,
+    stop: Arc<AtomicBool>,
+    served: Arc<Vec<AtomicU64>>,
+    destroyed: bool,
+}
+
+impl<F: Filesystem> RunningSession<F> {
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+
+    pub fn filesystem(&self) -> &Arc<F> {
+        &self.fs
+    }
+
+    /// Requests each worker has read so far.
+    pub fn requests_per_worker(&self) -> Vec<u64> {
+        self.served
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// True once every worker has exited (e.g. after an external umount).
+    pub fn is_finished(&self) -> bool {
+        self.workers.iter().all(|w| w.is_finished())
+    }
+
+    /// Unmounts (lazily if busy). Workers then see ENODEV and exit.
+    pub fn unmount(&self) -> io::Result<()> {
+        let Some(m) = &self.mount else { return Ok(()) };
+        match m.unmount(false) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()), // already gone
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                warn!("{} is busy; detaching it lazily", m.mountpoint().display());
+                m.unmount(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the workers to stop and wakes them out of read(2).
+    fn stop_workers(&self) {
+        self.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.is_finished() && Instant::now() < deadline {
+            for w in &self.workers {
+                if !w.is_finished() {
+                    // SAFETY: the thread is alive (not finished, not joined),
+                    // so its pthread_t is valid; SIGUSR2 has a no-op handler.
+                    unsafe { libc::pthread_kill(w.as_pthread_t(), libc::SIGUSR2) };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for every worker; stops them first unless they already ended.
+    /// Returns true if the session ended because the filesystem went away.
+    pub fn join(mut self) -> bool {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> bool {
+        if !self.is_finished() {
+            self.stop_workers();
+        }
+        let mut unmounted = false;
+        for w in self.workers.drain(..) {
+            if w.is_finished() {
+                match w.join() {
+                    Ok(WorkerExit::Unmounted) => unmounted = true,
+                    Ok(_) => {}
+                    Err(_) => error!("a worker thread panicked"),
+                }
+            } else {
+                warn!("a worker did not stop; leaving it behind");
+            }
+        }
+        if !self.destroyed {
+            self.destroyed = true;
+            self.fs.destroy();
+        }
+        unmounted
+    }
+
+    /// The daemon's main loop: waits for the session to end, or for a
+    /// signal. SIGINT/SIGTERM/SIGHUP/SIGQUIT unmount and stop; SIGUSR1 calls
+    /// `on_usr1`. Call [`block_daemon_signals`] before [`Session::spawn`] so
+    /// the workers never take those signals.
+    pub fn run_until_signal(mut self, on_usr1: impl Fn()) -> io::Result<()> {
+        let set = daemon_signal_set();
+        loop {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 100_000_000,
+            };
+            // SAFETY: `set` is an initialised sigset_t; a null siginfo is allowed.
+            let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+            match sig {
+                libc::SIGUSR1 => on_usr1(),
+                libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT => {
+                    info!("signal {sig}: unmounting");
+                    if let Err(e) = self.unmount() {
+                        warn!("unmount failed: {e}");
+                    }
+                    self.finish();
+                    return Ok(());
+                }
+                _ => {
+                    if self.is_finished() {
+                        info!("filesystem unmounted");
+                        self.finish();
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<F: Filesystem> Drop for RunningSession<F> {
+    fn drop(&mut self) {
+        if !self.workers.is_empty() {
+            if !self.is_finished() {
+                let _ = self.unmount();
+            }
+            self.finish();
+        }
+    }
+}
+
+fn daemon_signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain old data, initialised by sigemptyset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+        ] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks the daemon's signals in the calling thread (and so in every thread
+/// it spawns afterwards); [`RunningSession::run_until_signal`] takes them.
+pub fn block_daemon_signals() {
+    let set = daemon_signal_set();
+    // SAFETY: valid sigset_t; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}

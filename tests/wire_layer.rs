@@ -1,0 +1,201 @@
+//! The wire layer against the real kernel: a small in-test filesystem served
+//! by 4 workers, exercised with stat, ls and cat, then unmounted.
+
+use std::ffi::CStr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use passthroughfs::fuse::abi::{self, Attr};
+use passthroughfs::fuse::*;
+
+const HELLO: &[u8] = b"hello from the wire layer\n";
+
+/// root (1) holds "hello" (2, a file) and "sub" (3, an empty directory).
+struct HelloFs;
+
+fn attr(ino: u64) -> Option<Attr> {
+    let (mode, size, nlink) = match ino {
+        1 => (libc::S_IFDIR | 0o755, 0, 3),
+        2 => (libc::S_IFREG | 0o644, HELLO.len() as u64, 1),
+        3 => (libc::S_IFDIR | 0o755, 0, 2),
+        _ => return None,
+    };
+    Some(Attr {
+        ino,
+        mode,
+        size,
+        nlink,
+        blksize: 4096,
+        ..Default::default()
+    })
+}
+
+impl Filesystem for HelloFs {
+    fn lookup(&self, _: &Context, parent: u64, name: &CStr, reply: ReplyEntry) {
+        let ino = match (parent, name.to_bytes()) {
+            (1, b"hello") => 2,
+            (1, b"sub") => 3,
+            _ => return reply.error(Errno::ENOENT),
+        };
+        let e = Entry {
+            nodeid: ino,
+            attr: attr(ino).unwrap(),
+            entry_ttl: Duration::ZERO,
+            attr_ttl: Duration::ZERO,
+            ..Default::default()
+        };
+        let _ = reply.entry(&e);
+    }
+    fn getattr(&self, _: &Context, nodeid: u64, _: Option<u64>, reply: ReplyAttr) {
+        match attr(nodeid) {
+            Some(a) => reply.attr(&a, Duration::ZERO),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+    fn open(&self, _: &Context, nodeid: u64, _: &abi::OpenIn, reply: ReplyOpen) {
+        if nodeid != 2 {
+            return reply.error(Errno::EISDIR);
+        }
+        let _ = reply.opened(&Open {
+            fh: 42,
+            ..Default::default()
+        });
+    }
+    fn read(&self, _: &Context, _: u64, arg: &abi::ReadIn, reply: ReplyData) {
+        assert_eq!(arg.fh, 42);
+        let start = (arg.offset as usize).min(HELLO.len());
+        let end = (start + arg.size as usize).min(HELLO.len());
+        reply.data(&HELLO[start..end]);
+    }
+    fn release(&self, _: &Context, _: u64, _: &abi::ReleaseIn, reply: ReplyEmpty) {
+        reply.ok()
+    }
+    fn opendir(&self, _: &Context, nodeid: u64, _: &abi::OpenIn, reply: ReplyOpen) {
+        if nodeid == 2 {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let _ = reply.opened(&Open {
+            fh: nodeid,
+            ..Default::default()
+        });
+    }
+    fn readdir(&self, _: &Context, nodeid: u64, arg: &abi::ReadIn, plus: bool, reply: ReplyDir) {
+        assert!(!plus, "readdirplus was not negotiated");
+        let mut entries = vec![(nodeid, ".", libc::DT_DIR), (1, "..", libc::DT_DIR)];
+        if nodeid == 1 {
+            entries.push((2, "hello", libc::DT_REG));
+            entries.push((3, "sub", libc::DT_DIR));
+        }
+        let mut buf = DirBuffer::new(arg.size as usize);
+        for (i, (ino, name, typ)) in entries.into_iter().enumerate().skip(arg.offset as usize) {
+            if !buf.push(ino, i as u64 + 1, typ as u32, name.as_bytes()) {
+                break;
+            }
+        }
+        let _ = reply.send(&buf);
+    }
+    fn releasedir(&self, _: &Context, _: u64, _: &abi::ReleaseIn, reply: ReplyEmpty) {
+        reply.ok()
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let p = p.to_str().unwrap();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(p))
+}
+
+#[test]
+fn stat_ls_cat_through_four_workers() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for mount(2)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mopts = MountOptions {
+        fsname: "hellofs".into(),
+        subtype: "hellofs".into(),
+        ..Default::default()
+    };
+    let sopts = SessionOptions {
+        threads: 4,
+        ..Default::default()
+    };
+    let session = Session::mount(Arc::new(HelloFs), &mnt, &mopts, sopts)
+        .unwrap()
+        .spawn()
+        .unwrap();
+    assert!(is_mounted(&mnt));
+
+    let m = mnt.to_str().unwrap().to_string();
+    let hello = format!("{m}/hello");
+    // Several rounds so that requests spread over the workers.
+    for _ in 0..20 {
+        assert!(
+            run("stat", &["-c", "%s %F", &hello]).starts_with(&format!("{} regular", HELLO.len()))
+        );
+        let ls = run("ls", &["-a", &m]);
+        assert_eq!(
+            ls.split_whitespace().collect::<Vec<_>>(),
+            vec![".", "..", "hello", "sub"]
+        );
+        assert_eq!(run("cat", &[&hello]).as_bytes(), HELLO);
+    }
+    let err = Command::new("stat")
+        .arg(format!("{m}/missing"))
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("No such file"));
+
+    let counters = &session.connection().counters;
+    assert!(counters.get(abi::Opcode::Lookup) > 0);
+    assert!(counters.get(abi::Opcode::Read) > 0);
+    assert!(counters.get(abi::Opcode::Readdir) > 0);
+    let per_worker = session.requests_per_worker();
+    let busy = per_worker.iter().filter(|&&n| n > 0).count();
+    assert!(busy > 1, "only one worker served requests: {per_worker:?}");
+
+    session.unmount().unwrap();
+    assert!(
+        session.join(),
+        "workers should end with ENODEV after the unmount"
+    );
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn dropping_a_session_unmounts() {
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let session = Session::mount(
+        Arc::new(HelloFs),
+        &mnt,
+        &MountOptions::default(),
+        SessionOptions::default(),
+    )
+    .unwrap()
+    .spawn()
+    .unwrap();
+    assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), HELLO);
+    drop(session);
+    assert!(!is_mounted(&mnt));
+}
