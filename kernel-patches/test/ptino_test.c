@@ -1,0 +1,1569 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ptino_test - check FUSE inode passthrough (FUSE_PASSTHROUGH_INO) end to end.
+ *
+ * A tiny single-threaded FUSE server that speaks /dev/fuse directly (no
+ * libfuse) mirrors a small directory tree that it creates, and a forked client
+ * works on the mount.  The server counts the requests it receives per node and
+ * opcode in shared memory, so the client can check which operations reached
+ * the server and which the kernel served from the backing files.
+ *
+ *   ptino_test ino   [WORKDIR]  negotiate FUSE_PASSTHROUGH|FUSE_PASSTHROUGH_INO,
+ *                               attach backing files with ops masks at LOOKUP
+ *   ptino_test plain [WORKDIR]  a server that does not negotiate the flag
+ *                               (legacy FOPEN_PASSTHROUGH only): must work on
+ *                               a stock and on a patched kernel alike
+ *
+ * Needs root, /dev/fuse and a kernel with CONFIG_FUSE_PASSTHROUGH.  Prints one
+ * line per check; exits 0 only if every check holds.  WORKDIR (default
+ * /tmp/ptino) must be on a filesystem with user xattrs and POSIX ACLs (tmpfs).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+
+/* ---- FUSE protocol, as in include/uapi/linux/fuse.h of the series (7.47) */
+
+enum {
+	FUSE_LOOKUP = 1, FUSE_FORGET = 2, FUSE_GETATTR = 3, FUSE_SETATTR = 4,
+	FUSE_READLINK = 5, FUSE_OPEN = 14, FUSE_READ = 15, FUSE_WRITE = 16,
+	FUSE_STATFS = 17, FUSE_RELEASE = 18, FUSE_FSYNC = 20,
+	FUSE_SETXATTR = 21, FUSE_GETXATTR = 22, FUSE_LISTXATTR = 23,
+	FUSE_FLUSH = 25, FUSE_INIT = 26, FUSE_OPENDIR = 27, FUSE_READDIR = 28,
+	FUSE_RELEASEDIR = 29, FUSE_ACCESS = 34, FUSE_CREATE = 35,
+	FUSE_INTERRUPT = 36, FUSE_DESTROY = 38, FUSE_BATCH_FORGET = 42,
+	FUSE_READDIRPLUS = 44, FUSE_RENAME2 = 45, FUSE_STATX = 52,
+};
+
+#define FUSE_POSIX_ACL		(1u << 20)
+#define FUSE_INIT_EXT		(1u << 30)
+#define FUSE_MAX_PAGES		(1u << 22)
+#define FUSE_PASSTHROUGH	(1ULL << 37)
+#define FUSE_PASSTHROUGH_INO	(1ULL << 44)
+#define FOPEN_PASSTHROUGH	(1u << 7)
+#define FATTR_MODE		(1u << 0)
+#define FATTR_SIZE		(1u << 3)
+#define FATTR_FH		(1u << 6)
+#define FUSE_PASSTHROUGH_OP(op)	(1ULL << ((op) - 1))
+
+struct fuse_attr {
+	uint64_t ino, size, blocks, atime, mtime, ctime;
+	uint32_t atimensec, mtimensec, ctimensec, mode, nlink, uid, gid, rdev;
+	uint32_t blksize, flags;
+};
+struct fuse_entry_out {
+	uint64_t nodeid, generation, entry_valid, attr_valid;
+	uint32_t entry_valid_nsec, attr_valid_nsec;
+	struct fuse_attr attr;
+};
+struct fuse_entry_backing { int32_t backing_id; uint32_t flags; };
+struct fuse_attr_out {
+	uint64_t attr_valid;
+	uint32_t attr_valid_nsec, dummy;
+	struct fuse_attr attr;
+};
+struct fuse_in_header {
+	uint32_t len, opcode;
+	uint64_t unique, nodeid;
+	uint32_t uid, gid, pid;
+	uint16_t total_extlen, padding;
+};
+struct fuse_out_header { uint32_t len; int32_t error; uint64_t unique; };
+struct fuse_init_in {
+	uint32_t major, minor, max_readahead, flags, flags2, unused[11];
+};
+struct fuse_init_out {
+	uint32_t major, minor, max_readahead, flags;
+	uint16_t max_background, congestion_threshold;
+	uint32_t max_write, time_gran;
+	uint16_t max_pages, map_alignment;
+	uint32_t flags2, max_stack_depth;
+	uint16_t request_timeout, unused[11];
+};
+struct fuse_open_in { uint32_t flags, open_flags; };
+struct fuse_open_out { uint64_t fh; uint32_t open_flags; int32_t backing_id; };
+struct fuse_release_in {
+	uint64_t fh; uint32_t flags, release_flags; uint64_t lock_owner;
+};
+struct fuse_read_in {
+	uint64_t fh, offset; uint32_t size, read_flags;
+	uint64_t lock_owner; uint32_t flags, padding;
+};
+struct fuse_write_in {
+	uint64_t fh, offset; uint32_t size, write_flags;
+	uint64_t lock_owner; uint32_t flags, padding;
+};
+struct fuse_write_out { uint32_t size, padding; };
+struct fuse_getxattr_in { uint32_t size, padding; };
+struct fuse_getxattr_out { uint32_t size, padding; };
+struct fuse_setattr_in {
+	uint32_t valid, padding; uint64_t fh, size, lock_owner;
+	uint64_t atime, mtime, ctime;
+	uint32_t atimensec, mtimensec, ctimensec, mode, unused4, uid, gid;
+	uint32_t unused5;
+};
+struct fuse_forget_in { uint64_t nlookup; };
+struct fuse_forget_one { uint64_t nodeid, nlookup; };
+struct fuse_batch_forget_in { uint32_t count, dummy; };
+struct fuse_dirent {
+	uint64_t ino, off; uint32_t namelen, type; char name[];
+};
+struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t ops_mask; };
+
+#define FUSE_DEV_IOC_BACKING_OPEN  _IOW(229, 1, struct fuse_backing_map)
+#define FUSE_DEV_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
+
+#define OP(x)	FUSE_PASSTHROUGH_OP(FUSE_##x)
+
+/* ---- the tree and what each node asks the kernel to pass through */
+
+struct policy {
+	const char *path;	/* relative to the source directory */
+	int is_dir;
+	uint64_t mask;		/* ops_mask of the inode backing file */
+	int open_passthrough;	/* OPEN reply: 0 plain, 1 id 0, 2 own id */
+	int entry_valid;	/* seconds */
+};
+
+static const struct policy policies[] = {
+	{ "d", 1, OP(GETATTR) | OP(STATX) | OP(GETXATTR) | OP(LISTXATTR) |
+		  OP(READDIR) | OP(OPEN), 0, 3600 },
+	{ "d/f1", 0, OP(GETATTR) | OP(STATX) | OP(GETXATTR) | OP(LISTXATTR) |
+		     OP(OPEN) | OP(READ) | OP(WRITE), 0, 3600 },
+	/* registered without GETATTR, and OPEN without READ */
+	{ "d/f2", 0, OP(GETXATTR) | OP(LISTXATTR) | OP(OPEN), 0, 3600 },
+	/* OPEN left to the server, which asks for I/O passthrough (id 0) */
+	{ "d/f3", 0, OP(GETATTR) | OP(READ) | OP(WRITE), 1, 3600 },
+	/* metadata only: opens without FOPEN_PASSTHROUGH must still work */
+	{ "d/f4", 0, OP(GETATTR), 0, 3600 },
+	/* OPEN left to the server, which names the inode's own id */
+	{ "d/f5", 0, OP(GETATTR) | OP(READ) | OP(WRITE), 2, 3600 },
+	/* SETATTR passed through */
+	{ "d/setf", 0, OP(GETATTR) | OP(SETATTR) | OP(OPEN) | OP(READ) |
+		       OP(WRITE), 0, 3600 },
+	/* ACLs served from the backing file */
+	{ "d/acl", 0, OP(GETATTR) | OP(GETXATTR) | OP(OPEN) | OP(READ), 0,
+		      3600 },
+	/* READDIR left to the server */
+	{ "d/sub", 1, OP(GETATTR), 0, 3600 },
+	{ "d/sub/g", 0, OP(GETATTR) | OP(OPEN) | OP(READ), 0, 3600 },
+	/* no backing file at all */
+	{ "d/plain", 0, 0, 0, 3600 },
+	/* re-looked up every time; the second reply names another backing */
+	{ "d/dup", 0, OP(GETATTR), 0, 0 },
+	/* a backing file registered with ops_mask 0 cannot be attached */
+	{ "d/legacy", 0, 0, 0, 3600 },
+};
+#define NPOL (sizeof(policies) / sizeof(policies[0]))
+
+/* ---- state shared by the server (parent) and the client (child) */
+
+#define MAXNODE 64
+#define MAXOP 64
+
+struct node {
+	int used, fd, pol, parent;
+	dev_t dev;
+	ino_t ino;
+	uint64_t nlookup;
+	int backing_id;		/* inode backing (ino) or per-open (plain) */
+	int dup_id;		/* second backing offered for d/dup */
+	int dup_sent;
+	int forgotten;
+	int close_rc, close_again_errno;
+	int ro_fd;		/* for READ/WRITE with fh 0 */
+};
+
+struct shared {
+	int ino_mode;
+	int init_done, probe_done;
+	uint32_t kernel_minor;
+	int kernel_offers_ino, kernel_offers_passthrough;
+	uint64_t supported;		/* ops_mask bits the kernel accepts */
+	int unknown_bit_errno;		/* BACKING_OPEN with an unknown bit */
+	int high_bit_errno;		/* BACKING_OPEN with bit 63 */
+	int mask_without_ino_errno;	/* plain mode: non-zero ops_mask */
+	int legacy_id_errno;		/* plain mode: BACKING_OPEN mask 0 */
+	unsigned int count[MAXNODE][MAXOP];
+	struct node nodes[MAXNODE];
+	int server_errors;
+	int client_status;
+};
+
+static struct shared *sh;
+static int fuse_fd = -1;
+static char srcdir[256], mntdir[256];
+
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fprintf(stderr, "ptino_test: ");
+	vfprintf(stderr, fmt, ap);
+	fprintf(stderr, ": %s\n", strerror(errno));
+	va_end(ap);
+	exit(2);
+}
+
+/* ---------------------------------------------------------------- server */
+
+static int reply(uint64_t unique, int error, const void *a, size_t alen,
+		 const void *b, size_t blen, const void *c, size_t clen)
+{
+	struct fuse_out_header oh = { 0 };
+	struct iovec iov[4] = {
+		{ &oh, sizeof(oh) }, { (void *)a, alen }, { (void *)b, blen },
+		{ (void *)c, clen },
+	};
+	ssize_t n;
+
+	oh.unique = unique;
+	oh.error = error;
+	oh.len = sizeof(oh) + (error ? 0 : alen + blen + clen);
+	n = writev(fuse_fd, iov, error ? 1 : 4);
+	if (n < 0 && errno != ENOENT) {
+		fprintf(stderr, "ptino_test: server: reply: %s\n",
+			strerror(errno));
+		sh->server_errors++;
+		return -errno;
+	}
+	return 0;
+}
+
+static int reply_err(uint64_t unique, int err)
+{
+	return reply(unique, -err, NULL, 0, NULL, 0, NULL, 0);
+}
+
+static void fill_attr(struct fuse_attr *a, const struct stat *st)
+{
+	memset(a, 0, sizeof(*a));
+	a->ino = st->st_ino;
+	a->size = st->st_size;
+	a->blocks = st->st_blocks;
+	a->atime = st->st_atim.tv_sec;
+	a->atimensec = st->st_atim.tv_nsec;
+	a->mtime = st->st_mtim.tv_sec;
+	a->mtimensec = st->st_mtim.tv_nsec;
+	a->ctime = st->st_ctim.tv_sec;
+	a->ctimensec = st->st_ctim.tv_nsec;
+	a->mode = st->st_mode;
+	a->nlink = st->st_nlink;
+	a->uid = st->st_uid;
+	a->gid = st->st_gid;
+	a->rdev = st->st_rdev;
+	a->blksize = st->st_blksize;
+}
+
+static const char *proc_path(int fd)
+{
+	static char buf[64];
+
+	snprintf(buf, sizeof(buf), "/proc/self/fd/%d", fd);
+	return buf;
+}
+
+static int backing_open(int fd, uint64_t mask)
+{
+	struct fuse_backing_map map = { .fd = fd, .flags = 0, .ops_mask = mask };
+	int id = ioctl(fuse_fd, FUSE_DEV_IOC_BACKING_OPEN, &map);
+
+	return id < 0 ? -errno : id;
+}
+
+static int backing_close(int id)
+{
+	uint32_t i = id;
+
+	return ioctl(fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE, &i) < 0 ? -errno : 0;
+}
+
+static const struct policy *node_policy(int nid)
+{
+	int p = sh->nodes[nid].pol;
+
+	return p >= 0 ? &policies[p] : NULL;
+}
+
+static int policy_of(int parent, const char *name)
+{
+	char path[256];
+	size_t i;
+	int p = sh->nodes[parent].pol;
+
+	if (parent == 1)
+		snprintf(path, sizeof(path), "%s", name);
+	else if (p >= 0)
+		snprintf(path, sizeof(path), "%s/%s", policies[p].path, name);
+	else
+		return -1;
+	for (i = 0; i < NPOL; i++)
+		if (!strcmp(policies[i].path, path))
+			return i;
+	return -1;
+}
+
+static void handle_init(uint64_t unique, const struct fuse_init_in *in)
+{
+	struct fuse_init_out out = { 0 };
+	uint64_t kflags = in->flags;
+	uint64_t want;
+	int i, id, dfd;
+
+	if (in->flags & FUSE_INIT_EXT)
+		kflags |= (uint64_t)in->flags2 << 32;
+	sh->kernel_minor = in->minor;
+	sh->kernel_offers_ino = !!(kflags & FUSE_PASSTHROUGH_INO);
+	sh->kernel_offers_passthrough = !!(kflags & FUSE_PASSTHROUGH);
+
+	want = FUSE_INIT_EXT | FUSE_MAX_PAGES | FUSE_PASSTHROUGH;
+	if (sh->ino_mode)
+		want |= FUSE_PASSTHROUGH_INO | FUSE_POSIX_ACL;
+	want &= kflags;
+
+	out.major = 7;
+	out.minor = sh->ino_mode ? 47 : 46;
+	if (out.minor > in->minor)
+		out.minor = in->minor;
+	out.max_readahead = in->max_readahead;
+	out.flags = (uint32_t)want;
+	out.flags2 = (uint32_t)(want >> 32);
+	out.max_background = 16;
+	out.congestion_threshold = 12;
+	out.max_write = 128 * 1024;
+	out.max_pages = 32;
+	out.max_stack_depth = 1;
+	reply(unique, 0, &out, sizeof(out), NULL, 0, NULL, 0);
+	sh->init_done = 1;
+
+	/* The reply has been processed when write() returns: probe now */
+	dfd = sh->nodes[1].fd;
+	if (sh->ino_mode) {
+		for (i = 0; i < 64; i++) {
+			id = backing_open(dfd, 1ULL << i);
+			if (id > 0) {
+				sh->supported |= 1ULL << i;
+				backing_close(id);
+			}
+		}
+		id = backing_open(dfd, FUSE_PASSTHROUGH_OP(FUSE_RENAME2));
+		sh->unknown_bit_errno = id < 0 ? -id : 0;
+		if (id > 0)
+			backing_close(id);
+		id = backing_open(dfd, 1ULL << 63);
+		sh->high_bit_errno = id < 0 ? -id : 0;
+		if (id > 0)
+			backing_close(id);
+	} else {
+		id = backing_open(dfd, OP(GETATTR));
+		sh->mask_without_ino_errno = id < 0 ? -id : 0;
+		if (id > 0)
+			backing_close(id);
+	}
+	sh->probe_done = 1;
+}
+
+static int new_node(int parent, int fd, const struct stat *st, int pol)
+{
+	int i;
+
+	for (i = 2; i < MAXNODE; i++) {
+		if (!sh->nodes[i].used) {
+			struct node *n = &sh->nodes[i];
+
+			memset(n, 0, sizeof(*n));
+			n->used = 1;
+			n->fd = fd;
+			n->parent = parent;
+			n->pol = pol;
+			n->dev = st->st_dev;
+			n->ino = st->st_ino;
+			n->ro_fd = -1;
+			return i;
+		}
+	}
+	return -1;
+}
+
+static void handle_lookup(uint64_t unique, uint64_t parent, const char *name)
+{
+	struct {
+		struct fuse_entry_out e;
+		struct fuse_entry_backing b;
+	} out;
+	const struct policy *pol;
+	struct stat st;
+	struct node *n;
+	int fd, i, nid = -1, id;
+
+	if (parent >= MAXNODE || !sh->nodes[parent].used) {
+		reply_err(unique, ESTALE);
+		return;
+	}
+	fd = openat(sh->nodes[parent].fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		reply_err(unique, errno);
+		return;
+	}
+	fstat(fd, &st);
+	for (i = 2; i < MAXNODE; i++) {
+		n = &sh->nodes[i];
+		if (n->used && !n->forgotten && n->dev == st.st_dev &&
+		    n->ino == st.st_ino) {
+			nid = i;
+			close(fd);
+			break;
+		}
+	}
+	if (nid < 0) {
+		nid = new_node(parent, fd, &st, policy_of(parent, name));
+		if (nid < 0) {
+			close(fd);
+			reply_err(unique, ENFILE);
+			return;
+		}
+	}
+	n = &sh->nodes[nid];
+	pol = node_policy(nid);
+	n->nlookup++;
+
+	memset(&out, 0, sizeof(out));
+	out.e.nodeid = nid;
+	out.e.entry_valid = pol ? pol->entry_valid : 3600;
+	out.e.attr_valid = 0;	/* every stat of a non-passthrough inode asks */
+	fill_attr(&out.e.attr, &st);
+
+	if (sh->ino_mode && pol) {
+		int legacy = !strcmp(pol->path, "d/legacy");
+		uint64_t mask = pol->mask & sh->supported;
+
+		if (!n->backing_id && (mask || legacy)) {
+			id = backing_open(n->fd, legacy ? 0 : mask);
+			if (id > 0)
+				n->backing_id = id;
+			else
+				fprintf(stderr, "ptino_test: server: BACKING_OPEN %s: %s\n",
+					pol->path, strerror(-id));
+		}
+		out.b.backing_id = n->backing_id;
+		if (!strcmp(pol->path, "d/dup") && n->nlookup == 2 &&
+		    n->backing_id) {
+			/* another backing file for the same inode */
+			id = backing_open(n->fd, mask);
+			if (id > 0) {
+				n->dup_id = id;
+				n->dup_sent = 1;
+				out.b.backing_id = id;
+			}
+		}
+	}
+	reply(unique, 0, &out.e, sizeof(out.e), &out.b,
+	      sh->ino_mode ? sizeof(out.b) : 0, NULL, 0);
+}
+
+static void forget_node(uint64_t nid, uint64_t nlookup)
+{
+	struct node *n;
+	int rc;
+
+	if (nid < 2 || nid >= MAXNODE || !sh->nodes[nid].used)
+		return;
+	n = &sh->nodes[nid];
+	n->nlookup -= nlookup < n->nlookup ? nlookup : n->nlookup;
+	if (n->nlookup)
+		return;
+	n->forgotten = 1;
+	if (sh->ino_mode && n->backing_id) {
+		n->close_rc = backing_close(n->backing_id);
+		rc = backing_close(n->backing_id);
+		n->close_again_errno = rc < 0 ? -rc : 0;
+	}
+	if (n->dup_id)
+		backing_close(n->dup_id);
+	if (n->ro_fd >= 0)
+		close(n->ro_fd);
+	n->ro_fd = -1;
+}
+
+static void handle_getattr(uint64_t unique, struct node *n)
+{
+	struct fuse_attr_out out = { 0 };
+	struct stat st;
+
+	if (fstatat(n->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+		reply_err(unique, errno);
+		return;
+	}
+	fill_attr(&out.attr, &st);
+	reply(unique, 0, &out, sizeof(out), NULL, 0, NULL, 0);
+}
+
+static void handle_setattr(uint64_t unique, struct node *n,
+			   const struct fuse_setattr_in *in)
+{
+	const char *path = proc_path(n->fd);
+
+	if ((in->valid & FATTR_MODE) && chmod(path, in->mode & 07777) < 0)
+		goto err;
+	if (in->valid & FATTR_SIZE) {
+		if ((in->valid & FATTR_FH) && in->fh) {
+			if (ftruncate(in->fh, in->size) < 0)
+				goto err;
+		} else if (truncate(path, in->size) < 0) {
+			goto err;
+		}
+	}
+	handle_getattr(unique, n);
+	return;
+err:
+	reply_err(unique, errno);
+}
+
+static void handle_open(uint64_t unique, int nid, const struct fuse_open_in *in,
+			int isdir)
+{
+	struct fuse_open_out out = { 0 };
+	struct node *n = &sh->nodes[nid];
+	const struct policy *pol = node_policy(nid);
+	int fd, id;
+
+	if (isdir)
+		fd = openat(n->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	else
+		fd = open(proc_path(n->fd),
+			  (in->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC)) |
+			  O_CLOEXEC);
+	if (fd < 0) {
+		reply_err(unique, errno);
+		return;
+	}
+	out.fh = fd;
+	if (!isdir && pol && pol->open_passthrough) {
+		if (sh->ino_mode) {
+			out.open_flags = FOPEN_PASSTHROUGH;
+			out.backing_id = pol->open_passthrough == 2 ?
+					 n->backing_id : 0;
+		} else {
+			/* stock passthrough: one id per inode while open */
+			if (!n->backing_id) {
+				id = backing_open(n->fd, 0);
+				if (id > 0)
+					n->backing_id = id;
+				else
+					sh->legacy_id_errno = -id;
+			}
+			if (n->backing_id) {
+				out.open_flags = FOPEN_PASSTHROUGH;
+				out.backing_id = n->backing_id;
+			}
+		}
+	}
+	reply(unique, 0, &out, sizeof(out), NULL, 0, NULL, 0);
+}
+
+static int io_fd(struct node *n, uint64_t fh)
+{
+	if (fh)
+		return fh;
+	if (n->ro_fd < 0)
+		n->ro_fd = open(proc_path(n->fd), O_RDWR | O_CLOEXEC);
+	return n->ro_fd;
+}
+
+static void handle_read(uint64_t unique, struct node *n,
+			const struct fuse_read_in *in)
+{
+	static char buf[128 * 1024];
+	size_t size = in->size < sizeof(buf) ? in->size : sizeof(buf);
+	ssize_t r = pread(io_fd(n, in->fh), buf, size, in->offset);
+
+	if (r < 0)
+		reply_err(unique, errno);
+	else
+		reply(unique, 0, buf, r, NULL, 0, NULL, 0);
+}
+
+static void handle_write(uint64_t unique, struct node *n,
+			 const struct fuse_write_in *in, const void *data)
+{
+	struct fuse_write_out out = { 0 };
+	ssize_t r = pwrite(io_fd(n, in->fh), data, in->size, in->offset);
+
+	if (r < 0) {
+		reply_err(unique, errno);
+		return;
+	}
+	out.size = r;
+	reply(unique, 0, &out, sizeof(out), NULL, 0, NULL, 0);
+}
+
+static void handle_readdir(uint64_t unique, const struct fuse_read_in *in)
+{
+	static char kbuf[32 * 1024], obuf[32 * 1024];
+	size_t size = in->size < sizeof(obuf) ? in->size : sizeof(obuf);
+	size_t used = 0;
+	long n, pos;
+
+	if (lseek(in->fh, in->offset, SEEK_SET) < 0) {
+		reply_err(unique, errno);
+		return;
+	}
+	n = syscall(SYS_getdents64, (int)in->fh, kbuf, sizeof(kbuf));
+	if (n < 0) {
+		reply_err(unique, errno);
+		return;
+	}
+	for (pos = 0; pos < n;) {
+		struct {
+			uint64_t d_ino;
+			int64_t d_off;
+			unsigned short d_reclen;
+			unsigned char d_type;
+			char d_name[];
+		} *d = (void *)(kbuf + pos);
+		size_t namelen = strlen(d->d_name);
+		size_t rec = (sizeof(struct fuse_dirent) + namelen + 7) & ~7UL;
+		struct fuse_dirent *fd = (void *)(obuf + used);
+
+		if (used + rec > size)
+			break;
+		memset(fd, 0, rec);
+		fd->ino = d->d_ino;
+		fd->off = d->d_off;
+		fd->namelen = namelen;
+		fd->type = d->d_type;
+		memcpy(fd->name, d->d_name, namelen);
+		used += rec;
+		pos += d->d_reclen;
+	}
+	reply(unique, 0, obuf, used, NULL, 0, NULL, 0);
+}
+
+static void handle_getxattr(uint64_t unique, struct node *n, int list,
+			    const struct fuse_getxattr_in *in, const char *name)
+{
+	static char buf[64 * 1024];
+	struct fuse_getxattr_out out = { 0 };
+	size_t size = in->size < sizeof(buf) ? in->size : sizeof(buf);
+	ssize_t r;
+
+	if (list)
+		r = listxattr(proc_path(n->fd), in->size ? buf : NULL, size);
+	else
+		r = getxattr(proc_path(n->fd), name, in->size ? buf : NULL,
+			     size);
+	if (r < 0) {
+		reply_err(unique, errno);
+		return;
+	}
+	if (!in->size) {
+		out.size = r;
+		reply(unique, 0, &out, sizeof(out), NULL, 0, NULL, 0);
+	} else {
+		reply(unique, 0, buf, r, NULL, 0, NULL, 0);
+	}
+}
+
+static void serve_one(char *buf, ssize_t len)
+{
+	struct fuse_in_header *ih = (void *)buf;
+	void *arg = buf + sizeof(*ih);
+	uint64_t nid = ih->nodeid;
+	struct node *n;
+
+	if (len < (ssize_t)sizeof(*ih))
+		return;
+	if (nid < MAXNODE && ih->opcode < MAXOP)
+		__atomic_add_fetch(&sh->count[nid][ih->opcode], 1,
+				   __ATOMIC_SEQ_CST);
+	if (ih->opcode == FUSE_INIT) {
+		handle_init(ih->unique, arg);
+		return;
+	}
+	if (ih->opcode == FUSE_FORGET) {
+		forget_node(nid, ((struct fuse_forget_in *)arg)->nlookup);
+		return;
+	}
+	if (ih->opcode == FUSE_BATCH_FORGET) {
+		struct fuse_batch_forget_in *bf = arg;
+		struct fuse_forget_one *one = (void *)(bf + 1);
+		uint32_t i;
+
+		for (i = 0; i < bf->count; i++) {
+			if (one[i].nodeid < MAXNODE)
+				__atomic_add_fetch(&sh->count[one[i].nodeid][FUSE_FORGET],
+						   1, __ATOMIC_SEQ_CST);
+			forget_node(one[i].nodeid, one[i].nlookup);
+		}
+		return;
+	}
+	if (ih->opcode == FUSE_INTERRUPT)
+		return;
+	if (nid >= MAXNODE || !sh->nodes[nid].used) {
+		reply_err(ih->unique, ESTALE);
+		return;
+	}
+	n = &sh->nodes[nid];
+	switch (ih->opcode) {
+	case FUSE_LOOKUP:
+		handle_lookup(ih->unique, nid, arg);
+		break;
+	case FUSE_GETATTR:
+		handle_getattr(ih->unique, n);
+		break;
+	case FUSE_SETATTR:
+		handle_setattr(ih->unique, n, arg);
+		break;
+	case FUSE_OPEN:
+		handle_open(ih->unique, nid, arg, 0);
+		break;
+	case FUSE_OPENDIR:
+		handle_open(ih->unique, nid, arg, 1);
+		break;
+	case FUSE_READ:
+		handle_read(ih->unique, n, arg);
+		break;
+	case FUSE_WRITE:
+		handle_write(ih->unique, n, arg,
+			     (char *)arg + sizeof(struct fuse_write_in));
+		break;
+	case FUSE_READDIR:
+		handle_readdir(ih->unique, arg);
+		break;
+	case FUSE_RELEASE:
+	case FUSE_RELEASEDIR: {
+		struct fuse_release_in *ri = arg;
+
+		if (ri->fh)
+			close(ri->fh);
+		if (!sh->ino_mode && ih->opcode == FUSE_RELEASE &&
+		    n->backing_id) {
+			/* plain mode: the per-open id goes with the last open */
+			backing_close(n->backing_id);
+			n->backing_id = 0;
+		}
+		reply_err(ih->unique, 0);
+		break;
+	}
+	case FUSE_FLUSH:
+	case FUSE_FSYNC:
+		reply_err(ih->unique, 0);
+		break;
+	case FUSE_GETXATTR:
+		handle_getxattr(ih->unique, n, 0, arg,
+				(char *)arg + sizeof(struct fuse_getxattr_in));
+		break;
+	case FUSE_LISTXATTR:
+		handle_getxattr(ih->unique, n, 1, arg, NULL);
+		break;
+	default:
+		reply_err(ih->unique, ENOSYS);
+		break;
+	}
+}
+
+static void serve(pid_t client)
+{
+	static char buf[128 * 1024 + 4096];
+	struct pollfd pfd = { .fd = fuse_fd, .events = POLLIN };
+	ssize_t len;
+	int status;
+
+	for (;;) {
+		if (poll(&pfd, 1, 100) > 0) {
+			len = read(fuse_fd, buf, sizeof(buf));
+			if (len < 0) {
+				if (errno == ENOENT || errno == EINTR ||
+				    errno == EAGAIN)
+					continue;
+				if (errno == ENODEV)
+					break;
+				die("read /dev/fuse");
+			}
+			serve_one(buf, len);
+			continue;
+		}
+		if (waitpid(client, &status, WNOHANG) == client) {
+			sh->client_status = WIFEXITED(status) ?
+					    WEXITSTATUS(status) : 99;
+			return;
+		}
+	}
+}
+
+/* ---------------------------------------------------------------- client */
+
+static int checks, failures, skips;
+static int allow_missing;
+
+static void check(int ok, const char *fmt, ...)
+{
+	va_list ap;
+
+	checks++;
+	if (!ok)
+		failures++;
+	printf("%s: ", ok ? "PASS" : "FAIL");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+	fflush(stdout);
+}
+
+static int supported(uint64_t bits, const char *what)
+{
+	if ((sh->supported & bits) == bits)
+		return 1;
+	skips++;
+	printf("SKIP: %s: the kernel does not pass it through\n", what);
+	fflush(stdout);
+	return 0;
+}
+
+static int nid_of(const char *path)
+{
+	int i;
+
+	for (i = 2; i < MAXNODE; i++)
+		if (sh->nodes[i].used && sh->nodes[i].pol >= 0 &&
+		    !strcmp(policies[sh->nodes[i].pol].path, path))
+			return i;
+	return -1;
+}
+
+static unsigned int cnt(const char *path, int op)
+{
+	int nid = nid_of(path);
+
+	return nid < 0 ? 0 : __atomic_load_n(&sh->count[nid][op],
+					     __ATOMIC_SEQ_CST);
+}
+
+static const char *m(const char *rel)
+{
+	static char buf[4][512];
+	static int i;
+
+	i = (i + 1) % 4;
+	snprintf(buf[i], sizeof(buf[i]), "%s/%s", mntdir, rel);
+	return buf[i];
+}
+
+static const char *s(const char *rel)
+{
+	static char buf[4][512];
+	static int i;
+
+	i = (i + 1) % 4;
+	snprintf(buf[i], sizeof(buf[i]), "%s/%s", srcdir, rel);
+	return buf[i];
+}
+
+static int same_stat(const struct stat *a, const struct stat *b)
+{
+	return a->st_mode == b->st_mode && a->st_size == b->st_size &&
+	       a->st_uid == b->st_uid && a->st_gid == b->st_gid &&
+	       a->st_nlink == b->st_nlink &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+static int read_file(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY);
+	ssize_t r;
+
+	if (fd < 0)
+		return -errno;
+	r = read(fd, buf, len - 1);
+	close(fd);
+	if (r < 0)
+		return -errno;
+	buf[r] = 0;
+	return r;
+}
+
+static int dir_names(const char *path, char *out, size_t len)
+{
+	DIR *d = opendir(path);
+	struct dirent *de;
+	char *names[64];
+	int n = 0, i, j;
+
+	if (!d)
+		return -errno;
+	while ((de = readdir(d)) && n < 64)
+		names[n++] = strdup(de->d_name);
+	closedir(d);
+	for (i = 0; i < n; i++)
+		for (j = i + 1; j < n; j++)
+			if (strcmp(names[i], names[j]) > 0) {
+				char *t = names[i];
+
+				names[i] = names[j];
+				names[j] = t;
+			}
+	out[0] = 0;
+	for (i = 0; i < n; i++) {
+		strncat(out, names[i], len - strlen(out) - 2);
+		strncat(out, " ", len - strlen(out) - 1);
+		free(names[i]);
+	}
+	return n;
+}
+
+/* run @fn as another uid in a child; returns its errno (0 = success) */
+static int as_uid(uid_t uid, const char *path)
+{
+	pid_t pid = fork();
+	int status, fd;
+
+	if (pid == 0) {
+		if (setresgid(uid, uid, uid) || setresuid(uid, uid, uid))
+			_exit(100);
+		fd = open(path, O_RDONLY);
+		_exit(fd < 0 ? errno : 0);
+	}
+	waitpid(pid, &status, 0);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 101;
+}
+
+static void wait_for(int *flag)
+{
+	int i;
+
+	for (i = 0; i < 500 && !__atomic_load_n(flag, __ATOMIC_SEQ_CST); i++)
+		usleep(10000);
+}
+
+static void open_read(const char *rel, const char *expect)
+{
+	char buf[256];
+	int r = read_file(m(rel), buf, sizeof(buf));
+
+	check(r > 0 && !strcmp(buf, expect),
+	      "open+read %s returns the backing file content", rel);
+}
+
+static void client_plain(void)
+{
+	struct stat st, bst;
+	char buf[512], bbuf[512];
+	ssize_t r;
+	int ok, fd;
+
+	check(sh->kernel_minor >= 46, "kernel speaks FUSE 7.%u",
+	      sh->kernel_minor);
+	printf("INFO: kernel offers FUSE_PASSTHROUGH: %s, FUSE_PASSTHROUGH_INO: %s\n",
+	       sh->kernel_offers_passthrough ? "yes" : "no",
+	       sh->kernel_offers_ino ? "yes" : "no");
+	check(sh->kernel_offers_passthrough, "kernel offers FUSE_PASSTHROUGH");
+	check(sh->mask_without_ino_errno == EINVAL,
+	      "BACKING_OPEN with a non-zero ops_mask without FUSE_PASSTHROUGH_INO fails with EINVAL (got %s)",
+	      strerror(sh->mask_without_ino_errno));
+
+	ok = stat(m("d/f1"), &st) == 0 && lstat(s("d/f1"), &bst) == 0 &&
+	     same_stat(&st, &bst);
+	ok = ok && stat(m("d/f1"), &st) == 0;
+	check(ok && cnt("d/f1", FUSE_GETATTR) >= 2,
+	      "stat d/f1 (twice) matches the backing file and reached the server: GETATTR %u",
+	      cnt("d/f1", FUSE_GETATTR));
+	ok = stat(m("d"), &st) == 0 && S_ISDIR(st.st_mode);
+	check(ok && cnt("d", FUSE_GETATTR) > 0,
+	      "stat d reached the server: GETATTR %u", cnt("d", FUSE_GETATTR));
+
+	r = getxattr(m("d/f1"), "user.pt", buf, sizeof(buf));
+	ok = r == 6 && !memcmp(buf, "file1", 6);
+	check(ok && cnt("d/f1", FUSE_GETXATTR) > 0,
+	      "getxattr d/f1 user.pt = \"file1\" reached the server: GETXATTR %u",
+	      cnt("d/f1", FUSE_GETXATTR));
+	r = listxattr(m("d/f1"), buf, sizeof(buf));
+	ok = r > 0 && memmem(buf, r, "user.pt", 8);
+	check(ok && cnt("d/f1", FUSE_LISTXATTR) > 0,
+	      "listxattr d/f1 reached the server: LISTXATTR %u",
+	      cnt("d/f1", FUSE_LISTXATTR));
+
+	ok = dir_names(m("d"), buf, sizeof(buf)) > 0 &&
+	     dir_names(s("d"), bbuf, sizeof(bbuf)) > 0 && !strcmp(buf, bbuf);
+	check(ok && cnt("d", FUSE_READDIR) > 0 && cnt("d", FUSE_OPENDIR) > 0,
+	      "readdir d lists the backing directory and reached the server: OPENDIR %u, READDIR %u",
+	      cnt("d", FUSE_OPENDIR), cnt("d", FUSE_READDIR));
+
+	open_read("d/f1", "content of f1\n");
+	check(cnt("d/f1", FUSE_OPEN) > 0 && cnt("d/f1", FUSE_READ) > 0,
+	      "d/f1 (plain open reply): OPEN %u, READ %u at the server",
+	      cnt("d/f1", FUSE_OPEN), cnt("d/f1", FUSE_READ));
+	open_read("d/f3", "content of f3\n");
+	check(cnt("d/f3", FUSE_OPEN) > 0 && cnt("d/f3", FUSE_READ) == 0,
+	      "d/f3 (FOPEN_PASSTHROUGH with a per-open backing id): OPEN %u, READ %u at the server",
+	      cnt("d/f3", FUSE_OPEN), cnt("d/f3", FUSE_READ));
+
+	fd = open(m("d/f4"), O_WRONLY);
+	ok = fd >= 0 && pwrite(fd, "CONTENT", 7, 0) == 7;
+	if (fd >= 0)
+		close(fd);
+	ok = ok && read_file(s("d/f4"), buf, sizeof(buf)) > 0 &&
+	     !strcmp(buf, "CONTENT of f4\n");
+	check(ok && cnt("d/f4", FUSE_WRITE) > 0,
+	      "write d/f4 reached the backing file through the server: WRITE %u",
+	      cnt("d/f4", FUSE_WRITE));
+
+	ok = chmod(m("d/f1"), 0640) == 0 && stat(s("d/f1"), &bst) == 0 &&
+	     (bst.st_mode & 07777) == 0640;
+	check(ok && cnt("d/f1", FUSE_SETATTR) > 0,
+	      "chmod d/f1 reached the server: SETATTR %u",
+	      cnt("d/f1", FUSE_SETATTR));
+}
+
+static void check_release(void)
+{
+	int fdc, i, e, all, nb;
+
+	if (chdir("/"))
+		return;
+	fdc = open("/proc/sys/vm/drop_caches", O_WRONLY);
+	for (i = 0; i < 300; i++) {
+		if (fdc >= 0) {
+			lseek(fdc, 0, SEEK_SET);
+			if (write(fdc, "2", 1) != 1)
+				break;
+		}
+		all = 1;
+		for (e = 2; e < MAXNODE; e++)
+			if (sh->nodes[e].used && !sh->nodes[e].forgotten &&
+			    (sh->nodes[e].backing_id || !sh->ino_mode))
+				all = 0;
+		if (all)
+			break;
+		usleep(10000);
+	}
+	if (fdc >= 0)
+		close(fdc);
+	if (!sh->ino_mode) {
+		for (nb = 0, e = 2; e < MAXNODE; e++)
+			if (sh->nodes[e].used && !sh->nodes[e].forgotten)
+				nb++;
+		check(nb == 0 && all,
+		      "every looked up inode got its FORGET after drop_caches (%d left)",
+		      nb);
+		return;
+	}
+	all = 1;
+	nb = 0;
+	for (e = 2; e < MAXNODE; e++) {
+		struct node *n = &sh->nodes[e];
+
+		if (!n->used || !n->backing_id)
+			continue;
+		nb++;
+		if (!n->forgotten || n->close_rc ||
+		    n->close_again_errno != ENOENT) {
+			all = 0;
+			printf("INFO: %s: forgotten %d, close %d, again %s\n",
+			       n->pol >= 0 ? policies[n->pol].path : "?",
+			       n->forgotten, n->close_rc,
+			       strerror(n->close_again_errno));
+		}
+	}
+	check(nb > 0 && all,
+	      "all %d inodes with a backing id got their FORGET; BACKING_CLOSE then succeeded, a second one gave ENOENT",
+	      nb);
+}
+
+static void client_ino(void)
+{
+	struct stat st, bst;
+	struct statx stx, bstx;
+	char buf[512], bbuf[512];
+	unsigned int before;
+	ssize_t r, r2;
+	int ok, fd, e;
+
+	check(sh->kernel_minor >= 47, "kernel speaks FUSE 7.%u (>= 7.47)",
+	      sh->kernel_minor);
+	check(sh->kernel_offers_ino, "kernel offers FUSE_PASSTHROUGH_INO");
+	if (!sh->kernel_offers_ino)
+		return;
+	printf("INFO: ops_mask bits the kernel accepts: 0x%llx (opcodes",
+	       (unsigned long long)sh->supported);
+	for (e = 1; e <= 64; e++)
+		if (sh->supported & FUSE_PASSTHROUGH_OP(e))
+			printf(" %d", e);
+	printf(")\n");
+	check(sh->unknown_bit_errno == EOPNOTSUPP,
+	      "BACKING_OPEN with an unsupported op bit (RENAME2) fails with EOPNOTSUPP (got %s)",
+	      strerror(sh->unknown_bit_errno));
+	check(sh->high_bit_errno == EOPNOTSUPP,
+	      "BACKING_OPEN with bit 63 fails with EOPNOTSUPP (got %s)",
+	      strerror(sh->high_bit_errno));
+
+	/* --- GETATTR / STATX */
+	if (supported(OP(GETATTR), "GETATTR")) {
+		static const char * const paths[] = {
+			"d", "d/f1", "d/f3", "d/f4", "d/sub",
+		};
+		unsigned int i;
+
+		for (i = 0; i < 5; i++) {
+			ok = stat(m(paths[i]), &st) == 0 &&
+			     lstat(s(paths[i]), &bst) == 0 &&
+			     same_stat(&st, &bst);
+			ok = ok && stat(m(paths[i]), &st) == 0;
+			check(ok && cnt(paths[i], FUSE_GETATTR) == 0,
+			      "stat %s (twice) matches the backing file, GETATTR at the server: %u",
+			      paths[i], cnt(paths[i], FUSE_GETATTR));
+		}
+		chmod(s("d/f1"), 0604);
+		ok = stat(m("d/f1"), &st) == 0;
+		check(ok && (st.st_mode & 07777) == 0604 &&
+		      cnt("d/f1", FUSE_GETATTR) == 0,
+		      "a chmod of the backing file is seen at once by stat d/f1 (mode %o), GETATTR %u",
+		      st.st_mode & 07777, cnt("d/f1", FUSE_GETATTR));
+		chmod(s("d/f1"), 0644);
+	}
+	ok = stat(m("d/f2"), &st) == 0 && stat(m("d/f2"), &st) == 0;
+	check(ok && cnt("d/f2", FUSE_GETATTR) >= 2,
+	      "stat d/f2 (registered without GETATTR, twice) reached the server: GETATTR %u",
+	      cnt("d/f2", FUSE_GETATTR));
+	ok = stat(m("d/plain"), &st) == 0;
+	check(ok && cnt("d/plain", FUSE_GETATTR) > 0,
+	      "stat d/plain (no backing file) reached the server: GETATTR %u",
+	      cnt("d/plain", FUSE_GETATTR));
+	if (supported(OP(STATX), "STATX")) {
+		memset(&stx, 0, sizeof(stx));
+		r = statx(AT_FDCWD, m("d/f1"), 0,
+			  STATX_BASIC_STATS | STATX_BTIME, &stx);
+		statx(AT_FDCWD, s("d/f1"), 0, STATX_BASIC_STATS | STATX_BTIME,
+		      &bstx);
+		ok = r == 0 && (stx.stx_mask & STATX_BTIME) &&
+		     stx.stx_btime.tv_sec == bstx.stx_btime.tv_sec &&
+		     stx.stx_btime.tv_nsec == bstx.stx_btime.tv_nsec;
+		check(ok && cnt("d/f1", FUSE_STATX) == 0 &&
+		      cnt("d/f1", FUSE_GETATTR) == 0,
+		      "statx(STATX_BTIME) d/f1 gives the backing btime: STATX %u, GETATTR %u at the server",
+		      cnt("d/f1", FUSE_STATX), cnt("d/f1", FUSE_GETATTR));
+	}
+
+	/* --- GETXATTR / LISTXATTR */
+	if (supported(OP(GETXATTR) | OP(LISTXATTR), "GETXATTR/LISTXATTR")) {
+		r = getxattr(m("d/f1"), "user.pt", buf, sizeof(buf));
+		ok = r == 6 && !memcmp(buf, "file1", 6);
+		check(ok && cnt("d/f1", FUSE_GETXATTR) == 0,
+		      "getxattr d/f1 user.pt = \"file1\", GETXATTR at the server: %u",
+		      cnt("d/f1", FUSE_GETXATTR));
+		r = getxattr(m("d"), "user.pt", buf, sizeof(buf));
+		ok = r == 4 && !memcmp(buf, "dir", 4);
+		check(ok && cnt("d", FUSE_GETXATTR) == 0,
+		      "getxattr d user.pt = \"dir\", GETXATTR at the server: %u",
+		      cnt("d", FUSE_GETXATTR));
+		r = getxattr(m("d/f1"), "user.none", buf, sizeof(buf));
+		e = r < 0 ? errno : 0;
+		check(e == ENODATA && cnt("d/f1", FUSE_GETXATTR) == 0,
+		      "getxattr d/f1 user.none fails with ENODATA (%s), GETXATTR at the server: %u",
+		      strerror(e), cnt("d/f1", FUSE_GETXATTR));
+		r = getxattr(m("d/f1"), "user.pt", NULL, 0);
+		check(r == 6 && cnt("d/f1", FUSE_GETXATTR) == 0,
+		      "getxattr d/f1 user.pt size query = %zd", r);
+		r = listxattr(m("d/f1"), buf, sizeof(buf));
+		r2 = listxattr(s("d/f1"), bbuf, sizeof(bbuf));
+		ok = r > 0 && r == r2 && !memcmp(buf, bbuf, r);
+		check(ok && cnt("d/f1", FUSE_LISTXATTR) == 0,
+		      "listxattr d/f1 matches the backing file, LISTXATTR at the server: %u",
+		      cnt("d/f1", FUSE_LISTXATTR));
+		r = listxattr(m("d"), buf, sizeof(buf));
+		ok = r > 0 && memmem(buf, r, "user.pt", 8);
+		check(ok && cnt("d", FUSE_LISTXATTR) == 0,
+		      "listxattr d lists user.pt, LISTXATTR at the server: %u",
+		      cnt("d", FUSE_LISTXATTR));
+		r = getxattr(m("d/acl"), "system.posix_acl_access", buf,
+			     sizeof(buf));
+		r2 = getxattr(s("d/acl"), "system.posix_acl_access", bbuf,
+			      sizeof(bbuf));
+		ok = r > 0 && r == r2 && !memcmp(buf, bbuf, r);
+		check(ok && cnt("d/acl", FUSE_GETXATTR) == 0,
+		      "getxattr d/acl system.posix_acl_access = the backing ACL (%zd bytes), GETXATTR at the server: %u",
+		      r, cnt("d/acl", FUSE_GETXATTR));
+		e = as_uid(1234, m("d/acl"));
+		check(e == 0,
+		      "uid 1234 may open d/acl (mode 0640 root:root, ACL user:1234:r--): %s",
+		      strerror(e));
+		e = as_uid(1235, m("d/acl"));
+		check(e == EACCES, "uid 1235 may not open d/acl: %s",
+		      strerror(e));
+		check(cnt("d/acl", FUSE_GETXATTR) == 0,
+		      "the ACL permission checks did not reach the server: GETXATTR %u",
+		      cnt("d/acl", FUSE_GETXATTR));
+	}
+	r = getxattr(m("d/f4"), "user.pt", buf, sizeof(buf));
+	ok = r == 6 && !memcmp(buf, "file4", 6);
+	check(ok && cnt("d/f4", FUSE_GETXATTR) > 0,
+	      "getxattr d/f4 (GETXATTR not in its mask) reached the server: GETXATTR %u",
+	      cnt("d/f4", FUSE_GETXATTR));
+
+	/* --- READDIR, and OPEN of a directory */
+	if (supported(OP(READDIR) | OP(OPEN), "READDIR")) {
+		DIR *d;
+		struct dirent *de;
+		long pos = -1;
+		char name[256] = "", again[256] = "";
+		int n1, n2, i = 0;
+
+		n1 = dir_names(m("d"), buf, sizeof(buf));
+		n2 = dir_names(s("d"), bbuf, sizeof(bbuf));
+		check(n1 > 2 && n1 == n2 && !strcmp(buf, bbuf),
+		      "readdir d lists the backing directory: %s", buf);
+		check(cnt("d", FUSE_OPENDIR) == 0 && cnt("d", FUSE_READDIR) == 0 &&
+		      cnt("d", FUSE_READDIRPLUS) == 0 &&
+		      cnt("d", FUSE_RELEASEDIR) == 0,
+		      "readdir d: OPENDIR %u, READDIR %u, READDIRPLUS %u, RELEASEDIR %u at the server",
+		      cnt("d", FUSE_OPENDIR), cnt("d", FUSE_READDIR),
+		      cnt("d", FUSE_READDIRPLUS), cnt("d", FUSE_RELEASEDIR));
+
+		/* telldir/seekdir/rewinddir on a passthrough directory */
+		d = opendir(m("d"));
+		while (d && (de = readdir(d))) {
+			if (i++ == 2) {
+				pos = telldir(d);
+				de = readdir(d);
+				if (de)
+					snprintf(name, sizeof(name), "%s",
+						 de->d_name);
+				break;
+			}
+		}
+		if (d && pos >= 0) {
+			rewinddir(d);
+			readdir(d);
+			seekdir(d, pos);
+			de = readdir(d);
+			if (de)
+				snprintf(again, sizeof(again), "%s",
+					 de->d_name);
+		}
+		if (d)
+			closedir(d);
+		check(name[0] && !strcmp(name, again),
+		      "telldir/rewinddir/seekdir on d: \"%s\" == \"%s\"", name,
+		      again);
+	}
+	ok = dir_names(m("d/sub"), buf, sizeof(buf)) == 3;
+	check(ok && cnt("d/sub", FUSE_OPENDIR) > 0 &&
+	      cnt("d/sub", FUSE_READDIR) > 0,
+	      "readdir d/sub (READDIR not in its mask) reached the server: OPENDIR %u, READDIR %u",
+	      cnt("d/sub", FUSE_OPENDIR), cnt("d/sub", FUSE_READDIR));
+
+	/* --- OPEN, READ, WRITE */
+	open_read("d/f4", "content of f4\n");
+	check(cnt("d/f4", FUSE_OPEN) > 0 && cnt("d/f4", FUSE_READ) > 0,
+	      "d/f4 (metadata-only backing, plain OPEN reply) is read through the server: OPEN %u, READ %u",
+	      cnt("d/f4", FUSE_OPEN), cnt("d/f4", FUSE_READ));
+	if (supported(OP(OPEN) | OP(READ) | OP(WRITE), "OPEN/READ/WRITE")) {
+		void *p;
+
+		open_read("d/f1", "content of f1\n");
+		check(cnt("d/f1", FUSE_OPEN) == 0 && cnt("d/f1", FUSE_READ) == 0 &&
+		      cnt("d/f1", FUSE_RELEASE) == 0 &&
+		      cnt("d/f1", FUSE_FLUSH) == 0,
+		      "d/f1 (OPEN|READ|WRITE): OPEN %u, READ %u, FLUSH %u, RELEASE %u at the server",
+		      cnt("d/f1", FUSE_OPEN), cnt("d/f1", FUSE_READ),
+		      cnt("d/f1", FUSE_FLUSH), cnt("d/f1", FUSE_RELEASE));
+		fd = open(m("d/f1"), O_RDWR);
+		ok = fd >= 0 && pwrite(fd, "CONTENT", 7, 0) == 7;
+		if (fd >= 0)
+			close(fd);
+		ok = ok && read_file(s("d/f1"), bbuf, sizeof(bbuf)) > 0 &&
+		     !strcmp(bbuf, "CONTENT of f1\n");
+		check(ok && cnt("d/f1", FUSE_WRITE) == 0 &&
+		      cnt("d/f1", FUSE_OPEN) == 0,
+		      "write d/f1 lands in the backing file: WRITE %u, OPEN %u at the server",
+		      cnt("d/f1", FUSE_WRITE), cnt("d/f1", FUSE_OPEN));
+		fd = open(m("d/f1"), O_RDONLY);
+		p = fd >= 0 ? mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) :
+			      MAP_FAILED;
+		check(p != MAP_FAILED && !memcmp(p, "CONTENT", 7),
+		      "mmap d/f1 maps the backing file");
+		if (p != MAP_FAILED)
+			munmap(p, 4096);
+		if (fd >= 0)
+			close(fd);
+
+		open_read("d/f2", "content of f2\n");
+		check(cnt("d/f2", FUSE_OPEN) == 0 && cnt("d/f2", FUSE_READ) > 0,
+		      "d/f2 (OPEN without READ): OPEN %u, READ %u (fh 0) at the server",
+		      cnt("d/f2", FUSE_OPEN), cnt("d/f2", FUSE_READ));
+		open_read("d/f3", "content of f3\n");
+		check(cnt("d/f3", FUSE_OPEN) > 0 && cnt("d/f3", FUSE_READ) == 0,
+		      "d/f3 (READ|WRITE; OPEN reply FOPEN_PASSTHROUGH, backing_id 0): OPEN %u, READ %u at the server",
+		      cnt("d/f3", FUSE_OPEN), cnt("d/f3", FUSE_READ));
+		open_read("d/f5", "content of f5\n");
+		check(cnt("d/f5", FUSE_OPEN) > 0 && cnt("d/f5", FUSE_READ) == 0,
+		      "d/f5 (READ|WRITE; OPEN reply FOPEN_PASSTHROUGH, own backing_id): OPEN %u, READ %u at the server",
+		      cnt("d/f5", FUSE_OPEN), cnt("d/f5", FUSE_READ));
+		before = cnt("d/sub/g", FUSE_OPEN);
+		open_read("d/sub/g", "content of g\n");
+		check(cnt("d/sub/g", FUSE_OPEN) == before &&
+		      cnt("d/sub/g", FUSE_READ) == 0,
+		      "d/sub/g below a directory without READDIR: OPEN %u, READ %u at the server",
+		      cnt("d/sub/g", FUSE_OPEN), cnt("d/sub/g", FUSE_READ));
+	}
+
+	/* --- SETATTR left out of the mask, and passed through */
+	ok = chmod(m("d/f1"), 0640) == 0 && stat(s("d/f1"), &bst) == 0 &&
+	     (bst.st_mode & 07777) == 0640 && stat(m("d/f1"), &st) == 0 &&
+	     (st.st_mode & 07777) == 0640;
+	check(ok && cnt("d/f1", FUSE_SETATTR) > 0,
+	      "chmod d/f1 (SETATTR not in its mask) reached the server: SETATTR %u",
+	      cnt("d/f1", FUSE_SETATTR));
+	if (supported(OP(SETATTR), "SETATTR")) {
+		struct timespec ts[2] = { { 1000000, 0 }, { 2000000, 5 } };
+		pid_t pid;
+		int status;
+
+		ok = chmod(m("d/setf"), 0600) == 0 &&
+		     truncate(m("d/setf"), 3) == 0 &&
+		     utimensat(AT_FDCWD, m("d/setf"), ts, 0) == 0 &&
+		     stat(s("d/setf"), &bst) == 0 &&
+		     (bst.st_mode & 07777) == 0600 && bst.st_size == 3 &&
+		     bst.st_mtim.tv_sec == 2000000 &&
+		     bst.st_mtim.tv_nsec == 5 &&
+		     stat(m("d/setf"), &st) == 0 && same_stat(&st, &bst);
+		check(ok && cnt("d/setf", FUSE_SETATTR) == 0,
+		      "chmod/truncate/utimensat d/setf change the backing file, SETATTR at the server: %u",
+		      cnt("d/setf", FUSE_SETATTR));
+		fd = open(m("d/setf"), O_WRONLY | O_TRUNC);
+		ok = fd >= 0 && fstat(fd, &st) == 0 && st.st_size == 0 &&
+		     stat(s("d/setf"), &bst) == 0 && bst.st_size == 0;
+		if (fd >= 0)
+			close(fd);
+		check(ok && cnt("d/setf", FUSE_SETATTR) == 0 &&
+		      cnt("d/setf", FUSE_OPEN) == 0,
+		      "open(O_TRUNC) d/setf truncates the backing file: SETATTR %u, OPEN %u at the server",
+		      cnt("d/setf", FUSE_SETATTR), cnt("d/setf", FUSE_OPEN));
+		e = as_uid(1234, m("d/setf"));
+		check(e == EACCES, "uid 1234 may not open d/setf (mode 0600): %s",
+		      strerror(e));
+		pid = fork();
+		if (pid == 0) {
+			if (setresuid(1234, 1234, 1234))
+				_exit(100);
+			_exit(chmod(m("d/setf"), 0666) ? errno : 0);
+		}
+		waitpid(pid, &status, 0);
+		e = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+		ok = stat(s("d/setf"), &bst) == 0 &&
+		     (bst.st_mode & 07777) == 0600;
+		check(e == EPERM && ok,
+		      "uid 1234 may not chmod d/setf, which it does not own: %s",
+		      strerror(e));
+	}
+
+	/* --- a second, different backing file for an inode is refused */
+	if (supported(OP(GETATTR), "a second backing file")) {
+		int e1, e2, e3;
+
+		e1 = stat(m("d/dup"), &st) ? errno : 0;
+		e2 = stat(m("d/dup"), &st) ? errno : 0;
+		e3 = stat(m("d/dup"), &st) ? errno : 0;
+		check(e1 == 0 && e2 == EIO && e3 == 0 &&
+		      sh->nodes[nid_of("d/dup")].dup_sent,
+		      "a LOOKUP reply naming another backing file for d/dup fails: %s, then %s, then %s",
+		      strerror(e1), strerror(e2), strerror(e3));
+		e1 = stat(m("d/legacy"), &st) ? errno : 0;
+		check(e1 == EIO,
+		      "a LOOKUP reply naming a backing id registered with ops_mask 0 fails: %s",
+		      strerror(e1));
+	}
+
+	/* --- release: after FORGET the server can close its ids */
+	check_release();
+	e = nid_of("d/legacy");
+	check(e > 0 && sh->nodes[e].forgotten,
+	      "the refused LOOKUP of d/legacy was given back with a FORGET");
+}
+
+static void client(void)
+{
+	wait_for(&sh->init_done);
+	/* the first access waits for INIT; the probe runs right after it */
+	access(mntdir, F_OK);
+	wait_for(&sh->probe_done);
+	if (sh->ino_mode) {
+		client_ino();
+	} else {
+		client_plain();
+		check_release();
+	}
+	printf("RESULT: %s mode: %d checks, %d failed, %d skipped\n",
+	       sh->ino_mode ? "ino" : "plain", checks, failures, skips);
+	fflush(stdout);
+	exit(failures || (skips && !allow_missing) ? 1 : 0);
+}
+
+/* ------------------------------------------------------------------ setup */
+
+static void put(const char *rel, const char *content)
+{
+	int fd = open(s(rel), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	if (fd < 0 || write(fd, content, strlen(content)) < 0)
+		die("create %s", rel);
+	close(fd);
+}
+
+static void make_tree(void)
+{
+	/* system.posix_acl_access: owner rw, user 1234 r, group -, mask r */
+	static const uint32_t acl[] = {
+		2,			/* POSIX_ACL_XATTR_VERSION */
+		0x01 | (6 << 16), 0xffffffff,	/* USER_OBJ rw- */
+		0x02 | (4 << 16), 1234,		/* USER 1234 r-- */
+		0x04 | (0 << 16), 0xffffffff,	/* GROUP_OBJ --- */
+		0x10 | (4 << 16), 0xffffffff,	/* MASK r-- */
+		0x20 | (0 << 16), 0xffffffff,	/* OTHER --- */
+	};
+	char buf[sizeof(acl)];
+	size_t i, off = 4;
+
+	if (mkdir(srcdir, 0755) && errno != EEXIST)
+		die("mkdir %s", srcdir);
+	mkdir(s("d"), 0755);
+	mkdir(s("d/sub"), 0755);
+	put("d/f1", "content of f1\n");
+	put("d/f2", "content of f2\n");
+	put("d/f3", "content of f3\n");
+	put("d/f4", "content of f4\n");
+	put("d/f5", "content of f5\n");
+	put("d/setf", "content of setf\n");
+	put("d/acl", "content of acl\n");
+	put("d/plain", "content of plain\n");
+	put("d/dup", "content of dup\n");
+	put("d/legacy", "content of legacy\n");
+	put("d/sub/g", "content of g\n");
+	if (setxattr(s("d"), "user.pt", "dir", 4, 0) ||
+	    setxattr(s("d/f1"), "user.pt", "file1", 6, 0) ||
+	    setxattr(s("d/f1"), "user.other", "x", 1, 0) ||
+	    setxattr(s("d/f4"), "user.pt", "file4", 6, 0))
+		die("setxattr (user xattrs needed on %s)", srcdir);
+	/* struct posix_acl_xattr_entry: le16 tag, le16 perm, le32 id */
+	memcpy(buf, acl, 4);
+	for (i = 1; i < sizeof(acl) / 4; i += 2, off += 8) {
+		uint16_t tag = acl[i] & 0xffff, perm = acl[i] >> 16;
+
+		memcpy(buf + off, &tag, 2);
+		memcpy(buf + off + 2, &perm, 2);
+		memcpy(buf + off + 4, &acl[i + 1], 4);
+	}
+	chmod(s("d/acl"), 0600);
+	if (setxattr(s("d/acl"), "system.posix_acl_access", buf, off, 0))
+		die("set ACL (POSIX ACLs needed on %s)", srcdir);
+	chmod(s("d/acl"), 0640);	/* group class = ACL mask r-- */
+}
+
+static void remove_tree(const char *dir)
+{
+	char cmd[600];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd))
+		fprintf(stderr, "ptino_test: cleanup of %s failed\n", dir);
+}
+
+int main(int argc, char **argv)
+{
+	const char *work = argc > 2 ? argv[2] : "/tmp/ptino";
+	char opts[256];
+	pid_t pid;
+	int status, rootfd;
+
+	if (argc < 2 || (strcmp(argv[1], "ino") && strcmp(argv[1], "plain"))) {
+		fprintf(stderr, "usage: %s ino|plain [WORKDIR]\n", argv[0]);
+		return 2;
+	}
+	allow_missing = getenv("PTINO_ALLOW_MISSING") != NULL;
+	setvbuf(stdout, NULL, _IOLBF, 0);
+
+	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (sh == MAP_FAILED)
+		die("mmap");
+	sh->ino_mode = !strcmp(argv[1], "ino");
+
+	if (mkdir(work, 0755) && errno != EEXIST)
+		die("mkdir %s", work);
+	snprintf(srcdir, sizeof(srcdir), "%s/src-%s", work, argv[1]);
+	snprintf(mntdir, sizeof(mntdir), "%s/mnt-%s", work, argv[1]);
+	remove_tree(srcdir);
+	make_tree();
+	if (mkdir(mntdir, 0755) && errno != EEXIST)
+		die("mkdir %s", mntdir);
+
+	rootfd = open(srcdir, O_PATH | O_CLOEXEC);
+	if (rootfd < 0)
+		die("open %s", srcdir);
+	sh->nodes[1].used = 1;
+	sh->nodes[1].fd = rootfd;
+	sh->nodes[1].pol = -1;
+	sh->nodes[1].nlookup = 1;
+	sh->nodes[1].ro_fd = -1;
+
+	fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+	if (fuse_fd < 0)
+		die("open /dev/fuse");
+	snprintf(opts, sizeof(opts),
+		 "fd=%d,rootmode=40755,user_id=0,group_id=0,allow_other",
+		 fuse_fd);
+	if (mount("ptino", mntdir, "fuse.ptino", MS_NOSUID | MS_NODEV, opts))
+		die("mount %s", mntdir);
+
+	{
+		struct utsname u;
+
+		uname(&u);
+		printf("ptino_test %s mode on Linux %s\n", argv[1], u.release);
+	}
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		close(fuse_fd);
+		client();
+	}
+	serve(pid);
+	status = sh->client_status;
+
+	if (umount2(mntdir, 0) && umount2(mntdir, MNT_DETACH))
+		fprintf(stderr, "ptino_test: umount %s: %s\n", mntdir,
+			strerror(errno));
+	close(fuse_fd);
+	rmdir(mntdir);
+	remove_tree(srcdir);
+	if (sh->server_errors) {
+		printf("FAIL: the server saw %d errors\n", sh->server_errors);
+		status = 1;
+	}
+	return status;
+}
