@@ -1,1 +1,510 @@
-fn main() {}
+//! `passthroughfs [OPTIONS] SOURCE MOUNTPOINT [-o OPTS]`: mirrors SOURCE at
+//! MOUNTPOINT through FUSE, with kernel passthrough where the kernel has it.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tracing::{error, info, warn};
+
+use passthroughfs::fuse::session::{block_daemon_signals, default_threads};
+use passthroughfs::fuse::{MountOptions, Session, SessionOptions};
+use passthroughfs::passthrough::{Config, PassthroughFs};
+use passthroughfs::policy::{self, Policy};
+use passthroughfs::{credentials, stats, sys};
+
+const EXAMPLES: &str = "\
+Examples:
+  passthroughfs /srv/data /mnt/data
+      mirror /srv/data at /mnt/data (runs in the background once mounted)
+  passthroughfs -f --stats /tmp/ptfs.json /srv/data /mnt/data
+      stay in the foreground; `kill -USR1 <pid>` writes statistics
+  passthroughfs --nopassthrough --nocache /srv/data /mnt/data
+      the daemon serves every read and write, nothing is cached
+  passthroughfs /srv/data /mnt/data -o allow_other,ro
+      share a read-only mount with every user (permission checks by the kernel)
+  mount -t fuse.passthroughfs /srv/data /mnt/data -o allow_other
+  fstab: /srv/data /mnt/data fuse.passthroughfs allow_other 0 0
+      through mount.fuse3, with passthroughfs in $PATH
+
+Unmount with `umount MOUNTPOINT` (or `fusermount3 -u` as a user).
+Logs: RUST_LOG=debug (or --debug) selects the detail.";
+
+/// A FUSE passthrough filesystem: SOURCE mirrored at MOUNTPOINT.
+#[derive(Parser, Debug)]
+#[command(version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// Directory to mirror.
+    source: PathBuf,
+    /// Where to mount it (an empty directory, not already a mount point).
+    mountpoint: PathBuf,
+    /// Mount options, comma separated: allow_other, default_permissions,
+    /// nodefault_permissions, ro, rw, dev, suid, noexec, noatime, fsname=,
+    /// subtype=, max_read= ...
+    #[arg(short = 'o', value_name = "OPTS")]
+    options: Vec<String>,
+    /// Stay in the foreground.
+    #[arg(short, long)]
+    foreground: bool,
+    /// Log debug messages (implies --foreground).
+    #[arg(short, long)]
+    debug: bool,
+    /// Log every FUSE request (implies --foreground).
+    #[arg(long)]
+    debug_fuse: bool,
+    /// Entry and attribute cache validity, in seconds.
+    #[arg(long, default_value_t = 86400.0, value_name = "SECS")]
+    timeout: f64,
+    /// No caching: zero timeouts, page cache dropped on open.
+    #[arg(long)]
+    nocache: bool,
+    /// Accepted for compatibility with passthrough_hp; payloads are copied.
+    #[arg(long)]
+    nosplice: bool,
+    /// Serve all reads and writes in the daemon (no kernel passthrough).
+    #[arg(long)]
+    nopassthrough: bool,
+    /// Reads and writes go to the daemon (FOPEN_DIRECT_IO); mmap still
+    /// passes through.
+    #[arg(long)]
+    direct_io: bool,
+    /// One worker thread.
+    #[arg(long)]
+    single: bool,
+    /// Worker threads (default: one per CPU, at least 2).
+    #[arg(long, value_name = "N")]
+    num_threads: Option<usize>,
+    /// One /dev/fuse fd per worker (always on; kept for compatibility).
+    #[arg(long)]
+    clone_fd: bool,
+    /// Stack depth of backing files: 1, or 2 when SOURCE is itself on
+    /// overlayfs or FUSE (detected when not given).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=2))]
+    max_stack_depth: Option<u32>,
+    /// Ops the kernel may serve from the backing inode, on kernels with
+    /// inode passthrough: getattr,statx,setattr,getxattr,listxattr,readdir,
+    /// open,read,write,... or all / none. On stock kernels only read,write
+    /// apply (I/O passthrough on open).
+    #[arg(long, default_value = "all", value_name = "LIST")]
+    passthrough_ops: String,
+    /// Per-subtree passthrough rules (TOML; see `policy.rs`).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Write statistics (JSON) here on SIGUSR1 and at unmount.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
+    /// Most O_PATH fds kept for inodes (default: half the fd limit).
+    #[arg(long, value_name = "N")]
+    fd_cache: Option<usize>,
+    /// Where the logs go once in the background (default: nowhere).
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// Do not use READDIRPLUS.
+    #[arg(long)]
+    no_readdirplus: bool,
+}
+
+/// What `-o` asked for.
+struct ParsedOptions {
+    mount: MountOptions,
+}
+
+fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, String> {
+    let mut m = MountOptions {
+        fsname: source.display().to_string(),
+        ..Default::default()
+    };
+    for o in opts.iter().flat_map(|s| split_opts(s)) {
+        let (k, v) = match o.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (o.clone(), None),
+        };
+        match (k.as_str(), v) {
+            ("allow_other", None) => m.allow_other = true,
+            ("default_permissions", None) => m.default_permissions = true,
+            ("nodefault_permissions" | "no_default_permissions", None) => {
+                m.default_permissions = false
+            }
+            ("ro", None) => m.read_only = true,
+            ("rw", None) => m.read_only = false,
+            ("dev", None) => m.dev = true,
+            ("nodev", None) => m.dev = false,
+            ("suid", None) => m.suid = true,
+            ("nosuid", None) => m.suid = false,
+            ("exec", None) => m.exec = true,
+            ("noexec", None) => m.exec = false,
+            ("noatime", None) => m.noatime = true,
+            ("atime" | "relatime" | "strictatime", None) => m.noatime = false,
+            ("nodiratime", None) => m.nodiratime = true,
+            ("sync", None) => m.sync = true,
+            ("async", None) => m.sync = false,
+            ("dirsync", None) => m.dirsync = true,
+            ("fsname", Some(v)) => m.fsname = v,
+            ("subtype", Some(v)) => m.subtype = v,
+            ("max_read", Some(v)) => {
+                m.max_read = Some(v.parse().map_err(|_| format!("bad max_read={v}"))?)
+            }
+            // Meant for mount(8) or other helpers, not for us.
+            (
+                "user" | "users" | "nouser" | "auto" | "noauto" | "_netdev" | "nofail" | "defaults"
+                | "allow_root",
+                _,
+            ) => {}
+            (k, _) if k.starts_with("x-") => {}
+            (k, v) => {
+                let shown = match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => k.to_string(),
+                };
+                warn!("ignoring unknown mount option '{shown}'");
+            }
+        }
+    }
+    Ok(ParsedOptions { mount: m })
+}
+
+/// Splits "a,b=c\,d" on unescaped commas.
+fn split_opts(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (true, c) => {
+                cur.push(c);
+                esc = false;
+            }
+            (false, '\\') => esc = true,
+            (false, ',') => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            (false, c) => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// A start-up failure: printed as one line, exit status 1.
+struct Fatal(String);
+
+fn fatal<T>(msg: impl Into<String>) -> Result<T, Fatal> {
+    Err(Fatal(msg.into()))
+}
+
+fn check_paths(cli: &Cli) -> Result<(PathBuf, PathBuf), Fatal> {
+    let src = match std::fs::canonicalize(&cli.source) {
+        Ok(p) => p,
+        Err(e) => return fatal(format!("SOURCE {}: {e}", cli.source.display())),
+    };
+    if !src.is_dir() {
+        return fatal(format!("SOURCE {}: not a directory", cli.source.display()));
+    }
+    let mnt = match std::fs::canonicalize(&cli.mountpoint) {
+        Ok(p) => p,
+        Err(e) => return fatal(format!("MOUNTPOINT {}: {e}", cli.mountpoint.display())),
+    };
+    if !mnt.is_dir() {
+        return fatal(format!(
+            "MOUNTPOINT {}: not a directory",
+            cli.mountpoint.display()
+        ));
+    }
+    if mnt.starts_with(&src) {
+        return fatal(format!(
+            "MOUNTPOINT {} is inside SOURCE {}: the mount would contain itself",
+            mnt.display(),
+            src.display()
+        ));
+    }
+    match passthroughfs::fuse::mount::is_mountpoint(&mnt) {
+        Ok(true) => {
+            return fatal(format!(
+                "MOUNTPOINT {}: busy (something is already mounted there)",
+                mnt.display()
+            ))
+        }
+        Ok(false) => {}
+        Err(e) => return fatal(format!("MOUNTPOINT {}: {e}", mnt.display())),
+    }
+    Ok((src, mnt))
+}
+
+/// 1, or 2 when SOURCE itself sits on a stacking filesystem.
+fn detect_stack_depth(src: &Path) -> u32 {
+    const OVERLAYFS: i64 = 0x794c_7630;
+    const FUSE: i64 = 0x6573_5546;
+    const ECRYPTFS: i64 = 0xf15f;
+    let Ok(c) = std::ffi::CString::new(src.as_os_str().as_encoded_bytes()) else {
+        return 1;
+    };
+    // SAFETY: statfs is plain old data; valid path and buffer for the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return 1;
+    }
+    match st.f_type as i64 {
+        OVERLAYFS | FUSE | ECRYPTFS => 2,
+        _ => 1,
+    }
+}
+
+fn init_logging(cli: &Cli, log_file: Option<std::fs::File>) {
+    use tracing_subscriber::EnvFilter;
+    let default = if cli.debug || cli.debug_fuse {
+        "debug"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match log_file {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+/// A pipe from the daemon to the parent waiting in the foreground: one
+/// byte 0 when the mount is usable, or an error message.
+struct Readiness {
+    write: Option<OwnedFd>,
+}
+
+impl Readiness {
+    fn report(&mut self, r: Result<(), &str>) {
+        if let Some(fd) = self.write.take() {
+            // SAFETY: `fd` is our pipe's write end; ownership moves into File.
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd.as_raw_fd()) };
+            std::mem::forget(fd);
+            let _ = match r {
+                Ok(()) => f.write_all(&[0]),
+                Err(m) => f.write_all(m.as_bytes()),
+            };
+        }
+    }
+}
+
+/// Forks; the parent waits for the child's readiness and exits with it.
+fn daemonize() -> Result<Readiness, Fatal> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return fatal(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds are fresh and ours.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread exists yet (called before any is spawned).
+    match unsafe { libc::fork() } {
+        -1 => fatal(format!("fork: {}", std::io::Error::last_os_error())),
+        0 => {
+            drop(r);
+            // SAFETY: plain syscall in the child.
+            unsafe { libc::setsid() };
+            Ok(Readiness { write: Some(w) })
+        }
+        _ => {
+            drop(w);
+            let mut f = std::fs::File::from(r);
+            let mut msg = Vec::new();
+            let _ = f.read_to_end(&mut msg);
+            if msg == [0] {
+                std::process::exit(0);
+            }
+            if !msg.is_empty() {
+                eprintln!("passthroughfs: {}", String::from_utf8_lossy(&msg));
+            } else {
+                eprintln!("passthroughfs: the daemon exited before the mount was ready");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Detaches stdio once the daemon is running in the background.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard fds.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    let _ = std::env::set_current_dir("/");
+}
+
+fn run(cli: Cli) -> Result<(), Fatal> {
+    let foreground = cli.foreground || cli.debug || cli.debug_fuse;
+    let (src, mnt) = check_paths(&cli)?;
+    let parsed = parse_mount_options(&cli.options, &src).or_else(fatal)?;
+    let ops = policy::parse_ops(&cli.passthrough_ops)
+        .or_else(|e| fatal(format!("--passthrough-ops: {e}")))?;
+    let mut pol = match &cli.policy {
+        Some(p) => Policy::from_file(p, ops).or_else(fatal)?,
+        None => Policy::uniform(ops),
+    };
+    pol.set_source(&src);
+    if !Path::new("/dev/fuse").exists() {
+        return fatal("/dev/fuse does not exist (is the fuse module loaded?)");
+    }
+    let log_file = match &cli.log {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .or_else(|e| fatal(format!("--log {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+
+    let mut ready = if foreground {
+        Readiness { write: None }
+    } else {
+        daemonize()?
+    };
+    init_logging(&cli, if foreground { None } else { log_file });
+    let result = serve(&cli, src, mnt, parsed, pol, &mut ready, foreground);
+    match result {
+        // In the background, the waiting parent prints the error.
+        Err(Fatal(m)) if ready.write.is_some() => {
+            error!("{m}");
+            ready.report(Err(&m));
+            Err(Fatal(String::new()))
+        }
+        r => r,
+    }
+}
+
+fn serve(
+    cli: &Cli,
+    src: PathBuf,
+    mnt: PathBuf,
+    parsed: ParsedOptions,
+    pol: Policy,
+    ready: &mut Readiness,
+    foreground: bool,
+) -> Result<(), Fatal> {
+    credentials::init();
+    // The kernel (or, with DONT_MASK, the per-thread umask) masks modes:
+    // the process umask must not mask them a second time.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0) };
+    let limit = sys::raise_fd_limit();
+    let fd_cache = cli.fd_cache.unwrap_or((limit as usize / 2).max(64));
+    let depth = cli
+        .max_stack_depth
+        .unwrap_or_else(|| detect_stack_depth(&src));
+    let cfg = Config {
+        source: src.clone(),
+        timeout: Duration::from_secs_f64(cli.timeout.max(0.0)),
+        nocache: cli.nocache,
+        passthrough: !cli.nopassthrough,
+        direct_io: cli.direct_io,
+        splice: !cli.nosplice,
+        default_permissions: parsed.mount.default_permissions,
+        allow_other: parsed.mount.allow_other,
+        read_only: parsed.mount.read_only,
+        max_stack_depth: depth,
+        readdirplus: !cli.no_readdirplus,
+        fd_cache,
+        policy: Arc::new(pol),
+    };
+    let fs = Arc::new(PassthroughFs::new(cfg).or_else(|e| fatal(format!("SOURCE {e}")))?);
+    let threads = if cli.single {
+        1
+    } else {
+        cli.num_threads.unwrap_or_else(default_threads).max(1)
+    };
+    let sopts = SessionOptions {
+        threads,
+        clone_fd: true,
+        max_write: 1 << 20,
+        debug: cli.debug_fuse,
+    };
+    // Workers inherit the blocked set: only the main thread takes signals.
+    block_daemon_signals();
+    let session = Session::mount(fs.clone(), &mnt, &parsed.mount, sopts).or_else(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                " (mounting needs root, or fusermount3 from package fuse3)"
+            }
+            Some(libc::ENODEV) => " (no fuse filesystem in this kernel)",
+            _ => "",
+        };
+        fatal(format!("cannot mount {}: {e}{hint}", mnt.display()))
+    })?;
+    let conn = session.connection().clone();
+    let running = session
+        .spawn()
+        .or_else(|e| fatal(format!("cannot start workers: {e}")))?;
+    // Usable once the kernel's INIT was answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conn.negotiated().is_none() && Instant::now() < deadline && !running.is_finished() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if conn.negotiated().is_none() {
+        let _ = running.unmount();
+        return fatal("the kernel never sent INIT; unmounted");
+    }
+    info!(
+        "{} mounted at {} ({} workers, fd limit {}, fd cache {})",
+        src.display(),
+        mnt.display(),
+        threads,
+        limit,
+        fd_cache
+    );
+    ready.report(Ok(()));
+    if !foreground {
+        detach_stdio();
+    }
+    let stats_path = cli.stats.clone();
+    let fs2 = fs.clone();
+    running
+        .run_until_signal(move || stats::write(&fs2, stats_path.as_deref()))
+        .or_else(|e| fatal(format!("session: {e}")))?;
+    stats::write(&fs, cli.stats.as_deref());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            // Usage errors: EX_USAGE (64); --help and --version: 0.
+            return if usage {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal(m)) => {
+            if !m.is_empty() {
+                eprintln!("passthroughfs: {m}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}

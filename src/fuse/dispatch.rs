@@ -15,7 +15,7 @@ use super::abi::{self, InitFlags, Opcode};
 use super::channel::{Channel, Negotiated};
 use super::filesystem::{Context, Filesystem, InitConfig};
 use super::reply::*;
-use super::request::{Operation, ParseConfig, Request};
+use super::request::{Operation, Request};
 use super::Errno;
 
 /// Session-wide knobs the dispatcher needs.
@@ -106,7 +106,7 @@ pub(crate) fn dispatch<F: Filesystem>(
     let parse_cfg = conn
         .negotiated()
         .map(Negotiated::parse_config)
-        .unwrap_or(ParseConfig::default());
+        .unwrap_or_default();
     let op = match req.operation(&parse_cfg) {
         Ok(op) => op,
         Err(e) => {

@@ -55,6 +55,8 @@ pub trait Filesystem: Send + Sync + 'static {
     }
     /// The session has ended (unmount or DESTROY).
     fn destroy(&self) {}
+    /// Runs first in every worker thread (per-thread set-up).
+    fn worker_started(&self) {}
     /// The kernel asks to interrupt request `unique` (already received).
     fn interrupt(&self, unique: u64) {}
 

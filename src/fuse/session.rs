@@ -153,6 +153,7 @@ fn worker_loop<F: Filesystem>(
     bufsize: usize,
 ) -> WorkerExit {
     let mut buf = vec![0u8; bufsize];
+    fs.worker_started();
     loop {
         if stop.load(Ordering::Acquire) {
             return WorkerExit::Stopped;

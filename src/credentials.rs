@@ -1,0 +1,155 @@
+//! Acting as the caller: per-thread credential and umask switches.
+//!
+//! A request that creates an inode runs with the caller's fsuid/fsgid (and
+//! the supplementary group the kernel sent), so the host sets owner, group,
+//! setgid inheritance and ACLs itself, atomically. Without
+//! `default_permissions` every request runs that way, so the host checks
+//! permissions as it would for the caller.
+//!
+//! Switching the effective uid away from 0 clears the effective
+//! capabilities; switching back restores them. So privileged calls
+//! (`open_by_handle_at`, backing ioctls) happen before a switch or after the
+//! guard is dropped, never inside.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tracing::error;
+
+use crate::fuse::Errno;
+use crate::sys::thread_creds as tc;
+
+/// The groups the daemon runs with, captured once at start-up.
+static DAEMON_GROUPS: OnceLock<Vec<u32>> = OnceLock::new();
+
+/// Records the daemon's own supplementary groups (call once, early).
+pub fn init() {
+    let _ = DAEMON_GROUPS.set(tc::groups().unwrap_or_default());
+}
+
+fn daemon_groups() -> &'static [u32] {
+    DAEMON_GROUPS.get_or_init(|| tc::groups().unwrap_or_default())
+}
+
+/// Restores the thread's credentials when dropped.
+#[must_use]
+pub struct CredGuard {
+    saved: Option<(u32, u32)>,
+}
+
+impl CredGuard {
+    /// A guard that changed nothing.
+    pub fn none() -> CredGuard {
+        CredGuard { saved: None }
+    }
+}
+
+/// Switches the calling thread to `uid`/`gid` with supplementary `groups`.
+/// A no-op when the thread already has those ids and no groups are asked.
+pub fn become_caller(uid: u32, gid: u32, groups: &[u32]) -> Result<CredGuard, Errno> {
+    let (euid, egid) = (tc::euid(), tc::egid());
+    if uid == euid && gid == egid && groups.is_empty() {
+        return Ok(CredGuard::none());
+    }
+    if euid != 0 {
+        // Not root: we cannot act as somebody else; the host will check
+        // with our own ids (the unprivileged-mount case).
+        return Ok(CredGuard::none());
+    }
+    // Order: groups, gid, then uid (after the uid changes we could not
+    // change the others any more).
+    tc::set_groups(groups)?;
+    if let Err(e) = tc::set_egid(gid) {
+        let _ = tc::set_groups(daemon_groups());
+        return Err(e.into());
+    }
+    if let Err(e) = tc::set_euid(uid) {
+        let _ = tc::set_egid(egid);
+        let _ = tc::set_groups(daemon_groups());
+        return Err(e.into());
+    }
+    Ok(CredGuard {
+        saved: Some((euid, egid)),
+    })
+}
+
+impl Drop for CredGuard {
+    fn drop(&mut self) {
+        if let Some((uid, gid)) = self.saved.take() {
+            // uid first: back to root restores the capabilities needed for
+            // the other two.
+            let ok = tc::set_euid(uid).is_ok()
+                && tc::set_egid(gid).is_ok()
+                && tc::set_groups(daemon_groups()).is_ok();
+            if !ok {
+                // A worker stuck with a caller's identity would act on the
+                // next request with the wrong rights: stop everything.
+                error!("cannot restore the daemon's credentials; aborting");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// Sets the thread's umask for one create and restores it on drop. Needs
+/// the worker to have called [`worker_init`] (its own fs_struct).
+#[must_use]
+pub struct UmaskGuard(Option<u32>);
+
+impl UmaskGuard {
+    pub fn set(mask: Option<u32>) -> UmaskGuard {
+        UmaskGuard(mask.map(|m| tc::umask(m & 0o777)))
+    }
+}
+
+impl Drop for UmaskGuard {
+    fn drop(&mut self) {
+        if let Some(old) = self.0 {
+            tc::umask(old);
+        }
+    }
+}
+
+/// Per-worker set-up: a private fs_struct so umask changes stay per thread.
+pub fn worker_init() -> bool {
+    tc::unshare_fs().is_ok()
+}
+
+/// Supplementary groups of a process, read from /proc (racy by nature; used
+/// only without `default_permissions`, where the host does the checks).
+/// Cached for a second per pid.
+#[derive(Default)]
+pub struct GroupCache {
+    cache: DashMap<u32, (Instant, Vec<u32>)>,
+}
+
+impl GroupCache {
+    pub fn groups_of(&self, pid: u32) -> Vec<u32> {
+        if pid == 0 {
+            return Vec::new();
+        }
+        if let Some(e) = self.cache.get(&pid) {
+            if e.0.elapsed() < Duration::from_secs(1) {
+                return e.1.clone();
+            }
+        }
+        let groups = read_proc_groups(pid).unwrap_or_default();
+        if self.cache.len() > 4096 {
+            self.cache.clear();
+        }
+        self.cache.insert(pid, (Instant::now(), groups.clone()));
+        groups
+    }
+}
+
+fn read_proc_groups(pid: u32) -> Option<Vec<u32>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("Groups:"))?;
+    Some(
+        line["Groups:".len()..]
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect(),
+    )
+}

@@ -1,0 +1,591 @@
+//! The inode table: nodeid -> inode, and (st_dev, st_ino) -> nodeid so hard
+//! links share one inode.
+//!
+//! Design for more inodes than file descriptors: every inode keeps a file
+//! handle, and its O_PATH fd is only a cache. The table holds at most
+//! `capacity` such fds; past that a clock sweep closes the fds of inodes
+//! that are idle (not in use by a request, not open, with a handle), and
+//! they are reopened with `open_by_handle_at` when next used. Inodes on a
+//! filesystem without handles keep their fd (and count against the limit).
+//!
+//! nodeids come from a counter and are never reused, so the generation is
+//! always 0. Lookup counts follow the kernel's: +1 per entry reply, -n per
+//! FORGET; an inode whose count reached 0 is never revived (a racing lookup
+//! waits for its removal and inserts a fresh inode).
+
+use std::collections::VecDeque;
+use std::ops::Deref;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+use crate::file_handle::{FileHandle, MountFds};
+use crate::fuse::{abi, Errno};
+use crate::sys;
+
+/// Identity of a file in the source tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl InodeKey {
+    pub fn of(st: &libc::statx) -> InodeKey {
+        InodeKey {
+            dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+        }
+    }
+}
+
+/// File type of an inode, fixed for its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Directory,
+    Regular,
+    Symlink,
+    /// FIFOs, sockets, devices: never opened by the daemon except O_PATH.
+    Special,
+}
+
+impl Kind {
+    pub fn of_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Directory,
+            libc::S_IFREG => Kind::Regular,
+            libc::S_IFLNK => Kind::Symlink,
+            _ => Kind::Special,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Directory => "directory",
+            Kind::Regular => "regular",
+            Kind::Symlink => "symlink",
+            Kind::Special => "special",
+        }
+    }
+}
+
+/// Backing-id state of an inode (see `backing.rs`).
+#[derive(Debug, Default)]
+pub struct BackingSlot {
+    /// Registered backing id, 0 if none.
+    pub id: i32,
+    /// Opens currently using `id` for I/O passthrough.
+    pub opens: u32,
+    /// The id was registered at lookup (inode passthrough) and lives until
+    /// the inode is forgotten.
+    pub for_inode: bool,
+    /// The policy decision for this inode, taken at its first lookup
+    /// (0 = not decided yet; see `policy.rs`).
+    pub decision: u16,
+}
+
+/// Counters shared by the table and its inodes.
+#[derive(Default)]
+pub struct FdBudget {
+    /// O_PATH fds currently held by inodes.
+    pub open: AtomicUsize,
+    /// Most O_PATH fds the cache keeps before evicting.
+    pub capacity: AtomicUsize,
+    /// fds closed by eviction, and reopened from handles.
+    pub evictions: AtomicU64,
+    pub reopens: AtomicU64,
+}
+
+/// One inode of the source tree known to the kernel.
+pub struct Inode {
+    pub nodeid: u64,
+    pub key: InodeKey,
+    pub kind: Kind,
+    handle: Option<FileHandle>,
+    fd: RwLock<Option<OwnedFd>>,
+    nlookup: AtomicU64,
+    /// Clock bit: used since the last sweep.
+    referenced: AtomicBool,
+    /// Open files (and other pins) that need the fd to stay.
+    pins: AtomicU32,
+    pub backing: Mutex<BackingSlot>,
+    budget: &'static FdBudget,
+}
+
+impl Drop for Inode {
+    fn drop(&mut self) {
+        if self.fd.get_mut().is_some() {
+            self.budget.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl std::fmt::Debug for Inode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inode")
+            .field("nodeid", &self.nodeid)
+            .field("key", &self.key)
+            .field("kind", &self.kind)
+            .field("nlookup", &self.nlookup.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Inode {
+    pub fn nlookup(&self) -> u64 {
+        self.nlookup.load(Ordering::Acquire)
+    }
+
+    pub fn has_handle(&self) -> bool {
+        self.handle.is_some()
+    }
+
+    /// +1 lookup, unless the count already reached 0 (the inode is being
+    /// removed and must not come back).
+    fn try_inc_lookup(&self, n: u64) -> bool {
+        let mut cur = self.nlookup.load(Ordering::Acquire);
+        loop {
+            if cur == 0 {
+                return false;
+            }
+            match self.nlookup.compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(v) => cur = v,
+            }
+        }
+    }
+
+    /// Keeps the fd from being evicted while the inode is open.
+    pub fn pin(&self) {
+        self.pins.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn unpin(&self) {
+        self.pins.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The inode's O_PATH fd, held for the duration of one operation (eviction
+/// cannot close it meanwhile).
+pub struct InodeFd<'a> {
+    guard: RwLockReadGuard<'a, Option<OwnedFd>>,
+}
+
+impl InodeFd<'_> {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // The guard is only built over Some.
+        self.guard
+            .as_ref()
+            .map(|f| f.as_fd())
+            .expect("InodeFd over an empty slot")
+    }
+}
+
+impl Deref for InodeFd<'_> {
+    type Target = OwnedFd;
+    fn deref(&self) -> &OwnedFd {
+        self.guard.as_ref().expect("InodeFd over an empty slot")
+    }
+}
+
+/// The result of looking a name up.
+pub struct Looked {
+    pub inode: Arc<Inode>,
+    pub stat: libc::statx,
+}
+
+/// statx fields every lookup asks for.
+pub const STATX_MASK: u32 = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
+
+pub struct InodeTable {
+    by_id: DashMap<u64, Arc<Inode>>,
+    by_key: DashMap<InodeKey, u64>,
+    next_id: AtomicU64,
+    /// Clock queue of nodeids whose inode holds an fd.
+    clock: Mutex<VecDeque<u64>>,
+    budget: &'static FdBudget,
+    mounts: MountFds,
+    root_dev: u64,
+    /// Small index per device, to keep st_ino unique across submounts.
+    devs: RwLock<Vec<u64>>,
+}
+
+impl InodeTable {
+    /// Builds a table whose root (nodeid 1) is `root`, an O_PATH fd of
+    /// SOURCE. `capacity`: most O_PATH fds to cache.
+    pub fn new(root: OwnedFd, proc_self_fd: OwnedFd, capacity: usize) -> Result<InodeTable, Errno> {
+        let budget: &'static FdBudget = Box::leak(Box::default());
+        budget.capacity.store(capacity.max(16), Ordering::Relaxed);
+        let st = sys::statx(root.as_fd(), STATX_MASK)?;
+        let key = InodeKey::of(&st);
+        let mounts = MountFds::new(proc_self_fd);
+        let handle = mounts.handle_of(root.as_fd(), true);
+        budget.open.fetch_add(1, Ordering::Relaxed);
+        let root = Arc::new(Inode {
+            nodeid: abi::ROOT_ID,
+            key,
+            kind: Kind::Directory,
+            handle,
+            fd: RwLock::new(Some(root)),
+            // The kernel never forgets the root; a count it cannot reach.
+            nlookup: AtomicU64::new(1 << 62),
+            referenced: AtomicBool::new(true),
+            pins: AtomicU32::new(1),
+            backing: Mutex::new(BackingSlot::default()),
+            budget,
+        });
+        let t = InodeTable {
+            by_id: DashMap::new(),
+            by_key: DashMap::new(),
+            next_id: AtomicU64::new(abi::ROOT_ID + 1),
+            clock: Mutex::new(VecDeque::new()),
+            budget,
+            mounts,
+            root_dev: key.dev,
+            devs: RwLock::new(vec![key.dev]),
+        };
+        t.by_id.insert(abi::ROOT_ID, root);
+        t.by_key.insert(key, abi::ROOT_ID);
+        Ok(t)
+    }
+
+    pub fn budget(&self) -> &FdBudget {
+        self.budget
+    }
+
+    pub fn mounts(&self) -> &MountFds {
+        &self.mounts
+    }
+
+    pub fn proc_self_fd(&self) -> BorrowedFd<'_> {
+        self.mounts.proc_self_fd()
+    }
+
+    /// Inodes the kernel currently knows (root included).
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The inode of `nodeid`. An id the kernel never got (or already
+    /// forgot) is ESTALE, never a crash.
+    pub fn get(&self, nodeid: u64) -> Result<Arc<Inode>, Errno> {
+        self.by_id
+            .get(&nodeid)
+            .map(|r| r.value().clone())
+            .ok_or(Errno::ESTALE)
+    }
+
+    /// st_ino as reported to the kernel: unchanged on SOURCE's own device,
+    /// mixed with a per-device index across submounts so tar, du and rsync
+    /// see no false hard links.
+    pub fn report_ino(&self, key: InodeKey) -> u64 {
+        if key.dev == self.root_dev {
+            return key.ino;
+        }
+        let idx = {
+            let devs = self.devs.read();
+            devs.iter().position(|&d| d == key.dev)
+        };
+        let idx = idx.unwrap_or_else(|| {
+            let mut devs = self.devs.write();
+            match devs.iter().position(|&d| d == key.dev) {
+                Some(i) => i,
+                None => {
+                    devs.push(key.dev);
+                    devs.len() - 1
+                }
+            }
+        });
+        key.ino ^ ((idx as u64 & 0xffff) << 48)
+    }
+
+    /// The inode's O_PATH fd, reopened from its handle if it was evicted.
+    pub fn fd<'a>(&self, inode: &'a Inode) -> Result<InodeFd<'a>, Errno> {
+        for _ in 0..8 {
+            inode.referenced.store(true, Ordering::Relaxed);
+            {
+                let g = inode.fd.read();
+                if g.is_some() {
+                    return Ok(InodeFd { guard: g });
+                }
+            }
+            let handle = inode.handle.as_ref().ok_or(Errno::ESTALE)?;
+            let mut w = inode.fd.write();
+            if w.is_none() {
+                let fd = self.with_fd_headroom(|| self.mounts.open(handle))?;
+                *w = Some(fd);
+                self.budget.open.fetch_add(1, Ordering::Relaxed);
+                self.budget.reopens.fetch_add(1, Ordering::Relaxed);
+                drop(w);
+                self.queue_for_eviction(inode.nodeid);
+                self.maybe_evict();
+            }
+            // Loop: take the read guard (an eviction in between, which
+            // needs the referenced bit clear, only costs another round).
+        }
+        Err(Errno::EAGAIN)
+    }
+
+    /// Runs `f`; on EMFILE/ENFILE closes cached fds and tries once more.
+    pub fn with_fd_headroom<T>(&self, mut f: impl FnMut() -> sys::Result<T>) -> Result<T, Errno> {
+        match f() {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                let n = self.budget.open.load(Ordering::Relaxed) / 4 + 8;
+                self.evict(n);
+                f().map_err(Errno::from)
+            }
+            r => r.map_err(Errno::from),
+        }
+    }
+
+    /// Looks `name` up in `parent` and returns the (possibly shared) inode
+    /// with one more lookup count.
+    pub fn lookup(&self, parent: &Inode, name: &std::ffi::CStr) -> Result<Looked, Errno> {
+        let pfd = self.fd(parent)?;
+        let fd = self
+            .with_fd_headroom(|| sys::openat(pfd.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0))?;
+        drop(pfd);
+        self.insert_fd(fd)
+    }
+
+    /// Registers an O_PATH fd just opened (lookup, mkdir, create ...).
+    pub fn insert_fd(&self, fd: OwnedFd) -> Result<Looked, Errno> {
+        let stat = sys::statx(fd.as_fd(), STATX_MASK)?;
+        let key = InodeKey::of(&stat);
+        let kind = Kind::of_mode(stat.stx_mode as u32);
+        let mut fd = Some(fd);
+        let mut new_handle: Option<Option<FileHandle>> = None;
+        loop {
+            // Known inode?
+            let existing = self.by_key.get(&key).map(|r| *r.value());
+            if let Some(nodeid) = existing {
+                if let Ok(inode) = self.get(nodeid) {
+                    if self.same_file(&inode, fd.as_ref(), &mut new_handle, kind) {
+                        if inode.try_inc_lookup(1) {
+                            // Our fresh fd saves a reopen if the inode's fd was evicted.
+                            if let Some(f) = fd.take() {
+                                self.adopt_fd(&inode, f);
+                            }
+                            return Ok(Looked { inode, stat });
+                        }
+                        // Being forgotten right now: wait for the removal.
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    // A recycled inode number: the old entry is stale, drop
+                    // its key (it lives on under its nodeid until forgotten).
+                    self.by_key.remove_if(&key, |_, v| *v == nodeid);
+                    continue;
+                }
+                // The map pointed at a removed nodeid; clean up and retry.
+                self.by_key.remove_if(&key, |_, v| *v == nodeid);
+                continue;
+            }
+            // New inode.
+            let f = fd.take().ok_or(Errno::EIO)?;
+            let handle = match new_handle.take() {
+                Some(h) => h,
+                None => self.mounts.handle_of(f.as_fd(), kind == Kind::Directory),
+            };
+            match self.by_key.entry(key) {
+                MapEntry::Occupied(_) => {
+                    // Lost a race with another lookup of the same file.
+                    fd = Some(f);
+                    new_handle = Some(handle);
+                    continue;
+                }
+                MapEntry::Vacant(v) => {
+                    let nodeid = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let inode = Arc::new(Inode {
+                        nodeid,
+                        key,
+                        kind,
+                        handle,
+                        fd: RwLock::new(Some(f)),
+                        nlookup: AtomicU64::new(1),
+                        referenced: AtomicBool::new(true),
+                        pins: AtomicU32::new(0),
+                        backing: Mutex::new(BackingSlot::default()),
+                        budget: self.budget,
+                    });
+                    self.budget.open.fetch_add(1, Ordering::Relaxed);
+                    // Lock order: by_key shard (held by `v`), then by_id.
+                    self.by_id.insert(nodeid, inode.clone());
+                    v.insert(nodeid);
+                    self.queue_for_eviction(nodeid);
+                    self.maybe_evict();
+                    return Ok(Looked { inode, stat });
+                }
+            }
+        }
+    }
+
+    /// Is the file behind `fd` the one `inode` stands for? An inode holding
+    /// an fd pins its inode number, so (dev, ino) is proof enough; one whose
+    /// fd was evicted is compared by handle (which carries the generation).
+    fn same_file(
+        &self,
+        inode: &Inode,
+        fd: Option<&OwnedFd>,
+        new_handle: &mut Option<Option<FileHandle>>,
+        kind: Kind,
+    ) -> bool {
+        if inode.kind != kind {
+            return false;
+        }
+        if inode.fd.read().is_some() {
+            return true;
+        }
+        let Some(fd) = fd else { return true };
+        let h = new_handle
+            .get_or_insert_with(|| self.mounts.handle_of(fd.as_fd(), kind == Kind::Directory));
+        match (&inode.handle, h) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    fn adopt_fd(&self, inode: &Inode, fd: OwnedFd) {
+        if inode.fd.read().is_some() {
+            return;
+        }
+        let mut w = inode.fd.write();
+        if w.is_none() {
+            *w = Some(fd);
+            self.budget.open.fetch_add(1, Ordering::Relaxed);
+            drop(w);
+            self.queue_for_eviction(inode.nodeid);
+            self.maybe_evict();
+        }
+    }
+
+    /// Puts an inode that just got an fd on the clock queue. Forgotten
+    /// inodes leave stale ids behind; compact when they dominate, so a
+    /// million lookup/forget cycles do not grow the queue.
+    fn queue_for_eviction(&self, nodeid: u64) {
+        let mut q = self.clock.lock();
+        q.push_back(nodeid);
+        let open = self.budget.open.load(Ordering::Relaxed);
+        if q.len() > 2 * open + 1024 {
+            q.retain(|id| self.by_id.contains_key(id));
+        }
+    }
+
+    /// Adds `n` lookups to an inode the caller already holds (READDIRPLUS of
+    /// a known entry, LINK). Fails if the inode is being forgotten.
+    pub fn inc_lookup(&self, inode: &Inode) -> bool {
+        inode.try_inc_lookup(1)
+    }
+
+    /// FORGET: drops `n` lookups; at 0 the inode leaves the table (its fd
+    /// closes once the last request using it is done). Returns the removed
+    /// inode, so the caller can release what hangs off it (backing ids).
+    pub fn forget(&self, nodeid: u64, n: u64) -> Option<Arc<Inode>> {
+        if nodeid == abi::ROOT_ID {
+            return None;
+        }
+        let inode = self.get(nodeid).ok()?;
+        let mut cur = inode.nlookup.load(Ordering::Acquire);
+        loop {
+            if cur == 0 {
+                return None;
+            }
+            let next = cur.saturating_sub(n);
+            match inode.nlookup.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if next > 0 {
+                        return None;
+                    }
+                    break;
+                }
+                Err(v) => cur = v,
+            }
+        }
+        self.by_key.remove_if(&inode.key, |_, v| *v == nodeid);
+        self.by_id.remove(&nodeid);
+        Some(inode)
+    }
+
+    fn maybe_evict(&self) {
+        let cap = self.budget.capacity.load(Ordering::Relaxed);
+        let open = self.budget.open.load(Ordering::Relaxed);
+        if open > cap {
+            // Evict a little more than needed so sweeps are not per-lookup.
+            self.evict(open - cap + cap / 16 + 1);
+        }
+    }
+
+    /// Clock sweep: closes up to `want` idle fds. Never blocks on an inode
+    /// in use.
+    pub fn evict(&self, want: usize) -> usize {
+        let mut closed = Vec::new();
+        {
+            let mut q = self.clock.lock();
+            let mut budget_steps = q.len() * 2 + 1;
+            while closed.len() < want && budget_steps > 0 {
+                budget_steps -= 1;
+                let Some(id) = q.pop_front() else { break };
+                let Some(inode) = self.by_id.get(&id).map(|r| r.value().clone()) else {
+                    continue;
+                };
+                if inode.handle.is_none() || inode.pins.load(Ordering::Acquire) > 0 {
+                    // Unevictable; it is requeued when touched again.
+                    if inode.handle.is_none() {
+                        continue;
+                    }
+                    q.push_back(id);
+                    continue;
+                }
+                if inode.referenced.swap(false, Ordering::AcqRel) {
+                    q.push_back(id);
+                    continue;
+                }
+                let Some(mut w) = inode.fd.try_write() else {
+                    q.push_back(id);
+                    continue;
+                };
+                if let Some(fd) = w.take() {
+                    self.budget.open.fetch_sub(1, Ordering::Relaxed);
+                    self.budget.evictions.fetch_add(1, Ordering::Relaxed);
+                    closed.push(fd);
+                }
+            }
+        }
+        let n = closed.len();
+        drop(closed);
+        n
+    }
+
+    /// Inodes by kind, for stats.
+    pub fn count_by_kind(&self) -> [(Kind, usize); 4] {
+        let mut c = [0usize; 4];
+        for r in self.by_id.iter() {
+            c[r.value().kind as usize] += 1;
+        }
+        [
+            (Kind::Directory, c[0]),
+            (Kind::Regular, c[1]),
+            (Kind::Symlink, c[2]),
+            (Kind::Special, c[3]),
+        ]
+    }
+}

@@ -1,0 +1,218 @@
+//! Directories: opendir, readdir, readdirplus.
+//!
+//! Each open directory has its own fd and getdents64 buffer, serialised by a
+//! mutex (getdents moves the fd's offset). Offsets are the host's `d_off`
+//! cookies; we seek only when the kernel asks for another position.
+//!
+//! READDIRPLUS counts a lookup for every entry it hands over except "." and
+//! "..", exactly like the kernel (which links them all); an entry that does
+//! not fit, or a reply the kernel did not take, gives its count back.
+
+use std::os::fd::AsFd;
+
+use super::*;
+
+const DIRENT_BUF: usize = 32 * 1024;
+
+pub(super) struct DirStream {
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    /// Offset the next entry in `buf` continues from.
+    offset: u64,
+}
+
+impl DirStream {
+    fn new() -> DirStream {
+        DirStream {
+            buf: vec![0u8; DIRENT_BUF],
+            pos: 0,
+            len: 0,
+            offset: 0,
+        }
+    }
+}
+
+/// One getdents64 record.
+struct RawDirent<'a> {
+    ino: u64,
+    off: u64,
+    typ: u8,
+    name: &'a [u8],
+    reclen: usize,
+}
+
+fn parse_dirent(b: &[u8]) -> Option<RawDirent<'_>> {
+    // struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+    let ino = u64::from_ne_bytes(b.get(0..8)?.try_into().ok()?);
+    let off = u64::from_ne_bytes(b.get(8..16)?.try_into().ok()?);
+    let reclen = u16::from_ne_bytes(b.get(16..18)?.try_into().ok()?) as usize;
+    let typ = *b.get(18)?;
+    let name_area = b.get(19..reclen)?;
+    let nul = name_area.iter().position(|&c| c == 0)?;
+    Some(RawDirent {
+        ino,
+        off,
+        typ,
+        name: &name_area[..nul],
+        reclen,
+    })
+}
+
+impl PassthroughFs {
+    pub(super) fn do_opendir(&self, ctx: &Context, nodeid: u64, flags: i32) -> Result<Open, Errno> {
+        let inode = self.inode(nodeid, ctx.opcode)?;
+        if inode.kind != Kind::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        let _ = flags;
+        let dir = {
+            let fd = self.table.fd(&inode)?;
+            let _g = self.as_caller(ctx, false)?;
+            self.table.with_fd_headroom(|| {
+                sys::reopen(
+                    self.table.proc_self_fd(),
+                    fd.fd(),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                )
+            })?
+        };
+        let fh = self.add_file(OpenFile {
+            fd: dir,
+            inode,
+            flags: libc::O_RDONLY | libc::O_DIRECTORY,
+            backing: false,
+            dir: Some(Mutex::new(DirStream::new())),
+        });
+        let mut out = abi::OpenOutFlags::empty();
+        if !self.cfg.nocache {
+            out |= abi::OpenOutFlags::KEEP_CACHE | abi::OpenOutFlags::CACHE_DIR;
+        }
+        Ok(Open {
+            fh,
+            flags: out,
+            backing_id: 0,
+        })
+    }
+
+    pub(super) fn do_readdir(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &abi::ReadIn,
+        plus: bool,
+        reply: ReplyDir,
+    ) {
+        let inode = match self.inode(nodeid, ctx.opcode) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        let f = match self.file(arg.fh) {
+            Ok(f) if f.inode.nodeid == nodeid => f,
+            _ => return reply.error(Errno::EBADF),
+        };
+        let Some(stream) = &f.dir else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let mut st = stream.lock();
+        if arg.offset != st.offset {
+            if let Err(e) = sys::lseek(f.fd.as_fd(), arg.offset, libc::SEEK_SET) {
+                return reply.error(e.into());
+            }
+            st.pos = 0;
+            st.len = 0;
+            st.offset = arg.offset;
+        }
+        let mut out = DirBuffer::new(arg.size as usize);
+        // Lookups this reply hands to the kernel, to undo if it is lost.
+        let mut counted: Vec<u64> = Vec::new();
+        loop {
+            if st.pos >= st.len {
+                let DirStream { buf, .. } = &mut *st;
+                match sys::getdents64(f.fd.as_fd(), buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        st.pos = 0;
+                        st.len = n;
+                    }
+                    Err(e) => {
+                        if out.is_empty() {
+                            return reply.error(e.into());
+                        }
+                        break;
+                    }
+                }
+            }
+            let (pos, len) = (st.pos, st.len);
+            let Some(d) = parse_dirent(&st.buf[pos..len]) else {
+                // A record we cannot parse: drop the rest of this buffer.
+                st.pos = st.len;
+                continue;
+            };
+            let (name, off, typ, reclen) = (d.name.to_vec(), d.off, d.typ as u32, d.reclen);
+            let ino = self.table.report_ino(crate::inode_table::InodeKey {
+                dev: inode.key.dev,
+                ino: d.ino,
+            });
+            let fits = if plus {
+                match self.dirent_plus(&inode, &name, ino, typ) {
+                    Ok(e) => {
+                        if out.push_plus(&e, off, typ, &name) {
+                            if e.nodeid != 0 {
+                                counted.push(e.nodeid);
+                            }
+                            true
+                        } else {
+                            if e.nodeid != 0 {
+                                self.forget_one(e.nodeid, 1);
+                            }
+                            false
+                        }
+                    }
+                    Err(e) => {
+                        if out.is_empty() {
+                            return reply.error(e);
+                        }
+                        false
+                    }
+                }
+            } else {
+                out.push(ino, off, typ, &name)
+            };
+            if !fits {
+                break;
+            }
+            st.pos += reclen;
+            st.offset = off;
+        }
+        drop(st);
+        if let Err(ReplyError::Gone) = reply.send(&out) {
+            for id in counted {
+                self.forget_one(id, 1);
+            }
+        }
+    }
+
+    /// The READDIRPLUS record of one name: a full entry (one lookup) for
+    /// real children; "." and "..", and names that vanished meanwhile, go
+    /// without entry information (nodeid 0), which the kernel does not link.
+    fn dirent_plus(&self, dir: &Inode, name: &[u8], ino: u64, typ: u32) -> Result<Entry, Errno> {
+        let bare = || Entry {
+            attr: abi::Attr {
+                ino,
+                mode: typ << 12,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        if name == b"." || name == b".." {
+            return Ok(bare());
+        }
+        let cname = std::ffi::CString::new(name).map_err(|_| Errno::EIO)?;
+        match self.table.lookup(dir, &cname) {
+            Ok(looked) => Ok(self.make_entry(&looked, dir, &cname)),
+            Err(Errno::ENOENT) => Ok(bare()),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Operations on names: lookup, mknod, mkdir, symlink, link, unlink, rmdir,
+//! rename, create, tmpfile.
+//!
+//! Every name is one checked path component opened relative to its parent's
+//! O_PATH fd with O_NOFOLLOW, so nothing resolves outside SOURCE. Inodes are
+//! created with the caller's credentials (the host sets owner, group, setgid
+//! inheritance and default ACLs); the new entry is then looked up as root.
+
+use std::ffi::CStr;
+use std::os::fd::AsFd;
+
+use super::*;
+use crate::credentials::UmaskGuard;
+
+impl PassthroughFs {
+    fn dir_inode(&self, nodeid: u64, op: Opcode) -> Result<Arc<Inode>, Errno> {
+        let p = self.inode(nodeid, op)?;
+        if p.kind != Kind::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(p)
+    }
+
+    pub(super) fn do_lookup(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+    ) -> Result<Entry, Errno> {
+        check_name(name)?;
+        let p = self.dir_inode(parent, ctx.opcode)?;
+        let pfd = self.table.fd(&p)?;
+        let fd = {
+            // Without default_permissions the caller needs search permission.
+            let _g = self.as_caller(ctx, false)?;
+            self.table.with_fd_headroom(|| {
+                sys::openat(pfd.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            })
+        };
+        drop(pfd);
+        match fd {
+            Ok(fd) => {
+                let looked = self.table.insert_fd(fd)?;
+                Ok(self.make_entry(&looked, &p, name))
+            }
+            // Cache the absence as long as anything else (nodeid 0).
+            Err(e) if e == Errno::ENOENT && !self.cfg.nocache => {
+                Ok(Entry::negative(self.entry_ttl()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Looks up a name just created in `parent` (as root: the caller has
+    /// already been allowed to create it).
+    fn lookup_created(&self, parent: &Inode, name: &CStr) -> Result<Entry, Errno> {
+        let looked = self.table.lookup(parent, name)?;
+        Ok(self.make_entry(&looked, parent, name))
+    }
+
+    pub(super) fn do_mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        arg: &abi::MknodIn,
+    ) -> Result<Entry, Errno> {
+        check_name(name)?;
+        let p = self.dir_inode(parent, ctx.opcode)?;
+        {
+            let pfd = self.table.fd(&p)?;
+            let _u = UmaskGuard::set(self.umask(arg.umask));
+            let _g = self.as_caller(ctx, true)?;
+            sys::mknodat(pfd.fd(), name, arg.mode, arg.rdev as u64)?;
+        }
+        self.lookup_created(&p, name)
+    }
+
+    pub(super) fn do_mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        arg: &abi::MkdirIn,
+    ) -> Result<Entry, Errno> {
+        check_name(name)?;
+        let p = self.dir_inode(parent, ctx.opcode)?;
+        {
+            let pfd = self.table.fd(&p)?;
+            let _u = UmaskGuard::set(self.umask(arg.umask));
+            let _g = self.as_caller(ctx, true)?;
+            sys::mkdirat(pfd.fd(), name, arg.mode & 0o7777)?;
+        }
+        self.lookup_created(&p, name)
+    }
+
+    pub(super) fn do_symlink(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        target: &CStr,
+    ) -> Result<Entry, Errno> {
+        check_name(name)?;
+        let p = self.dir_inode(parent, ctx.opcode)?;
+        {
+            let pfd = self.table.fd(&p)?;
+            let _g = self.as_caller(ctx, true)?;
+            sys::symlinkat(target, pfd.fd(), name)?;
+        }
+        self.lookup_created(&p, name)
+    }
+
+    pub(super) fn do_link(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        newparent: u64,
+        newname: &CStr,
+    ) -> Result<Entry, Errno> {
+        check_name(newname)?;
+        let inode = self.inode(nodeid, ctx.opcode)?;
+        let np = self.dir_inode(newparent, ctx.opcode)?;
+        if inode.kind == Kind::Directory {
+            return Err(Errno::EPERM);
+        }
+        {
+            let fd = self.table.fd(&inode)?;
+            let npfd = self.table.fd(&np)?;
+            if self.cfg.default_permissions || ctx.uid == 0 {
+                // The kernel checked; AT_EMPTY_PATH needs our CAP_DAC_READ_SEARCH.
+                sys::link_empty_path(fd.fd(), npfd.fd(), newname)?;
+            } else if inode.kind == Kind::Regular {
+                let _g = self.as_caller(ctx, false)?;
+                sys::link_proc(self.table.proc_self_fd(), fd.fd(), npfd.fd(), newname)?;
+            } else {
+                // Symlinks and special files cannot go through /proc (it
+                // would follow them): check the caller's right to write the
+                // directory, then link as ourselves.
+                {
+                    let _g = self.as_caller(ctx, false)?;
+                    sys::access_empty(npfd.fd(), libc::W_OK | libc::X_OK)?;
+                }
+                sys::link_empty_path(fd.fd(), npfd.fd(), newname)?;
+            }
+        }
+        self.lookup_created(&np, newname)
+    }
+
+    /// UNLINK (`flags` 0) and RMDIR (`AT_REMOVEDIR`).
+    pub(super) fn do_remove(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        flags: i32,
+    ) -> Result<(), Errno> {
+        check_name(name)?;
+        let p = self.dir_inode(parent, ctx.opcode)?;
+        let pfd = self.table.fd(&p)?;
+        let _g = self.as_caller(ctx, false)?;
+        sys::unlinkat(pfd.fd(), name, flags).map_err(Errno::from)
+    }
+
+    pub(super) fn do_rename(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        newparent: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        check_name(name)?;
+        check_name(newname)?;
+        let known = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;
+        if flags & !known != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let p = self.dir_inode(parent, ctx.opcode)?;
+        let np = self.dir_inode(newparent, ctx.opcode)?;
+        let pfd = self.table.fd(&p)?;
+        let npfd = self.table.fd(&np)?;
+        // A whiteout is a new inode: it belongs to the caller.
+        let _g = self.as_caller(ctx, flags & libc::RENAME_WHITEOUT != 0)?;
+        sys::renameat2(pfd.fd(), name, npfd.fd(), newname, flags).map_err(Errno::from)
+    }
+
+    pub(super) fn do_create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        arg: &abi::CreateIn,
+    ) -> Result<(Entry, Open), Errno> {
+        check_name(name)?;
+        let p = self.dir_inode(parent, ctx.opcode)?;
+        let flags = self.host_open_flags(arg.flags as i32)
+            | libc::O_CREAT
+            | (arg.flags as i32 & libc::O_EXCL);
+        let file = {
+            let pfd = self.table.fd(&p)?;
+            let _u = UmaskGuard::set(self.umask(arg.umask));
+            let _g = self.as_caller(ctx, true)?;
+            // O_NOFOLLOW: a symlink planted at the name is never followed.
+            self.table.with_fd_headroom(|| {
+                sys::openat(pfd.fd(), name, flags | libc::O_NOFOLLOW, arg.mode & 0o7777)
+            })?
+        };
+        self.finish_create(&p, name, file, arg.flags as i32)
+    }
+
+    pub(super) fn do_tmpfile(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        arg: &abi::CreateIn,
+    ) -> Result<(Entry, Open), Errno> {
+        let p = self.dir_inode(parent, ctx.opcode)?;
+        let flags = self.host_open_flags(arg.flags as i32) | libc::O_TMPFILE;
+        let file = {
+            let pfd = self.table.fd(&p)?;
+            let _u = UmaskGuard::set(self.umask(arg.umask));
+            let _g = self.as_caller(ctx, true)?;
+            self.table
+                .with_fd_headroom(|| sys::openat(pfd.fd(), c".", flags, arg.mode & 0o7777))?
+        };
+        self.finish_create(&p, c"", file, arg.flags as i32)
+    }
+
+    /// Registers the inode of a file just created and opened, and builds
+    /// the CREATE/TMPFILE reply.
+    fn finish_create(
+        &self,
+        parent: &Inode,
+        name: &CStr,
+        file: OwnedFd,
+        flags: i32,
+    ) -> Result<(Entry, Open), Errno> {
+        // The O_PATH fd comes from the open file itself, so it is certainly
+        // the inode we created, whatever happened to the name meanwhile.
+        let opath = self.table.with_fd_headroom(|| {
+            sys::reopen(self.table.proc_self_fd(), file.as_fd(), libc::O_PATH)
+        })?;
+        let looked = self.table.insert_fd(opath)?;
+        let entry = self.make_entry(&looked, parent, name);
+        match self.finish_open(looked.inode, file, flags) {
+            Ok(open) => Ok((entry, open)),
+            Err(e) => {
+                self.forget_one(entry.nodeid, 1);
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Open files: open, read, write, flush, release, fsync, fallocate, lseek,
+//! copy_file_range.
+//!
+//! Every open gets a real fd of its own (reopened from the inode's O_PATH
+//! fd through /proc/self/fd, never by path). With kernel passthrough the
+//! open also carries the inode's backing id and the kernel does the reads,
+//! writes and mmap itself; the daemon's fd then serves fsync, fallocate,
+//! lseek, copy_file_range and locks.
+
+use std::os::fd::AsFd;
+
+use super::*;
+
+impl PassthroughFs {
+    /// Flags for the daemon's own fd of an open.
+    pub(super) fn host_open_flags(&self, flags: i32) -> i32 {
+        // O_NOFOLLOW would stop the /proc reopen; O_DIRECT would need
+        // aligned buffers we do not have; O_NOATIME fails for non-owners;
+        // O_APPEND is applied per write (RWF_APPEND), because writes
+        // carrying explicit offsets (mmap writeback) must not be appended.
+        let mut f = flags
+            & !(libc::O_CREAT
+                | libc::O_EXCL
+                | libc::O_NOCTTY
+                | libc::O_NOFOLLOW
+                | libc::O_DIRECT
+                | libc::O_NOATIME)
+            & !libc::O_APPEND;
+        if self.writeback.load(Ordering::Relaxed) && f & libc::O_ACCMODE == libc::O_WRONLY {
+            // The kernel reads to fill partial pages of a write-only file.
+            f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+        }
+        f
+    }
+
+    pub(super) fn do_open(&self, ctx: &Context, nodeid: u64, flags: i32) -> Result<Open, Errno> {
+        let inode = self.inode(nodeid, ctx.opcode)?;
+        match inode.kind {
+            Kind::Regular => {}
+            Kind::Directory => return Err(Errno::EISDIR),
+            // FIFOs and devices are opened by the kernel itself, never here.
+            _ => return Err(Errno::EINVAL),
+        }
+        let file = {
+            let fd = self.table.fd(&inode)?;
+            let _g = self.as_caller(ctx, false)?;
+            self.table.with_fd_headroom(|| {
+                sys::reopen(
+                    self.table.proc_self_fd(),
+                    fd.fd(),
+                    self.host_open_flags(flags),
+                )
+            })?
+        };
+        self.finish_open(inode, file, flags)
+    }
+
+    /// Registers an open file and decides how the kernel does its I/O.
+    pub(super) fn finish_open(
+        &self,
+        inode: Arc<Inode>,
+        file: OwnedFd,
+        flags: i32,
+    ) -> Result<Open, Errno> {
+        type F = abi::OpenOutFlags;
+        let mut out = F::empty();
+        let mut backing_id = 0;
+        if inode.kind == Kind::Regular {
+            let mask = self.mask_of(&inode);
+            let opath = self.table.fd(&inode)?;
+            if let Some(id) = self
+                .backing
+                .acquire_for_open(&inode, opath.fd(), file.as_fd(), mask)
+            {
+                out |= F::PASSTHROUGH;
+                backing_id = id;
+            }
+        }
+        let passthrough = backing_id != 0;
+        // O_DIRECT and --direct-io opens send read/write to the daemon
+        // (with passthrough, mmap still goes to the backing file).
+        if self.cfg.direct_io || flags & libc::O_DIRECT != 0 {
+            out |= F::DIRECT_IO | F::PARALLEL_DIRECT_WRITES;
+        }
+        if !passthrough && !self.cfg.nocache {
+            // Keep pages across opens; AUTO_INVAL_DATA drops them when the
+            // file changes under us.
+            out |= F::KEEP_CACHE;
+        }
+        if self.cfg.nocache && flags & libc::O_ACCMODE == libc::O_RDONLY && !passthrough {
+            out |= F::NOFLUSH;
+        }
+        let fh = self.add_file(OpenFile {
+            fd: file,
+            inode,
+            flags,
+            backing: passthrough,
+            dir: None,
+        });
+        Ok(Open {
+            fh,
+            flags: out,
+            backing_id,
+        })
+    }
+
+    /// The open file `fh`, checked to belong to `nodeid`.
+    fn open_file(&self, nodeid: u64, fh: u64) -> Result<Arc<OpenFile>, Errno> {
+        let f = self.file(fh)?;
+        if f.inode.nodeid != nodeid {
+            return Err(Errno::EBADF);
+        }
+        Ok(f)
+    }
+
+    pub(super) fn do_read(&self, ctx: &Context, nodeid: u64, arg: &abi::ReadIn, reply: ReplyData) {
+        if let Ok(inode) = self.table.get(nodeid) {
+            self.kinds.count(inode.kind, ctx.opcode);
+        }
+        let f = match self.open_file(nodeid, arg.fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let size = (arg.size as usize).min(self.max_io());
+        // One buffer per worker thread, reused across reads.
+        thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
+        BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            let mut done = 0;
+            // Short reads only at EOF: loop like read(2) on a regular file.
+            while done < size {
+                match sys::pread(f.fd.as_fd(), &mut buf[done..size], arg.offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) if done == 0 => return reply.error(e.into()),
+                    Err(_) => break,
+                }
+            }
+            reply.data(&buf[..done])
+        })
+    }
+
+    fn max_io(&self) -> usize {
+        self.conn
+            .get()
+            .and_then(|c| c.negotiated())
+            .map(|n| n.max_write as usize)
+            .unwrap_or(1 << 20)
+            .max(128 << 10)
+    }
+
+    pub(super) fn do_write(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &abi::WriteIn,
+        data: &[u8],
+    ) -> Result<usize, Errno> {
+        let inode = self.inode(nodeid, ctx.opcode)?;
+        let cached = arg.write_flags & abi::WRITE_CACHE != 0;
+        // Writeback-cache writes carry a guessed fh: any open of the inode
+        // that can write will do.
+        let f = match self.open_file(nodeid, arg.fh) {
+            Ok(f) => f,
+            Err(_) if cached => self.any_writable_open(&inode).ok_or(Errno::EBADF)?,
+            Err(e) => return Err(e),
+        };
+        // Page-cache writeback has no caller to act for.
+        let _g = if cached {
+            CredGuard::none()
+        } else {
+            self.as_caller(ctx, false)?
+        };
+        let append = !cached && (arg.flags as i32 & libc::O_APPEND != 0);
+        let mut done = 0;
+        while done < data.len() {
+            match sys::pwrite(
+                f.fd.as_fd(),
+                &data[done..],
+                arg.offset + done as u64,
+                append,
+            ) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if done == 0 => return Err(e.into()),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    }
+
+    fn any_writable_open(&self, inode: &Inode) -> Option<Arc<OpenFile>> {
+        self.files
+            .iter()
+            .find(|f| f.inode.nodeid == inode.nodeid && f.flags & libc::O_ACCMODE != libc::O_RDONLY)
+            .map(|f| f.value().clone())
+    }
+
+    pub(super) fn do_flush(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &abi::FlushIn,
+    ) -> Result<(), Errno> {
+        let f = self.open_file(nodeid, arg.fh)?;
+        // close(2) by a lock owner drops its POSIX locks.
+        self.locks.release_owner(nodeid, arg.lock_owner);
+        let _ = ctx;
+        sys::flush(f.fd.as_fd()).map_err(Errno::from)
+    }
+
+    /// RELEASE and RELEASEDIR.
+    pub(super) fn do_release(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn) {
+        if let Ok(inode) = self.table.get(nodeid) {
+            self.kinds.count(inode.kind, ctx.opcode);
+        }
+        if let Some(f) = self.files.get(&arg.fh).map(|f| f.value().clone()) {
+            if f.inode.nodeid != nodeid {
+                return;
+            }
+            if arg.release_flags & abi::RELEASE_FLOCK_UNLOCK != 0 {
+                let _ = sys::flock(f.fd.as_fd(), libc::LOCK_UN);
+            }
+            self.remove_file(arg.fh);
+        }
+    }
+
+    /// FSYNC and FSYNCDIR.
+    pub(super) fn do_fsync(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &abi::FsyncIn,
+    ) -> Result<(), Errno> {
+        let _ = self.inode(nodeid, ctx.opcode)?;
+        let f = self.open_file(nodeid, arg.fh)?;
+        sys::fsync(f.fd.as_fd(), arg.fsync_flags & abi::FSYNC_FDATASYNC != 0).map_err(Errno::from)
+    }
+
+    pub(super) fn do_fallocate(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &abi::FallocateIn,
+    ) -> Result<(), Errno> {
+        let _ = self.inode(nodeid, ctx.opcode)?;
+        let f = self.open_file(nodeid, arg.fh)?;
+        let _g = self.as_caller(ctx, false)?;
+        sys::fallocate(f.fd.as_fd(), arg.mode as i32, arg.offset, arg.length).map_err(Errno::from)
+    }
+
+    pub(super) fn do_lseek(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &abi::LseekIn,
+    ) -> Result<u64, Errno> {
+        let _ = self.inode(nodeid, ctx.opcode)?;
+        let f = self.open_file(nodeid, arg.fh)?;
+        match arg.whence as i32 {
+            libc::SEEK_DATA | libc::SEEK_HOLE => {}
+            // The kernel handles the others itself.
+            _ => return Err(Errno::EINVAL),
+        }
+        sys::lseek(f.fd.as_fd(), arg.offset, arg.whence as i32).map_err(Errno::from)
+    }
+
+    pub(super) fn do_copy_file_range(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &abi::CopyFileRangeIn,
+        max: u64,
+    ) -> Result<u64, Errno> {
+        let _ = self.inode(nodeid, ctx.opcode)?;
+        let fin = self.open_file(nodeid, arg.fh_in)?;
+        let fout = self.open_file(arg.nodeid_out, arg.fh_out)?;
+        if arg.flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let len = arg.len.min(max).min(isize::MAX as u64) as usize;
+        let _g = self.as_caller(ctx, false)?;
+        sys::copy_file_range(
+            fin.fd.as_fd(),
+            arg.off_in,
+            fout.fd.as_fd(),
+            arg.off_out,
+            len,
+        )
+        .map(|n| n as u64)
+        .map_err(Errno::from)
+    }
+}

@@ -1,0 +1,434 @@
+//! Which operations pass through to the kernel, for which entry.
+//!
+//! A *decision* is attached to every inode when it is first looked up: the
+//! last rule of the policy file that matches the inode's path (relative to
+//! SOURCE), or else its parent's decision, or else the global default from
+//! `--passthrough-ops`. A decision gives one ops mask for directories and
+//! one for regular files (a rule may set only one of them; the other is
+//! inherited). Symlinks and special files never get a backing.
+//!
+//! Decisions are taken once per inode: a file renamed across subtrees keeps
+//! the decision of its first lookup until the kernel forgets it (the kernel
+//! keeps the backing on the inode until eviction, see the series' design
+//! document).
+//!
+//! Policy file (TOML):
+//! ```toml
+//! [default]               # optional; replaces --passthrough-ops
+//! dirs  = ["getattr", "readdir", "getxattr", "listxattr"]
+//! files = ["all"]
+//!
+//! [[rule]]
+//! path  = "private"       # a subtree: this path and everything below
+//! dirs  = ["none"]
+//! files = ["none"]
+//!
+//! [[rule]]
+//! glob  = "**/*.jpg"      # globs match the whole relative path
+//! files = ["getattr", "open", "read"]
+//! ```
+
+use std::ffi::CStr;
+use std::fmt;
+use std::path::Path;
+
+use globset::{Glob, GlobMatcher};
+use serde::Deserialize;
+
+use crate::fuse::abi::{self, Opcode};
+use crate::inode_table::{Inode, InodeTable, Kind};
+use crate::sys;
+
+/// An op name usable in `--passthrough-ops` and policy files, and the
+/// opcodes its bit(s) stand for.
+const OP_NAMES: &[(&str, &[Opcode])] = &[
+    ("getattr", &[Opcode::Getattr]),
+    ("statx", &[Opcode::Statx]),
+    ("setattr", &[Opcode::Setattr]),
+    ("getxattr", &[Opcode::Getxattr]),
+    ("listxattr", &[Opcode::Listxattr]),
+    ("setxattr", &[Opcode::Setxattr]),
+    ("removexattr", &[Opcode::Removexattr]),
+    ("readdir", &[Opcode::Readdir]),
+    ("open", &[Opcode::Open]),
+    ("read", &[Opcode::Read]),
+    ("write", &[Opcode::Write]),
+    ("readlink", &[Opcode::Readlink]),
+    ("access", &[Opcode::Access]),
+    ("mkdir", &[Opcode::Mkdir]),
+    ("rmdir", &[Opcode::Rmdir]),
+    ("unlink", &[Opcode::Unlink]),
+    ("create", &[Opcode::Create]),
+];
+
+/// Every bit we know a name for.
+pub fn all_ops() -> u64 {
+    OP_NAMES
+        .iter()
+        .flat_map(|(_, ops)| ops.iter())
+        .fold(0, |m, &op| m | abi::passthrough_op(op))
+}
+
+/// Parses `getattr,statx,read` / `all` / `none` into a mask.
+pub fn parse_ops(list: &str) -> Result<u64, String> {
+    parse_op_names(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
+}
+
+fn parse_op_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<u64, String> {
+    let mut mask = 0;
+    for n in names {
+        let n = n.to_ascii_lowercase();
+        match n.as_str() {
+            "all" => mask |= all_ops(),
+            "none" => {}
+            _ => {
+                let (_, ops) = OP_NAMES
+                    .iter()
+                    .find(|(name, _)| *name == n)
+                    .ok_or_else(|| {
+                        let known: Vec<&str> = OP_NAMES.iter().map(|(n, _)| *n).collect();
+                        format!("unknown op '{n}' (known: {}, all, none)", known.join(", "))
+                    })?;
+                for &op in *ops {
+                    mask |= abi::passthrough_op(op);
+                }
+            }
+        }
+    }
+    Ok(mask)
+}
+
+/// How a rule selects paths.
+enum Matcher {
+    /// A subtree: the path itself and everything below it.
+    Prefix(String),
+    Glob(GlobMatcher),
+}
+
+impl Matcher {
+    fn matches(&self, rel: &str) -> bool {
+        match self {
+            Matcher::Prefix(p) => {
+                p.is_empty()
+                    || rel == p
+                    || (rel.starts_with(p.as_str()) && rel.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+            Matcher::Glob(g) => g.is_match(rel),
+        }
+    }
+}
+
+struct Rule {
+    what: String,
+    matcher: Matcher,
+    dirs: Option<u64>,
+    files: Option<u64>,
+}
+
+/// The whole policy. Decision ids stored in inodes: 0 = undecided,
+/// 1 = default, n + 2 = rule n (with its unset half inherited).
+pub struct Policy {
+    default_dirs: u64,
+    default_files: u64,
+    rules: Vec<Rule>,
+    /// Absolute path of SOURCE as /proc/self/fd shows it, for relative paths.
+    source_prefix: String,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field(
+                "default_dirs",
+                &crate::backing::mask_names(self.default_dirs),
+            )
+            .field(
+                "default_files",
+                &crate::backing::mask_names(self.default_files),
+            )
+            .field(
+                "rules",
+                &self
+                    .rules
+                    .iter()
+                    .map(|r| r.what.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFormat {
+    default: Option<MasksFormat>,
+    #[serde(default)]
+    rule: Vec<RuleFormat>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MasksFormat {
+    dirs: Option<Vec<String>>,
+    files: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFormat {
+    path: Option<String>,
+    glob: Option<String>,
+    dirs: Option<Vec<String>>,
+    files: Option<Vec<String>>,
+}
+
+fn names_mask(v: &Option<Vec<String>>) -> Result<Option<u64>, String> {
+    v.as_ref()
+        .map(|names| parse_op_names(names.iter().map(String::as_str)))
+        .transpose()
+}
+
+impl Policy {
+    /// The same mask everywhere.
+    pub fn uniform(mask: u64) -> Policy {
+        Policy {
+            default_dirs: mask,
+            default_files: mask,
+            rules: Vec::new(),
+            source_prefix: String::new(),
+        }
+    }
+
+    /// Reads a policy file; `default_mask` (from --passthrough-ops) applies
+    /// unless the file has a `[default]` section.
+    pub fn from_file(path: &Path, default_mask: u64) -> Result<Policy, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("policy file {}: {e}", path.display()))?;
+        Policy::parse(&text, default_mask)
+            .map_err(|e| format!("policy file {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str, default_mask: u64) -> Result<Policy, String> {
+        let f: FileFormat = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut p = Policy::uniform(default_mask);
+        if let Some(d) = &f.default {
+            p.default_dirs = names_mask(&d.dirs)?.unwrap_or(default_mask);
+            p.default_files = names_mask(&d.files)?.unwrap_or(default_mask);
+        }
+        for (i, r) in f.rule.iter().enumerate() {
+            let matcher = match (&r.path, &r.glob) {
+                (Some(path), None) => {
+                    let clean = path.trim_matches('/').to_string();
+                    if clean.split('/').any(|c| c == ".." || c == ".") {
+                        return Err(format!(
+                            "rule {}: path '{path}' must not contain . or ..",
+                            i + 1
+                        ));
+                    }
+                    Matcher::Prefix(clean)
+                }
+                (None, Some(glob)) => {
+                    let g = Glob::new(glob.trim_start_matches('/'))
+                        .map_err(|e| format!("rule {}: bad glob '{glob}': {e}", i + 1))?;
+                    Matcher::Glob(g.compile_matcher())
+                }
+                _ => {
+                    return Err(format!(
+                        "rule {}: give exactly one of `path` or `glob`",
+                        i + 1
+                    ))
+                }
+            };
+            let (dirs, files) = (names_mask(&r.dirs)?, names_mask(&r.files)?);
+            if dirs.is_none() && files.is_none() {
+                return Err(format!("rule {}: sets neither `dirs` nor `files`", i + 1));
+            }
+            let what = r
+                .path
+                .clone()
+                .or_else(|| r.glob.clone())
+                .unwrap_or_default();
+            p.rules.push(Rule {
+                what,
+                matcher,
+                dirs,
+                files,
+            });
+        }
+        if p.rules.len() > u16::MAX as usize - 2 {
+            return Err("too many rules".into());
+        }
+        Ok(p)
+    }
+
+    /// Tells the policy where SOURCE is, as the kernel names it in
+    /// /proc/self/fd links.
+    pub fn set_source(&mut self, canonical_source: &Path) {
+        self.source_prefix = canonical_source
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
+    }
+
+    /// Is any op beyond read/write asked for anywhere? (Then inode
+    /// passthrough is worth negotiating.)
+    pub fn wants_inode_passthrough(&self) -> bool {
+        let io = crate::backing::IO_OPS;
+        let beyond = |m: u64| m & !io != 0;
+        beyond(self.default_dirs)
+            || beyond(self.default_files)
+            || self
+                .rules
+                .iter()
+                .any(|r| r.dirs.is_some_and(beyond) || r.files.is_some_and(beyond))
+    }
+
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// The mask a decision gives an inode of `kind`.
+    pub fn mask(&self, decision: u16, kind: Kind) -> u64 {
+        let (d, f) = self.masks(decision);
+        match kind {
+            Kind::Directory => d,
+            Kind::Regular => f,
+            _ => 0,
+        }
+    }
+
+    /// (dirs, files) of a decision, unset halves resolved to the default.
+    fn masks(&self, decision: u16) -> (u64, u64) {
+        match decision
+            .checked_sub(2)
+            .and_then(|i| self.rules.get(i as usize))
+        {
+            Some(r) => (
+                r.dirs.unwrap_or(self.default_dirs),
+                r.files.unwrap_or(self.default_files),
+            ),
+            None => (self.default_dirs, self.default_files),
+        }
+    }
+
+    /// Decides for the entry `name` of directory `parent`.
+    pub fn decide(&self, table: &InodeTable, parent: &Inode, name: &CStr) -> u16 {
+        let inherited = match parent.backing.lock().decision {
+            0 => 1,
+            d => d,
+        };
+        if self.rules.is_empty() {
+            return 1;
+        }
+        let Some(rel) = self.relative_path(table, parent, name) else {
+            return inherited;
+        };
+        for (i, r) in self.rules.iter().enumerate().rev() {
+            if r.matcher.matches(&rel) {
+                return i as u16 + 2;
+            }
+        }
+        inherited
+    }
+
+    /// Path of `parent/name` relative to SOURCE, from the parent's fd.
+    fn relative_path(&self, table: &InodeTable, parent: &Inode, name: &CStr) -> Option<String> {
+        let name = name.to_str().ok()?;
+        if parent.nodeid == abi::ROOT_ID {
+            return Some(name.to_string());
+        }
+        let fd = table.fd(parent).ok()?;
+        let link = sys::fd_name(std::os::fd::AsRawFd::as_raw_fd(&fd.fd()));
+        let len = link.iter().position(|&b| b == 0).unwrap_or(0);
+        let link = std::str::from_utf8(&link[..len]).ok()?;
+        let target = std::fs::read_link(format!("/proc/self/fd/{link}")).ok()?;
+        let target = target.to_str()?;
+        let rest = target.strip_prefix(&self.source_prefix)?;
+        let rest = rest.trim_start_matches('/');
+        Some(if rest.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rest}/{name}")
+        })
+    }
+
+    /// Default masks, for the stats and logs.
+    pub fn defaults(&self) -> (u64, u64) {
+        (self.default_dirs, self.default_files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bit(op: Opcode) -> u64 {
+        abi::passthrough_op(op)
+    }
+
+    #[test]
+    fn op_lists() {
+        assert_eq!(parse_ops("none").unwrap(), 0);
+        assert_eq!(
+            parse_ops("getattr, read").unwrap(),
+            bit(Opcode::Getattr) | bit(Opcode::Read)
+        );
+        assert_eq!(parse_ops("all").unwrap(), all_ops());
+        let e = parse_ops("getattr,frobnicate").unwrap_err();
+        assert!(e.contains("unknown op 'frobnicate'"), "{e}");
+    }
+
+    #[test]
+    fn file_rules_and_inheritance() {
+        let p = Policy::parse(
+            r#"
+            [default]
+            dirs = ["getattr", "readdir"]
+            files = ["all"]
+            [[rule]]
+            path = "private/"
+            dirs = ["none"]
+            files = ["none"]
+            [[rule]]
+            glob = "**/*.jpg"
+            files = ["getattr"]
+            "#,
+            0,
+        )
+        .unwrap();
+        assert!(p.wants_inode_passthrough());
+        assert_eq!(
+            p.mask(1, Kind::Directory),
+            bit(Opcode::Getattr) | bit(Opcode::Readdir)
+        );
+        assert_eq!(p.mask(1, Kind::Regular), all_ops());
+        assert_eq!(p.mask(2, Kind::Regular), 0);
+        // The glob rule sets only files: its dirs half is the default.
+        assert_eq!(p.mask(3, Kind::Regular), bit(Opcode::Getattr));
+        assert_eq!(p.mask(3, Kind::Directory), p.mask(1, Kind::Directory));
+        assert_eq!(p.mask(1, Kind::Symlink), 0);
+        let m = &p.rules[0].matcher;
+        assert!(m.matches("private"));
+        assert!(m.matches("private/a/b"));
+        assert!(!m.matches("privateer"));
+        assert!(p.rules[1].matcher.matches("a/b/c.jpg"));
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        assert!(Policy::parse("[[rule]]\nglob = \"[\"\nfiles=[\"all\"]", 0)
+            .unwrap_err()
+            .contains("bad glob"));
+        assert!(Policy::parse("[[rule]]\npath = \"a\"\nfiles=[\"nope\"]", 0)
+            .unwrap_err()
+            .contains("unknown op"));
+        assert!(Policy::parse("[[rule]]\npath = \"a\"", 0)
+            .unwrap_err()
+            .contains("neither"));
+        assert!(Policy::parse("[[rule]]\npath = \"../x\"\nfiles=[\"all\"]", 0).is_err());
+        assert!(Policy::parse("bogus = 1", 0).is_err());
+        assert!(Policy::from_file(Path::new("/nonexistent/policy.toml"), 0)
+            .unwrap_err()
+            .contains("policy file"));
+    }
+}

@@ -1,0 +1,126 @@
+//! The daemon's statistics, as JSON: written on SIGUSR1 and at unmount (to
+//! `--stats FILE`, or the log). They are the proof of what passed through:
+//! a request the kernel served from a backing file never shows up here.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::backing::BackingStats;
+use crate::passthrough::PassthroughFs;
+use crate::sys;
+
+#[derive(Debug, Serialize)]
+pub struct InodeStats {
+    /// Inodes the kernel holds (root included).
+    pub cached: usize,
+    /// O_PATH fds held for them (the rest are reopened from file handles).
+    pub open_fds: usize,
+    pub fd_capacity: usize,
+    pub evictions: u64,
+    pub reopens: u64,
+    pub by_kind: BTreeMap<&'static str, usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessStats {
+    pub fds: usize,
+    pub rss_kib: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    /// Requests the daemon received, per opcode.
+    pub requests: BTreeMap<&'static str, u64>,
+    pub unknown_requests: u64,
+    pub malformed_requests: u64,
+    /// Requests per inode kind and opcode.
+    pub requests_by_kind: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    pub inodes: InodeStats,
+    pub open_files: usize,
+    pub backing: BackingStats,
+    pub process: ProcessStats,
+}
+
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+pub fn collect(fs: &PassthroughFs) -> Stats {
+    let mut requests = BTreeMap::new();
+    let (mut unknown, mut malformed) = (0, 0);
+    if let Some(c) = fs.connection() {
+        for (op, n) in c.counters.snapshot() {
+            requests.insert(op.name(), n);
+        }
+        unknown = c.counters.unknown();
+        malformed = c.counters.malformed();
+    }
+    let mut by_kind: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
+    for (kind, op, n) in fs.kind_counters().snapshot() {
+        by_kind.entry(kind.name()).or_default().insert(op.name(), n);
+    }
+    let t = fs.table();
+    let b = t.budget();
+    Stats {
+        requests,
+        unknown_requests: unknown,
+        malformed_requests: malformed,
+        requests_by_kind: by_kind,
+        inodes: InodeStats {
+            cached: t.len(),
+            open_fds: b.open.load(Ordering::Relaxed),
+            fd_capacity: b.capacity.load(Ordering::Relaxed),
+            evictions: b.evictions.load(Ordering::Relaxed),
+            reopens: b.reopens.load(Ordering::Relaxed),
+            by_kind: t
+                .count_by_kind()
+                .iter()
+                .map(|(k, n)| (k.name(), *n))
+                .collect(),
+        },
+        open_files: fs.open_files(),
+        backing: fs.backing().stats(),
+        process: ProcessStats {
+            fds: sys::count_open_fds(),
+            rss_kib: rss_kib(),
+        },
+    }
+}
+
+/// Writes the stats to `path` (atomically, via a temporary file), or logs them.
+pub fn write(fs: &PassthroughFs, path: Option<&Path>) {
+    let stats = collect(fs);
+    let json = match serde_json::to_string_pretty(&stats) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::warn!("cannot serialise stats: {e}");
+            return;
+        }
+    };
+    match path {
+        Some(p) => {
+            let tmp = p.with_extension("tmp");
+            let r = std::fs::File::create(&tmp)
+                .and_then(|mut f| {
+                    f.write_all(json.as_bytes())
+                        .and_then(|_| f.write_all(b"\n"))
+                })
+                .and_then(|_| std::fs::rename(&tmp, p));
+            if let Err(e) = r {
+                tracing::warn!("cannot write stats to {}: {e}", p.display());
+            }
+        }
+        None => tracing::info!("stats: {json}"),
+    }
+}
