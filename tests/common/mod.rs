@@ -1,0 +1,276 @@
+//! Shared test harness: a real passthroughfs mount that always goes away.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_passthroughfs");
+
+/// Skips a test (with a note) unless we run as root: mount(2), other uids
+/// and device nodes need it. CI runs as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let p = p.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+}
+
+/// A passthroughfs daemon serving `src` at `mnt`, in the foreground, owned
+/// by the test. Dropping it unmounts (umount, then SIGTERM, then umount -l)
+/// and reaps the daemon, whatever happened in the test.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub src: PathBuf,
+    pub mnt: PathBuf,
+    pub stats_path: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mount {
+    /// A fresh, empty SOURCE.
+    pub fn new(args: &[&str]) -> Mount {
+        let dir = tempfile::Builder::new()
+            .prefix("ptfs-test")
+            .tempdir()
+            .unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        Mount::start(dir, src, args)
+    }
+
+    /// A SOURCE filled by `fill` before mounting.
+    pub fn with_source(fill: impl FnOnce(&Path), args: &[&str]) -> Mount {
+        let dir = tempfile::Builder::new()
+            .prefix("ptfs-test")
+            .tempdir()
+            .unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        fill(&src);
+        Mount::start(dir, src, args)
+    }
+
+    /// Mounts an existing SOURCE (e.g. on a loop device); `dir` holds mnt.
+    pub fn on(dir: tempfile::TempDir, src: PathBuf, args: &[&str]) -> Mount {
+        Mount::start(dir, src, args)
+    }
+
+    fn start(dir: tempfile::TempDir, src: PathBuf, args: &[&str]) -> Mount {
+        use std::os::unix::fs::PermissionsExt;
+        // Other uids must reach the mount (tempdirs are 0700).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let stats_path = dir.path().join("stats.json");
+        let log_path = dir.path().join("daemon.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(BIN)
+            .arg("--foreground")
+            .arg("--stats")
+            .arg(&stats_path)
+            .args(args)
+            .arg(&src)
+            .arg(&mnt)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .env(
+                "RUST_LOG",
+                std::env::var("PTFS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .spawn()
+            .unwrap();
+        let mut m = Mount {
+            dir,
+            src,
+            mnt,
+            stats_path,
+            log_path,
+            child: Some(child),
+        };
+        m.wait_ready();
+        m
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("daemon exited early ({st}): {}", self.log());
+                }
+            }
+            // Mounted and answering (INIT done).
+            if is_mounted(&self.mnt) && std::fs::metadata(&self.mnt).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("mount did not come up: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// A path under the mount, and the same path under SOURCE.
+    pub fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+    pub fn s(&self, rel: &str) -> PathBuf {
+        self.src.join(rel)
+    }
+
+    /// Asks the daemon for its stats (SIGUSR1) and waits for the file.
+    pub fn stats(&self) -> serde_json::Value {
+        let before = std::fs::metadata(&self.stats_path)
+            .and_then(|m| m.modified())
+            .ok();
+        let _ = std::fs::remove_file(&self.stats_path);
+        unsafe { libc::kill(self.pid() as i32, libc::SIGUSR1) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(t) = std::fs::read_to_string(&self.stats_path) {
+                if let Ok(v) = serde_json::from_str(&t) {
+                    return v;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = before;
+        panic!("no stats from the daemon: {}", self.log());
+    }
+
+    /// Requests of one opcode the daemon has received.
+    pub fn requests(&self, op: &str) -> u64 {
+        self.stats()["requests"][op].as_u64().unwrap_or(0)
+    }
+
+    /// Unmounts and waits for the daemon; returns its exit status.
+    pub fn unmount(mut self) -> ExitStatus {
+        self.teardown().expect("daemon status")
+    }
+
+    fn teardown(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount")
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                if is_mounted(&self.mnt) {
+                    let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                }
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Still running: ask it to stop, then force.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = child.kill();
+        let st = child.wait().ok();
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        st
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Runs `sh -c script` as uid/gid (no supplementary groups); returns
+/// (success, stdout+stderr).
+pub fn sh_as(uid: u32, gid: u32, script: &str) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            "--clear-groups".to_string(),
+        ])
+        .args(["sh", "-c", script])
+        .output()
+        .expect("setpriv (util-linux)");
+    let mut s = String::from_utf8_lossy(&out.stdout).to_string();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), s)
+}
+
+/// lstat as libc sees it.
+pub fn lstat(p: &Path) -> Result<libc::stat, i32> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::lstat(c.as_ptr(), &mut st) } == 0 {
+        Ok(st)
+    } else {
+        Err(errno())
+    }
+}
+
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+pub fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// The errno of an io::Result, or 0.
+pub fn err_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+pub fn mtime(p: &Path) -> SystemTime {
+    std::fs::symlink_metadata(p).unwrap().modified().unwrap()
+}
+
+/// Drops the kernel's dentry and inode caches (the kernel then FORGETs).
+pub fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
+}
+
+/// True once `pid` has exited (a zombie waiting for its reaper counts).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                == Some("Z")
+        }
+    }
+}

@@ -1,0 +1,794 @@
+//! Every operation through a real mount, checked against the same call on
+//! SOURCE (content, attributes, errno).
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::*;
+
+fn same_attrs(a: &Path, b: &Path) {
+    let (x, y) = (lstat(a).unwrap(), lstat(b).unwrap());
+    assert_eq!(x.st_mode, y.st_mode, "mode of {a:?}");
+    assert_eq!(x.st_ino, y.st_ino, "ino of {a:?}");
+    assert_eq!(x.st_nlink, y.st_nlink, "nlink of {a:?}");
+    assert_eq!((x.st_uid, x.st_gid), (y.st_uid, y.st_gid), "owner of {a:?}");
+    assert_eq!(x.st_size, y.st_size, "size of {a:?}");
+    assert_eq!(x.st_rdev, y.st_rdev, "rdev of {a:?}");
+    assert_eq!(
+        (x.st_mtime, x.st_mtime_nsec),
+        (y.st_mtime, y.st_mtime_nsec),
+        "mtime of {a:?}"
+    );
+}
+
+#[test]
+fn lookup_and_getattr_every_file_type() {
+    require_root!();
+    let m = Mount::with_source(
+        |s| {
+            fs::write(s.join("file"), b"data").unwrap();
+            fs::create_dir(s.join("dir")).unwrap();
+            std::os::unix::fs::symlink("file", s.join("link")).unwrap();
+            let fifo = cpath(&s.join("fifo"));
+            assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+            let dev = cpath(&s.join("null"));
+            assert_eq!(
+                unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) },
+                0
+            );
+            let sock = std::os::unix::net::UnixListener::bind(s.join("sock")).unwrap();
+            drop(sock);
+        },
+        &[],
+    );
+    for name in ["file", "dir", "link", "fifo", "null", "sock", "."] {
+        same_attrs(&m.m(name), &m.s(name));
+    }
+    assert_eq!(err_of(fs::symlink_metadata(m.m("missing"))), libc::ENOENT);
+    assert_eq!(err_of(fs::symlink_metadata(m.m("file/x"))), libc::ENOTDIR);
+    let long = "x".repeat(256);
+    assert_eq!(err_of(File::create(m.m(&long))), libc::ENAMETOOLONG);
+    assert_eq!(err_of(fs::symlink_metadata(m.m(&long))), libc::ENAMETOOLONG);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn setattr_mode_owner_size_times() {
+    require_root!();
+    let m = Mount::with_source(|s| fs::write(s.join("f"), b"0123456789").unwrap(), &[]);
+    let f = m.m("f");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o4751)).unwrap();
+    assert_eq!(fs::metadata(m.s("f")).unwrap().mode() & 0o7777, 0o4751);
+    std::os::unix::fs::chown(&f, Some(1000), Some(1000)).unwrap();
+    let st = fs::metadata(m.s("f")).unwrap();
+    assert_eq!((st.uid(), st.gid()), (1000, 1000));
+    // Growing and shrinking, by path (no fh) and through an open file.
+    let c = cpath(&f);
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 100) }, 0);
+    assert_eq!(fs::metadata(m.s("f")).unwrap().len(), 100);
+    let h = OpenOptions::new().write(true).open(&f).unwrap();
+    h.set_len(3).unwrap();
+    drop(h);
+    assert_eq!(fs::read(m.s("f")).unwrap(), b"012");
+    // Explicit times, then UTIME_NOW.
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000,
+            tv_nsec: 5,
+        },
+        libc::timespec {
+            tv_sec: 2_000_000,
+            tv_nsec: 7,
+        },
+    ];
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
+        0
+    );
+    let st = fs::metadata(m.s("f")).unwrap();
+    assert_eq!(
+        (st.atime(), st.atime_nsec(), st.mtime(), st.mtime_nsec()),
+        (1_000_000, 5, 2_000_000, 7)
+    );
+    same_attrs(&f, &m.s("f"));
+    let now = [libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_NOW,
+    }; 2];
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), now.as_ptr(), 0) },
+        0
+    );
+    assert!(fs::metadata(m.s("f")).unwrap().mtime() > 2_000_000);
+    // A symlink's own times (never its target's).
+    std::os::unix::fs::symlink("f", m.m("l")).unwrap();
+    let lc = cpath(&m.m("l"));
+    let before = fs::metadata(m.s("f")).unwrap().mtime();
+    assert_eq!(
+        unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                lc.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        },
+        0
+    );
+    assert_eq!(fs::symlink_metadata(m.s("l")).unwrap().mtime(), 2_000_000);
+    assert_eq!(fs::metadata(m.s("f")).unwrap().mtime(), before);
+    // truncate of a directory fails like on the host.
+    fs::create_dir(m.m("d")).unwrap();
+    let dc = cpath(&m.m("d"));
+    assert_eq!(unsafe { libc::truncate(dc.as_ptr(), 0) }, -1);
+    assert_eq!(errno(), libc::EISDIR);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn create_remove_link_symlink_mknod() {
+    require_root!();
+    let m = Mount::new(&[]);
+    fs::create_dir(m.m("d")).unwrap();
+    assert!(m.s("d").is_dir());
+    assert_eq!(err_of(fs::create_dir(m.m("d"))), libc::EEXIST);
+    fs::write(m.m("d/f"), b"hello").unwrap();
+    assert_eq!(fs::read(m.s("d/f")).unwrap(), b"hello");
+    assert_eq!(err_of(fs::remove_dir(m.m("d"))), libc::ENOTEMPTY);
+    // O_EXCL on an existing file.
+    assert_eq!(
+        err_of(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(m.m("d/f"))
+        ),
+        libc::EEXIST
+    );
+    // Hard link: one inode, two names, nlink 2 both ways.
+    fs::hard_link(m.m("d/f"), m.m("g")).unwrap();
+    assert_eq!(
+        fs::metadata(m.m("g")).unwrap().ino(),
+        fs::metadata(m.m("d/f")).unwrap().ino()
+    );
+    assert_eq!(fs::metadata(m.m("g")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(m.s("g")).unwrap().nlink(), 2);
+    // Symlinks are stored, not followed, and read back.
+    std::os::unix::fs::symlink("d/f", m.m("sl")).unwrap();
+    assert_eq!(fs::read_link(m.s("sl")).unwrap(), Path::new("d/f"));
+    assert_eq!(fs::read_link(m.m("sl")).unwrap(), Path::new("d/f"));
+    assert_eq!(fs::read(m.m("sl")).unwrap(), b"hello");
+    // Device nodes and FIFOs.
+    let fifo = cpath(&m.m("fifo"));
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    assert!(fs::symlink_metadata(m.s("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let dev = cpath(&m.m("zero"));
+    assert_eq!(
+        unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 5)) },
+        0
+    );
+    let st = fs::symlink_metadata(m.s("zero")).unwrap();
+    assert!(st.file_type().is_char_device());
+    assert_eq!(st.rdev(), libc::makedev(1, 5));
+    same_attrs(&m.m("zero"), &m.s("zero"));
+    // Unlink and rmdir.
+    fs::remove_file(m.m("g")).unwrap();
+    assert!(!m.s("g").exists());
+    assert_eq!(fs::metadata(m.m("d/f")).unwrap().nlink(), 1);
+    fs::remove_file(m.m("d/f")).unwrap();
+    fs::remove_dir(m.m("d")).unwrap();
+    assert!(!m.s("d").exists());
+    assert_eq!(err_of(fs::remove_file(m.m("nope"))), libc::ENOENT);
+    assert!(m.unmount().success());
+}
+
+fn renameat2(from: &Path, to: &Path, flags: u32) -> i32 {
+    let (a, b) = (cpath(from), cpath(to));
+    if unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    } == 0
+    {
+        0
+    } else {
+        errno()
+    }
+}
+
+#[test]
+fn rename_with_flags() {
+    require_root!();
+    let m = Mount::with_source(
+        |s| {
+            fs::write(s.join("a"), b"A").unwrap();
+            fs::write(s.join("b"), b"B").unwrap();
+            fs::create_dir(s.join("dir")).unwrap();
+        },
+        &[],
+    );
+    assert_eq!(
+        renameat2(&m.m("a"), &m.m("b"), libc::RENAME_NOREPLACE),
+        libc::EEXIST
+    );
+    assert_eq!(renameat2(&m.m("a"), &m.m("b"), libc::RENAME_EXCHANGE), 0);
+    assert_eq!(fs::read(m.s("a")).unwrap(), b"B");
+    assert_eq!(fs::read(m.s("b")).unwrap(), b"A");
+    assert_eq!(fs::read(m.m("a")).unwrap(), b"B");
+    assert_eq!(
+        renameat2(&m.m("a"), &m.m("dir/c"), libc::RENAME_NOREPLACE),
+        0
+    );
+    assert_eq!(fs::read(m.s("dir/c")).unwrap(), b"B");
+    assert!(!m.s("a").exists());
+    // A whiteout leaves a 0:0 character device behind.
+    assert_eq!(
+        renameat2(&m.m("b"), &m.m("dir/w"), libc::RENAME_WHITEOUT),
+        0
+    );
+    let wh = fs::symlink_metadata(m.s("b")).unwrap();
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "whiteout"
+    );
+    fs::rename(m.m("dir/c"), m.m("dir/w")).unwrap();
+    assert_eq!(fs::read(m.m("dir/w")).unwrap(), b"B");
+    assert_eq!(renameat2(&m.m("missing"), &m.m("x"), 0), libc::ENOENT);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn read_write_append_trunc() {
+    require_root!();
+    let m = Mount::new(&[]);
+    let p = m.m("f");
+    let mut f = File::create(&p).unwrap();
+    f.write_all(b"hello world").unwrap();
+    f.flush().unwrap();
+    drop(f);
+    assert_eq!(fs::read(m.s("f")).unwrap(), b"hello world");
+    let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    assert_eq!(fs::read(m.s("f")).unwrap(), b"hello world!");
+    let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    f.seek(SeekFrom::Start(6)).unwrap();
+    f.write_all(b"WORLD").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "hello WORLD!");
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    let f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    drop(f);
+    assert_eq!(fs::metadata(m.s("f")).unwrap().len(), 0);
+    // A change made on SOURCE is seen through the mount.
+    fs::write(m.s("f"), b"from below").unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"from below");
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn tmpfile_then_link() {
+    require_root!();
+    let m = Mount::new(&[]);
+    let dir = cpath(&m.mnt);
+    let fd = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o640) };
+    assert!(fd >= 0, "O_TMPFILE: {}", std::io::Error::last_os_error());
+    let mut f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.write_all(b"anonymous").unwrap();
+    let src = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+    let dst = cpath(&m.m("named"));
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    assert_eq!(r, 0, "linkat: {}", std::io::Error::last_os_error());
+    drop(f);
+    assert_eq!(fs::read(m.s("named")).unwrap(), b"anonymous");
+    assert_eq!(fs::metadata(m.s("named")).unwrap().mode() & 0o777, 0o640);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn readdir_matches_source() {
+    require_root!();
+    let m = Mount::with_source(
+        |s| {
+            for i in 0..2000 {
+                fs::write(s.join(format!("file-{i:05}-{}", "n".repeat(i % 50))), b"").unwrap();
+            }
+            fs::create_dir(s.join("sub")).unwrap();
+            std::os::unix::fs::symlink("x", s.join("sym")).unwrap();
+        },
+        &[],
+    );
+    let list = |p: &Path| {
+        let mut v: Vec<(String, bool, bool)> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let t = e.file_type().unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    t.is_dir(),
+                    t.is_symlink(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(list(&m.mnt), list(&m.src));
+    // Twice (cached readdir), and with READDIR only.
+    assert_eq!(list(&m.mnt), list(&m.src));
+    drop(m);
+    let m = Mount::with_source(
+        |s| fs::write(s.join("only"), b"").unwrap(),
+        &["--no-readdirplus"],
+    );
+    assert_eq!(list(&m.mnt), list(&m.src));
+    assert!(m.requests("READDIR") > 0);
+    assert_eq!(m.requests("READDIRPLUS"), 0);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn seekdir_resumes_where_it_left() {
+    require_root!();
+    let m = Mount::with_source(
+        |s| {
+            for i in 0..500 {
+                fs::write(s.join(format!("e{i}")), b"").unwrap();
+            }
+        },
+        &["--nocache"],
+    );
+    let d = cpath(&m.mnt);
+    unsafe {
+        let dir = libc::opendir(d.as_ptr());
+        assert!(!dir.is_null());
+        let mut names = Vec::new();
+        let mut mark = None;
+        loop {
+            if names.len() == 250 {
+                mark = Some((libc::telldir(dir), names.len()));
+            }
+            let e = libc::readdir(dir);
+            if e.is_null() {
+                break;
+            }
+            names.push(std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_owned());
+        }
+        let (pos, n) = mark.unwrap();
+        libc::seekdir(dir, pos);
+        let mut again = Vec::new();
+        loop {
+            let e = libc::readdir(dir);
+            if e.is_null() {
+                break;
+            }
+            again.push(std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_owned());
+        }
+        libc::closedir(dir);
+        assert_eq!(names.len(), 502);
+        assert_eq!(again, names[n..].to_vec());
+    }
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn statfs_and_statx() {
+    require_root!();
+    let m = Mount::with_source(|s| fs::write(s.join("f"), b"x").unwrap(), &[]);
+    let (a, b) = (cpath(&m.mnt), cpath(&m.src));
+    let mut x: libc::statvfs = unsafe { std::mem::zeroed() };
+    let mut y: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(a.as_ptr(), &mut x) }, 0);
+    assert_eq!(unsafe { libc::statvfs(b.as_ptr(), &mut y) }, 0);
+    assert_eq!(
+        (x.f_blocks, x.f_bsize, x.f_files, x.f_namemax),
+        (y.f_blocks, y.f_bsize, y.f_files, y.f_namemax)
+    );
+    // statx with btime goes through FUSE_STATX.
+    let stx = |p: &Path| {
+        let c = cpath(p);
+        let mut s: libc::statx = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_ALL, &mut s) },
+            0
+        );
+        s
+    };
+    let (x, y) = (stx(&m.m("f")), stx(&m.s("f")));
+    assert_ne!(x.stx_mask & libc::STATX_BTIME, 0, "btime through the mount");
+    assert_eq!(
+        (x.stx_btime.tv_sec, x.stx_btime.tv_nsec),
+        (y.stx_btime.tv_sec, y.stx_btime.tv_nsec)
+    );
+    assert_eq!(x.stx_ino, y.stx_ino);
+    assert!(m.requests("STATX") > 0);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn xattrs() {
+    require_root!();
+    let m = Mount::with_source(|s| fs::write(s.join("f"), b"x").unwrap(), &[]);
+    let f = cpath(&m.m("f"));
+    let set = |n: &str, v: &[u8], fl: i32| {
+        let n = std::ffi::CString::new(n).unwrap();
+        if unsafe { libc::setxattr(f.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), fl) } == 0 {
+            0
+        } else {
+            errno()
+        }
+    };
+    assert_eq!(set("user.a", b"1", 0), 0);
+    assert_eq!(set("user.a", b"2", libc::XATTR_CREATE), libc::EEXIST);
+    assert_eq!(set("user.b", b"3", libc::XATTR_REPLACE), libc::ENODATA);
+    assert_eq!(set("user.b", b"bee", 0), 0);
+    let get = |p: &Path, n: &str, size: usize| -> Result<Vec<u8>, i32> {
+        let (c, n) = (cpath(p), std::ffi::CString::new(n).unwrap());
+        let mut buf = vec![0u8; size];
+        let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size) };
+        if r < 0 {
+            Err(errno())
+        } else {
+            buf.truncate(if size == 0 { 0 } else { r as usize });
+            Ok(if size == 0 { vec![r as u8] } else { buf })
+        }
+    };
+    assert_eq!(get(&m.s("f"), "user.b", 64).unwrap(), b"bee");
+    assert_eq!(get(&m.m("f"), "user.b", 64).unwrap(), b"bee");
+    assert_eq!(get(&m.m("f"), "user.b", 0).unwrap(), vec![3]); // size query
+    assert_eq!(get(&m.m("f"), "user.b", 1), Err(libc::ERANGE));
+    assert_eq!(get(&m.m("f"), "user.none", 64), Err(libc::ENODATA));
+    let mut list = vec![0u8; 256];
+    let n = unsafe { libc::listxattr(f.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
+    assert!(n > 0);
+    let names: Vec<&[u8]> = list[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert!(names.contains(&&b"user.a"[..]) && names.contains(&&b"user.b"[..]));
+    let name = std::ffi::CString::new("user.a").unwrap();
+    assert_eq!(unsafe { libc::removexattr(f.as_ptr(), name.as_ptr()) }, 0);
+    assert_eq!(get(&m.s("f"), "user.a", 64), Err(libc::ENODATA));
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn fallocate_copy_file_range_lseek() {
+    require_root!();
+    let m = Mount::new(&[]);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.m("sparse"))
+        .unwrap();
+    let fd = f.as_raw_fd();
+    assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 1 << 20) }, 0);
+    assert_eq!(fs::metadata(m.s("sparse")).unwrap().len(), 1 << 20);
+    assert_eq!(
+        unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 1 << 20, 1 << 20) },
+        0
+    );
+    assert_eq!(fs::metadata(m.s("sparse")).unwrap().len(), 1 << 20);
+    // A data region at 4 MiB with a hole before it.
+    f.set_len(0).unwrap();
+    let data = vec![7u8; 65536];
+    assert_eq!(
+        unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), 4 << 20) },
+        65536
+    );
+    f.sync_all().unwrap();
+    let d = unsafe { libc::lseek(fd, 0, libc::SEEK_DATA) };
+    let h = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+    assert_eq!((d, h), (4 << 20, 0), "SEEK_DATA/SEEK_HOLE");
+    // Punch a hole and see zeros on SOURCE.
+    assert_eq!(
+        unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                4 << 20,
+                4096,
+            )
+        },
+        0
+    );
+    let back = fs::read(m.s("sparse")).unwrap();
+    assert!(back[(4 << 20)..(4 << 20) + 4096].iter().all(|&b| b == 0));
+    assert_eq!(back[(4 << 20) + 4096], 7);
+    // copy_file_range between two files of the mount.
+    let out = File::create(m.m("copy")).unwrap();
+    let (mut oi, mut oo) = (4i64 << 20, 0i64);
+    let n = unsafe { libc::copy_file_range(fd, &mut oi, out.as_raw_fd(), &mut oo, 65536, 0) };
+    assert_eq!(n, 65536);
+    drop(out);
+    assert_eq!(
+        fs::read(m.s("copy")).unwrap(),
+        back[(4 << 20)..(4 << 20) + 65536].to_vec()
+    );
+    assert!(m.requests("COPY_FILE_RANGE") + m.requests("COPY_FILE_RANGE_64") > 0);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn flock_and_posix_locks() {
+    require_root!();
+    let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 100]).unwrap(), &[]);
+    let a = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.m("f"))
+        .unwrap();
+    let b = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.m("f"))
+        .unwrap();
+    // flock: per open file.
+    assert_eq!(
+        unsafe { libc::flock(a.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    assert_eq!(
+        unsafe { libc::flock(b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        -1
+    );
+    assert_eq!(errno(), libc::EWOULDBLOCK);
+    assert_eq!(unsafe { libc::flock(a.as_raw_fd(), libc::LOCK_UN) }, 0);
+    assert_eq!(
+        unsafe { libc::flock(b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    assert_eq!(unsafe { libc::flock(b.as_raw_fd(), libc::LOCK_UN) }, 0);
+
+    // POSIX locks: taken by a child process, seen (and refused) here, and
+    // also seen by a process locking SOURCE directly.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = 10;
+    fl.l_len = 20;
+    // Two pipes: child -> parent ("locked"), parent -> child ("exit now").
+    let (mut up, mut down) = ([0i32; 2], [0i32; 2]);
+    assert_eq!(unsafe { libc::pipe(up.as_mut_ptr()) }, 0);
+    assert_eq!(unsafe { libc::pipe(down.as_mut_ptr()) }, 0);
+    let path = cpath(&m.m("f"));
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // Child: only async-signal-safe calls until _exit.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+            let ok = fd >= 0 && libc::fcntl(fd, libc::F_SETLK, &fl) == 0;
+            libc::write(up[1], [ok as u8].as_ptr().cast(), 1);
+            let mut x = [0u8; 1];
+            libc::read(down[0], x.as_mut_ptr().cast(), 1); // wait for the parent
+            libc::_exit(0);
+        }
+    }
+    let mut x = [0u8; 1];
+    unsafe { libc::read(up[0], x.as_mut_ptr().cast(), 1) };
+    assert_eq!(x[0], 1, "child took the lock");
+    let mut probe = fl;
+    assert_eq!(
+        unsafe { libc::fcntl(a.as_raw_fd(), libc::F_GETLK, &mut probe) },
+        0
+    );
+    assert_eq!(
+        probe.l_type as i32,
+        libc::F_WRLCK,
+        "GETLK sees the child's lock"
+    );
+    assert_eq!((probe.l_start, probe.l_len), (10, 20));
+    assert_eq!(probe.l_pid, pid, "GETLK names the child");
+    let mut try_lock = fl;
+    assert_eq!(
+        unsafe { libc::fcntl(a.as_raw_fd(), libc::F_SETLK, &mut try_lock) },
+        -1
+    );
+    assert!(matches!(errno(), libc::EAGAIN | libc::EACCES));
+    // Outside the child's range: fine.
+    let mut other = fl;
+    other.l_start = 50;
+    assert_eq!(
+        unsafe { libc::fcntl(a.as_raw_fd(), libc::F_SETLK, &mut other) },
+        0
+    );
+    // A process on SOURCE sees the child's lock too (host arbitration).
+    let native = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.s("f"))
+        .unwrap();
+    let mut nprobe = fl;
+    nprobe.l_start = 15;
+    nprobe.l_len = 1;
+    assert_eq!(
+        unsafe { libc::fcntl(native.as_raw_fd(), libc::F_OFD_GETLK, &mut nprobe) },
+        0
+    );
+    assert_eq!(nprobe.l_type as i32, libc::F_WRLCK);
+    // A blocking wait is granted once the child exits (its locks go).
+    let waiter = std::thread::spawn(move || {
+        let mut w = fl;
+        let r = unsafe { libc::fcntl(b.as_raw_fd(), libc::F_SETLKW, &mut w) };
+        (r, errno())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    unsafe { libc::write(down[1], [1u8].as_ptr().cast(), 1) };
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let (r, e) = waiter.join().unwrap();
+    assert_eq!(r, 0, "SETLKW granted after the holder exited (errno {e})");
+    for fd in up.iter().chain(down.iter()) {
+        unsafe { libc::close(*fd) };
+    }
+    drop(a);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn blocking_lock_wait_is_interruptible() {
+    require_root!();
+    let m = Mount::with_source(|s| fs::write(s.join("f"), b"x").unwrap(), &[]);
+    // Hold the lock natively on SOURCE, then block on it through the mount
+    // in a child that we kill: the daemon must not keep a worker stuck.
+    let native = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.s("f"))
+        .unwrap();
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    assert_eq!(
+        unsafe { libc::fcntl(native.as_raw_fd(), libc::F_OFD_SETLK, &fl) },
+        0
+    );
+    let path = cpath(&m.m("f"));
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+            libc::fcntl(fd, libc::F_SETLKW, &fl);
+            libc::_exit(0);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let mut status = 0;
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    // The mount still answers on every worker.
+    for _ in 0..20 {
+        assert_eq!(fs::read(m.m("f")).unwrap(), b"x");
+    }
+    drop(native);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn access_and_multi_user_ownership() {
+    require_root!();
+    let m = Mount::with_source(
+        |s| {
+            let shared = s.join("shared");
+            fs::create_dir(&shared).unwrap();
+            fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+            fs::write(s.join("secret"), b"root only").unwrap();
+            fs::set_permissions(s.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+            // A setgid directory owned by group 1234.
+            let sg = s.join("sgid");
+            fs::create_dir(&sg).unwrap();
+            std::os::unix::fs::chown(&sg, Some(0), Some(1234)).unwrap();
+            fs::set_permissions(&sg, fs::Permissions::from_mode(0o2777)).unwrap();
+        },
+        &["-o", "allow_other"],
+    );
+    let mnt = m.mnt.display();
+    let (ok, out) = sh_as(1000, 1000, &format!("umask 022; touch {mnt}/shared/mine && mkdir {mnt}/shared/dir && ln -s x {mnt}/shared/sym"));
+    assert!(ok, "{out}");
+    for (name, mode) in [("shared/mine", 0o644), ("shared/dir", 0o755)] {
+        let st = fs::symlink_metadata(m.s(name)).unwrap();
+        assert_eq!(
+            (st.uid(), st.gid()),
+            (1000, 1000),
+            "{name} owned by the caller"
+        );
+        assert_eq!(st.mode() & 0o777, mode, "{name}: umask applied once");
+    }
+    let st = fs::symlink_metadata(m.s("shared/sym")).unwrap();
+    assert_eq!((st.uid(), st.gid()), (1000, 1000));
+    // setgid directories pass their group on.
+    let (ok, out) = sh_as(
+        1000,
+        1000,
+        &format!("touch {mnt}/sgid/f && mkdir {mnt}/sgid/d"),
+    );
+    assert!(ok, "{out}");
+    assert_eq!(fs::metadata(m.s("sgid/f")).unwrap().gid(), 1234);
+    assert_ne!(
+        fs::metadata(m.s("sgid/d")).unwrap().mode() & 0o2000,
+        0,
+        "setgid inherited"
+    );
+    // The kernel checks permissions (default_permissions).
+    let (ok, _) = sh_as(1000, 1000, &format!("cat {mnt}/secret"));
+    assert!(!ok, "uid 1000 must not read a root 0600 file");
+    let (ok, _) = sh_as(1000, 1000, &format!("chmod 777 {mnt}/secret"));
+    assert!(!ok, "uid 1000 must not chmod root's file");
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn without_default_permissions_the_host_checks_as_the_caller() {
+    require_root!();
+    let m = Mount::with_source(
+        |s| {
+            let shared = s.join("shared");
+            fs::create_dir(&shared).unwrap();
+            fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+            fs::write(s.join("secret"), b"root only").unwrap();
+            fs::set_permissions(s.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+            fs::write(s.join("open"), b"anyone").unwrap();
+        },
+        &["-o", "allow_other,nodefault_permissions"],
+    );
+    let mnt = m.mnt.display();
+    let (ok, out) = sh_as(1000, 1000, &format!("cat {mnt}/secret"));
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    let (ok, out) = sh_as(1000, 1000, &format!("cat {mnt}/open"));
+    assert!(ok && out == "anyone", "{out}");
+    let (ok, out) = sh_as(1000, 1000, &format!("chmod 777 {mnt}/secret"));
+    assert!(!ok && out.contains("not permitted"), "{out}");
+    let (ok, out) = sh_as(
+        1000,
+        1000,
+        &format!("test -r {mnt}/secret || echo not-readable; test -r {mnt}/open && echo readable"),
+    );
+    assert!(
+        ok && out.contains("not-readable") && out.contains("readable"),
+        "access(2): {out}"
+    );
+    let (ok, out) = sh_as(
+        1000,
+        1000,
+        &format!("umask 027; echo x > {mnt}/shared/f; mkdir {mnt}/shared/d"),
+    );
+    assert!(ok, "{out}");
+    let st = fs::metadata(m.s("shared/f")).unwrap();
+    assert_eq!((st.uid(), st.gid(), st.mode() & 0o777), (1000, 1000, 0o640));
+    assert_eq!(fs::metadata(m.s("shared/d")).unwrap().mode() & 0o777, 0o750);
+    let (ok, _) = sh_as(1000, 1000, &format!("rm {mnt}/secret"));
+    assert!(!ok, "no write permission on the root directory");
+    assert!(m.s("secret").exists());
+    assert!(m.unmount().success());
+}

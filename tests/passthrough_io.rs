@@ -1,0 +1,348 @@
+//! Kernel I/O passthrough on stock kernels (FOPEN_PASSTHROUGH + backing ids).
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// Writes `mib` MiB of a pattern through `path` in 1 MiB blocks.
+fn write_pattern(path: &Path, mib: usize) {
+    let mut f = File::create(path).unwrap();
+    let mut block = vec![0u8; MIB];
+    for i in 0..mib {
+        for (j, b) in block.iter_mut().enumerate() {
+            *b = (i * 31 + j * 7 + j / 4096) as u8;
+        }
+        f.write_all(&block).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+fn digest(path: &Path) -> (u64, u64) {
+    let mut f = File::open(path).unwrap();
+    let mut buf = vec![0u8; MIB];
+    let (mut h, mut n) = (0xcbf2_9ce4_8422_2325u64, 0u64);
+    loop {
+        let k = f.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        for &b in &buf[..k] {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        n += k as u64;
+    }
+    (h, n)
+}
+
+fn passthrough_available(m: &Mount) -> bool {
+    m.stats()["backing"]["mode"] != "off"
+}
+
+#[test]
+fn big_file_io_never_reaches_the_daemon() {
+    require_root!();
+    let m = Mount::new(&[]);
+    assert!(
+        passthrough_available(&m),
+        "this kernel offers FUSE passthrough: {}",
+        m.log()
+    );
+    write_pattern(&m.m("big"), 256);
+    let through_mount = digest(&m.m("big"));
+    // Drop the page cache so the read really happens.
+    let _ = fs::write("/proc/sys/vm/drop_caches", "1");
+    assert_eq!(digest(&m.m("big")), through_mount);
+    assert_eq!(
+        digest(&m.s("big")),
+        through_mount,
+        "byte-identical to SOURCE"
+    );
+    assert_eq!(through_mount.1, 256 * MIB as u64);
+    let s = m.stats();
+    assert_eq!(
+        s["requests"]["READ"].as_u64().unwrap_or(0),
+        0,
+        "no READ reached the daemon"
+    );
+    assert_eq!(
+        s["requests"]["WRITE"].as_u64().unwrap_or(0),
+        0,
+        "no WRITE reached the daemon"
+    );
+    assert!(s["backing"]["registered_total"].as_u64().unwrap() >= 1);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn nopassthrough_serves_the_same_io_in_the_daemon() {
+    require_root!();
+    let m = Mount::new(&["--nopassthrough"]);
+    write_pattern(&m.m("big"), 256);
+    let _ = fs::write("/proc/sys/vm/drop_caches", "1");
+    let d = digest(&m.m("big"));
+    assert_eq!(digest(&m.s("big")), d);
+    let s = m.stats();
+    assert_eq!(s["backing"]["mode"], "off");
+    assert!(s["requests"]["READ"].as_u64().unwrap_or(0) > 0);
+    assert!(s["requests"]["WRITE"].as_u64().unwrap_or(0) > 0);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn opens_share_one_backing_id_and_release_it() {
+    require_root!();
+    let m = Mount::with_source(|s| fs::write(s.join("f"), b"shared").unwrap(), &[]);
+    let a = File::open(m.m("f")).unwrap();
+    let b = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.m("f"))
+        .unwrap();
+    let s = m.stats();
+    assert_eq!(s["backing"]["open_ids"], 1, "two opens, one id: {s}");
+    assert_eq!(s["backing"]["registered_total"], 1);
+    drop(a);
+    assert_eq!(m.stats()["backing"]["open_ids"], 1, "still open once");
+    drop(b);
+    // RELEASE is asynchronous: give it a moment.
+    let mut ids = 1;
+    for _ in 0..100 {
+        ids = m.stats()["backing"]["open_ids"].as_u64().unwrap();
+        if ids == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(ids, 0, "the id is closed with the last open");
+    // Many cycles, many files: nothing leaks.
+    for i in 0..300 {
+        let p = m.m(&format!("c{}", i % 7));
+        let mut f = File::create(&p).unwrap();
+        f.write_all(b"x").unwrap();
+        let g = File::open(&p).unwrap();
+        drop((f, g));
+    }
+    let mut s = m.stats();
+    for _ in 0..200 {
+        if s["backing"]["open_ids"] == 0 && s["open_files"] == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        s = m.stats();
+    }
+    assert_eq!(s["backing"]["open_ids"], 0, "no leaked ids: {s}");
+    assert_eq!(s["open_files"], 0);
+    assert!(s["backing"]["registered_total"].as_u64().unwrap() >= 300);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn mmap_writes_reach_source_and_stay_coherent() {
+    require_root!();
+    let m = Mount::with_source(|s| fs::write(s.join("f"), vec![b'.'; 8192]).unwrap(), &[]);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.m("f"))
+        .unwrap();
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let s = std::slice::from_raw_parts_mut(p as *mut u8, 8192);
+        s[100..105].copy_from_slice(b"MMAP!");
+        assert_eq!(libc::msync(p, 8192, libc::MS_SYNC), 0);
+        // read(2) through the mount sees the mapping's bytes.
+        let mut buf = [0u8; 5];
+        assert_eq!(
+            libc::pread(f.as_raw_fd(), buf.as_mut_ptr().cast(), 5, 100),
+            5
+        );
+        assert_eq!(&buf, b"MMAP!");
+        // And a write(2) is seen through the mapping.
+        assert_eq!(
+            libc::pwrite(f.as_raw_fd(), b"WRITE".as_ptr().cast(), 5, 200),
+            5
+        );
+        assert_eq!(&s[200..205], b"WRITE");
+        libc::munmap(p, 8192);
+    }
+    drop(f);
+    let back = fs::read(m.s("f")).unwrap();
+    assert_eq!(&back[100..105], b"MMAP!");
+    assert_eq!(&back[200..205], b"WRITE");
+    if passthrough_available(&m) {
+        assert_eq!(m.requests("WRITE"), 0);
+    }
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn odirect_and_direct_io_go_through_the_daemon() {
+    require_root!();
+    let m = Mount::with_source(|s| fs::write(s.join("f"), vec![3u8; 1 << 16]).unwrap(), &[]);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.m("f"))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 3));
+    assert!(
+        m.requests("READ") > 0,
+        "O_DIRECT reads are served by the daemon"
+    );
+    // A normal open of the same file meanwhile still works (shared backing).
+    assert_eq!(fs::read(m.m("f")).unwrap().len(), 1 << 16);
+    drop(f);
+    assert!(m.unmount().success());
+
+    let m = Mount::with_source(
+        |s| fs::write(s.join("f"), b"direct").unwrap(),
+        &["--direct-io"],
+    );
+    assert_eq!(fs::read(m.m("f")).unwrap(), b"direct");
+    assert!(m.requests("READ") > 0);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn without_cap_sys_admin_the_daemon_serves_io_itself() {
+    require_root!();
+    if !Path::new("/usr/bin/fusermount3").exists() && !Path::new("/bin/fusermount3").exists() {
+        panic!("fusermount3 is missing: the test script installs package fuse3");
+    }
+    // An unprivileged daemon mounts through fusermount3 and cannot
+    // register backing files (EPERM): it must fall back, say so, and serve.
+    // Debian's udev rule makes /dev/fuse 0666; VMs without udev leave it
+    // 0600. Give it the usual mode for this test, and restore it after.
+    struct DevMode(u32);
+    impl Drop for DevMode {
+        fn drop(&mut self) {
+            let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.0));
+        }
+    }
+    let old = fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
+    let _dev_mode = DevMode(old);
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ptfs-user")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let data: Vec<u8> = (0..(4 * MIB)).map(|i| (i % 251) as u8).collect();
+    fs::write(src.join("f"), &data).unwrap();
+    for p in [&src, &mnt, &src.join("f")] {
+        std::os::unix::fs::chown(p, Some(1000), Some(1000)).unwrap();
+    }
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(1000), Some(1000)).unwrap();
+    let stats = out_dir.join("stats.json");
+    let log = out_dir.join("log");
+    let cmd = format!(
+        "{BIN} --stats {} --log {} {} {}",
+        stats.display(),
+        log.display(),
+        src.display(),
+        mnt.display()
+    );
+    let (ok, out) = sh_as(1000, 1000, &cmd);
+    assert!(ok, "unprivileged mount: {out}");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0)
+                    .status();
+            }
+        }
+    }
+    let _guard = Unmount(&mnt);
+    assert!(is_mounted(&mnt));
+    let (ok, out) = sh_as(
+        1000,
+        1000,
+        &format!(
+            "cmp {} {} && echo SAME",
+            mnt.join("f").display(),
+            src.join("f").display()
+        ),
+    );
+    assert!(ok && out.contains("SAME"), "{out}");
+    let (ok, out) = sh_as(
+        1000,
+        1000,
+        &format!("echo appended >> {}", mnt.join("f").display()),
+    );
+    assert!(ok, "{out}");
+    assert!(fs::read(src.join("f")).unwrap().ends_with(b"appended\n"));
+    // Stats, then unmount as the user.
+    let pid = std::process::Command::new("pgrep")
+        .args([
+            "-u",
+            "1000",
+            "-f",
+            &format!("passthroughfs --stats {}", stats.display()),
+        ])
+        .output()
+        .unwrap();
+    let pid: i32 = String::from_utf8_lossy(&pid.stdout)
+        .trim()
+        .lines()
+        .next()
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
+    assert!(pid > 0);
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let mut s = serde_json::Value::Null;
+    for _ in 0..200 {
+        if let Ok(t) = fs::read_to_string(&stats) {
+            if let Ok(v) = serde_json::from_str(&t) {
+                s = v;
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(s["backing"]["mode"], "off", "{s}");
+    assert!(s["requests"]["READ"].as_u64().unwrap_or(0) > 0);
+    let logtext = fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        logtext.matches("passthrough disabled").count(),
+        1,
+        "said once: {logtext}"
+    );
+    let (ok, out) = sh_as(1000, 1000, &format!("fusermount3 -u {}", mnt.display()));
+    assert!(ok, "{out}");
+    let mut gone = false;
+    for _ in 0..500 {
+        if process_gone(pid) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(gone, "daemon exited after fusermount3 -u");
+}
