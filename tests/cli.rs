@@ -1,0 +1,181 @@
+//! Bad input at start-up: one clear line, exit 1 (64 for usage errors),
+//! nothing mounted, nothing left running.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use common::*;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let mut s = String::from_utf8_lossy(&out.stderr).to_string();
+    s.push_str(&String::from_utf8_lossy(&out.stdout));
+    (out.status.code().unwrap_or(-1), s)
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let (code, out) = run(&[]);
+    assert_eq!(code, 64, "{out}");
+    let (code, out) = run(&["--no-such-flag", "a", "b"]);
+    assert_eq!(code, 64, "{out}");
+    let (code, out) = run(&["--num-threads", "many", "a", "b"]);
+    assert_eq!(code, 64, "{out}");
+    let (code, out) = run(&["--max-stack-depth", "3", "a", "b"]);
+    assert_eq!(code, 64, "{out}");
+    let (code, out) = run(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Examples:") && out.contains("--nopassthrough"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_paths_exit_1_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir(d.join("src")).unwrap();
+    fs::create_dir(d.join("mnt")).unwrap();
+    fs::write(d.join("file"), b"").unwrap();
+    let p = |n: &str| d.join(n).display().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![p("missing"), p("mnt")], "SOURCE"),
+        (vec![p("file"), p("mnt")], "not a directory"),
+        (vec![p("src"), p("nomnt")], "MOUNTPOINT"),
+        (vec![p("src"), p("file")], "not a directory"),
+        (vec![p("src"), p("src")], "inside SOURCE"),
+        (vec![p("src"), "/proc".into()], "busy"),
+        (
+            vec![
+                "-f".into(),
+                "--passthrough-ops".into(),
+                "getattr,bogus".into(),
+                p("src"),
+                p("mnt"),
+            ],
+            "unknown op 'bogus'",
+        ),
+        (
+            vec![
+                "-f".into(),
+                "--policy".into(),
+                p("nopolicy.toml"),
+                p("src"),
+                p("mnt"),
+            ],
+            "policy file",
+        ),
+    ];
+    for (args, needle) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out) = run(&a);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(
+            out.contains(needle),
+            "{args:?}: expected '{needle}' in: {out}"
+        );
+        assert_eq!(out.trim().lines().count(), 1, "one line: {out}");
+        assert!(!is_mounted(&d.join("mnt")));
+    }
+}
+
+#[test]
+fn a_bad_policy_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir(d.join("src")).unwrap();
+    fs::create_dir(d.join("mnt")).unwrap();
+    fs::write(
+        d.join("p.toml"),
+        "[[rule]]\nglob = \"a[\"\nfiles = [\"all\"]\n",
+    )
+    .unwrap();
+    let (code, out) = run(&[
+        "-f",
+        "--policy",
+        d.join("p.toml").to_str().unwrap(),
+        d.join("src").to_str().unwrap(),
+        d.join("mnt").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("bad glob"), "{out}");
+}
+
+#[test]
+fn background_mode_returns_once_mounted_and_umount_ends_it() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    fs::write(src.join("hello"), b"hi").unwrap();
+    let pidfile_log = dir.path().join("log");
+    let (code, out) = run(&[
+        "--log",
+        pidfile_log.to_str().unwrap(),
+        src.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    // Usable at once: the parent returned only after INIT.
+    assert_eq!(fs::read(mnt.join("hello")).unwrap(), b"hi");
+    // A second mount on the same (now busy) mountpoint is refused.
+    let (code, out) = run(&[src.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("busy"), "{out}");
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    assert!(!is_mounted(&mnt));
+    let log = fs::read_to_string(&pidfile_log).unwrap();
+    assert!(log.contains("mounted at"), "{log}");
+    // The daemon logs its exit once the unmount reached it.
+    for _ in 0..200 {
+        if fs::read_to_string(&pidfile_log)
+            .unwrap()
+            .contains("unmounted")
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!(
+        "daemon did not notice the unmount: {}",
+        fs::read_to_string(&pidfile_log).unwrap()
+    );
+}
+
+#[test]
+fn sigterm_unmounts_and_exits_zero() {
+    require_root!();
+    let m = Mount::new(&[]);
+    fs::write(m.m("f"), b"x").unwrap();
+    let _keep_busy = fs::File::open(m.m("f")).unwrap();
+    unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) };
+    // The guard reaps it; the status must be success and the mount gone.
+    let mnt = m.mnt.clone();
+    let status = m.unmount();
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn mount_options_reach_the_kernel() {
+    require_root!();
+    let m = Mount::new(&["-o", "ro,allow_other,fsname=myfs,subtype=mytype,noexec"]);
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(m.mnt.to_str().unwrap()))
+        .unwrap()
+        .to_string();
+    assert!(line.starts_with("myfs "), "{line}");
+    assert!(line.contains(" fuse.mytype "), "{line}");
+    assert!(
+        line.contains("ro,") && line.contains("noexec") && line.contains("allow_other"),
+        "{line}"
+    );
+    assert_eq!(err_of(fs::write(m.m("x"), b"")), libc::EROFS);
+    assert!(m.unmount().success());
+}
