@@ -205,7 +205,9 @@ impl Backing {
         } {
             return id;
         }
-        if self.mode() != Mode::Inode || mask == 0 {
+        // Nothing beyond read/write: per-open backing ids do that, without
+        // tying the inode's every open to passthrough.
+        if self.mode() != Mode::Inode || mask & !IO_OPS == 0 {
             return 0;
         }
         if !matches!(

@@ -198,6 +198,20 @@ impl Deref for InodeFd<'_> {
     }
 }
 
+/// Where an fd points, from its /proc/self/fd link (" (deleted)" = gone).
+fn fd_path(fd: BorrowedFd<'_>) -> Option<String> {
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let target = std::fs::read_link(link)
+        .ok()?
+        .into_os_string()
+        .into_string()
+        .ok()?;
+    if target.ends_with(" (deleted)") {
+        return None;
+    }
+    Some(target)
+}
+
 /// The result of looking a name up.
 pub struct Looked {
     pub inode: Arc<Inode>,
@@ -218,6 +232,8 @@ pub struct InodeTable {
     root_dev: u64,
     /// Small index per device, to keep st_ino unique across submounts.
     devs: RwLock<Vec<u64>>,
+    /// SOURCE as the kernel names it in /proc/self/fd links.
+    source_prefix: String,
 }
 
 impl InodeTable {
@@ -230,6 +246,7 @@ impl InodeTable {
         let key = InodeKey::of(&st);
         let mounts = MountFds::new(proc_self_fd);
         let handle = mounts.handle_of(root.as_fd(), true);
+        let source_prefix = fd_path(root.as_fd()).unwrap_or_default();
         budget.open.fetch_add(1, Ordering::Relaxed);
         let root = Arc::new(Inode {
             nodeid: abi::ROOT_ID,
@@ -253,6 +270,7 @@ impl InodeTable {
             mounts,
             root_dev: key.dev,
             devs: RwLock::new(vec![key.dev]),
+            source_prefix,
         };
         t.by_id.insert(abi::ROOT_ID, root);
         t.by_key.insert(key, abi::ROOT_ID);
@@ -311,6 +329,22 @@ impl InodeTable {
             }
         });
         key.ino ^ ((idx as u64 & 0xffff) << 48)
+    }
+
+    /// Path of `inode` relative to SOURCE ("" for the root), as its fd's
+    /// /proc link says now (so it follows renames). `None` if the inode is
+    /// no longer reachable (unlinked, or moved out of SOURCE).
+    pub fn relative_path(&self, inode: &Inode) -> Option<String> {
+        if inode.nodeid == abi::ROOT_ID {
+            return Some(String::new());
+        }
+        let fd = self.fd(inode).ok()?;
+        let path = fd_path(fd.fd())?;
+        let rest = path.strip_prefix(self.source_prefix.as_str())?;
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return None;
+        }
+        Some(rest.trim_start_matches('/').to_string())
     }
 
     /// The inode's O_PATH fd, reopened from its handle if it was evicted.

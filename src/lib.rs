@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod file_handle;
 pub mod fuse;
 pub mod inode_table;
+pub mod media;
 pub mod passthrough;
 pub mod policy;
 pub mod stats;

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use passthroughfs::fuse::session::{block_daemon_signals, default_threads};
 use passthroughfs::fuse::{MountOptions, Session, SessionOptions};
+use passthroughfs::media::MediaProvider;
 use passthroughfs::passthrough::{Config, PassthroughFs};
 use passthroughfs::policy::{self, Policy};
 use passthroughfs::{credentials, stats, sys};
@@ -92,8 +93,12 @@ struct Cli {
     #[arg(long, default_value = "all", value_name = "LIST")]
     passthrough_ops: String,
     /// Per-subtree passthrough rules (TOML; see `policy.rs`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "media_provider")]
     policy: Option<PathBuf>,
+    /// Android-style media provider mode (TOML config of apps and the media
+    /// tree; see examples/media-provider.toml). Needs -o allow_other.
+    #[arg(long, value_name = "CONFIG")]
+    media_provider: Option<PathBuf>,
     /// Write statistics (JSON) here on SIGUSR1 and at unmount.
     #[arg(long, value_name = "FILE")]
     stats: Option<PathBuf>,
@@ -355,11 +360,18 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     let parsed = parse_mount_options(&cli.options, &src).or_else(fatal)?;
     let ops = policy::parse_ops(&cli.passthrough_ops)
         .or_else(|e| fatal(format!("--passthrough-ops: {e}")))?;
-    let mut pol = match &cli.policy {
-        Some(p) => Policy::from_file(p, ops).or_else(fatal)?,
-        None => Policy::uniform(ops),
+    let media = match &cli.media_provider {
+        Some(p) => Some(Arc::new(MediaProvider::from_file(p).or_else(fatal)?)),
+        None => None,
     };
-    pol.set_source(&src);
+    let pol = match (&cli.policy, &media) {
+        (Some(p), _) => Policy::from_file(p, ops).or_else(fatal)?,
+        (None, Some(mp)) => mp.policy(ops),
+        (None, None) => Policy::uniform(ops),
+    };
+    if media.is_some() && !parsed.mount.allow_other {
+        eprintln!("passthroughfs: warning: --media-provider without -o allow_other: only the mounting user can reach the mount");
+    }
     if !Path::new("/dev/fuse").exists() {
         return fatal("/dev/fuse does not exist (is the fuse module loaded?)");
     }
@@ -380,7 +392,14 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         daemonize()?
     };
     init_logging(&cli, if foreground { None } else { log_file });
-    let result = serve(&cli, src, mnt, parsed, pol, &mut ready, foreground);
+    let plan = Plan {
+        src,
+        mnt,
+        parsed,
+        policy: pol,
+        media,
+    };
+    let result = serve(&cli, plan, &mut ready, foreground);
     match result {
         // In the background, the waiting parent prints the error.
         Err(Fatal(m)) if ready.write.is_some() => {
@@ -392,15 +411,23 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     }
 }
 
-fn serve(
-    cli: &Cli,
+/// Everything checked and parsed before the daemon starts.
+struct Plan {
     src: PathBuf,
     mnt: PathBuf,
     parsed: ParsedOptions,
-    pol: Policy,
-    ready: &mut Readiness,
-    foreground: bool,
-) -> Result<(), Fatal> {
+    policy: Policy,
+    media: Option<Arc<MediaProvider>>,
+}
+
+fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Result<(), Fatal> {
+    let Plan {
+        src,
+        mnt,
+        parsed,
+        policy: pol,
+        media,
+    } = plan;
     credentials::init();
     // The kernel (or, with DONT_MASK, the per-thread umask) masks modes:
     // the process umask must not mask them a second time.
@@ -425,6 +452,7 @@ fn serve(
         readdirplus: !cli.no_readdirplus,
         fd_cache,
         policy: Arc::new(pol),
+        media,
     };
     let fs = Arc::new(PassthroughFs::new(cfg).or_else(|e| fatal(format!("SOURCE {e}")))?);
     let threads = if cli.single {

@@ -24,7 +24,8 @@
 //! files = ["none"]
 //!
 //! [[rule]]
-//! glob  = "**/*.jpg"      # globs match the whole relative path
+//! glob  = "**/*.jpg"      # globs match the whole relative path; `*` stays
+//!                         # within one component, `**` crosses them
 //! files = ["getattr", "open", "read"]
 //! ```
 
@@ -32,12 +33,11 @@ use std::ffi::CStr;
 use std::fmt;
 use std::path::Path;
 
-use globset::{Glob, GlobMatcher};
+use globset::GlobMatcher;
 use serde::Deserialize;
 
 use crate::fuse::abi::{self, Opcode};
 use crate::inode_table::{Inode, InodeTable, Kind};
-use crate::sys;
 
 /// An op name usable in `--passthrough-ops` and policy files, and the
 /// opcodes its bit(s) stand for.
@@ -131,8 +131,6 @@ pub struct Policy {
     default_dirs: u64,
     default_files: u64,
     rules: Vec<Rule>,
-    /// Absolute path of SOURCE as /proc/self/fd shows it, for relative paths.
-    source_prefix: String,
 }
 
 impl fmt::Debug for Policy {
@@ -195,7 +193,6 @@ impl Policy {
             default_dirs: mask,
             default_files: mask,
             rules: Vec::new(),
-            source_prefix: String::new(),
         }
     }
 
@@ -228,7 +225,9 @@ impl Policy {
                     Matcher::Prefix(clean)
                 }
                 (None, Some(glob)) => {
-                    let g = Glob::new(glob.trim_start_matches('/'))
+                    let g = globset::GlobBuilder::new(glob.trim_start_matches('/'))
+                        .literal_separator(true)
+                        .build()
                         .map_err(|e| format!("rule {}: bad glob '{glob}': {e}", i + 1))?;
                     Matcher::Glob(g.compile_matcher())
                 }
@@ -261,13 +260,37 @@ impl Policy {
         Ok(p)
     }
 
-    /// Tells the policy where SOURCE is, as the kernel names it in
-    /// /proc/self/fd links.
-    pub fn set_source(&mut self, canonical_source: &Path) {
-        self.source_prefix = canonical_source
-            .to_string_lossy()
-            .trim_end_matches('/')
-            .to_string();
+    /// Adds a rule for a subtree (this path and everything below).
+    pub fn add_path_rule(&mut self, path: &str, dirs: Option<u64>, files: Option<u64>) {
+        let clean = path.trim_matches('/').to_string();
+        self.rules.push(Rule {
+            what: clean.clone(),
+            matcher: Matcher::Prefix(clean),
+            dirs,
+            files,
+        });
+    }
+
+    /// Adds a glob rule (matched against the whole relative path).
+    pub fn add_glob_rule(
+        &mut self,
+        glob: &str,
+        case_insensitive: bool,
+        dirs: Option<u64>,
+        files: Option<u64>,
+    ) -> Result<(), String> {
+        let g = globset::GlobBuilder::new(glob)
+            .case_insensitive(case_insensitive)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("bad glob '{glob}': {e}"))?;
+        self.rules.push(Rule {
+            what: glob.to_string(),
+            matcher: Matcher::Glob(g.compile_matcher()),
+            dirs,
+            files,
+        });
+        Ok(())
     }
 
     /// Is any op beyond read/write asked for anywhere? (Then inode
@@ -331,24 +354,14 @@ impl Policy {
         inherited
     }
 
-    /// Path of `parent/name` relative to SOURCE, from the parent's fd.
+    /// Path of `parent/name` relative to SOURCE.
     fn relative_path(&self, table: &InodeTable, parent: &Inode, name: &CStr) -> Option<String> {
         let name = name.to_str().ok()?;
-        if parent.nodeid == abi::ROOT_ID {
-            return Some(name.to_string());
-        }
-        let fd = table.fd(parent).ok()?;
-        let link = sys::fd_name(std::os::fd::AsRawFd::as_raw_fd(&fd.fd()));
-        let len = link.iter().position(|&b| b == 0).unwrap_or(0);
-        let link = std::str::from_utf8(&link[..len]).ok()?;
-        let target = std::fs::read_link(format!("/proc/self/fd/{link}")).ok()?;
-        let target = target.to_str()?;
-        let rest = target.strip_prefix(&self.source_prefix)?;
-        let rest = rest.trim_start_matches('/');
-        Some(if rest.is_empty() {
+        let dir = table.relative_path(parent)?;
+        Some(if dir.is_empty() {
             name.to_string()
         } else {
-            format!("{rest}/{name}")
+            format!("{dir}/{name}")
         })
     }
 

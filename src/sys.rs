@@ -60,6 +60,16 @@ pub fn statx(fd: BorrowedFd<'_>, mask: u32) -> Result<libc::statx> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// statx(2) of one name in `dir`, never following a symlink.
+pub fn statx_at(dir: BorrowedFd<'_>, name: &CStr, mask: u32) -> Result<libc::statx> {
+    let mut st = MaybeUninit::<libc::statx>::zeroed();
+    let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT;
+    // SAFETY: `st` is a valid output buffer; `name` is NUL-terminated.
+    check(unsafe { libc::statx(dir.as_raw_fd(), name.as_ptr(), flags, mask, st.as_mut_ptr()) })?;
+    // SAFETY: zero-initialised and then filled by the kernel.
+    Ok(unsafe { st.assume_init() })
+}
+
 /// fstatfs(2).
 pub fn fstatfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs> {
     let mut st = MaybeUninit::<libc::statvfs>::zeroed();

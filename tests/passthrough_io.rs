@@ -140,7 +140,9 @@ fn opens_share_one_backing_id_and_release_it() {
     }
     assert_eq!(s["backing"]["open_ids"], 0, "no leaked ids: {s}");
     assert_eq!(s["open_files"], 0);
-    assert!(s["backing"]["registered_total"].as_u64().unwrap() >= 300);
+    // At least one id per distinct file; a cycle may share the id of the
+    // previous one when its RELEASE (asynchronous) had not come in yet.
+    assert!(s["backing"]["registered_total"].as_u64().unwrap() >= 7);
     assert!(m.unmount().success());
 }
 

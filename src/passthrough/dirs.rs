@@ -83,9 +83,11 @@ impl PassthroughFs {
             flags: libc::O_RDONLY | libc::O_DIRECTORY,
             backing: false,
             dir: Some(Mutex::new(DirStream::new())),
+            redact: None,
         });
         let mut out = abi::OpenOutFlags::empty();
-        if !self.cfg.nocache {
+        // Listings filtered per caller must not be shared through the cache.
+        if !self.cfg.nocache && self.media().is_none() {
             out |= abi::OpenOutFlags::KEEP_CACHE | abi::OpenOutFlags::CACHE_DIR;
         }
         Ok(Open {
@@ -123,6 +125,7 @@ impl PassthroughFs {
             st.len = 0;
             st.offset = arg.offset;
         }
+        let media_rel = self.media_dir_rel(&inode);
         let mut out = DirBuffer::new(arg.size as usize);
         // Lookups this reply hands to the kernel, to undo if it is lost.
         let mut counted: Vec<u64> = Vec::new();
@@ -150,13 +153,31 @@ impl PassthroughFs {
                 continue;
             };
             let (name, off, typ, reclen) = (d.name.to_vec(), d.off, d.typ as u32, d.reclen);
+            // Media mode: hide what the caller may not see, and never let
+            // the kernel cache an entry whose visibility depends on the uid.
+            let mut volatile = false;
+            if let Some(rel) = &media_rel {
+                if name != b"." && name != b".." {
+                    match self.media_visibility_at(ctx.uid, rel, f.fd.as_fd(), &name) {
+                        crate::media::Visibility::Hidden => {
+                            st.pos += reclen;
+                            st.offset = off;
+                            continue;
+                        }
+                        crate::media::Visibility::Visible { volatile: v } => volatile = v,
+                    }
+                }
+            }
             let ino = self.table.report_ino(crate::inode_table::InodeKey {
                 dev: inode.key.dev,
                 ino: d.ino,
             });
             let fits = if plus {
                 match self.dirent_plus(&inode, &name, ino, typ) {
-                    Ok(e) => {
+                    Ok(mut e) => {
+                        if volatile {
+                            e.entry_ttl = std::time::Duration::ZERO;
+                        }
                         if out.push_plus(&e, off, typ, &name) {
                             if e.nodeid != 0 {
                                 counted.push(e.nodeid);

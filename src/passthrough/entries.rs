@@ -11,6 +11,7 @@ use std::os::fd::AsFd;
 
 use super::*;
 use crate::credentials::UmaskGuard;
+use crate::media;
 
 impl PassthroughFs {
     fn dir_inode(&self, nodeid: u64, op: Opcode) -> Result<Arc<Inode>, Errno> {
@@ -29,26 +30,52 @@ impl PassthroughFs {
     ) -> Result<Entry, Errno> {
         check_name(name)?;
         let p = self.dir_inode(parent, ctx.opcode)?;
+        let media_rel = self.media_dir_rel(&p);
         let pfd = self.table.fd(&p)?;
-        let fd = {
+        let open = |n: &CStr| {
             // Without default_permissions the caller needs search permission.
             let _g = self.as_caller(ctx, false)?;
-            self.table.with_fd_headroom(|| {
-                sys::openat(pfd.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
-            })
+            self.table
+                .with_fd_headroom(|| sys::openat(pfd.fd(), n, libc::O_PATH | libc::O_NOFOLLOW, 0))
         };
-        drop(pfd);
-        match fd {
-            Ok(fd) => {
-                let looked = self.table.insert_fd(fd)?;
-                Ok(self.make_entry(&looked, &p, name))
+        let mut found = open(name);
+        // Entries whose visibility depends on who asks are never cached.
+        let mut volatile = false;
+        let mut real_name: Option<std::ffi::CString> = None;
+        if let (Err(Errno::ENOENT), Some(mp), Some(rel)) = (&found, self.media(), &media_rel) {
+            if mp.case_insensitive_dir(rel) {
+                if let Some(real) = self.find_case_insensitive(pfd.fd(), name)? {
+                    found = open(&real);
+                    volatile = true;
+                    real_name = Some(real);
+                }
             }
-            // Cache the absence as long as anything else (nodeid 0).
-            Err(e) if e == Errno::ENOENT && !self.cfg.nocache => {
-                Ok(Entry::negative(self.entry_ttl()))
-            }
-            Err(e) => Err(e),
         }
+        let fd = match found {
+            Ok(fd) => fd,
+            // Cache the absence as long as anything else (nodeid 0), except
+            // where names are policed per caller.
+            Err(Errno::ENOENT) if !self.cfg.nocache && media_rel.is_none() => {
+                return Ok(Entry::negative(self.entry_ttl()))
+            }
+            Err(e) => return Err(e),
+        };
+        let name = real_name.as_deref().unwrap_or(name);
+        if let (Some(mp), Some(rel)) = (self.media(), &media_rel) {
+            let st = sys::statx(fd.as_fd(), libc::STATX_TYPE | libc::STATX_UID)?;
+            let is_dir = st.stx_mode as u32 & libc::S_IFMT == libc::S_IFDIR;
+            match mp.visibility(ctx.uid, rel, name.to_bytes(), st.stx_uid, is_dir) {
+                media::Visibility::Hidden => return Err(Errno::ENOENT),
+                media::Visibility::Visible { volatile: v } => volatile |= v,
+            }
+        }
+        drop(pfd);
+        let looked = self.table.insert_fd(fd)?;
+        let mut e = self.make_entry(&looked, &p, name);
+        if volatile {
+            e.entry_ttl = Duration::ZERO;
+        }
+        Ok(e)
     }
 
     /// Looks up a name just created in `parent` (as root: the caller has
@@ -67,12 +94,14 @@ impl PassthroughFs {
     ) -> Result<Entry, Errno> {
         check_name(name)?;
         let p = self.dir_inode(parent, ctx.opcode)?;
+        self.media_may_create(ctx, &p, name)?;
         {
             let pfd = self.table.fd(&p)?;
             let _u = UmaskGuard::set(self.umask(arg.umask));
             let _g = self.as_caller(ctx, true)?;
             sys::mknodat(pfd.fd(), name, arg.mode, arg.rdev as u64)?;
         }
+        self.media_event(ctx, "create", &p, name, None);
         self.lookup_created(&p, name)
     }
 
@@ -85,12 +114,14 @@ impl PassthroughFs {
     ) -> Result<Entry, Errno> {
         check_name(name)?;
         let p = self.dir_inode(parent, ctx.opcode)?;
+        self.media_may_create(ctx, &p, name)?;
         {
             let pfd = self.table.fd(&p)?;
             let _u = UmaskGuard::set(self.umask(arg.umask));
             let _g = self.as_caller(ctx, true)?;
             sys::mkdirat(pfd.fd(), name, arg.mode & 0o7777)?;
         }
+        self.media_event(ctx, "create", &p, name, None);
         self.lookup_created(&p, name)
     }
 
@@ -103,11 +134,13 @@ impl PassthroughFs {
     ) -> Result<Entry, Errno> {
         check_name(name)?;
         let p = self.dir_inode(parent, ctx.opcode)?;
+        self.media_may_create(ctx, &p, name)?;
         {
             let pfd = self.table.fd(&p)?;
             let _g = self.as_caller(ctx, true)?;
             sys::symlinkat(target, pfd.fd(), name)?;
         }
+        self.media_event(ctx, "create", &p, name, None);
         self.lookup_created(&p, name)
     }
 
@@ -124,6 +157,7 @@ impl PassthroughFs {
         if inode.kind == Kind::Directory {
             return Err(Errno::EPERM);
         }
+        self.media_may_create(ctx, &np, newname)?;
         {
             let fd = self.table.fd(&inode)?;
             let npfd = self.table.fd(&np)?;
@@ -144,6 +178,7 @@ impl PassthroughFs {
                 sys::link_empty_path(fd.fd(), npfd.fd(), newname)?;
             }
         }
+        self.media_event(ctx, "create", &np, newname, None);
         self.lookup_created(&np, newname)
     }
 
@@ -158,8 +193,13 @@ impl PassthroughFs {
         check_name(name)?;
         let p = self.dir_inode(parent, ctx.opcode)?;
         let pfd = self.table.fd(&p)?;
-        let _g = self.as_caller(ctx, false)?;
-        sys::unlinkat(pfd.fd(), name, flags).map_err(Errno::from)
+        self.media_check_visible(ctx, &p, pfd.fd(), name)?;
+        {
+            let _g = self.as_caller(ctx, false)?;
+            sys::unlinkat(pfd.fd(), name, flags)?;
+        }
+        self.media_event(ctx, "delete", &p, name, None);
+        Ok(())
     }
 
     pub(super) fn do_rename(
@@ -181,9 +221,24 @@ impl PassthroughFs {
         let np = self.dir_inode(newparent, ctx.opcode)?;
         let pfd = self.table.fd(&p)?;
         let npfd = self.table.fd(&np)?;
-        // A whiteout is a new inode: it belongs to the caller.
-        let _g = self.as_caller(ctx, flags & libc::RENAME_WHITEOUT != 0)?;
-        sys::renameat2(pfd.fd(), name, npfd.fd(), newname, flags).map_err(Errno::from)
+        if self.media().is_some() {
+            self.media_check_visible(ctx, &p, pfd.fd(), name)?;
+            // Replacing a file the caller cannot see would destroy it unseen.
+            if self
+                .media_check_visible(ctx, &np, npfd.fd(), newname)
+                .is_err()
+            {
+                return Err(Errno::EACCES);
+            }
+            self.media_may_create(ctx, &np, newname)?;
+        }
+        {
+            // A whiteout is a new inode: it belongs to the caller.
+            let _g = self.as_caller(ctx, flags & libc::RENAME_WHITEOUT != 0)?;
+            sys::renameat2(pfd.fd(), name, npfd.fd(), newname, flags)?;
+        }
+        self.media_event(ctx, "rename", &p, name, Some((&np, newname)));
+        Ok(())
     }
 
     pub(super) fn do_create(
@@ -195,6 +250,7 @@ impl PassthroughFs {
     ) -> Result<(Entry, Open), Errno> {
         check_name(name)?;
         let p = self.dir_inode(parent, ctx.opcode)?;
+        self.media_may_create(ctx, &p, name)?;
         let flags = self.host_open_flags(arg.flags as i32)
             | libc::O_CREAT
             | (arg.flags as i32 & libc::O_EXCL);
@@ -207,6 +263,7 @@ impl PassthroughFs {
                 sys::openat(pfd.fd(), name, flags | libc::O_NOFOLLOW, arg.mode & 0o7777)
             })?
         };
+        self.media_event(ctx, "create", &p, name, None);
         self.finish_create(&p, name, file, arg.flags as i32)
     }
 
@@ -244,7 +301,7 @@ impl PassthroughFs {
         })?;
         let looked = self.table.insert_fd(opath)?;
         let entry = self.make_entry(&looked, parent, name);
-        match self.finish_open(looked.inode, file, flags) {
+        match self.finish_open(looked.inode, file, flags, None) {
             Ok(open) => Ok((entry, open)),
             Err(e) => {
                 self.forget_one(entry.nodeid, 1);

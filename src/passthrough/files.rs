@@ -52,19 +52,42 @@ impl PassthroughFs {
                 )
             })?
         };
-        self.finish_open(inode, file, flags)
+        let redact = self.media_redaction(ctx, &inode, file.as_fd())?;
+        self.finish_open(inode, file, flags, redact)
     }
 
     /// Registers an open file and decides how the kernel does its I/O.
+    /// A redacted open is served by the daemon, never passed through.
     pub(super) fn finish_open(
         &self,
         inode: Arc<Inode>,
         file: OwnedFd,
         flags: i32,
+        redact: Option<Arc<Vec<std::ops::Range<u64>>>>,
     ) -> Result<Open, Errno> {
         type F = abi::OpenOutFlags;
         let mut out = F::empty();
         let mut backing_id = 0;
+        if redact.is_some() {
+            // The kernel lets no plain open next to a passthrough one, and
+            // passthrough would bypass the redaction: refuse until they close.
+            if inode.backing.lock().opens > 0 {
+                return Err(Errno(libc::EBUSY));
+            }
+            let fh = self.add_file(OpenFile {
+                fd: file,
+                inode,
+                flags,
+                backing: false,
+                dir: None,
+                redact,
+            });
+            return Ok(Open {
+                fh,
+                flags: F::DIRECT_IO,
+                backing_id: 0,
+            });
+        }
         if inode.kind == Kind::Regular {
             let mask = self.mask_of(&inode);
             let opath = self.table.fd(&inode)?;
@@ -96,6 +119,7 @@ impl PassthroughFs {
             flags,
             backing: passthrough,
             dir: None,
+            redact: None,
         });
         Ok(Open {
             fh,
@@ -139,6 +163,9 @@ impl PassthroughFs {
                     Err(e) if done == 0 => return reply.error(e.into()),
                     Err(_) => break,
                 }
+            }
+            if let Some(r) = &f.redact {
+                crate::media::redact(&mut buf[..done], arg.offset, r);
             }
             reply.data(&buf[..done])
         })

@@ -11,6 +11,7 @@ mod dirs;
 mod entries;
 mod files;
 mod locks;
+mod media;
 mod xattrs;
 
 use std::ffi::CStr;
@@ -29,6 +30,7 @@ use crate::credentials::{self, CredGuard, GroupCache};
 use crate::fuse::abi::{self, InitFlags, Opcode};
 use crate::fuse::*;
 use crate::inode_table::{Inode, InodeTable, Kind, Looked};
+use crate::media::MediaProvider;
 use crate::policy::Policy;
 use crate::sys;
 
@@ -59,6 +61,8 @@ pub struct Config {
     pub fd_cache: usize,
     /// Which ops pass through for which entry (inode passthrough).
     pub policy: Arc<Policy>,
+    /// Media-provider mode: per-uid policing of parts of the tree.
+    pub media: Option<Arc<MediaProvider>>,
 }
 
 /// An open file or directory (the `fh` of FUSE requests).
@@ -69,6 +73,8 @@ pub struct OpenFile {
     pub flags: i32,
     /// This open holds a backing-id reference (released with it).
     pub backing: bool,
+    /// Byte ranges read as zeros (media-provider redaction).
+    redact: Option<Arc<Vec<std::ops::Range<u64>>>>,
     /// Directory stream state (opendir only).
     dir: Option<Mutex<dirs::DirStream>>,
 }

@@ -1,0 +1,371 @@
+//! The media-provider mode, as several app uids (setpriv).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::Path;
+
+use common::*;
+use passthroughfs::media::{exif_gps_ranges, redact, sample_jpeg_with_gps};
+
+const CAMERA: u32 = 10001; // read_media + media_location
+const NOTES: u32 = 10002; // no permissions
+const GALLERY: u32 = 10003; // read_media only
+
+fn config(log: &Path) -> String {
+    format!(
+        r#"
+[storage]
+media_dirs = ["DCIM", "Pictures"]
+change_log = "{}"
+[[app]]
+package = "com.example.camera"
+uid = {CAMERA}
+permissions = ["read_media", "media_location"]
+[[app]]
+package = "com.example.notes"
+uid = {NOTES}
+[[app]]
+package = "com.example.gallery"
+uid = {GALLERY}
+permissions = ["read_media"]
+"#,
+        log.display()
+    )
+}
+
+fn fill(s: &Path) {
+    for d in [
+        "DCIM/Camera",
+        "Pictures",
+        "Android/data",
+        "Android/obb",
+        "shared",
+    ] {
+        fs::create_dir_all(s.join(d)).unwrap();
+        fs::set_permissions(s.join(d), fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    for (pkg, uid) in [("com.example.camera", CAMERA), ("com.example.notes", NOTES)] {
+        for top in ["Android/data", "Android/obb"] {
+            let d = s.join(top).join(pkg);
+            fs::create_dir(&d).unwrap();
+            chown(&d, Some(uid), Some(uid)).unwrap();
+            fs::write(d.join("state"), pkg).unwrap();
+            chown(d.join("state"), Some(uid), Some(uid)).unwrap();
+        }
+    }
+    let a = s.join("DCIM/Camera/photo_a.jpg");
+    fs::write(&a, sample_jpeg_with_gps(48, 11)).unwrap();
+    chown(&a, Some(CAMERA), Some(CAMERA)).unwrap();
+    let b = s.join("DCIM/Camera/photo_b.jpg");
+    fs::write(&b, sample_jpeg_with_gps(52, 13)).unwrap();
+    chown(&b, Some(NOTES), Some(NOTES)).unwrap();
+    fs::write(s.join("DCIM/Camera/.nomedia"), b"").unwrap();
+    fs::write(s.join("shared/readme.txt"), vec![b'r'; 1 << 20]).unwrap();
+    fs::set_permissions(
+        s.join("shared/readme.txt"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+}
+
+fn media_mount() -> (Mount, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("changes.log");
+    let conf = dir.path().join("media.toml");
+    fs::write(&conf, config(&log)).unwrap();
+    let m = Mount::with_source(
+        fill,
+        &[
+            "--media-provider",
+            conf.to_str().unwrap(),
+            "-o",
+            "allow_other",
+        ],
+    );
+    // Keep the config dir alive with the mount.
+    std::mem::forget(dir);
+    (m, log)
+}
+
+fn ls(uid: u32, dir: &Path) -> Vec<String> {
+    let (ok, out) = sh_as(uid, uid, &format!("ls -A {}", dir.display()));
+    assert!(ok, "ls as {uid}: {out}");
+    let mut v: Vec<String> = out.split_whitespace().map(String::from).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn app_dirs_are_owner_only() {
+    require_root!();
+    let (m, _) = media_mount();
+    let data = m.m("Android/data");
+    assert_eq!(ls(NOTES, &data), vec!["com.example.notes"]);
+    assert_eq!(ls(CAMERA, &data), vec!["com.example.camera"]);
+    assert_eq!(ls(0, &data).len(), 2, "root sees every package");
+    // The owner reads and writes its own dir...
+    let own = m.m("Android/data/com.example.camera");
+    let (ok, out) = sh_as(
+        CAMERA,
+        CAMERA,
+        &format!("cat {0}/state && echo new > {0}/created", own.display()),
+    );
+    assert!(ok && out.starts_with("com.example.camera"), "{out}");
+    // ...and, right after, another app still cannot see it (no dentry leak).
+    for path in [
+        own.clone(),
+        own.join("state"),
+        m.m("Android/obb/com.example.camera/state"),
+    ] {
+        let (ok, out) = sh_as(NOTES, NOTES, &format!("stat {}", path.display()));
+        assert!(!ok && out.contains("No such file"), "{path:?}: {out}");
+    }
+    // Nor create another package's dir.
+    let (ok, _) = sh_as(
+        NOTES,
+        NOTES,
+        &format!("mkdir {}/com.example.gallery", data.display()),
+    );
+    assert!(!ok, "notes must not create gallery's app dir");
+    let (ok, out) = sh_as(
+        GALLERY,
+        GALLERY,
+        &format!("mkdir {}/com.example.gallery", data.display()),
+    );
+    assert!(ok, "{out}");
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn media_is_visible_to_its_creator_or_with_read_media() {
+    require_root!();
+    let (m, _) = media_mount();
+    let cam = m.m("DCIM/Camera");
+    assert_eq!(ls(NOTES, &cam), vec![".nomedia", "photo_b.jpg"]);
+    assert_eq!(
+        ls(GALLERY, &cam),
+        vec![".nomedia", "photo_a.jpg", "photo_b.jpg"]
+    );
+    let (ok, out) = sh_as(NOTES, NOTES, &format!("cat {}/photo_a.jpg", cam.display()));
+    assert!(!ok && out.contains("No such file"), "{out}");
+    // Rename and unlink are policed too.
+    let (ok, _) = sh_as(NOTES, NOTES, &format!("rm {}/photo_a.jpg", cam.display()));
+    assert!(!ok);
+    assert!(m.s("DCIM/Camera/photo_a.jpg").exists());
+    let (ok, _) = sh_as(
+        NOTES,
+        NOTES,
+        &format!("mv {0}/photo_b.jpg {0}/photo_a.jpg", cam.display()),
+    );
+    assert!(!ok, "must not replace a file it cannot see");
+    // A new file by notes: notes sees it, gallery too, camera too.
+    let (ok, out) = sh_as(
+        NOTES,
+        NOTES,
+        &format!("echo hi > {}/note.jpg", cam.display()),
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        fs::metadata(m.s("DCIM/Camera/note.jpg")).unwrap().uid_(),
+        NOTES
+    );
+    assert!(ls(NOTES, &cam).contains(&"note.jpg".to_string()));
+    assert!(ls(CAMERA, &cam).contains(&"note.jpg".to_string()));
+    assert!(m.unmount().success());
+}
+
+trait Uid {
+    fn uid_(&self) -> u32;
+}
+impl Uid for fs::Metadata {
+    fn uid_(&self) -> u32 {
+        std::os::unix::fs::MetadataExt::uid(self)
+    }
+}
+
+#[test]
+fn gps_is_redacted_without_media_location() {
+    require_root!();
+    let (m, _) = media_mount();
+    let original = fs::read(m.s("DCIM/Camera/photo_a.jpg")).unwrap();
+    let ranges = exif_gps_ranges(&original);
+    assert!(!ranges.is_empty());
+    let mut expected = original.clone();
+    redact(&mut expected, 0, &ranges);
+    assert_ne!(expected, original);
+    let out = m.dir.path().join("copies");
+    fs::create_dir(&out).unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
+    let p = m.m("DCIM/Camera/photo_a.jpg");
+
+    let reads_before = m.requests("READ");
+    let (ok, o) = sh_as(
+        GALLERY,
+        GALLERY,
+        &format!("cat {} > {}/gallery.jpg", p.display(), out.display()),
+    );
+    assert!(ok, "{o}");
+    let reads_redacted = m.requests("READ");
+    assert!(
+        reads_redacted > reads_before,
+        "the redacted read was served by the daemon"
+    );
+    assert_eq!(
+        fs::read(out.join("gallery.jpg")).unwrap(),
+        expected,
+        "GPS values read as zeros"
+    );
+
+    let (ok, o) = sh_as(
+        CAMERA,
+        CAMERA,
+        &format!("cat {} > {}/camera.jpg", p.display(), out.display()),
+    );
+    assert!(ok, "{o}");
+    assert_eq!(
+        fs::read(out.join("camera.jpg")).unwrap(),
+        original,
+        "intact for media_location"
+    );
+    let passthrough = m.stats()["backing"]["mode"] != "off";
+    if passthrough {
+        assert_eq!(
+            m.requests("READ"),
+            reads_redacted,
+            "the privileged read passed through"
+        );
+    }
+    assert_eq!(
+        fs::read(m.s("DCIM/Camera/photo_a.jpg")).unwrap(),
+        original,
+        "SOURCE untouched"
+    );
+
+    // Writes are never redacted (camera owns the file).
+    let (ok, o) = sh_as(
+        CAMERA,
+        CAMERA,
+        &format!(
+            "cp {}/camera.jpg {}/DCIM/Camera/copy.jpg",
+            out.display(),
+            m.mnt.display()
+        ),
+    );
+    assert!(ok, "{o}");
+    assert_eq!(fs::read(m.s("DCIM/Camera/copy.jpg")).unwrap(), original);
+
+    // Outside the media dirs reads pass through: 0 more READs.
+    let before = m.requests("READ");
+    let (ok, _) = sh_as(
+        NOTES,
+        NOTES,
+        &format!("cat {} > /dev/null", m.m("shared/readme.txt").display()),
+    );
+    assert!(ok);
+    if passthrough {
+        assert_eq!(
+            m.requests("READ"),
+            before,
+            "unpoliced reads never reach the daemon"
+        );
+    }
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn media_names_are_case_insensitive() {
+    require_root!();
+    let (m, _) = media_mount();
+    let (ok, out) = sh_as(
+        CAMERA,
+        CAMERA,
+        &format!(
+            "cmp {}/DCIM/camera/PHOTO_A.JPG {}",
+            m.mnt.display(),
+            m.s("DCIM/Camera/photo_a.jpg").display()
+        ),
+    );
+    assert!(ok, "{out}");
+    // Creating through another case lands in the existing directory.
+    let (ok, out) = sh_as(
+        CAMERA,
+        CAMERA,
+        &format!(
+            "echo x > {}/DCIM/CAMERA/new.jpg && ls {}/DCIM",
+            m.mnt.display(),
+            m.mnt.display()
+        ),
+    );
+    assert!(ok, "{out}");
+    assert!(m.s("DCIM/Camera/new.jpg").exists());
+    assert_eq!(
+        fs::read_dir(m.s("DCIM")).unwrap().count(),
+        1,
+        "no second Camera dir"
+    );
+    // mkdir of a case variant is EEXIST, as on a case-insensitive fs.
+    let (ok, out) = sh_as(
+        CAMERA,
+        CAMERA,
+        &format!("mkdir {}/DCIM/camera", m.mnt.display()),
+    );
+    assert!(!ok && out.contains("exists"), "{out}");
+    // Both spellings agree afterwards (consistent dentries).
+    let a = fs::metadata(m.m("DCIM/Camera/new.jpg")).unwrap();
+    let b = fs::metadata(m.m("DCIM/camera/NEW.jpg")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&a),
+        std::os::unix::fs::MetadataExt::ino(&b)
+    );
+    // Outside the media dirs names stay exact.
+    let (ok, _) = sh_as(
+        CAMERA,
+        CAMERA,
+        &format!("cat {}/SHARED/readme.txt", m.mnt.display()),
+    );
+    assert!(!ok);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn changes_are_logged() {
+    require_root!();
+    let (m, log) = media_mount();
+    let cam = m.m("DCIM/Camera");
+    let (ok, out) = sh_as(
+        CAMERA,
+        CAMERA,
+        &format!("echo 1 > {0}/x.jpg && mv {0}/x.jpg {0}/y.jpg && rm {0}/y.jpg && mkdir {0}/sub && rmdir {0}/sub", cam.display()),
+    );
+    assert!(ok, "{out}");
+    let lines: Vec<serde_json::Value> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<(String, String)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["event"].as_str().unwrap().to_string(),
+                v["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("create", "DCIM/Camera/x.jpg"),
+        ("rename", "DCIM/Camera/x.jpg"),
+        ("delete", "DCIM/Camera/y.jpg"),
+        ("create", "DCIM/Camera/sub"),
+        ("delete", "DCIM/Camera/sub"),
+    ];
+    assert_eq!(
+        events,
+        want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec()
+    );
+    assert_eq!(lines[1]["to"], "DCIM/Camera/y.jpg");
+    assert!(lines.iter().all(|v| v["uid"] == CAMERA));
+    assert!(m.unmount().success());
+}
