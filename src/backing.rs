@@ -52,6 +52,8 @@ pub struct Backing {
     probed: AtomicBool,
     /// Entries registered, per ops mask.
     per_mask: Mutex<BTreeMap<u64, u64>>,
+    /// Entries registered with each op's bit set, per opcode.
+    per_op: [AtomicU64; abi::MAX_OPCODE + 1],
 }
 
 impl Default for Backing {
@@ -65,6 +67,7 @@ impl Default for Backing {
             supported_ops: AtomicU64::new(0),
             probed: AtomicBool::new(false),
             per_mask: Mutex::new(BTreeMap::new()),
+            per_op: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -234,6 +237,11 @@ impl Backing {
                 slot.id = id;
                 slot.for_inode = true;
                 *self.per_mask.lock().entry(usable).or_insert(0) += 1;
+                for &op in Opcode::ALL {
+                    if usable & abi::passthrough_op(op) != 0 {
+                        self.per_op[op as usize].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 id
             }
             Err(e) => {
@@ -299,6 +307,11 @@ impl Backing {
         );
         self.supported_ops.store(ok, Ordering::Release);
         self.probed.store(true, Ordering::Release);
+    }
+
+    /// Entries registered so far with `op` in their mask.
+    pub fn entries_with(&self, op: Opcode) -> u64 {
+        self.per_op[op as usize].load(Ordering::Relaxed)
     }
 
     pub fn supported_ops(&self) -> u64 {

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::backing::BackingStats;
+use crate::fuse::abi::{self, Opcode};
 use crate::passthrough::PassthroughFs;
 use crate::sys;
 
@@ -31,6 +32,14 @@ pub struct ProcessStats {
     pub rss_kib: u64,
 }
 
+/// One op's split: what the daemon served, and how many entries the kernel
+/// was told it may serve that op for itself.
+#[derive(Debug, Serialize)]
+pub struct OpSplit {
+    pub served_by_daemon: u64,
+    pub entries_registered: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Stats {
     /// Requests the daemon received, per opcode.
@@ -42,6 +51,8 @@ pub struct Stats {
     pub inodes: InodeStats,
     pub open_files: usize,
     pub backing: BackingStats,
+    /// Per op that can pass through: served by the daemon vs registered.
+    pub passthrough_ops: BTreeMap<&'static str, OpSplit>,
     pub process: ProcessStats,
 }
 
@@ -72,6 +83,7 @@ pub fn collect(fs: &PassthroughFs) -> Stats {
     }
     let t = fs.table();
     let b = t.budget();
+    let passthrough_ops = op_split(fs, &requests);
     Stats {
         requests,
         unknown_requests: unknown,
@@ -91,11 +103,31 @@ pub fn collect(fs: &PassthroughFs) -> Stats {
         },
         open_files: fs.open_files(),
         backing: fs.backing().stats(),
+        passthrough_ops,
         process: ProcessStats {
             fds: sys::count_open_fds(),
             rss_kib: rss_kib(),
         },
     }
+}
+
+fn op_split(
+    fs: &PassthroughFs,
+    requests: &BTreeMap<&'static str, u64>,
+) -> BTreeMap<&'static str, OpSplit> {
+    let (d, f) = fs.config().policy.defaults();
+    let wanted = d | f | fs.backing().supported_ops();
+    Opcode::ALL
+        .iter()
+        .filter(|&&op| wanted & abi::passthrough_op(op) != 0)
+        .map(|&op| {
+            let split = OpSplit {
+                served_by_daemon: requests.get(op.name()).copied().unwrap_or(0),
+                entries_registered: fs.backing().entries_with(op),
+            };
+            (op.name(), split)
+        })
+        .collect()
 }
 
 /// Writes the stats to `path` (atomically, via a temporary file), or logs them.

@@ -1,0 +1,106 @@
+//! Per-op masks on a stock kernel: the daemon asks for what the policy says
+//! and silently uses what the kernel offers (read/write on open); masked-out
+//! ops are served by the daemon. The inode-passthrough half of these rules
+//! runs inside the patched UML kernel (kernel-patches/).
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+fn read_all(m: &Mount, rel: &str) -> Vec<u8> {
+    let _ = fs::write("/proc/sys/vm/drop_caches", "1");
+    fs::read(m.m(rel)).unwrap()
+}
+
+#[test]
+fn all_uses_only_what_the_kernel_offers() {
+    require_root!();
+    let m = Mount::with_source(
+        |s| fs::write(s.join("f"), vec![1u8; 1 << 20]).unwrap(),
+        &["--passthrough-ops", "all"],
+    );
+    assert_eq!(read_all(&m, "f").len(), 1 << 20);
+    let _ = fs::metadata(m.m("f")).unwrap();
+    let s = m.stats();
+    let offered_inode = s["backing"]["mode"] == "inode";
+    if !offered_inode {
+        assert_eq!(s["backing"]["mode"], "io", "{s}");
+        assert_eq!(s["backing"]["supported_ops"].as_array().unwrap().len(), 0);
+        // Attributes are wanted but not offered: served by the daemon (as
+        // GETATTR or STATX), no entry registered for them.
+        let ops = &s["passthrough_ops"];
+        let served = ops["GETATTR"]["served_by_daemon"].as_u64().unwrap()
+            + ops["STATX"]["served_by_daemon"].as_u64().unwrap();
+        assert!(served > 0, "{s}");
+        assert_eq!(ops["GETATTR"]["entries_registered"], 0);
+        assert_eq!(ops["STATX"]["entries_registered"], 0);
+    }
+    assert_eq!(
+        s["requests"]["READ"].as_u64().unwrap_or(0),
+        0,
+        "reads passed through"
+    );
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn none_keeps_every_read_in_the_daemon() {
+    require_root!();
+    let m = Mount::with_source(
+        |s| fs::write(s.join("f"), vec![2u8; 1 << 20]).unwrap(),
+        &["--passthrough-ops", "none"],
+    );
+    assert_eq!(read_all(&m, "f"), vec![2u8; 1 << 20]);
+    let s = m.stats();
+    assert!(s["requests"]["READ"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert_eq!(s["backing"]["registered_total"], 0);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn a_policy_rule_masks_a_subtree_out() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    fs::write(
+        &policy,
+        r#"
+[[rule]]
+path = "private"
+dirs = ["none"]
+files = ["none"]
+[[rule]]
+glob = "public/**/*.log"
+files = ["getattr"]
+"#,
+    )
+    .unwrap();
+    let m = Mount::with_source(
+        |s| {
+            for d in ["private/deep", "public/logs"] {
+                fs::create_dir_all(s.join(d)).unwrap();
+            }
+            fs::write(s.join("private/deep/secret"), vec![3u8; 65536]).unwrap();
+            fs::write(s.join("public/data"), vec![4u8; 65536]).unwrap();
+            fs::write(s.join("public/logs/app.log"), vec![5u8; 65536]).unwrap();
+        },
+        &["--policy", policy.to_str().unwrap()],
+    );
+    let reads = |m: &Mount| m.requests("READ");
+    read_all(&m, "public/data");
+    assert_eq!(reads(&m), 0, "public/data passes through");
+    read_all(&m, "private/deep/secret");
+    let after_private = reads(&m);
+    assert!(
+        after_private > 0,
+        "the masked subtree (inherited by private/deep) reaches the daemon"
+    );
+    read_all(&m, "public/logs/app.log");
+    assert!(
+        reads(&m) > after_private,
+        "a glob rule without read keeps reads in the daemon"
+    );
+    assert!(m.unmount().success());
+}
