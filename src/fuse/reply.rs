@@ -501,3 +501,268 @@ mod tests {
         assert_eq!((o.attr_valid, o.attr_valid_nsec), (3, 0));
     }
 }
+
+/// Every reply type, sent through a real channel and parsed back.
+#[cfg(test)]
+mod round_trip {
+    use super::*;
+    use crate::fuse::abi::{InitFlags, OutHeader};
+    use crate::fuse::channel::{Connection, Negotiated};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use zerocopy::FromBytes;
+
+    /// A channel whose "device" is one end of a SEQPACKET socketpair: each
+    /// reply arrives as one message at the other end.
+    fn channel(ino: bool) -> (Arc<Channel>, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two fds.
+        assert_eq!(
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: fresh fds, owned here.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let conn = Connection::new(a);
+        let flags = if ino {
+            InitFlags::PASSTHROUGH | InitFlags::PASSTHROUGH_INO
+        } else {
+            InitFlags::empty()
+        };
+        conn.set_negotiated(Negotiated {
+            minor: 47,
+            offered: flags,
+            flags,
+            max_write: 1 << 20,
+            max_readahead: 0,
+            max_pages: 256,
+            max_stack_depth: 1,
+        });
+        (Arc::new(conn.master_channel().unwrap()), b)
+    }
+
+    /// Reads one reply: (header, payload).
+    fn recv(fd: &OwnedFd) -> (OutHeader, Vec<u8>) {
+        let mut buf = vec![0u8; 1 << 16];
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+            )
+        };
+        assert!(n >= 16, "no reply");
+        buf.truncate(n as usize);
+        let (h, rest) = OutHeader::read_from_prefix(&buf).unwrap();
+        assert_eq!(
+            h.len as usize,
+            buf.len(),
+            "out.len equals the bytes written"
+        );
+        (h, rest.to_vec())
+    }
+
+    fn reply(ch: &Arc<Channel>, unique: u64, op: Opcode) -> Reply {
+        Reply::new(ch.clone(), unique, op)
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            nodeid: 42,
+            generation: 7,
+            attr: abi::Attr {
+                ino: 99,
+                mode: libc::S_IFREG | 0o644,
+                size: 5,
+                ..Default::default()
+            },
+            entry_ttl: Duration::from_secs(2),
+            attr_ttl: Duration::from_millis(3),
+            backing_id: 5,
+        }
+    }
+
+    #[test]
+    fn entry_with_and_without_backing() {
+        let (ch, rx) = channel(false);
+        ReplyEntry(reply(&ch, 1, Opcode::Lookup))
+            .entry(&entry())
+            .unwrap();
+        let (h, p) = recv(&rx);
+        assert_eq!((h.unique, h.error, p.len()), (1, 0, 128));
+        let e = abi::EntryOut::read_from_bytes(&p).unwrap();
+        assert_eq!(
+            (
+                e.nodeid,
+                e.generation,
+                e.attr.ino,
+                e.entry_valid,
+                e.attr_valid_nsec
+            ),
+            (42, 7, 99, 2, 3_000_000)
+        );
+
+        let (ch, rx) = channel(true);
+        ReplyEntry(reply(&ch, 2, Opcode::Lookup))
+            .entry(&entry())
+            .unwrap();
+        let (_, p) = recv(&rx);
+        assert_eq!(p.len(), 136, "fuse_entry_out + fuse_entry_backing");
+        let b = abi::EntryBacking::read_from_bytes(&p[128..]).unwrap();
+        assert_eq!((b.backing_id, b.flags), (5, 0));
+    }
+
+    #[test]
+    fn create_layouts() {
+        let open = Open {
+            fh: 77,
+            flags: abi::OpenOutFlags::PASSTHROUGH,
+            backing_id: 3,
+        };
+        let (ch, rx) = channel(false);
+        ReplyCreate(reply(&ch, 3, Opcode::Create))
+            .created(&entry(), &open)
+            .unwrap();
+        let (_, p) = recv(&rx);
+        assert_eq!(p.len(), 128 + 16);
+        let o = abi::OpenOut::read_from_bytes(&p[128..]).unwrap();
+        assert_eq!((o.fh, o.open_flags, o.backing_id), (77, 1 << 7, 3));
+        let (ch, rx) = channel(true);
+        ReplyCreate(reply(&ch, 4, Opcode::Create))
+            .created(&entry(), &open)
+            .unwrap();
+        let (_, p) = recv(&rx);
+        assert_eq!(p.len(), 128 + 8 + 16, "entry, entry_backing, open_out");
+        assert_eq!(abi::OpenOut::read_from_bytes(&p[136..]).unwrap().fh, 77);
+    }
+
+    #[test]
+    fn every_other_reply() {
+        let (ch, rx) = channel(false);
+        let a = abi::Attr {
+            ino: 8,
+            size: 123,
+            ..Default::default()
+        };
+        ReplyAttr(reply(&ch, 5, Opcode::Getattr)).attr(&a, Duration::from_secs(1));
+        let (_, p) = recv(&rx);
+        let o = abi::AttrOut::read_from_bytes(&p).unwrap();
+        assert_eq!((o.attr.ino, o.attr.size, o.attr_valid), (8, 123, 1));
+
+        let sx = abi::Statx {
+            mask: 0x7ff,
+            size: 9,
+            ..Default::default()
+        };
+        ReplyStatx(reply(&ch, 6, Opcode::Statx)).statx(&sx, Duration::ZERO);
+        let (_, p) = recv(&rx);
+        assert_eq!(abi::StatxOut::read_from_bytes(&p).unwrap().stat.size, 9);
+
+        ReplyOpen(reply(&ch, 7, Opcode::Open))
+            .opened(&Open {
+                fh: 9,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(abi::OpenOut::read_from_bytes(&recv(&rx).1).unwrap().fh, 9);
+
+        ReplyData(reply(&ch, 8, Opcode::Read)).data(b"payload");
+        assert_eq!(recv(&rx).1, b"payload");
+
+        ReplyWrite(reply(&ch, 9, Opcode::Write)).written(4096);
+        assert_eq!(
+            abi::WriteOut::read_from_bytes(&recv(&rx).1).unwrap().size,
+            4096
+        );
+
+        ReplyStatfs(reply(&ch, 10, Opcode::Statfs)).statfs(&abi::Kstatfs {
+            bsize: 4096,
+            ..Default::default()
+        });
+        assert_eq!(
+            abi::StatfsOut::read_from_bytes(&recv(&rx).1)
+                .unwrap()
+                .st
+                .bsize,
+            4096
+        );
+
+        ReplyXattr(reply(&ch, 11, Opcode::Getxattr)).size(17);
+        assert_eq!(
+            abi::GetxattrOut::read_from_bytes(&recv(&rx).1)
+                .unwrap()
+                .size,
+            17
+        );
+        ReplyXattr(reply(&ch, 12, Opcode::Getxattr)).data(b"v");
+        assert_eq!(recv(&rx).1, b"v");
+
+        let lk = abi::FileLock {
+            start: 1,
+            end: 2,
+            typ: 1,
+            pid: 3,
+        };
+        ReplyLock(reply(&ch, 13, Opcode::Getlk)).lock(&lk);
+        assert_eq!(abi::LkOut::read_from_bytes(&recv(&rx).1).unwrap().lk, lk);
+
+        ReplyLseek(reply(&ch, 14, Opcode::Lseek)).offset(1 << 40);
+        assert_eq!(
+            abi::LseekOut::read_from_bytes(&recv(&rx).1).unwrap().offset,
+            1 << 40
+        );
+
+        ReplyCopy {
+            reply: reply(&ch, 15, Opcode::CopyFileRange),
+            wide: false,
+        }
+        .copied(u64::MAX);
+        assert_eq!(
+            abi::WriteOut::read_from_bytes(&recv(&rx).1).unwrap().size as u64,
+            ReplyCopy::MAX_NARROW
+        );
+        ReplyCopy {
+            reply: reply(&ch, 16, Opcode::CopyFileRange64),
+            wide: true,
+        }
+        .copied(1 << 33);
+        assert_eq!(
+            abi::CopyFileRangeOut::read_from_bytes(&recv(&rx).1)
+                .unwrap()
+                .bytes_copied,
+            1 << 33
+        );
+
+        ReplyBmap(reply(&ch, 17, Opcode::Bmap)).block(12);
+        assert_eq!(
+            abi::BmapOut::read_from_bytes(&recv(&rx).1).unwrap().block,
+            12
+        );
+
+        let mut d = DirBuffer::new(4096);
+        assert!(d.push(1, 1, 4, b"x"));
+        ReplyDir(reply(&ch, 18, Opcode::Readdir)).send(&d).unwrap();
+        assert_eq!(recv(&rx).1, d.as_bytes());
+
+        ReplyEmpty(reply(&ch, 19, Opcode::Unlink)).ok();
+        let (h, p) = recv(&rx);
+        assert_eq!((h.unique, h.error, p.len()), (19, 0, 0));
+    }
+
+    #[test]
+    fn errors_and_dropped_replies() {
+        let (ch, rx) = channel(false);
+        ReplyEmpty(reply(&ch, 20, Opcode::Unlink)).error(crate::fuse::Errno::ENOENT);
+        assert_eq!(recv(&rx).0.error, -libc::ENOENT);
+        // Out-of-range errnos would hang the caller: they become EIO.
+        ReplyEmpty(reply(&ch, 21, Opcode::Unlink)).error(crate::fuse::Errno(4096));
+        assert_eq!(recv(&rx).0.error, -libc::EIO);
+        ReplyEmpty(reply(&ch, 22, Opcode::Unlink)).error(crate::fuse::Errno(-3));
+        assert_eq!(recv(&rx).0.error, -libc::EIO);
+        // Dropped unsent: EIO, so no request is left hanging.
+        drop(ReplyAttr(reply(&ch, 23, Opcode::Getattr)));
+        let (h, _) = recv(&rx);
+        assert_eq!((h.unique, h.error), (23, -libc::EIO));
+    }
+}

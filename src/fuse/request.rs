@@ -614,3 +614,41 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        /// Random bytes never panic the parser.
+        #[test]
+        fn random_bytes(buf in proptest::collection::vec(any::<u8>(), 0..512), ext in any::<bool>()) {
+            if let Ok(r) = Request::parse(&buf) {
+                let _ = r.operation(&ParseConfig { setxattr_ext: ext });
+                let _ = r.supplementary_groups();
+            }
+        }
+
+        /// Well-formed headers with random opcodes and bodies, lengths that
+        /// match: every opcode's argument parsing is exercised.
+        #[test]
+        fn random_bodies(opcode in 0u32..60, body in proptest::collection::vec(any::<u8>(), 0..300), extlen in 0u16..4) {
+            use zerocopy::IntoBytes;
+            let len = 40 + body.len();
+            let h = InHeader { len: len as u32, opcode, unique: 1, nodeid: 1, total_extlen: extlen, ..Default::default() };
+            let mut v = h.as_bytes().to_vec();
+            v.extend_from_slice(&body);
+            if let Ok(r) = Request::parse(&v) {
+                let _ = r.operation(&ParseConfig { setxattr_ext: true });
+                let _ = r.operation(&ParseConfig { setxattr_ext: false });
+                let _ = r.supplementary_groups();
+                if let Ok(Operation::BatchForget(b)) = r.operation(&ParseConfig::default()) {
+                    let _ = b.iter().count();
+                }
+            }
+        }
+    }
+}
