@@ -348,3 +348,46 @@ fn without_cap_sys_admin_the_daemon_serves_io_itself() {
     }
     assert!(gone, "daemon exited after fusermount3 -u");
 }
+
+#[test]
+fn daemon_reads_splice_or_copy_the_same_bytes() {
+    require_root!();
+    let sizes = [0usize, 1, 4095, 4097, 65536 + 3, MIB + 3, 3 * MIB];
+    let fill = |s: &Path| {
+        for (i, n) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..*n).map(|j| (j * 13 + i) as u8).collect();
+            fs::write(s.join(format!("f{i}")), data).unwrap();
+        }
+    };
+    for mode in [
+        &["--nopassthrough", "--nocache"][..],
+        &["--nopassthrough", "--nocache", "--nosplice"][..],
+    ] {
+        let m = Mount::with_source(fill, mode);
+        for i in 0..sizes.len() {
+            let name = format!("f{i}");
+            assert_eq!(
+                fs::read(m.m(&name)).unwrap(),
+                fs::read(m.s(&name)).unwrap(),
+                "{name} {mode:?}"
+            );
+        }
+        // Shrunk behind the daemon's back: the kernel asks for more than
+        // there is, the daemon answers short (the EOF path of the splice).
+        let mut f = File::open(m.m("f5")).unwrap();
+        let mut head = [0u8; 10];
+        f.read_exact(&mut head).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.s("f5"))
+            .unwrap()
+            .set_len(5000)
+            .unwrap();
+        let mut rest = Vec::new();
+        f.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest.len(), 5000 - 10, "{mode:?}");
+        assert!(m.requests("READ") > 0);
+        drop(f);
+        assert!(m.unmount().success());
+    }
+}

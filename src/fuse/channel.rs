@@ -195,6 +195,10 @@ impl Channel {
         &self.conn
     }
 
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Reads one request. The kernel returns exactly one whole request per
     /// read, or fails if the buffer is too small for it.
     pub(crate) fn receive(&self, buf: &mut [u8]) -> io::Result<usize> {

@@ -15,6 +15,7 @@ pub mod mount;
 pub mod reply;
 pub mod request;
 pub mod session;
+pub mod splice;
 
 pub use channel::{Connection, Negotiated, RequestCounters};
 pub use filesystem::{Context, Filesystem, InitConfig};

@@ -286,6 +286,32 @@ impl ReplyData {
     pub fn data(self, data: &[u8]) {
         let _ = self.0.ok(&[IoSlice::new(data)]);
     }
+
+    /// Answers with up to `len` bytes of `file` from `offset`, spliced
+    /// (no copy through user memory). Gives the reply back if splicing is
+    /// unavailable here, so the caller can copy instead.
+    pub fn splice_from(
+        mut self,
+        file: std::os::fd::BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), ReplyData> {
+        let fd = self.0.channel().raw_fd();
+        match super::splice::send_read_reply(fd, self.0.unique, file, offset, len) {
+            super::splice::Spliced::Unavailable => Err(self),
+            super::splice::Spliced::Sent(r) => {
+                self.0.sent = true;
+                if let Err(e) = r {
+                    if e.raw_os_error() != Some(libc::ENOENT)
+                        && e.raw_os_error() != Some(libc::ENODEV)
+                    {
+                        error!(unique = self.0.unique, "spliced READ reply failed: {e}");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 reply_type!(
