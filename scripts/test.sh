@@ -19,8 +19,10 @@ echo "== cargo test (release)"
 cargo test --release --quiet -- --test-threads="${PTFS_TEST_THREADS:-4}"
 
 echo "== no mount left behind"
-if grep -q ' fuse\.passthroughfs ' /proc/mounts; then
-    grep ' fuse\.passthroughfs ' /proc/mounts
+# Test mounts live under the temporary directory.
+tmp="${TMPDIR:-/tmp}"
+if grep -E ' fuse(\.[a-z0-9_]+)? ' /proc/mounts | grep -q " $tmp/"; then
+    grep -E ' fuse(\.[a-z0-9_]+)? ' /proc/mounts | grep " $tmp/"
     echo "a test left a mount behind" >&2
     exit 1
 fi

@@ -19,7 +19,8 @@ use tracing::{debug, warn};
 pub struct MountOptions {
     /// Shown as the mount source (`fsname=`).
     pub fsname: String,
-    /// Shown as `fuse.<subtype>` (`subtype=`).
+    /// Shown as type `fuse.<subtype>` (`subtype=`); plain `fuse` if empty,
+    /// as libfuse's low-level daemons do (fstests expects that).
     pub subtype: String,
     pub allow_other: bool,
     pub default_permissions: bool,
@@ -38,7 +39,7 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             fsname: "passthroughfs".into(),
-            subtype: "passthroughfs".into(),
+            subtype: String::new(),
             allow_other: false,
             default_permissions: true,
             read_only: false,
@@ -92,8 +93,10 @@ impl MountOptions {
             if self.suid { "suid" } else { "nosuid" }.to_string(),
             if self.exec { "exec" } else { "noexec" }.to_string(),
             format!("fsname={}", escape_opt(&self.fsname)),
-            format!("subtype={}", escape_opt(&self.subtype)),
         ];
+        if !self.subtype.is_empty() {
+            v.push(format!("subtype={}", escape_opt(&self.subtype)));
+        }
         if self.allow_other {
             v.push("allow_other".into());
         }
@@ -222,8 +225,12 @@ fn mount_direct(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, 
         data.push_str(&format!(",max_read={m}"));
     }
     let source = cstring(OsStr::new(&opts.fsname))?;
-    let fstype = CString::new(format!("fuse.{}", opts.subtype))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fstype = if opts.subtype.is_empty() {
+        "fuse".to_string()
+    } else {
+        format!("fuse.{}", opts.subtype)
+    };
+    let fstype = CString::new(fstype).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let target = cstring(mountpoint.as_os_str())?;
     let cdata =
         CString::new(data.clone()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;

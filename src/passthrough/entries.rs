@@ -85,6 +85,29 @@ impl PassthroughFs {
         Ok(self.make_entry(&looked, parent, name))
     }
 
+    /// The flow shared by MKNOD, MKDIR and SYMLINK: make the node in
+    /// `parent` as the caller (with the request's umask), then look it up.
+    fn make_node(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        umask: Option<u32>,
+        make: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> sys::Result<()>,
+    ) -> Result<Entry, Errno> {
+        check_name(name)?;
+        let p = self.dir_inode(parent, ctx.opcode)?;
+        self.media_may_create(ctx, &p, name)?;
+        {
+            let pfd = self.table.fd(&p)?;
+            let _u = UmaskGuard::set(umask.and_then(|m| self.umask(m)));
+            let _g = self.as_caller(ctx, true)?;
+            make(pfd.fd())?;
+        }
+        self.media_event(ctx, "create", &p, name, None);
+        self.lookup_created(&p, name)
+    }
+
     pub(super) fn do_mknod(
         &self,
         ctx: &Context,
@@ -92,17 +115,9 @@ impl PassthroughFs {
         name: &CStr,
         arg: &abi::MknodIn,
     ) -> Result<Entry, Errno> {
-        check_name(name)?;
-        let p = self.dir_inode(parent, ctx.opcode)?;
-        self.media_may_create(ctx, &p, name)?;
-        {
-            let pfd = self.table.fd(&p)?;
-            let _u = UmaskGuard::set(self.umask(arg.umask));
-            let _g = self.as_caller(ctx, true)?;
-            sys::mknodat(pfd.fd(), name, arg.mode, arg.rdev as u64)?;
-        }
-        self.media_event(ctx, "create", &p, name, None);
-        self.lookup_created(&p, name)
+        self.make_node(ctx, parent, name, Some(arg.umask), |dir| {
+            sys::mknodat(dir, name, arg.mode, arg.rdev as u64)
+        })
     }
 
     pub(super) fn do_mkdir(
@@ -112,17 +127,9 @@ impl PassthroughFs {
         name: &CStr,
         arg: &abi::MkdirIn,
     ) -> Result<Entry, Errno> {
-        check_name(name)?;
-        let p = self.dir_inode(parent, ctx.opcode)?;
-        self.media_may_create(ctx, &p, name)?;
-        {
-            let pfd = self.table.fd(&p)?;
-            let _u = UmaskGuard::set(self.umask(arg.umask));
-            let _g = self.as_caller(ctx, true)?;
-            sys::mkdirat(pfd.fd(), name, arg.mode & 0o7777)?;
-        }
-        self.media_event(ctx, "create", &p, name, None);
-        self.lookup_created(&p, name)
+        self.make_node(ctx, parent, name, Some(arg.umask), |dir| {
+            sys::mkdirat(dir, name, arg.mode & 0o7777)
+        })
     }
 
     pub(super) fn do_symlink(
@@ -132,16 +139,10 @@ impl PassthroughFs {
         name: &CStr,
         target: &CStr,
     ) -> Result<Entry, Errno> {
-        check_name(name)?;
-        let p = self.dir_inode(parent, ctx.opcode)?;
-        self.media_may_create(ctx, &p, name)?;
-        {
-            let pfd = self.table.fd(&p)?;
-            let _g = self.as_caller(ctx, true)?;
-            sys::symlinkat(target, pfd.fd(), name)?;
-        }
-        self.media_event(ctx, "create", &p, name, None);
-        self.lookup_created(&p, name)
+        // Symlink modes are fixed (0777): no umask applies.
+        self.make_node(ctx, parent, name, None, |dir| {
+            sys::symlinkat(target, dir, name)
+        })
     }
 
     pub(super) fn do_link(

@@ -6,20 +6,22 @@ use std::ffi::CStr;
 use super::*;
 
 impl PassthroughFs {
-    pub(super) fn do_getxattr(
+    /// GETXATTR and LISTXATTR share their reply rule: with size 0 the
+    /// caller asks how big the value is, otherwise for the bytes.
+    fn xattr_query(
         &self,
         ctx: &Context,
         nodeid: u64,
-        name: &CStr,
         size: u32,
         reply: ReplyXattr,
+        query: impl FnOnce(std::os::fd::BorrowedFd<'_>, &mut [u8]) -> sys::Result<usize>,
     ) {
         let r = (|| {
             let inode = self.inode(nodeid, ctx.opcode)?;
             let fd = self.table.fd(&inode)?;
             let mut buf = vec![0u8; size as usize];
             let _g = self.as_caller(ctx, false)?;
-            let n = sys::getxattr(fd.fd(), name, &mut buf)?;
+            let n = query(fd.fd(), &mut buf)?;
             buf.truncate(n);
             Ok::<_, Errno>((n, buf))
         })();
@@ -30,21 +32,21 @@ impl PassthroughFs {
         }
     }
 
+    pub(super) fn do_getxattr(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        name: &CStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        self.xattr_query(ctx, nodeid, size, reply, |fd, buf| {
+            sys::getxattr(fd, name, buf)
+        })
+    }
+
     pub(super) fn do_listxattr(&self, ctx: &Context, nodeid: u64, size: u32, reply: ReplyXattr) {
-        let r = (|| {
-            let inode = self.inode(nodeid, ctx.opcode)?;
-            let fd = self.table.fd(&inode)?;
-            let mut buf = vec![0u8; size as usize];
-            let _g = self.as_caller(ctx, false)?;
-            let n = sys::listxattr(fd.fd(), &mut buf)?;
-            buf.truncate(n);
-            Ok::<_, Errno>((n, buf))
-        })();
-        match r {
-            Ok((n, _)) if size == 0 => reply.size(n as u32),
-            Ok((_, buf)) => reply.data(&buf),
-            Err(e) => reply.error(e),
-        }
+        self.xattr_query(ctx, nodeid, size, reply, sys::listxattr)
     }
 
     pub(super) fn do_setxattr(
