@@ -792,3 +792,61 @@ fn without_default_permissions_the_host_checks_as_the_caller() {
     assert!(m.s("secret").exists());
     assert!(m.unmount().success());
 }
+
+#[test]
+fn ofd_locks_live_as_long_as_their_open_file() {
+    require_root!();
+    // Found by fstests generic/478: the kernel sends no unlock for OFD
+    // locks at close, so the daemon must drop them with the open file.
+    let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 100]).unwrap(), &[]);
+    let lock = |f: &File, typ: i32, cmd: i32| {
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = typ as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_start = 0;
+        fl.l_len = 10;
+        if unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) } == 0 {
+            0
+        } else {
+            errno()
+        }
+    };
+    let a = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.m("f"))
+        .unwrap();
+    assert_eq!(lock(&a, libc::F_WRLCK, libc::F_OFD_SETLK), 0);
+    let b = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.m("f"))
+        .unwrap();
+    assert_eq!(
+        lock(&b, libc::F_WRLCK, libc::F_OFD_SETLK),
+        libc::EAGAIN,
+        "conflicts while a is open"
+    );
+    // Closing a duplicate keeps the lock (it belongs to the description).
+    let dup = a.try_clone().unwrap();
+    drop(dup);
+    assert_eq!(
+        lock(&b, libc::F_WRLCK, libc::F_OFD_SETLK),
+        libc::EAGAIN,
+        "a dup's close keeps the OFD lock"
+    );
+    drop(a);
+    // RELEASE is asynchronous: the lock goes shortly after the last close.
+    let mut r = libc::EAGAIN;
+    for _ in 0..200 {
+        r = lock(&b, libc::F_WRLCK, libc::F_OFD_SETLK);
+        if r == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(r, 0, "the OFD lock went with its open file");
+    assert_eq!(lock(&b, libc::F_UNLCK, libc::F_OFD_SETLK), 0);
+    drop(b);
+    assert!(m.unmount().success());
+}

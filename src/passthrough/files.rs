@@ -262,6 +262,7 @@ impl PassthroughFs {
             if arg.release_flags & abi::RELEASE_FLOCK_UNLOCK != 0 {
                 let _ = sys::flock(f.fd.as_fd(), libc::LOCK_UN);
             }
+            self.locks.release_fh(nodeid, arg.fh);
             self.remove_file(arg.fh);
         }
     }

@@ -8,8 +8,12 @@
 //! make the daemon's pid the owner of every lock; instead each (inode, owner)
 //! pair gets its own open file description and the lock is an OFD lock on
 //! it, so the host arbitrates between owners exactly as between processes,
-//! and against processes that lock SOURCE directly. The owner's locks go
-//! when it closes the file (FLUSH carries its lock_owner).
+//! and against processes that lock SOURCE directly.
+//!
+//! When locks go: a process's POSIX locks when it closes the file (FLUSH
+//! carries its lock_owner); an OFD lock's owner is the client's open file
+//! description itself, for which the kernel sends no unlock at close, so
+//! an owner's locks also go at the RELEASE of the fh it last locked through.
 //!
 //! A blocking wait (SETLKW, blocking flock) never occupies a worker: after a
 //! failed non-blocking try it moves to a thread of its own, which replies
@@ -20,10 +24,17 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use super::*;
 
+/// The host open file description holding one lock owner's locks.
+struct OwnerLocks {
+    fd: Arc<OwnedFd>,
+    /// The fh the owner last locked through (its OFD, for OFD locks).
+    fh: u64,
+}
+
 #[derive(Default)]
 pub struct LockTable {
     /// (nodeid, lock owner) -> the owner's open file description.
-    owners: DashMap<(u64, u64), Arc<OwnedFd>>,
+    owners: DashMap<(u64, u64), OwnerLocks>,
     /// Last pid seen locking each inode, per owner (for GETLK's answer).
     pids: DashMap<(u64, u64), u32>,
     /// Blocked waits: request unique -> waiting thread.
@@ -47,6 +58,21 @@ impl LockTable {
     pub fn release_owner(&self, nodeid: u64, owner: u64) {
         self.owners.remove(&(nodeid, owner));
         self.pids.remove(&(nodeid, owner));
+    }
+
+    /// The open file `fh` of `nodeid` was released: the owners that last
+    /// locked through it (OFD locks) lose their locks.
+    pub fn release_fh(&self, nodeid: u64, fh: u64) {
+        let gone: Vec<(u64, u64)> = self
+            .owners
+            .iter()
+            .filter(|e| e.key().0 == nodeid && e.value().fh == fh)
+            .map(|e| *e.key())
+            .collect();
+        for k in gone {
+            self.owners.remove(&k);
+            self.pids.remove(&k);
+        }
     }
 
     /// The kernel interrupts request `unique`: wake its waiting thread.
@@ -107,9 +133,10 @@ impl PassthroughFs {
     /// use. Opened by the daemon for reading and writing when it can: the
     /// kernel has already checked the caller's file was open in the mode
     /// the lock type needs.
-    fn owner_fd(&self, inode: &Inode, owner: u64) -> Result<Arc<OwnedFd>, Errno> {
-        if let Some(fd) = self.locks.owners.get(&(inode.nodeid, owner)) {
-            return Ok(fd.clone());
+    fn owner_fd(&self, inode: &Inode, owner: u64, fh: u64) -> Result<Arc<OwnedFd>, Errno> {
+        if let Some(mut e) = self.locks.owners.get_mut(&(inode.nodeid, owner)) {
+            e.fh = fh;
+            return Ok(e.fd.clone());
         }
         let ipath = self.table.fd(inode)?;
         let proc = self.table.proc_self_fd();
@@ -124,8 +151,8 @@ impl PassthroughFs {
             .locks
             .owners
             .entry((inode.nodeid, owner))
-            .or_insert(fd)
-            .value()
+            .or_insert(OwnerLocks { fd, fh })
+            .fd
             .clone())
     }
 
@@ -137,7 +164,7 @@ impl PassthroughFs {
     ) -> Result<abi::FileLock, Errno> {
         let inode = self.inode(nodeid, ctx.opcode)?;
         let mut fl = to_flock(&arg.lk)?;
-        let fd = self.owner_fd(&inode, arg.owner)?;
+        let fd = self.owner_fd(&inode, arg.owner, arg.fh)?;
         sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
         if fl.l_type as i32 == libc::F_UNLCK {
             return Ok(abi::FileLock {
@@ -188,7 +215,7 @@ impl PassthroughFs {
                 return Ok(Lock::Flock(fd, op));
             }
             let fl = to_flock(&arg.lk)?;
-            let fd = self.owner_fd(&inode, arg.owner)?;
+            let fd = self.owner_fd(&inode, arg.owner, arg.fh)?;
             if fl.l_type as i32 != libc::F_UNLCK {
                 self.locks.pids.insert((nodeid, arg.owner), arg.lk.pid);
             }
