@@ -211,6 +211,12 @@ impl PassthroughFs {
         } else {
             self.as_caller(ctx, false)?
         };
+        if arg.write_flags & abi::WRITE_KILL_SUIDGID != 0 {
+            // A writer without CAP_FSETID on the direct-I/O path: the kernel
+            // leaves clearing setuid/setgid to us, and a root daemon's write
+            // would not clear them.
+            kill_suidgid(f.fd.as_fd())?;
+        }
         let append = !cached && (arg.flags as i32 & libc::O_APPEND != 0);
         let mut done = 0;
         while done < data.len() {
@@ -332,4 +338,19 @@ impl PassthroughFs {
         .map(|n| n as u64)
         .map_err(Errno::from)
     }
+}
+
+/// Clears setuid, and setgid if the group may execute (the VFS rule of
+/// `setattr_should_drop_suidgid`), as a write by an unprivileged caller does.
+fn kill_suidgid(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
+    let st = sys::statx(fd, libc::STATX_MODE)?;
+    let mode = st.stx_mode as u32;
+    let mut kill = libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        kill |= libc::S_ISGID;
+    }
+    if mode & kill != 0 {
+        sys::fchmod(fd, mode & 0o7777 & !kill)?;
+    }
+    Ok(())
 }

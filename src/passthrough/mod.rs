@@ -351,7 +351,10 @@ impl Filesystem for PassthroughFs {
             | InitFlags::POSIX_LOCKS
             | InitFlags::SETXATTR_EXT
             | InitFlags::CREATE_SUPP_GROUP
-            | InitFlags::ASYNC_DIO;
+            | InitFlags::ASYNC_DIO
+            // nodeids are not stable across FORGET, so file handles of the
+            // mount (name_to_handle_at, NFS export) cannot be honoured.
+            | InitFlags::NO_EXPORT_SUPPORT;
         if self.cfg.readdirplus {
             want |= InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO;
         }
