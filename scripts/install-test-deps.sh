@@ -4,7 +4,7 @@
 set -eu
 
 need_pkgs=""
-for p in fuse3 attr acl util-linux e2fsprogs libacl1-dev pkg-config fio; do
+for p in fuse3 attr acl util-linux e2fsprogs xfsprogs libacl1-dev pkg-config fio; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs="$need_pkgs $p"
 done
 if [ -n "$need_pkgs" ]; then

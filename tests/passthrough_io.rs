@@ -391,3 +391,44 @@ fn daemon_reads_splice_or_copy_the_same_bytes() {
         assert!(m.unmount().success());
     }
 }
+
+#[test]
+fn mmap_writes_show_in_mtime_after_close() {
+    require_root!();
+    // Found by fstests generic/080 and 215, whose commands this replays:
+    // passthrough mmap writes dirty only the backing file, yet the kernel's
+    // cached attributes must move on (the attribute timeout is a day).
+    let m = Mount::new(&[]);
+    let p = m.m("f").display().to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("xfs_io/stat (xfsprogs, coreutils)");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    run(&["xfs_io", "-f", "-c", "pwrite 0 4k", "-c", "fsync", &p]);
+    let mtime1: i64 = run(&["stat", "-c", "%Y", &p]).parse().unwrap();
+    let ctime1: i64 = run(&["stat", "-c", "%Z", &p]).parse().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    run(&[
+        "xfs_io",
+        "-c",
+        "mmap 0 4k",
+        "-c",
+        "mread 0 4k",
+        "-c",
+        "mwrite 0 4k",
+        &p,
+    ]);
+    let mtime2: i64 = run(&["stat", "-c", "%Y", &p]).parse().unwrap();
+    let ctime2: i64 = run(&["stat", "-c", "%Z", &p]).parse().unwrap();
+    assert!(mtime2 > mtime1, "mtime moved: {mtime1} -> {mtime2}");
+    assert!(ctime2 > ctime1, "ctime moved: {ctime1} -> {ctime2}");
+    assert!(m.unmount().success());
+}

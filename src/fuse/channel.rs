@@ -168,6 +168,22 @@ impl Connection {
         })
     }
 
+    /// Tells the kernel its cached attributes of `nodeid` are stale (and,
+    /// with `offset >= 0`, its cached pages from there). ENOENT (the kernel
+    /// has no such inode cached) is success.
+    pub fn notify_inval_inode(&self, nodeid: u64, offset: i64, len: i64) -> io::Result<()> {
+        use zerocopy::IntoBytes;
+        let out = abi::NotifyInvalInodeOut {
+            ino: nodeid,
+            off: offset,
+            len,
+        };
+        match self.notify(abi::NotifyCode::InvalInode, &[IoSlice::new(out.as_bytes())]) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
+        }
+    }
+
     /// Writes a notification (unique 0, `error` = the notify code).
     pub fn notify(&self, code: abi::NotifyCode, payload: &[IoSlice<'_>]) -> io::Result<()> {
         if self.negotiated().is_none() {

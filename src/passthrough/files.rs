@@ -249,11 +249,20 @@ impl PassthroughFs {
         nodeid: u64,
         arg: &abi::FlushIn,
     ) -> Result<(), Errno> {
+        let _ = ctx;
         let f = self.open_file(nodeid, arg.fh)?;
         // close(2) by a lock owner drops its POSIX locks.
         self.locks.release_owner(nodeid, arg.lock_owner);
-        let _ = ctx;
-        sys::flush(f.fd.as_fd()).map_err(Errno::from)
+        let r = sys::flush(f.fd.as_fd()).map_err(Errno::from);
+        // Writes through a passthrough mmap dirty only the backing file: the
+        // kernel's cached mtime/ctime/size of the FUSE inode never hear of
+        // them. A writable open closing is when they may have happened.
+        if f.backing && f.flags & libc::O_ACCMODE != libc::O_RDONLY {
+            if let Some(conn) = self.conn.get() {
+                let _ = conn.notify_inval_inode(nodeid, -1, 0);
+            }
+        }
+        r
     }
 
     /// RELEASE and RELEASEDIR.
