@@ -16,6 +16,7 @@ pub mod reply;
 pub mod request;
 pub mod session;
 pub mod splice;
+pub mod testing;
 
 pub use channel::{Connection, Negotiated, RequestCounters};
 pub use filesystem::{Context, Filesystem, InitConfig};

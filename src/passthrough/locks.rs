@@ -134,6 +134,10 @@ impl PassthroughFs {
     /// kernel has already checked the caller's file was open in the mode
     /// the lock type needs.
     fn owner_fd(&self, inode: &Inode, owner: u64, fh: u64) -> Result<Arc<OwnedFd>, Errno> {
+        // Locks come only on open files; never reopen a FIFO or a device.
+        if !matches!(inode.kind, Kind::Regular | Kind::Directory) {
+            return Err(Errno::EBADF);
+        }
         if let Some(mut e) = self.locks.owners.get_mut(&(inode.nodeid, owner)) {
             e.fh = fh;
             return Ok(e.fd.clone());

@@ -65,6 +65,28 @@ pub struct Config {
     pub media: Option<Arc<MediaProvider>>,
 }
 
+impl Config {
+    /// Defaults for SOURCE, as the CLI would set them without options.
+    pub fn for_source(source: PathBuf) -> Config {
+        Config {
+            source,
+            timeout: Duration::from_secs(86400),
+            nocache: false,
+            passthrough: true,
+            direct_io: false,
+            splice: true,
+            default_permissions: true,
+            allow_other: false,
+            read_only: false,
+            max_stack_depth: 1,
+            readdirplus: true,
+            fd_cache: 4096,
+            policy: Arc::new(Policy::uniform(crate::policy::all_ops())),
+            media: None,
+        }
+    }
+}
+
 /// An open file or directory (the `fh` of FUSE requests).
 pub struct OpenFile {
     pub fd: OwnedFd,
@@ -727,9 +749,20 @@ impl Filesystem for PassthroughFs {
 
     fn syncfs(&self, ctx: &Context, nodeid: u64, reply: ReplyEmpty) {
         let r = (|| {
+            // Only a directory or regular file is ever reopened: opening a
+            // FIFO would block, a device would see an open. The root is on
+            // the filesystem to sync unless the inode is on a submount.
             let inode = self.inode(nodeid, ctx.opcode)?;
+            let inode = match inode.kind {
+                Kind::Directory | Kind::Regular => inode,
+                _ => self.table.get(abi::ROOT_ID)?,
+            };
             let fd = self.table.fd(&inode)?;
-            let f = sys::reopen(self.table.proc_self_fd(), fd.fd(), libc::O_RDONLY)?;
+            let f = sys::reopen(
+                self.table.proc_self_fd(),
+                fd.fd(),
+                libc::O_RDONLY | libc::O_NONBLOCK,
+            )?;
             sys::syncfs(f.as_fd()).map_err(Errno::from)
         })();
         match r {

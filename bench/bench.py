@@ -1,0 +1,482 @@
+#!/usr/bin/env python3
+"""Benchmarks: native SOURCE vs passthroughfs modes vs the peer, side by side.
+
+Run through bench/run.sh (it installs the packages and builds the daemon).
+Every workload runs on a fresh loop-mounted ext4 (the root fs here has no
+journal and its metadata speed drifts), once per target per repetition,
+targets interleaved within each repetition so drift hits all of them alike.
+Results: JSON plus a Markdown report with SVG plots in the output folder.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def sh(cmd, check=True, capture=False, **kw):
+    r = subprocess.run(cmd, shell=isinstance(cmd, str), check=False,
+                       stdout=subprocess.PIPE if capture else None,
+                       stderr=subprocess.PIPE if capture else None, text=True, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{cmd}: exit {r.returncode} {r.stderr if capture else ''}")
+    return r
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=False)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def proc_cpu(pid):
+    """utime+stime of a process, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def proc_rss_fds(pid):
+    rss = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        fds = 0
+    return rss, fds
+
+
+class Target:
+    """One way of reaching SOURCE: natively, or through a daemon's mount."""
+
+    def __init__(self, name, argv_fn=None):
+        self.name = name
+        self.argv_fn = argv_fn  # (src, mnt) -> argv of a foreground daemon
+        self.proc = None
+        self.mnt = None
+
+    @property
+    def native(self):
+        return self.argv_fn is None
+
+    def mount(self, src, mnt):
+        if self.native:
+            self.mnt = src
+            return
+        os.makedirs(mnt, exist_ok=True)
+        self.mnt = mnt
+        self.proc = subprocess.Popen(self.argv_fn(src, mnt), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: daemon exited ({self.proc.returncode})")
+            if is_mounted(mnt):
+                os.stat(mnt)
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name}: mount did not come up")
+
+    def unmount(self):
+        if self.native or self.proc is None:
+            return
+        if is_mounted(self.mnt):
+            subprocess.run(["umount", self.mnt], check=False, stderr=subprocess.DEVNULL)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if is_mounted(self.mnt):
+            subprocess.run(["umount", "-l", self.mnt], check=False)
+        self.proc = None
+
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+
+def raise_nofile():
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def is_mounted(path):
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.work = args.work
+        self.results = {}
+        self.loop = None
+        self.src = None
+        self.tool = os.path.join(REPO, "target/release/examples/bench_tool")
+        self.bin = args.binary
+
+    # ---- set-up ---------------------------------------------------------
+
+    def make_lower(self):
+        """A fresh ext4 on a loop device, mounted at WORK/lower."""
+        os.makedirs(self.work, exist_ok=True)
+        img = os.path.join(self.work, "lower.img")
+        size = "3G" if self.quick else "12G"
+        sh(["truncate", "-s", "0", img])
+        sh(["truncate", "-s", size, img])
+        sh(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", img])
+        self.loop = sh(["losetup", "--find", "--show", img], capture=True).stdout.strip()
+        lower = os.path.join(self.work, "lower")
+        os.makedirs(lower, exist_ok=True)
+        sh(["mount", self.loop, lower])
+        self.lower = lower
+        self.src = os.path.join(lower, "src")
+        os.makedirs(self.src, exist_ok=True)
+
+    def cleanup(self):
+        for t in getattr(self, "targets", []):
+            try:
+                t.unmount()
+            except Exception as e:  # keep cleaning up
+                print(f"cleanup {t.name}: {e}", file=sys.stderr)
+        if getattr(self, "lower", None) and is_mounted(self.lower):
+            subprocess.run(["umount", self.lower], check=False)
+            if is_mounted(self.lower):
+                subprocess.run(["umount", "-l", self.lower], check=False)
+        if self.loop:
+            subprocess.run(["losetup", "-d", self.loop], check=False)
+            self.loop = None
+        img = os.path.join(self.work, "lower.img")
+        if os.path.exists(img):
+            os.unlink(img)
+
+    def targets_list(self):
+        b = self.bin
+        t = [Target("native")]
+
+        def ptfs(*extra):
+            return lambda s, m: [b, "--foreground", "--stats", os.path.join(self.work, "stats.json"), *extra, s, m]
+
+        t.append(Target("passthroughfs", ptfs()))
+        t.append(Target("ptfs --nopassthrough", ptfs("--nopassthrough")))
+        t.append(Target("ptfs --nocache", ptfs("--nocache")))
+        if self.args.peer:
+            p = self.args.peer
+            t.append(Target("peer", lambda s, m: [p, "--foreground", s, m]))
+            t.append(Target("peer --nopassthrough", lambda s, m: [p, "--foreground", "--nopassthrough", s, m]))
+            t.append(Target("peer --nocache", lambda s, m: [p, "--foreground", "--nocache", s, m]))
+        if self.args.only:
+            keep = set(self.args.only.split(","))
+            t = [x for x in t if x.name in keep or x.native]
+        return t
+
+    # ---- data sets ------------------------------------------------------
+
+    def prepare_data(self):
+        q = self.quick
+        self.io_size = "128M" if q else "1G"
+        self.tree_dirs, self.tree_files = (10, 1000) if q else (100, 1000)
+        self.create_n = 5000 if q else 50000
+        print(f"preparing data on {self.src} ...", flush=True)
+        sh(["fio", "--name=prep", f"--filename={self.src}/seqfile", f"--size={self.io_size}",
+            "--rw=write", "--bs=1M", "--end_fsync=1", "--output=/dev/null"])
+        sh([self.tool, "mktree", f"{self.src}/tree", str(self.tree_dirs), str(self.tree_files)], capture=True)
+        os.makedirs(f"{self.src}/scratch", exist_ok=True)
+        self.kernel_tar = None
+        if not q or self.args.kernel_in_quick:
+            self.kernel_tar = self.kernel_tarball()
+            if self.kernel_tar:
+                sh(["tar", "xf", self.kernel_tar, "-C", self.src])
+                names = [n for n in os.listdir(self.src) if n.startswith("linux")]
+                self.kernel_dir = os.path.join(self.src, names[0]) if names else None
+                if self.kernel_dir:
+                    self.make_git_repo()
+        sh(["sync"])
+
+    def kernel_tarball(self):
+        """Debian's kernel source, uncompressed once and cached (xz would
+        dominate the untar time otherwise)."""
+        cache = self.args.cache
+        os.makedirs(cache, exist_ok=True)
+        tar = os.path.join(cache, "linux-source.tar")
+        if os.path.exists(tar):
+            return tar
+        cands = sorted(f for f in os.listdir("/usr/src") if f.startswith("linux-source-") and f.endswith(".tar.xz")) \
+            if os.path.isdir("/usr/src") else []
+        if not cands:
+            print("no /usr/src/linux-source-*.tar.xz: skipping untar, ls -lR and git workloads", file=sys.stderr)
+            return None
+        xz = os.path.join("/usr/src", cands[-1])
+        print(f"uncompressing {xz} once into {tar} ...", flush=True)
+        sh(f"xz -dc '{xz}' > '{tar}.tmp' && mv '{tar}.tmp' '{tar}'")
+        return tar
+
+    def make_git_repo(self):
+        """A git repository of the kernel tree, for `git status`."""
+        d = self.kernel_dir
+        env = dict(os.environ, GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="bench",
+                   GIT_COMMITTER_EMAIL="b@b")
+        print("making a git repository of the kernel tree ...", flush=True)
+        sh(["git", "-C", d, "init", "-q"], env=env)
+        sh(["git", "-C", d, "add", "-A"], env=env)
+        sh(["git", "-C", d, "commit", "-q", "-m", "bench"], env=env)
+
+    # ---- workloads ------------------------------------------------------
+
+    def fio(self, t, name, extra):
+        out = sh(["fio", f"--name={name}", "--output-format=json", *extra], capture=True).stdout
+        j = json.loads(out)
+        jobs = j["jobs"]
+        read = sum(x["read"]["bw_bytes"] for x in jobs)
+        write = sum(x["write"]["bw_bytes"] for x in jobs)
+        iops = sum(x["read"]["iops"] + x["write"]["iops"] for x in jobs)
+        return read, write, iops
+
+    def workloads(self):
+        q = self.quick
+        w = []
+        io = self.io_size
+
+        def seq_read(t):
+            drop_caches()
+            r, _, _ = self.fio(t, "seqread", [f"--filename={t.mnt}/seqfile", f"--size={io}", "--rw=read",
+                                              "--bs=1M"])
+            return r / 2**20, "MiB/s"
+
+        def seq_write(t):
+            path = f"{t.mnt}/scratch/wfile"
+            _, wb, _ = self.fio(t, "seqwrite", [f"--filename={path}", f"--size={io}", "--rw=write", "--bs=1M",
+                                               "--end_fsync=1"])
+            os.unlink(path)
+            return wb / 2**20, "MiB/s"
+
+        def rand_read(t):
+            # Warm cache: the cost of the path to the page cache, per call.
+            sh(["cat", f"{t.mnt}/seqfile"], capture=True)
+            _, _, iops = self.fio(t, "randread", [f"--filename={t.mnt}/seqfile", f"--size={io}", "--rw=randread",
+                                                 "--bs=4k", "--numjobs=4", "--time_based",
+                                                 f"--runtime={2 if q else 10}", "--group_reporting"])
+            return iops, "IOPS"
+
+        def stat_warm(t):
+            sh([self.tool, "stat", f"{t.mnt}/tree"], capture=True)
+            j = json.loads(sh([self.tool, "stat", f"{t.mnt}/tree"], capture=True).stdout)
+            return j["ops"] / j["seconds"], "stat/s"
+
+        def stat_cold(t):
+            drop_caches()
+            j = json.loads(sh([self.tool, "stat", f"{t.mnt}/tree"], capture=True).stdout)
+            return j["ops"] / j["seconds"], "stat/s"
+
+        def create_unlink(t):
+            d = f"{t.mnt}/scratch/cu"
+            os.makedirs(d, exist_ok=True)
+            j = json.loads(sh([self.tool, "create-unlink", d, str(self.create_n)], capture=True).stdout)
+            os.rmdir(d)
+            return j["ops"] / j["seconds"], "ops/s"
+
+        w += [("seq read 1 MiB blocks (cold)", seq_read), ("seq write 1 MiB blocks", seq_write),
+              ("4 KiB random read, 4 jobs (warm)", rand_read), ("stat of tree (warm)", stat_warm),
+              ("stat of tree (after drop_caches)", stat_cold), ("create+unlink small files", create_unlink)]
+
+        if getattr(self, "kernel_dir", None):
+            kname = os.path.basename(self.kernel_dir)
+
+            def timed(cmd, cold=False):
+                if cold:
+                    drop_caches()
+                t0 = time.perf_counter()
+                sh(cmd, capture=True)
+                return time.perf_counter() - t0, "s"
+
+            w += [
+                ("find of kernel tree (cold)", lambda t: timed(["find", f"{t.mnt}/{kname}"], cold=True)),
+                ("ls -lR of kernel tree (warm)",
+                 lambda t: (timed(["ls", "-lR", f"{t.mnt}/{kname}"]), timed(["ls", "-lR", f"{t.mnt}/{kname}"]))[1]),
+                ("git status (warm)",
+                 lambda t: (timed(["git", "-C", f"{t.mnt}/{kname}", "status", "--porcelain"]),
+                            timed(["git", "-C", f"{t.mnt}/{kname}", "status", "--porcelain"]))[1]),
+                ("untar kernel tree", lambda t: self.untar(t)),
+                ("rm -rf kernel tree", lambda t: self.rm_tree(t)),
+            ]
+        return w
+
+    def untar(self, t):
+        d = f"{t.mnt}/scratch/untar"
+        if os.path.exists(d):
+            shutil.rmtree(d)
+        os.makedirs(d)
+        t0 = time.perf_counter()
+        sh(["tar", "xf", self.kernel_tar, "-C", d])
+        sh(["sync", "-f", d])
+        return time.perf_counter() - t0, "s"
+
+    def rm_tree(self, t):
+        d = f"{t.mnt}/scratch/untar"
+        if not os.path.exists(d):
+            self.untar(t)
+        t0 = time.perf_counter()
+        sh(["rm", "-rf", d])
+        return time.perf_counter() - t0, "s"
+
+    # ---- the run --------------------------------------------------------
+
+    def run(self):
+        self.make_lower()
+        self.prepare_data()
+        self.targets = self.targets_list()
+        reps = self.args.reps or (1 if self.quick else 3)
+        mnt_base = os.path.join(self.work, "mnt")
+        for ti, t in enumerate(self.targets):
+            t.mount(self.src, f"{mnt_base}{ti}")
+        try:
+            for name, fn in self.workloads():
+                res = self.results.setdefault(name, {})
+                print(f"== {name}", flush=True)
+                for rep in range(reps):
+                    for t in self.targets:
+                        cpu0 = proc_cpu(t.pid()) if t.pid() else 0.0
+                        try:
+                            value, unit = fn(t)
+                        except Exception as e:
+                            print(f"   {t.name}: failed: {e}", file=sys.stderr)
+                            continue
+                        cpu = (proc_cpu(t.pid()) - cpu0) if t.pid() else 0.0
+                        r = res.setdefault(t.name, {"unit": unit, "values": [], "daemon_cpu_s": []})
+                        r["values"].append(value)
+                        r["daemon_cpu_s"].append(cpu)
+                        print(f"   {t.name:<24} {value:12.1f} {unit}  (daemon cpu {cpu:.2f} s)", flush=True)
+            self.memory()
+        finally:
+            for t in self.targets:
+                t.unmount()
+
+    def memory(self):
+        """Daemon RSS and open fds per 10k cached inodes, after a stat of the
+        whole tree (each target freshly remounted so it starts empty)."""
+        mem = {}
+        for i, t in enumerate(self.targets):
+            if t.native:
+                continue
+            t.unmount()
+            t.mount(self.src, t.mnt)
+            rss0, fds0 = proc_rss_fds(t.pid())
+            sh([self.tool, "stat", f"{t.mnt}/tree"], capture=True)
+            rss1, fds1 = proc_rss_fds(t.pid())
+            n = self.tree_dirs * self.tree_files + self.tree_dirs
+            mem[t.name] = {"inodes": n, "rss_kib_start": rss0, "rss_kib_after": rss1, "fds_start": fds0,
+                           "fds_after": fds1,
+                           "rss_bytes_per_inode": (rss1 - rss0) * 1024 / n,
+                           "rss_kib_per_10k_inodes": (rss1 - rss0) * 10000 / n,
+                           "fds_per_10k_inodes": (fds1 - fds0) * 10000 / n}
+            print(f"   memory {t.name}: {mem[t.name]['rss_bytes_per_inode']:.0f} B/inode, "
+                  f"{fds1 - fds0} fds for {n} inodes", flush=True)
+        self.mem = mem
+
+    # ---- output ---------------------------------------------------------
+
+    def summary(self):
+        out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "kernel": platform.release(), "machine": machine(), "quick": self.quick,
+               "reps": self.args.reps or (1 if self.quick else 3), "workloads": {}, "memory": getattr(self, "mem", {})}
+        for name, per in self.results.items():
+            nat = per.get("native")
+            nat_med = statistics.median(nat["values"]) if nat and nat["values"] else None
+            w = {}
+            for tname, r in per.items():
+                vals = r["values"]
+                if not vals:
+                    continue
+                med = statistics.median(vals)
+                higher_better = r["unit"] != "s"
+                ratio = None
+                if nat_med:
+                    ratio = (med / nat_med) if higher_better else (nat_med / med if med else None)
+                w[tname] = {"unit": r["unit"], "median": med, "min": min(vals), "max": max(vals), "values": vals,
+                            "ratio_to_native": ratio, "daemon_cpu_s_median": statistics.median(r["daemon_cpu_s"])}
+            out["workloads"][name] = w
+        return out
+
+
+def machine():
+    cpus = os.cpu_count()
+    mem = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) // (1024 * 1024)
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpus} vCPU {model}, {mem} GiB RAM"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, one repetition (under 3 minutes)")
+    ap.add_argument("--out", default=None, help="results folder (default bench/results/DATE)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")
+    ap.add_argument("--peer", default=os.environ.get("PEER"), help="passthrough_hp binary (or $PEER)")
+    ap.add_argument("--binary", default=os.environ.get("PASSTHROUGHFS_BIN", os.path.join(REPO, "target/release/passthroughfs")))
+    ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/passthroughfs-bench"))
+    ap.add_argument("--cache", default=os.environ.get("BENCH_CACHE", "/var/tmp/passthroughfs-bench-cache"))
+    ap.add_argument("--only", default=None, help="comma-separated target names (native always runs)")
+    ap.add_argument("--kernel-in-quick", action="store_true", help="include the kernel-tree workloads in --quick")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (mounts, loop devices, drop_caches)")
+    date = datetime.date.today().isoformat()
+    out = args.out or os.path.join(HERE, "results", date + ("-quick" if args.quick else ""))
+    os.makedirs(out, exist_ok=True)
+    b = Bench(args)
+
+    def stop(sig, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        b.run()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        b.cleanup()
+    s = b.summary()
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(s, f, indent=2)
+    sys.path.insert(0, HERE)
+    import report
+    report.write(s, out)
+    print(f"results in {out}")
+
+
+if __name__ == "__main__":
+    main()
