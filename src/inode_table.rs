@@ -234,6 +234,8 @@ pub struct InodeTable {
     devs: RwLock<Vec<u64>>,
     /// SOURCE as the kernel names it in /proc/self/fd links.
     source_prefix: String,
+    /// Most inodes held since the last shrink.
+    high_water: AtomicUsize,
 }
 
 impl InodeTable {
@@ -271,6 +273,7 @@ impl InodeTable {
             root_dev: key.dev,
             devs: RwLock::new(vec![key.dev]),
             source_prefix,
+            high_water: AtomicUsize::new(1),
         };
         t.by_id.insert(abi::ROOT_ID, root);
         t.by_key.insert(key, abi::ROOT_ID);
@@ -457,6 +460,8 @@ impl InodeTable {
                         budget: self.budget,
                     });
                     self.budget.open.fetch_add(1, Ordering::Relaxed);
+                    self.high_water
+                        .fetch_max(self.by_id.len() + 1, Ordering::Relaxed);
                     // Lock order: by_key shard (held by `v`), then by_id.
                     self.by_id.insert(nodeid, inode.clone());
                     v.insert(nodeid);
@@ -556,7 +561,39 @@ impl InodeTable {
         }
         self.by_key.remove_if(&inode.key, |_, v| *v == nodeid);
         self.by_id.remove(&nodeid);
+        self.maybe_shrink();
         Some(inode)
+    }
+
+    /// After the kernel forgot most of what it held (drop_caches, memory
+    /// pressure), give the memory back: shrink the maps and the clock
+    /// queue, and let the allocator return freed pages to the system.
+    fn maybe_shrink(&self) {
+        let len = self.by_id.len();
+        let hw = self.high_water.fetch_max(len, Ordering::Relaxed).max(len);
+        if hw < 4096 || len > hw / 4 {
+            return;
+        }
+        // One thread shrinks; the others carry on.
+        if self
+            .high_water
+            .compare_exchange(hw, len.max(1), Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        self.by_id.shrink_to_fit();
+        self.by_key.shrink_to_fit();
+        {
+            let mut q = self.clock.lock();
+            q.retain(|id| self.by_id.contains_key(id));
+            q.shrink_to_fit();
+        }
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free heap memory to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     fn maybe_evict(&self) {

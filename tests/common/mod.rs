@@ -70,7 +70,29 @@ impl Mount {
         Mount::start(dir, src, args)
     }
 
+    /// Like [`Mount::with_source`], with the daemon's RLIMIT_NOFILE (soft
+    /// and hard) set to `nofile`.
+    pub fn with_fd_limit(fill: impl FnOnce(&Path), args: &[&str], nofile: u64) -> Mount {
+        let dir = tempfile::Builder::new()
+            .prefix("ptfs-test")
+            .tempdir()
+            .unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        fill(&src);
+        Mount::start_limited(dir, src, args, Some(nofile))
+    }
+
     fn start(dir: tempfile::TempDir, src: PathBuf, args: &[&str]) -> Mount {
+        Mount::start_limited(dir, src, args, None)
+    }
+
+    fn start_limited(
+        dir: tempfile::TempDir,
+        src: PathBuf,
+        args: &[&str],
+        nofile: Option<u64>,
+    ) -> Mount {
         use std::os::unix::fs::PermissionsExt;
         // Other uids must reach the mount (tempdirs are 0700).
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -79,7 +101,25 @@ impl Mount {
         let stats_path = dir.path().join("stats.json");
         let log_path = dir.path().join("daemon.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("--foreground")
             .arg("--stats")
             .arg(&stats_path)
