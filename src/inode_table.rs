@@ -605,6 +605,22 @@ impl InodeTable {
         }
     }
 
+    /// Closes the O_PATH fd of the inode with `key`, if it has one and
+    /// nothing has it open (its last name was just removed).
+    pub fn release_fd_of(&self, key: InodeKey) {
+        let Some(nodeid) = self.by_key.get(&key).map(|r| *r.value()) else {
+            return;
+        };
+        let Ok(inode) = self.get(nodeid) else { return };
+        if inode.pins.load(Ordering::Acquire) > 0 || inode.handle.is_none() {
+            return;
+        }
+        let fd = inode.fd.try_write().and_then(|mut w| w.take());
+        if fd.is_some() {
+            self.budget.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Clock sweep: closes up to `want` idle fds. Never blocks on an inode
     /// in use.
     pub fn evict(&self, want: usize) -> usize {
