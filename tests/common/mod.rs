@@ -205,6 +205,36 @@ impl Mount {
         self.stats()["requests"][op].as_u64().unwrap_or(0)
     }
 
+    /// SIGKILLs the daemon (a crash), clears the dead mount with `umount -l`
+    /// and hands back the directory and SOURCE, for a restart.
+    pub fn crash(mut self) -> (tempfile::TempDir, PathBuf) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let dir = tempfile::Builder::new()
+            .prefix("ptfs-dead")
+            .tempdir()
+            .unwrap();
+        let taken = std::mem::replace(&mut self.dir, dir);
+        (taken, self.src.clone())
+    }
+
+    /// Waits up to `secs` for the daemon to exit by itself.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let c = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     /// Unmounts and waits for the daemon; returns its exit status.
     pub fn unmount(mut self) -> ExitStatus {
         self.teardown().expect("daemon status")
