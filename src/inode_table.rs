@@ -363,7 +363,14 @@ impl InodeTable {
             let handle = inode.handle.as_ref().ok_or(Errno::ESTALE)?;
             let mut w = inode.fd.write();
             if w.is_none() {
-                let fd = self.with_fd_headroom(|| self.mounts.open(handle))?;
+                let fd = self
+                    .with_fd_headroom(|| self.mounts.open(handle))
+                    .inspect_err(|e| {
+                        tracing::debug!(
+                            nodeid = inode.nodeid,
+                            "reopening from the file handle failed: {e}"
+                        )
+                    })?;
                 *w = Some(fd);
                 self.budget.open.fetch_add(1, Ordering::Relaxed);
                 self.budget.reopens.fetch_add(1, Ordering::Relaxed);
@@ -602,22 +609,6 @@ impl InodeTable {
         if open > cap {
             // Evict a little more than needed so sweeps are not per-lookup.
             self.evict(open - cap + cap / 16 + 1);
-        }
-    }
-
-    /// Closes the O_PATH fd of the inode with `key`, if it has one and
-    /// nothing has it open (its last name was just removed).
-    pub fn release_fd_of(&self, key: InodeKey) {
-        let Some(nodeid) = self.by_key.get(&key).map(|r| *r.value()) else {
-            return;
-        };
-        let Ok(inode) = self.get(nodeid) else { return };
-        if inode.pins.load(Ordering::Acquire) > 0 || inode.handle.is_none() {
-            return;
-        }
-        let fd = inode.fd.try_write().and_then(|mut w| w.take());
-        if fd.is_some() {
-            self.budget.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

@@ -78,6 +78,12 @@ impl Reply {
     pub fn error(self, err: Errno) {
         let e = err.0;
         let e = if (1..=511).contains(&e) { e } else { libc::EIO };
+        tracing::debug!(
+            op = self.opcode.name(),
+            unique = self.unique,
+            "error {}",
+            Errno(e)
+        );
         let _ = self.send(-e, &[]);
     }
 }

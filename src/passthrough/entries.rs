@@ -195,18 +195,13 @@ impl PassthroughFs {
         let p = self.dir_inode(parent, ctx.opcode)?;
         let pfd = self.table.fd(&p)?;
         self.media_check_visible(ctx, &p, pfd.fd(), name)?;
-        // Which inode goes, and whether this is its last name.
-        let victim = sys::statx_at(pfd.fd(), name, libc::STATX_INO | libc::STATX_NLINK).ok();
         {
             let _g = self.as_caller(ctx, false)?;
             sys::unlinkat(pfd.fd(), name, flags)?;
         }
-        if let Some(st) = victim.filter(|st| flags == 0 && st.stx_nlink == 1) {
-            // Our O_PATH fd would keep the file's blocks allocated until the
-            // kernel's FORGET; nothing can reopen it from its handle now.
-            self.table
-                .release_fd_of(crate::inode_table::InodeKey::of(&st));
-        }
+        // The inode keeps its O_PATH fd until the kernel's FORGET even when
+        // this was its last name: a racing open that already found it must
+        // still succeed, as it would natively (the fd pins the inode).
         self.media_event(ctx, "delete", &p, name, None);
         Ok(())
     }
