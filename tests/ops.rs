@@ -855,51 +855,56 @@ fn ofd_locks_live_as_long_as_their_open_file() {
 fn unprivileged_writes_clear_setuid() {
     require_root!();
     // Found by fstests generic/355: on the direct-I/O path the kernel leaves
-    // the clearing to the server (FUSE_WRITE_KILL_SUIDGID).
-    let m = Mount::with_source(
-        |s| {
-            let d = s.join("d");
-            fs::create_dir(&d).unwrap();
-            fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
-            for (name, mode) in [
-                ("direct_gx", 0o6775),
-                ("direct_nogx", 0o6765),
-                ("buffered", 0o4775),
-            ] {
-                let p = d.join(name);
-                fs::write(&p, vec![0u8; 8192]).unwrap();
-                std::os::unix::fs::chown(&p, Some(1000), Some(1000)).unwrap();
-                fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
-            }
-        },
-        &["-o", "allow_other"],
-    );
-    let mnt = m.mnt.display();
-    let (ok, out) = sh_as(
-        2000,
-        1000,
-        &format!(
-            "dd if=/dev/zero of={mnt}/d/direct_gx bs=4096 count=1 conv=notrunc oflag=direct 2>&1 && \
-             dd if=/dev/zero of={mnt}/d/direct_nogx bs=4096 count=1 conv=notrunc oflag=direct 2>&1 && \
-             dd if=/dev/zero of={mnt}/d/buffered bs=4096 count=1 conv=notrunc 2>&1"
-        ),
-    );
-    assert!(ok, "{out}");
-    let mode = |n: &str| fs::metadata(m.s(&format!("d/{n}"))).unwrap().mode() & 0o7777;
-    assert_eq!(
-        mode("direct_gx"),
-        0o0775,
-        "setuid and setgid (group-exec) cleared"
-    );
-    assert_eq!(
-        mode("direct_nogx"),
-        0o2765,
-        "setgid without group-exec stays"
-    );
-    assert_eq!(
-        mode("buffered"),
-        0o0775,
-        "the passthrough path clears setuid too"
-    );
-    assert!(m.unmount().success());
+    // the clearing to the server (FUSE_WRITE_KILL_SUIDGID), and with the
+    // writeback cache (--nopassthrough) it must also hear that the mode
+    // changed, or it keeps showing the old one.
+    for mode in [
+        &["-o", "allow_other"][..],
+        &["--nopassthrough", "-o", "allow_other"][..],
+    ] {
+        let m = Mount::with_source(
+            |s| {
+                let d = s.join("d");
+                fs::create_dir(&d).unwrap();
+                fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+                for (name, mode) in [
+                    ("direct_gx", 0o6775),
+                    ("direct_nogx", 0o6765),
+                    ("buffered", 0o4775),
+                ] {
+                    let p = d.join(name);
+                    fs::write(&p, vec![0u8; 8192]).unwrap();
+                    std::os::unix::fs::chown(&p, Some(1000), Some(1000)).unwrap();
+                    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+                }
+            },
+            mode,
+        );
+        // The kernel caches the modes before the writes.
+        for n in ["direct_gx", "direct_nogx", "buffered"] {
+            lstat(&m.m(&format!("d/{n}"))).unwrap();
+        }
+        let mnt = m.mnt.display();
+        let (ok, out) = sh_as(
+            2000,
+            1000,
+            &format!(
+                "dd if=/dev/zero of={mnt}/d/direct_gx bs=4096 count=1 conv=notrunc oflag=direct 2>&1 && \
+                 dd if=/dev/zero of={mnt}/d/direct_nogx bs=4096 count=1 conv=notrunc oflag=direct 2>&1 && \
+                 dd if=/dev/zero of={mnt}/d/buffered bs=4096 count=1 conv=notrunc 2>&1"
+            ),
+        );
+        assert!(ok, "{out}");
+        for (n, want) in [
+            ("direct_gx", 0o0775),
+            ("direct_nogx", 0o2765),
+            ("buffered", 0o0775),
+        ] {
+            let on_source = fs::metadata(m.s(&format!("d/{n}"))).unwrap().mode() & 0o7777;
+            let on_mount = lstat(&m.m(&format!("d/{n}"))).unwrap().st_mode & 0o7777;
+            assert_eq!(on_source, want, "{mode:?} {n} on SOURCE");
+            assert_eq!(on_mount, want, "{mode:?} {n} as the mount shows it");
+        }
+        assert!(m.unmount().success());
+    }
 }

@@ -215,7 +215,13 @@ impl PassthroughFs {
             // A writer without CAP_FSETID on the direct-I/O path: the kernel
             // leaves clearing setuid/setgid to us, and a root daemon's write
             // would not clear them.
-            kill_suidgid(f.fd.as_fd())?;
+            if kill_suidgid(f.fd.as_fd())? {
+                // With the writeback cache the kernel trusts its cached
+                // attributes: tell it the mode changed under it.
+                if let Some(conn) = self.conn.get() {
+                    let _ = conn.notify_inval_inode(nodeid, -1, 0);
+                }
+            }
         }
         let append = !cached && (arg.flags as i32 & libc::O_APPEND != 0);
         let mut done = 0;
@@ -350,8 +356,9 @@ impl PassthroughFs {
 }
 
 /// Clears setuid, and setgid if the group may execute (the VFS rule of
-/// `setattr_should_drop_suidgid`), as a write by an unprivileged caller does.
-fn kill_suidgid(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
+/// `setattr_should_drop_suidgid`), as a write by an unprivileged caller
+/// does. Returns whether the mode changed.
+fn kill_suidgid(fd: std::os::fd::BorrowedFd<'_>) -> Result<bool, Errno> {
     let st = sys::statx(fd, libc::STATX_MODE)?;
     let mode = st.stx_mode as u32;
     let mut kill = libc::S_ISUID;
@@ -360,6 +367,7 @@ fn kill_suidgid(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
     }
     if mode & kill != 0 {
         sys::fchmod(fd, mode & 0o7777 & !kill)?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }

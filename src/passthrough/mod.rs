@@ -388,9 +388,9 @@ impl Filesystem for PassthroughFs {
         if !self.cfg.nocache {
             want |= InitFlags::AUTO_INVAL_DATA | InitFlags::CACHE_SYMLINKS;
         }
-        if self.cfg.direct_io {
-            want |= InitFlags::DIRECT_IO_ALLOW_MMAP;
-        }
+        // Shared mmap of FOPEN_DIRECT_IO files (O_DIRECT opens, --direct-io):
+        // the kernel keeps the page cache coherent for them.
+        want |= InitFlags::DIRECT_IO_ALLOW_MMAP;
         let mode = if self.cfg.passthrough && o.contains(InitFlags::PASSTHROUGH) {
             want |= InitFlags::PASSTHROUGH;
             cfg.max_stack_depth = self.cfg.max_stack_depth;
