@@ -26,9 +26,11 @@ REPO = os.path.dirname(HERE)
 
 
 def sh(cmd, check=True, capture=False, **kw):
-    r = subprocess.run(cmd, shell=isinstance(cmd, str), check=False,
-                       stdout=subprocess.PIPE if capture else None,
-                       stderr=subprocess.PIPE if capture else None, text=True, **kw)
+    if capture:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        kw.setdefault("text", True)
+    r = subprocess.run(cmd, shell=isinstance(cmd, str), check=False, **kw)
     if check and r.returncode != 0:
         raise RuntimeError(f"{cmd}: exit {r.returncode} {r.stderr if capture else ''}")
     return r
@@ -275,7 +277,7 @@ class Bench:
 
         def rand_read(t):
             # Warm cache: the cost of the path to the page cache, per call.
-            sh(["cat", f"{t.mnt}/seqfile"], capture=True)
+            sh(["cat", f"{t.mnt}/seqfile"], stdout=subprocess.DEVNULL)
             _, _, iops = self.fio(t, "randread", [f"--filename={t.mnt}/seqfile", f"--size={io}", "--rw=randread",
                                                  "--bs=4k", "--numjobs=4", "--time_based",
                                                  f"--runtime={2 if q else 10}", "--group_reporting"])

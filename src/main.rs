@@ -63,7 +63,8 @@ struct Cli {
     /// No caching: zero timeouts, page cache dropped on open.
     #[arg(long)]
     nocache: bool,
-    /// Accepted for compatibility with passthrough_hp; payloads are copied.
+    /// Copy READ replies through userspace instead of splicing them
+    /// (file -> pipe -> /dev/fuse).
     #[arg(long)]
     nosplice: bool,
     /// Serve all reads and writes in the daemon (no kernel passthrough).
@@ -369,6 +370,18 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         (None, Some(mp)) => mp.policy(ops),
         (None, None) => Policy::uniform(ops),
     };
+    // Without default_permissions the host checks each request as its
+    // caller, which only a root daemon can impersonate: unprivileged, every
+    // other user would get the daemon user's access.
+    if parsed.mount.allow_other
+        && !parsed.mount.default_permissions
+        && sys::thread_creds::euid() != 0
+    {
+        return fatal(
+            "-o allow_other with nodefault_permissions needs a root daemon \
+             (an unprivileged one cannot check permissions as its callers)",
+        );
+    }
     if media.is_some() && !parsed.mount.allow_other {
         eprintln!("passthroughfs: warning: --media-provider without -o allow_other: only the mounting user can reach the mount");
     }

@@ -105,6 +105,35 @@ fn a_bad_policy_file_is_a_clear_error() {
 }
 
 #[test]
+fn unprivileged_allow_other_needs_permission_checks() {
+    require_root!();
+    // An unprivileged daemon cannot act as its callers: with allow_other
+    // and no default_permissions, every user would get its access.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir(d.join("src")).unwrap();
+    fs::create_dir(d.join("mnt")).unwrap();
+    std::os::unix::fs::chown(d, Some(1000), Some(1000)).unwrap();
+    for sub in ["src", "mnt"] {
+        std::os::unix::fs::chown(d.join(sub), Some(1000), Some(1000)).unwrap();
+    }
+    let (ok, out) = sh_as(
+        1000,
+        1000,
+        &format!(
+            "{BIN} -f -o allow_other,nodefault_permissions {0}/src {0}/mnt; echo exit=$?",
+            d.display()
+        ),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("exit=1") && out.contains("needs a root daemon"),
+        "{out}"
+    );
+    assert!(!is_mounted(&d.join("mnt")));
+}
+
+#[test]
 fn background_mode_returns_once_mounted_and_umount_ends_it() {
     require_root!();
     let dir = tempfile::tempdir().unwrap();
