@@ -1,120 +1,346 @@
 #!/bin/bash
-# Runs fstests against passthroughfs and checks the outcome against the
-# expected list of the mode. See xfstests/README.md.
+# Runs fstests against passthroughfs in one daemon mode and checks the outcome
+# against xfstests/expected/MODE.txt. See xfstests/README.md.
 #
-#   FSTESTS_DIR=/path/to/built/fstests xfstests/run.sh [-m MODE] [-o RESULTS] GROUP|TEST...
-#   e.g. xfstests/run.sh -m default -g quick
-#        xfstests/run.sh -m nopassthrough generic/001 generic/451
+#   FSTESTS_DIR=/path/to/built/fstests xfstests/run.sh [OPTIONS] MODE CHECK_ARGS...
 #
-# MODE (daemon options): default | nopassthrough | direct-io | nocache |
-#   masks (inode passthrough with per-op masks, for the patched kernel).
-# Exit status: 0 when every failure is listed in expected/MODE.txt, 1 on any
-# unexpected failure, 2 on a set-up error. It never downloads or builds
-# fstests.
+#   MODE        default | nopassthrough | direct-io | nocache | masks
+#   CHECK_ARGS  what fstests' ./check takes: -g quick, -x GROUP, -e TEST,
+#               generic/001 generic/451 ...
+#   -O OPTS     more daemon options, after the mode's
+#   -r FILE     results file (default: $PASSTHROUGHFS_WORK/MODE/results.txt)
+#   -k          keep SOURCE from the last run (default: emptied, or a new
+#               filesystem)
+#   -S FS       what SOURCE lives on: ext4:SIZE (default ext4:8G) or xfs:SIZE,
+#               a filesystem image of its own, loop-mounted for the run (tests
+#               that fill the filesystem fill that, not the host's disk); or
+#               "dir", plain directories on whatever holds the work directory
+#
+# Environment: FSTESTS_DIR (required), PASSTHROUGHFS_BIN (default: this
+# repository's target/release/passthroughfs), PASSTHROUGHFS_WORK (default
+# /var/tmp/passthroughfs-fstests; the mode's directories go in WORK/MODE),
+# PASSTHROUGHFS_SOURCE_FS (as -S), PASSTHROUGHFS_MASKS (ops of the masks
+# mode, default all).
+#
+# Exit status: 0 no unexpected failure, 1 unexpected failures, 2 set-up error
+# or fstests did not run to the end. It never downloads or builds fstests.
 set -u
 
-here="$(cd "$(dirname "$0")" && pwd)"
+here="$(cd "$(dirname "$(readlink -f "$0")")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-mode=default
+prog=run.sh
+
+die() { echo "$prog: $*" >&2; exit 2; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+
+extra_opts=""
 results=""
-# Our options come first; everything from the first other argument on goes
-# to fstests' ./check unchanged (-g quick, -x ..., test names).
+keep=0
+source_fs="${PASSTHROUGHFS_SOURCE_FS:-ext4:8G}"
 while [ $# -gt 0 ]; do
     case "$1" in
-        -m) mode="${2:?-m needs a mode}"; shift 2 ;;
-        -o) results="${2:?-o needs a file}"; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -O) [ $# -ge 2 ] || usage; extra_opts="$2"; shift 2 ;;
+        -r) [ $# -ge 2 ] || usage; results="$2"; shift 2 ;;
+        -k) keep=1; shift ;;
+        -S) [ $# -ge 2 ] || usage; source_fs="$2"; shift 2 ;;
+        -h|--help) usage 0 ;;
         --) shift; break ;;
+        -*) die "unknown option $1 (options go before MODE)" ;;
         *) break ;;
     esac
 done
-[ $# -gt 0 ] || { echo "run.sh: name a group (-g quick) or tests" >&2; exit 2; }
-
-die() { echo "run.sh: $*" >&2; exit 2; }
-
-FSTESTS_DIR="${FSTESTS_DIR:-}"
-[ -n "$FSTESTS_DIR" ] || die "set FSTESTS_DIR to a built fstests checkout"
-[ -x "$FSTESTS_DIR/check" ] || die "$FSTESTS_DIR/check not found"
-[ -x "$FSTESTS_DIR/ltp/fsstress" ] || die "$FSTESTS_DIR is not built (run make there)"
-[ "$(id -u)" = 0 ] || die "fstests needs root"
+[ $# -ge 2 ] || usage
+mode="$1"
+shift
 
 case "$mode" in
-    default) mode_opts="" ;;
+    default)       mode_opts="" ;;
     nopassthrough) mode_opts="--nopassthrough" ;;
-    direct-io) mode_opts="--direct-io" ;;
-    nocache) mode_opts="--nocache" ;;
-    masks) mode_opts="--passthrough-ops getattr,statx,getxattr,listxattr,readdir,open,read,write" ;;
-    *) die "unknown mode '$mode'" ;;
+    direct-io)     mode_opts="--direct-io" ;;
+    nocache)       mode_opts="--nocache" ;;
+    masks)         mode_opts="--passthrough-ops ${PASSTHROUGHFS_MASKS:-all}" ;;
+    *) die "unknown mode '$mode' (default, nopassthrough, direct-io, nocache, masks)" ;;
 esac
-expected="$here/expected/$mode.txt"
-[ -f "$expected" ] || die "no expected list $expected"
+case "$source_fs" in
+    dir) ;;
+    ext4:[0-9]*|xfs:[0-9]*) command -v "mkfs.${source_fs%%:*}" >/dev/null || die "mkfs.${source_fs%%:*} missing" ;;
+    *) die "-S: dir, ext4:SIZE or xfs:SIZE, not '$source_fs'" ;;
+esac
+
+[ "$(id -u)" = 0 ] || die "fstests needs root"
+FSTESTS_DIR="${FSTESTS_DIR:-}"
+[ -n "$FSTESTS_DIR" ] || die "set FSTESTS_DIR to an fstests checkout you have built (make)"
+FSTESTS_DIR="$(cd "$FSTESTS_DIR" 2>/dev/null && pwd)" || die "FSTESTS_DIR: no such directory"
+[ -x "$FSTESTS_DIR/check" ] || die "$FSTESTS_DIR/check missing: not an fstests checkout"
+[ -x "$FSTESTS_DIR/ltp/fsstress" ] && [ -x "$FSTESTS_DIR/src/feature" ] ||
+    die "$FSTESTS_DIR is not built (run make there)"
+command -v xfs_io >/dev/null || die "xfs_io missing (apt-get install xfsprogs; see README.md)"
 
 bin="${PASSTHROUGHFS_BIN:-$repo/target/release/passthroughfs}"
-[ -x "$bin" ] || die "daemon binary $bin missing (cargo build --release)"
+[ -x "$bin" ] || die "daemon binary $bin missing (cargo build --release, or set PASSTHROUGHFS_BIN)"
 
-export WORK="${WORK:-/var/tmp/passthroughfs-fstests}"
-results="${results:-$WORK/results-$mode.txt}"
-mkdir -p "$WORK"/src/test "$WORK"/src/scratch "$WORK"/test "$WORK"/scratch || die "cannot make $WORK"
-# Test users switch into these dirs: every level must be searchable.
-d="$WORK"
-while [ "$d" != / ]; do chmod o+x "$d" 2>/dev/null; d="$(dirname "$d")"; done
+# One run at a time: the helper in /sbin is shared.
+lock=/run/lock/passthroughfs-fstests.lock
+exec 9>"$lock" || die "cannot open $lock"
+flock -n 9 || die "another run.sh is running (lock $lock)"
 
-# Users and groups fstests switches to.
-getent group fsgqa >/dev/null || groupadd fsgqa
-id fsgqa >/dev/null 2>&1 || useradd -m -g fsgqa fsgqa
-id 123456-fsgqa >/dev/null 2>&1 || useradd -m 123456-fsgqa
-id fsgqa2 >/dev/null 2>&1 || useradd -m fsgqa2
+base="${PASSTHROUGHFS_WORK:-/var/tmp/passthroughfs-fstests}"
+work="$base/$mode"
+mkdir -p "$work" || die "cannot create $work"
+work="$(cd "$work" && pwd)"
+results="${results:-$work/results.txt}"
 
-# Install the mount helper (with this build's binary recorded), and put
-# back whatever was there before when done.
-helper=/sbin/mount.fuse.passthroughfs
-backup=""
-if [ -e "$helper" ]; then
-    backup="$(mktemp)"
-    cp -p "$helper" "$backup"
-fi
-sed "s|@PASSTHROUGHFS_BIN@|$bin|" "$here/mount.fuse.passthroughfs" > "$helper"
-chmod 755 "$helper"
-cleanup() {
-    for m in "$WORK/test" "$WORK/scratch"; do
-        grep -q " $m " /proc/mounts && { umount "$m" 2>/dev/null || umount -l "$m"; }
+# The directories, as local.config makes them from the environment.
+export PASSTHROUGHFS_WORK="$work"
+eval "$(
+    # shellcheck disable=SC1091
+    . "$here/local.config"
+    printf 'TEST_DEV=%q\nTEST_DIR=%q\nSCRATCH_DEV=%q\nSCRATCH_MNT=%q\n' \
+        "$TEST_DEV" "$TEST_DIR" "$SCRATCH_DEV" "$SCRATCH_MNT"
+)"
+export TEST_DEV TEST_DIR SCRATCH_DEV SCRATCH_MNT
+test_src="${TEST_DEV#source:}"
+scratch_src="${SCRATCH_DEV#source:}"
+[ "$test_src" != "$TEST_DEV" ] && [ "$scratch_src" != "$SCRATCH_DEV" ] ||
+    die "TEST_DEV and SCRATCH_DEV must be source:DIR"
+
+is_mounted() { findmnt -rn --mountpoint "$1" >/dev/null 2>&1; }
+
+# Daemons serving our directories, one pid a line (for the end-of-run check).
+our_daemons() {
+    local p cmd
+    for p in $(pgrep -x passthroughfs 2>/dev/null); do
+        cmd="$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)" || continue
+        case "$cmd" in
+            *" $test_src $TEST_DIR"*|*" $scratch_src $SCRATCH_MNT"*) echo "$p" ;;
+        esac
+    done | sort -u
+}
+
+unmount_ours() {
+    local m
+    for m in "$TEST_DIR" "$SCRATCH_MNT"; do
+        while is_mounted "$m"; do
+            umount "$m" 2>/dev/null && continue
+            sleep 1
+            umount "$m" 2>/dev/null && continue
+            echo "$prog: $m busy, lazy unmount" >&2
+            umount -l "$m" || break
+        done
     done
-    if [ -n "$backup" ]; then mv "$backup" "$helper"; else rm -f "$helper"; fi
+}
+
+# A mount left by an earlier, interrupted run is ours to clean up; anything
+# else mounted there is not.
+for m in "$TEST_DIR" "$SCRATCH_MNT"; do
+    if is_mounted "$m"; then
+        src="$(findmnt -rn -o SOURCE --mountpoint "$m" | tail -1)"
+        case "$src" in
+            "$TEST_DEV"|"$SCRATCH_DEV") echo "$prog: unmounting $m left from an earlier run"; umount "$m" || die "cannot unmount $m" ;;
+            *) die "$m is already a mount point (of $src)" ;;
+        esac
+    fi
+done
+
+# Users and groups fstests switches to (its README, step 6).
+getent group fsgqa >/dev/null || groupadd fsgqa || die "groupadd fsgqa failed"
+id -u fsgqa >/dev/null 2>&1 || useradd -m -g fsgqa fsgqa || die "useradd fsgqa failed"
+id -u 123456-fsgqa >/dev/null 2>&1 || useradd -m 123456-fsgqa ||
+    echo "$prog: warning: cannot create user 123456-fsgqa (a few tests will not run)" >&2
+id -u fsgqa2 >/dev/null 2>&1 || useradd -m fsgqa2 || die "useradd fsgqa2 failed"
+
+# The daemon binary is copied for the run, so that a rebuild during the run
+# does not mix versions.
+cp "$bin" "$work/passthroughfs" || die "cannot copy $bin"
+export PASSTHROUGHFS_BIN="$work/passthroughfs"
+export PASSTHROUGHFS_OPTS="$mode_opts${extra_opts:+ $extra_opts}"
+export PASSTHROUGHFS_LOG="$work/daemon.log"
+: > "$PASSTHROUGHFS_LOG"
+
+srcfs="$work/src"
+img="$work/source.img"
+helper=/sbin/mount.fuse.passthroughfs
+saved="$work/mount.fuse.passthroughfs.saved"
+if [ -e "$saved" ] || [ -L "$saved" ]; then
+    echo "$prog: putting back $helper saved by an interrupted run"
+    rm -f "$helper"; mv "$saved" "$helper" || die "cannot restore $helper from $saved"
+fi
+installed=""   # "": helper untouched; "new": none was there; "saved": put $saved back
+cleanup() {
+    trap - EXIT INT TERM
+    unmount_ours
+    local left t
+    for t in 1 2 3 4 5 6 7 8 9 10; do
+        left="$(our_daemons)"
+        [ -z "$left" ] && break
+        sleep 1
+    done
+    if [ -n "$left" ]; then
+        echo "$prog: daemons still running after unmount: $left (killing them)" >&2
+        kill $left 2>/dev/null
+        sleep 1
+    fi
+    if [ "$source_fs" != dir ] && is_mounted "$srcfs"; then
+        umount "$srcfs" 2>/dev/null || { sleep 2; umount "$srcfs"; } || umount -l "$srcfs"
+    fi
+    case "$installed" in
+        saved) rm -f "$helper"; mv "$saved" "$helper" ;;
+        new) rm -f "$helper" ;;
+    esac
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'echo "$prog: interrupted" >&2; exit 2' INT TERM
 
-export PASSTHROUGHFS_OPTS="$mode_opts"
-export PASSTHROUGHFS_LOG="$WORK/daemon-$mode.log"
-out="$WORK/check-$mode.out"
-echo "fstests in $FSTESTS_DIR, mode $mode ($mode_opts), output in $out"
-(cd "$FSTESTS_DIR" && HOST_OPTIONS="$here/local.config" RESULT_BASE="$WORK/fstests-results-$mode" ./check "$@") 2>&1 | tee "$out"
-
-# One line per test: name pass|fail|notrun [reason].
-awk '
-    /^[a-z0-9]+\/[0-9]+ / {
-        name = $1; line = $0; sub(/^[^ ]+ +/, "", line)
-        if (line ~ /\[not run\]/) { sub(/.*\[not run\] */, "", line); print name, "notrun", line }
-        else if (line ~ /\[expunged\]/) { print name, "notrun", "expunged" }
-        else if (line ~ /output mismatch|\[failed|_check_|dmesg/) { print name, "fail" }
-        else if (line ~ /^[0-9]+s/ || line ~ / [0-9]+s$/) { print name, "pass" }
-    }' "$out" | sort -u -k1,1 > "$results"
-
-echo
-echo "results: $results ($(awk '$2=="pass"' "$results" | wc -l) pass, $(awk '$2=="fail"' "$results" | wc -l) fail, $(awk '$2=="notrun"' "$results" | wc -l) not run)"
-
-# Compare with the expected list.
-status=0
-while read -r name res _; do
-    listed="$(awk -v n="$name" '$1==n {print $2}' "$expected")"
-    if [ "$res" = fail ] && [ "$listed" != fail ]; then
-        echo "UNEXPECTED FAILURE: $name"
-        status=1
-    elif [ "$res" = pass ] && [ "$listed" = fail ]; then
-        echo "now passes (remove from $expected): $name"
-    elif [ "$res" = notrun ] && [ -z "$listed" ]; then
-        echo "not run and not listed: $name ($(awk -v n="$name" '$1==n {$1=$2=""; print}' "$results"))"
+# SOURCE on a filesystem of its own: an image loop-mounted on WORK/MODE/src.
+if is_mounted "$srcfs"; then
+    echo "$prog: unmounting $srcfs left from an earlier run"
+    umount "$srcfs" || die "cannot unmount $srcfs"
+fi
+if [ "$source_fs" != dir ]; then
+    case "$test_src/,$scratch_src/" in
+        "$srcfs"/*,"$srcfs"/*) ;;
+        *) die "-S $source_fs needs TEST_DEV and SCRATCH_DEV under $srcfs (or use -S dir)" ;;
+    esac
+    fs="${source_fs%%:*}"
+    if [ "$keep" = 0 ] || [ ! -f "$img" ]; then
+        rm -f "$img"
+        truncate -s "${source_fs#*:}" "$img" || die "cannot create $img"
+        case "$fs" in
+            ext4) mkfs.ext4 -q -F "$img" ;;
+            xfs) mkfs.xfs -q -f "$img" ;;
+        esac || die "mkfs.$fs $img failed"
     fi
-done < "$results"
-[ $status = 0 ] && echo "no unexpected failures"
+    mkdir -p "$srcfs"
+    mount -t "$fs" -o loop "$img" "$srcfs" || die "cannot loop-mount $img (use -S dir)"
+fi
+
+mkdir -p "$test_src" "$scratch_src" "$TEST_DIR" "$SCRATCH_MNT" || die "cannot create the directories"
+if [ "$keep" = 0 ]; then
+    find "$test_src" "$scratch_src" -mindepth 1 -delete 2>/dev/null ||
+        rm -rf "${test_src:?}"/* "${scratch_src:?}"/* 2>/dev/null
+fi
+chmod 755 "$test_src" "$scratch_src" "$TEST_DIR" "$SCRATCH_MNT"
+# The test users (fsgqa ...) must reach the mount points.
+for d in "$TEST_DIR" "$SCRATCH_MNT"; do
+    p="$(dirname "$d")"
+    while [ "$p" != / ]; do
+        [ "$(( 0$(stat -c %a "$p") & 1 ))" = 1 ] ||
+            echo "$prog: warning: $p is not searchable by others; tests as fsgqa will fail" >&2
+        p="$(dirname "$p")"
+    done
+done
+
+# Install the helper; cleanup puts back whatever was there.
+if [ -e "$helper" ] || [ -L "$helper" ]; then
+    mv "$helper" "$saved" || die "cannot move $helper aside"
+    installed=saved
+else
+    installed=new
+fi
+install -m 755 "$here/mount.fuse.passthroughfs" "$helper" || die "cannot install $helper"
+
+rb="$work/fstests-results"
+rm -rf "$rb"
+out="$work/check.out"
+{
+    echo "fstests:  $FSTESTS_DIR (commit ${FSTESTS_COMMIT:-$(git -C "$FSTESTS_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)})"
+    echo "daemon:   $bin ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo "?")$(git -C "$repo" diff --quiet HEAD -- src 2>/dev/null || echo ", src modified"))"
+    echo "mode:     $mode, daemon options: ${PASSTHROUGHFS_OPTS:-(none)}"
+    echo "kernel:   $(uname -r)"
+    echo "dirs:     $TEST_DEV -> $TEST_DIR, $SCRATCH_DEV -> $SCRATCH_MNT"
+    if [ "$source_fs" = dir ]; then
+        echo "source:   directories on $(findmnt -rn -o FSTYPE -T "$test_src") ($(findmnt -rn -o SOURCE -T "$test_src"))"
+    else
+        echo "source:   $source_fs image $img on $srcfs"
+    fi
+    echo "check:    $*"
+} | tee "$work/run.info"
+echo "output:   $out, daemon log $PASSTHROUGHFS_LOG"
+(cd "$FSTESTS_DIR" && HOST_OPTIONS="$here/local.config" RESULT_BASE="$rb" ./check "$@") 2>&1 | tee "$out"
+unmount_ours
+
+# --- results: one line per test, "name  pass|fail|notrun  [reason]" ---
+ran="$(sed -n 's/^Ran: *//p' "$out" | tail -1)"
+if ! grep -q '^Ran:' "$out"; then
+    echo "$prog: fstests did not run to the end (no 'Ran:' summary in $out)" >&2
+    exit 2
+fi
+notrun="$(sed -n 's/^Not run: *//p' "$out" | tail -1)"
+failed="$(sed -n 's/^Failures: *//p' "$out" | tail -1)"
+{
+    for t in $ran; do
+        if [[ " $failed " == *" $t "* ]]; then
+            echo "$t  fail"
+        elif [[ " $notrun " == *" $t "* ]]; then
+            reason="$(head -1 "$rb/$t.notrun" 2>/dev/null | tr -s '\t ' '  ')"
+            echo "$t  notrun  ${reason:-(no reason recorded)}"
+        else
+            echo "$t  pass"
+        fi
+    done
+} > "$results"
+
+# First lines of each failure, for whoever fixes it.
+failures="$work/failures.txt"
+{
+    for t in $failed; do
+        echo "=== $t"
+        if [ -f "$rb/$t.out.bad" ]; then
+            diff -u "$FSTESTS_DIR/tests/$t.out" "$rb/$t.out.bad" | sed -n '3,20p'
+        fi
+        [ -f "$rb/$t.dmesg" ] && { echo "--- dmesg:"; head -10 "$rb/$t.dmesg"; }
+        [ -f "$rb/$t.full" ] && { echo "--- tail of $t.full:"; tail -8 "$rb/$t.full"; }
+    done
+} > "$failures"
+
+count() { awk -v s="$1" '$2 == s' "$results" | wc -l; }
+echo
+echo "results: $results"
+echo "  $(count pass) pass, $(count fail) fail, $(count notrun) not run (of $(wc -l < "$results"))"
+[ -n "$failed" ] && echo "  first lines of each failure: $failures"
+
+# --- compare with the expected list ---
+expected="$here/expected/$mode.txt"
+if [ ! -f "$expected" ]; then
+    echo "$prog: no $expected: every failure counts as unexpected" >&2
+    expected=/dev/null
+fi
+candidate="$work/expected-candidate.txt"
+awk -v cand="$candidate" -v expfile="$expected" '
+    FNR == NR {
+        if ($0 ~ /^[ \t]*(#|$)/) next
+        if ($2 != "fail" && $2 != "notrun") { printf "bad line in %s: %s\n", expfile, $0; next }
+        st[$1] = $2; line[$1] = $0
+        r = $0; sub(/^[^ \t]+[ \t]+[^ \t]+[ \t]*/, "", r)
+        if (r == "") printf "no reason given in %s for %s\n", expfile, $1
+        next
+    }
+    {
+        t = $1; s = $2; seen[t] = 1
+        r = $0; sub(/^[^ \t]+[ \t]+[^ \t]+[ \t]*/, "", r)
+        if (s == "fail") {
+            nfail++
+            if (st[t] == "fail") { expfail++; print line[t] > cand }
+            else { unexp[++nu] = t; printf "%-14s fail  FIXME: cause\n", t > cand }
+        } else if (s == "notrun") {
+            if (st[t] == "") notlisted[++nn] = t "  (" r ")"
+            else if (st[t] == "fail") listed_fail_notrun[++nfn] = t "  (" r ")"
+            if (st[t] == "notrun") print line[t] > cand
+            else printf "%-14s notrun  %s\n", t, r > cand
+        } else if (s == "pass") {
+            if (st[t] == "fail") nowpass[++np] = t
+            else if (st[t] == "notrun") nowrun[++nr] = t
+        }
+    }
+    END {
+        if (np) { print "listed as failing in the expected list, now pass (remove them):"; for (i = 1; i <= np; i++) print "  " nowpass[i] }
+        if (nr) { print "listed as not run, now run and pass:"; for (i = 1; i <= nr; i++) print "  " nowrun[i] }
+        if (nfn) { print "listed as failing, did not run:"; for (i = 1; i <= nfn; i++) print "  " listed_fail_notrun[i] }
+        if (nn) print nn " tests did not run without being listed (see the candidate list)"
+        printf "%d failures: %d expected, %d unexpected\n", nfail, expfail, nu
+        for (i = 1; i <= nu; i++) print "UNEXPECTED FAILURE: " unexp[i]
+        exit nu ? 1 : 0
+    }' "$expected" "$results"
+status=$?
+echo "candidate expected list from this run (known reasons kept): $candidate"
 exit $status
