@@ -13,6 +13,8 @@
  *   ptino_test plain [WORKDIR]  a server that does not negotiate the flag
  *                               (legacy FOPEN_PASSTHROUGH only): must work on
  *                               a stock and on a patched kernel alike
+ *   ptino_test stock [WORKDIR]  plain, and check that the kernel is an
+ *                               unpatched 7.46 that does not offer the flag
  *
  * Needs root, /dev/fuse and a kernel with CONFIG_FUSE_PASSTHROUGH.  Prints one
  * line per check; exits 0 only if every check holds.  WORKDIR (default
@@ -159,6 +161,8 @@ static const struct policy policies[] = {
 	{ "d/f4", 0, OP(GETATTR), 0, 3600 },
 	/* OPEN left to the server, which names the inode's own id */
 	{ "d/f5", 0, OP(GETATTR) | OP(READ) | OP(WRITE), 2, 3600 },
+	/* READ without WRITE: writes go to the server as direct I/O */
+	{ "d/ro", 0, OP(GETATTR) | OP(OPEN) | OP(READ), 0, 3600 },
 	/* SETATTR passed through */
 	{ "d/setf", 0, OP(GETATTR) | OP(SETATTR) | OP(OPEN) | OP(READ) |
 		       OP(WRITE), 0, 3600 },
@@ -197,6 +201,7 @@ struct node {
 
 struct shared {
 	int ino_mode;
+	int stock;			/* expect an unpatched 7.46 kernel */
 	int init_done, probe_done;
 	uint32_t kernel_minor;
 	int kernel_offers_ino, kernel_offers_passthrough;
@@ -980,6 +985,11 @@ static void client_plain(void)
 	printf("INFO: kernel offers FUSE_PASSTHROUGH: %s, FUSE_PASSTHROUGH_INO: %s\n",
 	       sh->kernel_offers_passthrough ? "yes" : "no",
 	       sh->kernel_offers_ino ? "yes" : "no");
+	if (sh->stock) {
+		check(sh->kernel_minor == 46 && !sh->kernel_offers_ino,
+		      "stock kernel: FUSE 7.%u, FUSE_PASSTHROUGH_INO not offered",
+		      sh->kernel_minor);
+	}
 	check(sh->kernel_offers_passthrough, "kernel offers FUSE_PASSTHROUGH");
 	check(sh->mask_without_ino_errno == EINVAL,
 	      "BACKING_OPEN with a non-zero ops_mask without FUSE_PASSTHROUGH_INO fails with EINVAL (got %s)",
@@ -1322,6 +1332,18 @@ static void client_ino(void)
 		check(cnt("d/f5", FUSE_OPEN) > 0 && cnt("d/f5", FUSE_READ) == 0,
 		      "d/f5 (READ|WRITE; OPEN reply FOPEN_PASSTHROUGH, own backing_id): OPEN %u, READ %u at the server",
 		      cnt("d/f5", FUSE_OPEN), cnt("d/f5", FUSE_READ));
+		fd = open(m("d/ro"), O_RDWR);
+		ok = fd >= 0 && pwrite(fd, "CONTENT", 7, 0) == 7 &&
+		     pread(fd, buf, 14, 0) == 14 &&
+		     !memcmp(buf, "CONTENT of ro\n", 14);
+		if (fd >= 0)
+			close(fd);
+		check(ok && cnt("d/ro", FUSE_OPEN) == 0 &&
+		      cnt("d/ro", FUSE_READ) == 0 &&
+		      cnt("d/ro", FUSE_WRITE) == 1,
+		      "d/ro (READ without WRITE): the write reached the server, the read did not: OPEN %u, READ %u, WRITE %u",
+		      cnt("d/ro", FUSE_OPEN), cnt("d/ro", FUSE_READ),
+		      cnt("d/ro", FUSE_WRITE));
 		before = cnt("d/sub/g", FUSE_OPEN);
 		open_read("d/sub/g", "content of g\n");
 		check(cnt("d/sub/g", FUSE_OPEN) == before &&
@@ -1417,7 +1439,8 @@ static void client(void)
 		check_release();
 	}
 	printf("RESULT: %s mode: %d checks, %d failed, %d skipped\n",
-	       sh->ino_mode ? "ino" : "plain", checks, failures, skips);
+	       sh->ino_mode ? "ino" : sh->stock ? "stock" : "plain", checks,
+	       failures, skips);
 	fflush(stdout);
 	exit(failures || (skips && !allow_missing) ? 1 : 0);
 }
@@ -1456,6 +1479,7 @@ static void make_tree(void)
 	put("d/f3", "content of f3\n");
 	put("d/f4", "content of f4\n");
 	put("d/f5", "content of f5\n");
+	put("d/ro", "content of ro\n");
 	put("d/setf", "content of setf\n");
 	put("d/acl", "content of acl\n");
 	put("d/plain", "content of plain\n");
@@ -1498,8 +1522,9 @@ int main(int argc, char **argv)
 	pid_t pid;
 	int status, rootfd;
 
-	if (argc < 2 || (strcmp(argv[1], "ino") && strcmp(argv[1], "plain"))) {
-		fprintf(stderr, "usage: %s ino|plain [WORKDIR]\n", argv[0]);
+	if (argc < 2 || (strcmp(argv[1], "ino") && strcmp(argv[1], "plain") &&
+			 strcmp(argv[1], "stock"))) {
+		fprintf(stderr, "usage: %s ino|plain|stock [WORKDIR]\n", argv[0]);
 		return 2;
 	}
 	allow_missing = getenv("PTINO_ALLOW_MISSING") != NULL;
@@ -1510,6 +1535,7 @@ int main(int argc, char **argv)
 	if (sh == MAP_FAILED)
 		die("mmap");
 	sh->ino_mode = !strcmp(argv[1], "ino");
+	sh->stock = !strcmp(argv[1], "stock");
 
 	if (mkdir(work, 0755) && errno != EEXIST)
 		die("mkdir %s", work);

@@ -1,0 +1,328 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# uml.sh - User-Mode Linux test vehicle for the passthroughfs kernel series.
+#
+# Builds two UML kernels from Debian's linux-source-7.3 (trixie-backports):
+# "stock" (unpatched) and "patched" (with the series in this directory), and
+# boots them with the host's root filesystem through hostfs to run a command.
+#
+#   uml.sh setup                     apt sources, build tools, linux-source-7.3
+#   uml.sh build [stock|patched|all] build the kernels (cached, default: all)
+#   uml.sh run stock|patched -- CMD [ARGS...]
+#                                    boot a kernel, run CMD inside, return its
+#                                    exit status and output
+#   uml.sh test                      build test/ptino_test.c with the host gcc
+#                                    and run it on both kernels
+#   uml.sh clean                     remove the cache directory
+#
+# Must run as root on Debian.  Environment:
+#   PTFS_UML_DIR      cache directory (default /var/tmp/passthroughfs-uml)
+#   PTFS_UML_JOBS     make -j value (default 2)
+#   PTFS_UML_MEM      UML memory (default 1G)
+#   PTFS_UML_TIMEOUT  seconds before a run is killed (default 600)
+#   PTFS_UML_RW       host directories mounted read-write inside, separated by
+#                     spaces (default "/work" if it exists); the rest of the
+#                     host root is read-only
+#   PTFS_UML_PASSENV  names of environment variables passed to CMD
+#   PTFS_UML_VERBOSE  1: show the UML console after each run
+#
+# Inside, CMD runs as root with /proc, /sys, /dev (devtmpfs, with /dev/fuse)
+# and a private tmpfs on /tmp, in the current directory if it is visible.
+# Starting a process inside UML costs about 25 ms: loop inside one process.
+
+set -euo pipefail
+
+SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE=${PTFS_UML_DIR:-/var/tmp/passthroughfs-uml}
+JOBS=${PTFS_UML_JOBS:-2}
+MEM=${PTFS_UML_MEM:-1G}
+TIMEOUT=${PTFS_UML_TIMEOUT:-600}
+KVER=7.3
+TARBALL=/usr/src/linux-source-$KVER.tar.xz
+SERIES_DIR=$SELF_DIR
+
+# Options added to ARCH=um defconfig
+CONFIG_FRAGMENT='CONFIG_FUSE_FS=y
+CONFIG_FUSE_PASSTHROUGH=y
+CONFIG_FUSE_IO_URING=n
+CONFIG_HOSTFS=y
+CONFIG_TMPFS=y
+CONFIG_TMPFS_POSIX_ACL=y
+CONFIG_TMPFS_XATTR=y
+CONFIG_DEVTMPFS=y
+CONFIG_DEVTMPFS_MOUNT=y
+CONFIG_IKCONFIG=y
+CONFIG_IKCONFIG_PROC=y
+CONFIG_LOCALVERSION_AUTO=n'
+
+log() { printf 'uml.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+need_root() {
+	[ "$(id -u)" = 0 ] || die "must run as root"
+}
+
+# ---------------------------------------------------------------- apt setup
+
+# URI of the main Debian archive in the machine's apt sources (deb822
+# .sources files or one-line sources.list), never a hard-coded host.
+debian_mirror() {
+	local f uri=""
+
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[ -r "$f" ] || continue
+		uri=$(awk '
+			function flush() {
+				if (!found && deb && uri != "" && uri !~ /security/ &&
+				    suites ~ /(^| )(bookworm|trixie|forky|sid|stable|testing|unstable)( |$)/)
+					{ print uri; found = 1; exit }
+				deb = 0; uri = ""; suites = ""
+			}
+			/^[ \t]*$/ { flush(); next }
+			/^[ \t]*#/ { next }
+			tolower($1) == "types:" { for (i = 2; i <= NF; i++) if ($i == "deb") deb = 1 }
+			tolower($1) == "uris:" { uri = $2 }
+			tolower($1) == "suites:" { $1 = ""; suites = $0 }
+			END { flush() }' "$f")
+		[ -n "$uri" ] && { echo "$uri"; return; }
+	done
+	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+		[ -r "$f" ] || continue
+		uri=$(awk '
+			$1 == "deb" {
+				i = 2
+				if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+				if ($(i) !~ /security/ && $(i + 1) !~ /security/) { print $i; exit }
+			}' "$f")
+		[ -n "$uri" ] && { echo "$uri"; return; }
+	done
+	return 1
+}
+
+setup_apt() {
+	local src=/etc/apt/sources.list.d/trixie-backports.sources
+	local pin=/etc/apt/preferences.d/trixie-backports
+	local uri keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+
+	if ! grep -rqs 'trixie-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+		uri=$(debian_mirror) || die "no Debian mirror found in the apt sources"
+		log "adding trixie-backports from $uri"
+		cat > "$src" <<EOF
+Types: deb
+URIs: $uri
+Suites: trixie-backports
+Components: main
+Signed-By: $keyring
+EOF
+	fi
+	if [ ! -e "$pin" ]; then
+		# Only what is asked for explicitly comes from trixie-backports
+		cat > "$pin" <<EOF
+Package: *
+Pin: release n=trixie-backports
+Pin-Priority: 100
+EOF
+	fi
+}
+
+cmd_setup() {
+	local pkgs="linux-source-$KVER build-essential flex bison bc libelf-dev xz-utils patch"
+	local p missing=""
+
+	need_root
+	for p in $pkgs; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' ||
+			missing="$missing $p"
+	done
+	if [ -n "$missing" ]; then
+		setup_apt
+		log "installing$missing"
+		apt-get update -q >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends $missing >/dev/null
+	fi
+	[ -r "$TARBALL" ] || die "$TARBALL missing after installing linux-source-$KVER"
+}
+
+# ---------------------------------------------------------------- build
+
+series_files() {
+	local p
+
+	[ -r "$SERIES_DIR/series" ] || die "no series file in $SERIES_DIR"
+	while read -r p; do
+		case "$p" in ''|'#'*) continue ;; esac
+		echo "$SERIES_DIR/$p"
+	done < "$SERIES_DIR/series"
+}
+
+# What a kernel depends on; a change of it triggers a rebuild
+build_key() {
+	local flavor=$1
+
+	{
+		stat -c '%n %s %Y' "$TARBALL"
+		echo "$CONFIG_FRAGMENT"
+		if [ "$flavor" = patched ]; then
+			series_files | while read -r p; do sha256sum "$p"; done
+		fi
+	} | sha256sum | cut -d' ' -f1
+}
+
+build_one() {
+	local flavor=$1 dir=$CACHE/$1 key start end p
+
+	need_root
+	cmd_setup
+	key=$(build_key "$flavor")
+	if [ -x "$dir/linux" ] && [ "$(cat "$dir/.ptfs-key" 2>/dev/null)" = "$key" ]; then
+		log "$flavor kernel is up to date ($dir/linux)"
+		return 0
+	fi
+	start=$(date +%s)
+	log "unpacking linux-source-$KVER into $dir"
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	tar -xJf "$TARBALL" -C "$dir" --strip-components=1
+	if [ "$flavor" = patched ]; then
+		series_files | while read -r p; do
+			log "applying $(basename "$p")"
+			patch -d "$dir" -p1 -s --no-backup-if-mismatch < "$p" ||
+				die "$(basename "$p") does not apply"
+		done
+	fi
+	log "configuring ($flavor): ARCH=um defconfig + FUSE, hostfs, tmpfs, devtmpfs"
+	make -C "$dir" -s ARCH=um defconfig >/dev/null
+	printf '%s\n' "$CONFIG_FRAGMENT" > "$dir/ptfs.config"
+	(cd "$dir" && scripts/kconfig/merge_config.sh -m .config ptfs.config >/dev/null)
+	make -C "$dir" -s ARCH=um olddefconfig >/dev/null
+	log "building the $flavor kernel with make -j$JOBS (a few minutes)"
+	if ! make -C "$dir" ARCH=um -j"$JOBS" linux > "$dir/build.log" 2>&1; then
+		tail -30 "$dir/build.log" >&2
+		die "$flavor build failed, see $dir/build.log"
+	fi
+	echo "$key" > "$dir/.ptfs-key"
+	end=$(date +%s)
+	echo "$((end - start))" > "$dir/.ptfs-build-seconds"
+	log "$flavor kernel built in $((end - start)) s: $dir/linux"
+}
+
+cmd_build() {
+	local what=${1:-all}
+
+	case "$what" in
+	stock|patched) build_one "$what" ;;
+	all) build_one stock; build_one patched ;;
+	*) die "usage: uml.sh build [stock|patched|all]" ;;
+	esac
+}
+
+# ---------------------------------------------------------------- run
+
+# Boot a kernel and run a command inside; prints its output, returns its status
+cmd_run() {
+	local flavor=${1:-} kernel res init rw d v q pid status rc
+
+	shift || true
+	[ "${1:-}" = "--" ] && shift
+	case "$flavor" in stock|patched) ;; *) die "usage: uml.sh run stock|patched -- CMD [ARGS...]" ;; esac
+	[ $# -gt 0 ] || die "usage: uml.sh run stock|patched -- CMD [ARGS...]"
+	need_root
+	kernel=$CACHE/$flavor/linux
+	[ -x "$kernel" ] || build_one "$flavor"
+
+	mkdir -p "$CACHE/runs"
+	res=$(mktemp -d "$CACHE/runs/run.XXXXXX")
+	init=$res/init.sh
+	rw=${PTFS_UML_RW-}
+	[ -z "${PTFS_UML_RW+x}" ] && [ -d /work ] && rw=/work
+
+	{
+		echo '#!/bin/bash'
+		echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root'
+		echo 'mount -t proc proc /proc'
+		echo 'mount -t sysfs sysfs /sys'
+		echo 'mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev'
+		echo 'mount -t tmpfs -o mode=1777 tmpfs /tmp'
+		printf 'mount -t hostfs -o %q hostfs %q\n' "$res" "$res"
+		for d in $rw; do
+			[ -d "$d" ] && printf 'mount -t hostfs -o %q hostfs %q\n' "$d" "$d"
+		done
+		for v in ${PTFS_UML_PASSENV:-}; do
+			[ -n "${!v+x}" ] && printf 'export %s=%q\n' "$v" "${!v}"
+		done
+		printf 'cd %q 2>/dev/null || cd /\n' "$PWD"
+		printf '%q ' "$@"
+		printf '> %q 2>&1 < /dev/null\n' "$res/output"
+		printf 'echo $? > %q\n' "$res/status"
+		echo 'sync'
+		echo 'poweroff -f || halt -f'
+	} > "$init"
+	chmod 755 "$init"
+
+	# The UML process and its helpers run in their own session
+	set +e
+	setsid -w timeout -k 10 "$TIMEOUT" "$kernel" mem="$MEM" rootfstype=hostfs \
+		rootflags=/ ro init="$init" con=null con0=null,fd:1 \
+		< /dev/null > "$res/console" 2>&1 &
+	pid=$!
+	wait "$pid"
+	rc=$?
+	set -e
+	# Whatever UML left behind in its session (there should be nothing)
+	for q in $(pgrep -s "$pid" 2>/dev/null || true); do
+		kill -9 "$q" 2>/dev/null || true
+	done
+
+	[ -r "$res/output" ] && cat "$res/output"
+	if [ -r "$res/status" ]; then
+		status=$(cat "$res/status")
+	else
+		log "the command did not complete (UML exit $rc); console:"
+		tail -40 "$res/console" >&2
+		status=125
+	fi
+	[ "${PTFS_UML_VERBOSE:-0}" = 1 ] && cat "$res/console" >&2
+	rm -rf "$res"
+	return "$status"
+}
+
+# ---------------------------------------------------------------- test
+
+cmd_test() {
+	local bin=$CACHE/ptino_test fail=0 out
+
+	need_root
+	cmd_build all
+	mkdir -p "$CACHE"
+	log "building test/ptino_test.c with $(gcc --version | head -1)"
+	gcc -O2 -Wall -Wextra -Werror -o "$bin" "$SELF_DIR/test/ptino_test.c"
+
+	for run in "stock stock" "patched plain" "patched ino"; do
+		set -- $run
+		echo "=== $1 kernel, ptino_test $2 ==="
+		if PTFS_UML_RW="" cmd_run "$1" -- "$bin" "$2" /tmp/ptino; then
+			echo "=== $1 kernel, ptino_test $2: OK ==="
+		else
+			echo "=== $1 kernel, ptino_test $2: FAILED ==="
+			fail=1
+		fi
+	done
+	[ $fail = 0 ] && echo "uml.sh test: all runs passed" || echo "uml.sh test: FAILED"
+	return $fail
+}
+
+# ---------------------------------------------------------------- main
+
+case "${1:-}" in
+setup) cmd_setup ;;
+build) shift; cmd_build "$@" ;;
+run) shift; cmd_run "$@" ;;
+test) cmd_test ;;
+clean) rm -rf "$CACHE" ;;
+*)
+	sed -n '3,33p' "$0" | sed 's/^# \{0,1\}//'
+	exit 2
+	;;
+esac
