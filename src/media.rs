@@ -308,7 +308,11 @@ impl MediaProvider {
     /// redacted one is served by the daemon).
     pub fn policy(&self, default_mask: u64) -> Policy {
         let all = all_ops() & default_mask;
-        let listing_policed = all & !abi::passthrough_op(Opcode::Readdir);
+        // A listing filtered per caller must be read by the daemon, and the
+        // directory opened by it too: a directory the kernel opens from its
+        // backing caches its listing for every later caller.
+        let listing_policed =
+            all & !(abi::passthrough_op(Opcode::Readdir) | abi::passthrough_op(Opcode::Open));
         let mut p = Policy::uniform(all);
         for d in &self.app_dirs {
             p.add_path_rule(d, Some(listing_policed), Some(all));

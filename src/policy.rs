@@ -306,6 +306,19 @@ impl Policy {
                 .any(|r| r.dirs.is_some_and(beyond) || r.files.is_some_and(beyond))
     }
 
+    /// Whether any entry may have OPEN in its mask (the kernel then opens
+    /// it without telling the daemon, and sends no RELEASE).
+    pub fn may_pass_open(&self) -> bool {
+        let open = abi::passthrough_op(Opcode::Open);
+        let has = |m: u64| m & open != 0;
+        has(self.default_dirs)
+            || has(self.default_files)
+            || self
+                .rules
+                .iter()
+                .any(|r| r.dirs.is_some_and(has) || r.files.is_some_and(has))
+    }
+
     pub fn has_rules(&self) -> bool {
         !self.rules.is_empty()
     }

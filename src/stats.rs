@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::backing::BackingStats;
-use crate::fuse::abi::{self, Opcode};
+use crate::fuse::abi::{self, InitFlags, Opcode};
 use crate::passthrough::PassthroughFs;
 use crate::sys;
 
@@ -50,6 +50,9 @@ pub struct Stats {
     pub requests_by_kind: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     pub inodes: InodeStats,
     pub open_files: usize,
+    /// Who arbitrates POSIX/OFD/flock locks: "host" (forwarded, the daemon
+    /// takes them on SOURCE) or "kernel" (local to the mount).
+    pub locks: &'static str,
     pub backing: BackingStats,
     /// Per op that can pass through: served by the daemon vs registered.
     pub passthrough_ops: BTreeMap<&'static str, OpSplit>,
@@ -102,6 +105,10 @@ pub fn collect(fs: &PassthroughFs) -> Stats {
                 .collect(),
         },
         open_files: fs.open_files(),
+        locks: match fs.connection().and_then(|c| c.negotiated()) {
+            Some(n) if n.flags.contains(InitFlags::POSIX_LOCKS) => "host",
+            _ => "kernel",
+        },
         backing: fs.backing().stats(),
         passthrough_ops,
         process: ProcessStats {

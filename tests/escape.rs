@@ -134,14 +134,19 @@ fn symlink_swap_race_never_escapes() {
             }
         })
     };
-    // The 8 workers run in a mount namespace of their own whose /etc and
-    // canary dir are empty tmpfs: when the daemon (rightly) returns `d` as a
-    // symlink, the *client* kernel follows it into those private copies.
-    // So a change to the real /etc or canary can only be the daemon's.
+    // The 8 workers run in a mount namespace of their own, chrooted into a
+    // private tmpfs root that holds only the system binaries (bind mounts)
+    // and the FUSE mount: when the daemon (rightly) returns `d` as a symlink
+    // to /etc, / or the canary, the *client* kernel follows it inside that
+    // private root. So anything that appears in the real /, /etc or canary
+    // dir can only have been put there by the daemon.
+    let jail = tempfile::Builder::new()
+        .prefix("ptfs-jail")
+        .tempdir()
+        .unwrap();
     let d = m.m("work/d").display().to_string();
-    let script = format!(
-        r#"mount -t tmpfs ptfs-etc /etc && mount -t tmpfs ptfs-canary {canary} || exit 1
-        for t in 0 1 2 3 4 5 6 7; do
+    let workers = format!(
+        r#"for t in 0 1 2 3 4 5 6 7; do
           ( end=$(( $(date +%s) + {secs} )); n=0
             while [ $(date +%s) -lt $end ]; do
               i=$(( (n * 7 + t) % 8 )); j=$(( (n * 3 + t) % 8 )); n=$((n + 1))
@@ -155,8 +160,22 @@ fn symlink_swap_race_never_escapes() {
               esac
             done > /dev/null 2>&1; echo $n ) &
         done
-        wait"#,
-        canary = canary_dir.path().display(),
+        wait"#
+    );
+    let script = format!(
+        r#"set -e
+        root={jail}
+        mount -t tmpfs ptfs-jail "$root"
+        for s in bin sbin lib lib32 lib64 libx32 usr; do
+          if [ -L /$s ]; then ln -s "$(readlink /$s)" "$root/$s"
+          elif [ -d /$s ]; then mkdir "$root/$s"; mount --rbind /$s "$root/$s"; fi
+        done
+        mkdir -p "$root/etc" "$root/tmp" "$root/dev" "$root{mnt}"
+        touch "$root/dev/null"; mount --bind /dev/null "$root/dev/null"
+        mount --bind {mnt} "$root{mnt}"
+        exec chroot "$root" /bin/sh -c '{workers}'"#,
+        jail = jail.path().display(),
+        mnt = m.mnt.display(),
     );
     let out = std::process::Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", &script])

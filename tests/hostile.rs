@@ -11,6 +11,14 @@ use passthroughfs::passthrough::{Config, PassthroughFs};
 use proptest::prelude::*;
 use zerocopy::IntoBytes;
 
+/// The process's peak virtual size: a buffer allocated for a request,
+/// even never touched, shows here.
+fn vm_peak_kib() -> i64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmPeak:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -255,6 +263,53 @@ fn specific_hostile_requests() {
         .as_bytes(),
     );
     assert!(h.request(Opcode::BatchForget as u32, 0, 0, &bf).is_none());
+    // Sizes that ask for 4 GiB buffers get answers from buffers of the
+    // most any reply may carry (found in a 1 GiB UML guest: an xattr
+    // buffer sized by the request aborted the daemon).
+    let peak_before = vm_peak_kib();
+    let gx = [
+        abi::GetxattrIn {
+            size: u32::MAX,
+            padding: 0,
+        }
+        .as_bytes(),
+        b"user.none\0",
+    ]
+    .concat();
+    assert_eq!(
+        err(h.request(Opcode::Getxattr as u32, 13, s.known[1], &gx)),
+        Some(libc::ENODATA)
+    );
+    let lx = abi::GetxattrIn {
+        size: u32::MAX,
+        padding: 0,
+    };
+    assert_eq!(
+        err(h.request(Opcode::Listxattr as u32, 14, s.known[1], lx.as_bytes())),
+        Some(0)
+    );
+    let od = abi::OpenIn::default();
+    let (o, out) = h
+        .request(Opcode::Opendir as u32, 15, abi::ROOT_ID, od.as_bytes())
+        .unwrap();
+    assert_eq!(o.error, 0);
+    let rd = abi::ReadIn {
+        fh: u64::from_ne_bytes(out[..8].try_into().unwrap()),
+        size: u32::MAX,
+        ..Default::default()
+    };
+    let (o, listing) = h
+        .request(Opcode::Readdir as u32, 16, abi::ROOT_ID, rd.as_bytes())
+        .unwrap();
+    assert_eq!(o.error, 0);
+    assert!(!listing.is_empty());
+    let rel = abi::ReleaseIn {
+        fh: rd.fh,
+        ..Default::default()
+    };
+    let _ = h.request(Opcode::Releasedir as u32, 17, abi::ROOT_ID, rel.as_bytes());
+    let grown = vm_peak_kib() - peak_before;
+    assert!(grown < 1 << 20, "peak virtual size grew by {grown} KiB");
     // Still serving.
     let (o, _) = h
         .request(Opcode::Lookup as u32, 12, abi::ROOT_ID, b"f\0")

@@ -23,6 +23,9 @@ pub const MINOR_PASSTHROUGH_INO: u32 = 47;
 
 /// nodeid of the root directory.
 pub const ROOT_ID: u64 = 1;
+/// The `fh` of a request on a file the server never opened (no OPEN sent:
+/// `FUSE_NO_OPEN_SUPPORT`, or OPEN served from an inode backing file).
+pub const NO_FH: u64 = 0;
 /// The device refuses reads into buffers smaller than this.
 pub const MIN_READ_BUFFER: usize = 8192;
 /// Value of in_header.uid/gid when an idmapped mount has no mapping.

@@ -23,7 +23,7 @@ pub(super) struct DirStream {
 }
 
 impl DirStream {
-    fn new() -> DirStream {
+    pub(super) fn new() -> DirStream {
         DirStream {
             buf: vec![0u8; DIRENT_BUF],
             pos: 0,
@@ -109,9 +109,19 @@ impl PassthroughFs {
             Ok(i) => i,
             Err(e) => return reply.error(e),
         };
-        let f = match self.file(arg.fh) {
-            Ok(f) if f.inode.nodeid == nodeid => f,
-            _ => return reply.error(Errno::EBADF),
+        // fh 0: a directory the kernel opened from its backing directory
+        // (OPEN in its mask, READDIR not): list it through a fresh stream,
+        // positioned at the offset the kernel asks for.
+        let f = if arg.fh == abi::NO_FH {
+            match self.unhandled_open(nodeid, libc::O_RDONLY) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            }
+        } else {
+            match self.file(arg.fh) {
+                Ok(f) if f.inode.nodeid == nodeid => f,
+                _ => return reply.error(Errno::EBADF),
+            }
         };
         let Some(stream) = &f.dir else {
             return reply.error(Errno::ENOTDIR);

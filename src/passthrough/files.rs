@@ -128,8 +128,14 @@ impl PassthroughFs {
         })
     }
 
-    /// The open file `fh`, checked to belong to `nodeid`.
+    /// The open file `fh`, checked to belong to `nodeid`. fh 0 (never one
+    /// of ours) is a file the kernel opened from the inode's backing file
+    /// without asking us (OPEN in its ops mask): the request acts on the
+    /// inode through a short-lived fd of our own.
     fn open_file(&self, nodeid: u64, fh: u64) -> Result<Arc<OpenFile>, Errno> {
+        if fh == abi::NO_FH {
+            return self.unhandled_open(nodeid, libc::O_RDWR);
+        }
         let f = self.file(fh)?;
         if f.inode.nodeid != nodeid {
             return Err(Errno::EBADF);
@@ -137,11 +143,52 @@ impl PassthroughFs {
         Ok(f)
     }
 
+    /// An fd of the inode for a request without a handle (see
+    /// [`Self::open_file`]): read-write if the host allows it, else
+    /// read-only. Regular files and directories only (never a FIFO or a
+    /// device), opened with the daemon's credentials: the kernel checked
+    /// the caller when it opened its file. Not registered, so it closes
+    /// when the request is done.
+    pub(super) fn unhandled_open(&self, nodeid: u64, access: i32) -> Result<Arc<OpenFile>, Errno> {
+        let inode = self.table.get(nodeid)?;
+        let (modes, dir): (&[i32], _) = match inode.kind {
+            Kind::Regular if access == libc::O_RDONLY => (&[libc::O_RDONLY], None),
+            Kind::Regular => (&[libc::O_RDWR, libc::O_RDONLY], None),
+            Kind::Directory => (
+                &[libc::O_RDONLY | libc::O_DIRECTORY],
+                Some(Mutex::new(super::dirs::DirStream::new())),
+            ),
+            _ => return Err(Errno::EBADF),
+        };
+        let ipath = self.table.fd(&inode)?;
+        let proc = self.table.proc_self_fd();
+        let mut last = Errno::EBADF;
+        for &m in modes {
+            match self
+                .table
+                .with_fd_headroom(|| sys::reopen(proc, ipath.fd(), m | libc::O_NOCTTY))
+            {
+                Ok(fd) => {
+                    return Ok(Arc::new(OpenFile {
+                        fd,
+                        inode: inode.clone(),
+                        flags: m,
+                        backing: false,
+                        dir,
+                        redact: None,
+                    }))
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     pub(super) fn do_read(&self, ctx: &Context, nodeid: u64, arg: &abi::ReadIn, reply: ReplyData) {
         if let Ok(inode) = self.table.get(nodeid) {
             self.kinds.count(inode.kind, ctx.opcode);
         }
-        let f = match self.open_file(nodeid, arg.fh) {
+        let f = match self.open_file_for_read(ctx, nodeid, arg.fh) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
@@ -178,6 +225,28 @@ impl PassthroughFs {
             }
             reply.data(&buf[..done])
         })
+    }
+
+    /// [`Self::open_file`] for READ: a handle-less read still honours the
+    /// media provider's redaction for its caller.
+    fn open_file_for_read(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        fh: u64,
+    ) -> Result<Arc<OpenFile>, Errno> {
+        if fh != abi::NO_FH {
+            return self.open_file(nodeid, fh);
+        }
+        let f = self.unhandled_open(nodeid, libc::O_RDONLY)?;
+        match self.media_redaction(ctx, &f.inode, f.fd.as_fd())? {
+            None => Ok(f),
+            Some(r) => {
+                let mut f = Arc::into_inner(f).ok_or(Errno::EIO)?;
+                f.redact = Some(r);
+                Ok(Arc::new(f))
+            }
+        }
     }
 
     fn max_io(&self) -> usize {

@@ -324,7 +324,20 @@ impl PassthroughFs {
     /// The policy's mask for an inode (the default if it was never decided).
     fn mask_of(&self, inode: &Inode) -> u64 {
         let d = inode.backing.lock().decision;
-        self.cfg.policy.mask(d, inode.kind)
+        let mask = self.cfg.policy.mask(d, inode.kind);
+        if self.cfg.direct_io
+            && inode.kind == Kind::Regular
+            && self.backing.mode() == backing::Mode::Inode
+        {
+            // --direct-io: the daemon serves reads and writes, and says so
+            // in its OPEN reply; an inode backing with READ or WRITE would
+            // take them first.
+            return mask
+                & !(abi::passthrough_op(Opcode::Open)
+                    | abi::passthrough_op(Opcode::Read)
+                    | abi::passthrough_op(Opcode::Write));
+        }
+        mask
     }
 
     /// Sends an entry reply; if the kernel did not take it, gives back the
@@ -399,6 +412,12 @@ impl Filesystem for PassthroughFs {
                 // READDIRPLUS entries carry no backing id in the series: let
                 // every entry come through LOOKUP instead.
                 want.remove(InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO);
+                // Files opened from their backing file have no handle here
+                // and send no FLUSH or RELEASE: the daemon could never drop
+                // their locks. The kernel keeps such locks itself.
+                if self.cfg.policy.may_pass_open() {
+                    want.remove(InitFlags::POSIX_LOCKS | InitFlags::FLOCK_LOCKS);
+                }
                 backing::Mode::Inode
             } else {
                 backing::Mode::Io

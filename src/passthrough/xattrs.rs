@@ -5,6 +5,9 @@ use std::ffi::CStr;
 
 use super::*;
 
+/// XATTR_SIZE_MAX and XATTR_LIST_MAX of linux/limits.h.
+const XATTR_MAX: usize = 65536;
+
 impl PassthroughFs {
     /// GETXATTR and LISTXATTR share their reply rule: with size 0 the
     /// caller asks how big the value is, otherwise for the bytes.
@@ -19,7 +22,9 @@ impl PassthroughFs {
         let r = (|| {
             let inode = self.inode(nodeid, ctx.opcode)?;
             let fd = self.table.fd(&inode)?;
-            let mut buf = vec![0u8; size as usize];
+            // No value or list is bigger than 64 KiB (XATTR_SIZE_MAX,
+            // XATTR_LIST_MAX); a larger size never means a larger buffer.
+            let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
             let _g = self.as_caller(ctx, false)?;
             let n = query(fd.fd(), &mut buf)?;
             buf.truncate(n);
