@@ -1,8 +1,12 @@
 #!/bin/sh
 # The whole test suite, as CI runs it: lint, unit and integration tests
-# (real FUSE mounts), pjdfstest against a mount. Run as root on Debian.
-#   scripts/test.sh            everything (about 10 minutes on 2 cores)
+# (real FUSE mounts), pjdfstest against a mount, and the daemon on the
+# patched kernel (kernel-patches/) inside User-Mode Linux. Run as root on
+# Debian.
+#   scripts/test.sh            everything (about 25 minutes on 2 cores, 7 of
+#                              them building the UML kernel the first time)
 #   PTFS_LONG=1 scripts/test.sh  also the long variants (soak, big trees)
+#   PTFS_NO_UML=1 scripts/test.sh  without the patched kernel
 set -eu
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -12,6 +16,15 @@ scripts/install-test-deps.sh
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+
+if [ "${PTFS_NO_UML:-0}" != 1 ]; then
+    echo "== patched UML kernel (kernel-patches/, cached in ${PTFS_UML_DIR:-/var/tmp/passthroughfs-uml})"
+    # Installs linux-source-7.3 (trixie-backports) and the build tools, and
+    # rebuilds only when a patch changed.
+    kernel-patches/uml.sh build patched
+    # tests/uml.rs must not skip when the kernel is missing.
+    export PTFS_REQUIRE_UML=1
+fi
 
 echo "== cargo test (release)"
 # Tests mount FUSE filesystems: run test binaries one at a time, their

@@ -287,9 +287,9 @@ impl PassthroughFs {
     /// Builds the entry reply for a looked-up inode, with a backing id when
     /// the kernel does inode passthrough and the policy says so.
     fn make_entry(&self, looked: &Looked, parent: &Inode, name: &CStr) -> Entry {
-        let decision = self.decide(&looked.inode, parent, name);
+        self.decide(&looked.inode, parent, name);
         let backing_id = if self.backing.mode() == backing::Mode::Inode {
-            let mask = self.cfg.policy.mask(decision, looked.inode.kind);
+            let mask = self.mask_of(&looked.inode);
             match self.table.fd(&looked.inode) {
                 Ok(fd) => self.backing.for_entry(&looked.inode, fd.fd(), mask),
                 Err(_) => 0,

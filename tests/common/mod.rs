@@ -344,3 +344,37 @@ pub fn process_gone(pid: i32) -> bool {
         }
     }
 }
+
+/// Runs `f` on a new thread whose effective uid/gid are `uid`/`gid` (raw
+/// syscalls, so only that thread changes): a caller of another user without
+/// forking.
+pub fn thread_as<T: Send + 'static>(
+    uid: u32,
+    gid: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    thread_as_groups(uid, gid, Vec::new(), f)
+}
+
+/// [`thread_as`] with supplementary groups.
+pub fn thread_as_groups<T: Send + 'static>(
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        // SAFETY: raw syscalls change the credentials of this thread only
+        // (glibc's wrappers would change every thread of the test process);
+        // `groups` outlives the call.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()),
+                0
+            );
+            assert_eq!(libc::syscall(libc::SYS_setresgid, -1i32, gid, -1i32), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, -1i32, uid, -1i32), 0);
+        }
+        f()
+    })
+}

@@ -1,0 +1,308 @@
+//! Permissions in both modes, beyond tests/ops.rs (which has reading a root
+//! 0600 file, chmod of root's file, ownership of new files, umask 022/027,
+//! setgid inheritance with default_permissions): another user's files,
+//! sticky directories, umask 077/000, setgid inheritance and supplementary
+//! groups without default_permissions, hard links to files one cannot read.
+//! Every case runs with `default_permissions` (the kernel checks) and with
+//! `-o nodefault_permissions` (the host checks, the daemon acting as the
+//! caller); callers are threads with their own uid (raw setresuid).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const MODES: [&str; 2] = ["allow_other", "allow_other,nodefault_permissions"];
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+fn chown(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+/// A SOURCE with: shared/ (1777, sticky), theirs (uid 1001, 0644) in it,
+/// group/ (root:2000, 0770), sgid/ (root:2000, 2777), secret (root 0600).
+fn fill(s: &Path) {
+    let shared = s.join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(shared.join("theirs"), b"owned by 1001").unwrap();
+    chown(&shared.join("theirs"), 1001, 1001);
+    fs::set_permissions(shared.join("theirs"), fs::Permissions::from_mode(0o644)).unwrap();
+    let group = s.join("group");
+    fs::create_dir(&group).unwrap();
+    chown(&group, 0, 2000);
+    fs::set_permissions(&group, fs::Permissions::from_mode(0o770)).unwrap();
+    let sgid = s.join("sgid");
+    fs::create_dir(&sgid).unwrap();
+    chown(&sgid, 0, 2000);
+    fs::set_permissions(&sgid, fs::Permissions::from_mode(0o2777)).unwrap();
+    fs::write(s.join("secret"), b"root only").unwrap();
+    fs::set_permissions(s.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn another_users_file_cannot_be_changed() {
+    require_root!();
+    for opts in MODES {
+        let m = Mount::with_source(fill, &["-o", opts]);
+        let theirs = m.m("shared/theirs");
+        let before = fs::symlink_metadata(m.s("shared/theirs")).unwrap();
+        let r = thread_as(1000, 1000, move || {
+            let c = cpath(&theirs);
+            let ts = [libc::timespec {
+                tv_sec: 1000,
+                tv_nsec: 0,
+            }; 2];
+            unsafe {
+                vec![
+                    (
+                        "chmod",
+                        errno_of(fs::set_permissions(
+                            &theirs,
+                            fs::Permissions::from_mode(0o666),
+                        )),
+                    ),
+                    ("chown to me", {
+                        libc::chown(c.as_ptr(), 1000, 1000);
+                        errno()
+                    }),
+                    ("utimes explicit", {
+                        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0);
+                        errno()
+                    }),
+                    ("truncate", {
+                        libc::truncate(c.as_ptr(), 0);
+                        errno()
+                    }),
+                    (
+                        "open for writing",
+                        errno_of(fs::OpenOptions::new().write(true).open(&theirs)),
+                    ),
+                    ("setxattr user.*", {
+                        libc::setxattr(c.as_ptr(), c"user.x".as_ptr(), b"v".as_ptr().cast(), 1, 0);
+                        errno()
+                    }),
+                ]
+            }
+        })
+        .join()
+        .unwrap();
+        for (what, e) in r {
+            assert!(
+                e == libc::EPERM || e == libc::EACCES,
+                "{opts}: {what} of uid 1001's file by uid 1000: errno {e}"
+            );
+        }
+        let after = fs::symlink_metadata(m.s("shared/theirs")).unwrap();
+        assert_eq!(
+            (after.mode(), after.uid(), after.size(), after.mtime()),
+            (before.mode(), before.uid(), before.size(), before.mtime()),
+            "{opts}: unchanged in SOURCE"
+        );
+        assert_eq!(fs::read(m.s("shared/theirs")).unwrap(), b"owned by 1001");
+        assert!(m.unmount().success());
+    }
+}
+
+#[test]
+fn sticky_directory_protects_other_users_entries() {
+    require_root!();
+    for opts in MODES {
+        let m = Mount::with_source(fill, &["-o", opts]);
+        let shared = m.m("shared");
+        let r = thread_as(1000, 1000, move || {
+            (
+                errno_of(fs::remove_file(shared.join("theirs"))),
+                errno_of(fs::rename(shared.join("theirs"), shared.join("stolen"))),
+                errno_of(fs::write(shared.join("mine"), b"1")),
+                errno_of(fs::rename(shared.join("mine"), shared.join("mine2"))),
+                errno_of(fs::remove_file(shared.join("mine2"))),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            r.0,
+            libc::EPERM,
+            "{opts}: unlink of 1001's file in a sticky dir"
+        );
+        assert_eq!(
+            r.1,
+            libc::EPERM,
+            "{opts}: rename of 1001's file in a sticky dir"
+        );
+        assert_eq!((r.2, r.3, r.4), (0, 0, 0), "{opts}: own files: {r:?}");
+        assert!(m.s("shared/theirs").exists());
+        assert!(!m.s("shared/stolen").exists());
+        assert!(m.unmount().success());
+    }
+}
+
+#[test]
+fn umask_077_and_000_are_applied_once() {
+    require_root!();
+    for opts in MODES {
+        let m = Mount::with_source(fill, &["-o", opts]);
+        for (umask, fmode, dmode) in [(0o077, 0o600, 0o700), (0o000, 0o666, 0o777)] {
+            let base = m.m("shared");
+            let tag = format!("u{umask:o}");
+            // umask is per process: each caller is a shell of its own.
+            thread_as(1000, 1000, move || {
+                let b = base.display();
+                let st = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "umask {umask:o} && : > {b}/{tag}-f && mkdir {b}/{tag}-d && mkfifo {b}/{tag}-n"
+                    ))
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+            })
+            .join()
+            .unwrap();
+            let tag = format!("u{umask:o}");
+            assert_eq!(
+                mode(&m.s(&format!("shared/{tag}-f"))),
+                fmode,
+                "{opts}: file, umask {umask:o}"
+            );
+            assert_eq!(
+                mode(&m.s(&format!("shared/{tag}-d"))),
+                dmode,
+                "{opts}: dir, umask {umask:o}"
+            );
+            assert_eq!(
+                mode(&m.s(&format!("shared/{tag}-n"))),
+                fmode,
+                "{opts}: fifo, umask {umask:o}"
+            );
+        }
+        assert!(m.unmount().success());
+    }
+}
+
+/// umask is per process; the daemon's threads must not leak one caller's
+/// umask into another's create (two threads, two umasks, interleaved).
+#[test]
+fn concurrent_callers_keep_their_own_umask() {
+    require_root!();
+    for opts in MODES {
+        let m = Mount::with_source(fill, &["-o", opts]);
+        let mk = |umask: u32, tag: &'static str| {
+            let base: PathBuf = m.m("shared");
+            thread_as(1000, 1000, move || {
+                // Each create from a shell of its own with its umask.
+                for i in 0..200 {
+                    let st = std::process::Command::new("sh")
+                        .arg("-c")
+                        .arg(format!("umask {umask:o}; : > {}/{tag}{i}", base.display()))
+                        .status()
+                        .unwrap();
+                    assert!(st.success());
+                }
+            })
+        };
+        let a = mk(0o077, "a");
+        let b = mk(0o022, "b");
+        a.join().unwrap();
+        b.join().unwrap();
+        for i in 0..200 {
+            assert_eq!(mode(&m.s(&format!("shared/a{i}"))), 0o600, "{opts}: a{i}");
+            assert_eq!(mode(&m.s(&format!("shared/b{i}"))), 0o644, "{opts}: b{i}");
+        }
+        assert!(m.unmount().success());
+    }
+}
+
+#[test]
+fn setgid_directories_and_supplementary_groups_without_default_permissions() {
+    require_root!();
+    let m = Mount::with_source(fill, &["-o", MODES[1]]);
+    // A member of group 2000 (supplementary) may create in group/ (0770).
+    let (g, sg) = (m.m("group"), m.m("sgid"));
+    let r = thread_as_groups(1000, 1000, vec![2000], move || {
+        (
+            errno_of(fs::write(g.join("member"), b"1")),
+            errno_of(fs::write(sg.join("f"), b"1")),
+            errno_of(fs::create_dir(sg.join("d"))),
+        )
+    })
+    .join()
+    .unwrap();
+    assert_eq!(r, (0, 0, 0), "member of 2000");
+    let st = fs::metadata(m.s("group/member")).unwrap();
+    assert_eq!((st.uid(), st.gid()), (1000, 1000), "owned by the caller");
+    // setgid directories pass their group (and, to directories, the bit) on.
+    assert_eq!(fs::metadata(m.s("sgid/f")).unwrap().gid(), 2000);
+    let d = fs::metadata(m.s("sgid/d")).unwrap();
+    assert_eq!(d.gid(), 2000);
+    assert_ne!(d.mode() & 0o2000, 0, "setgid inherited");
+    // Not a member: refused, nothing created.
+    let g = m.m("group");
+    let e = thread_as(1000, 1000, move || {
+        errno_of(fs::write(g.join("outsider"), b"1"))
+    })
+    .join()
+    .unwrap();
+    assert_eq!(e, libc::EACCES);
+    assert!(!m.s("group/outsider").exists());
+    // A non-member creating in a setgid dir gets the dir's group, and no
+    // setgid bit on a file it asks for (the host clears it).
+    let sg = m.m("sgid");
+    thread_as(1000, 1000, move || {
+        let p = cpath(&sg.join("nonmember"));
+        let fd = unsafe { libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o2755) };
+        assert!(fd >= 0);
+        unsafe { libc::close(fd) };
+    })
+    .join()
+    .unwrap();
+    let st = fs::metadata(m.s("sgid/nonmember")).unwrap();
+    assert_eq!(st.gid(), 2000);
+    assert_eq!(st.mode() & 0o2000, 0, "setgid cleared for a non-member");
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn no_write_into_roots_directory_and_no_hard_link_to_an_unreadable_file() {
+    require_root!();
+    for opts in MODES {
+        let m = Mount::with_source(fill, &["-o", opts]);
+        let (root, shared) = (m.mnt.clone(), m.m("shared"));
+        let r = thread_as(1000, 1000, move || {
+            (
+                errno_of(fs::write(root.join("new"), b"1")),
+                errno_of(fs::create_dir(root.join("newdir"))),
+                errno_of(fs::rename(root.join("secret"), shared.join("secret"))),
+                errno_of(fs::hard_link(
+                    root.join("secret"),
+                    shared.join("secret-link"),
+                )),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(r.0, libc::EACCES, "{opts}: create in root's 0755 dir");
+        assert_eq!(r.1, libc::EACCES, "{opts}: mkdir in root's 0755 dir");
+        assert_eq!(r.2, libc::EACCES, "{opts}: rename out of root's dir");
+        // fs.protected_hardlinks: no link to a file one could not write.
+        assert_eq!(r.3, libc::EPERM, "{opts}: hard link to root's 0600 file");
+        for n in ["new", "newdir", "shared/secret", "shared/secret-link"] {
+            assert!(!m.s(n).exists(), "{opts}: {n} created");
+        }
+        assert!(m.unmount().success());
+    }
+}
