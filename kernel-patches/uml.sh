@@ -9,6 +9,8 @@
 #
 #   uml.sh setup                     apt sources, build tools, linux-source-7.3
 #   uml.sh build [stock|patched|all] build the kernels (cached, default: all)
+#   uml.sh check stock|patched       exit 0 if that kernel is built and up to
+#                                    date with the series, 1 if not (no build)
 #   uml.sh run stock|patched -- CMD [ARGS...]
 #                                    boot a kernel, run CMD inside, return its
 #                                    exit status and output
@@ -208,6 +210,15 @@ build_one() {
 	log "$flavor kernel built in $((end - start)) s: $dir/linux"
 }
 
+cmd_check() {
+	local flavor=${1:-} dir
+
+	case "$flavor" in stock|patched) ;; *) die "usage: uml.sh check stock|patched" ;; esac
+	dir=$CACHE/$flavor
+	[ -r "$TARBALL" ] && [ -x "$dir/linux" ] &&
+		[ "$(cat "$dir/.ptfs-key" 2>/dev/null)" = "$(build_key "$flavor")" ]
+}
+
 cmd_build() {
 	local what=${1:-all}
 
@@ -318,11 +329,12 @@ cmd_test() {
 case "${1:-}" in
 setup) cmd_setup ;;
 build) shift; cmd_build "$@" ;;
+check) shift; cmd_check "$@" ;;
 run) shift; cmd_run "$@" ;;
 test) cmd_test ;;
 clean) rm -rf "$CACHE" ;;
 *)
-	sed -n '3,33p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '3,35p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Metadata benchmark on the patched kernel (kernel-patches/), inside UML.
+
+Inode passthrough is about metadata: with the ops mask, stat, readdir and
+xattrs of a looked-up entry are served by the kernel from the backing inode.
+This measures, side by side in one UML boot, `stat` of 100k files (the
+bench_tool walk: readdir + lstat of every entry) and `ls -lR`, warm and after
+drop_caches, for:
+
+  native        the tmpfs SOURCE itself
+  masks         passthroughfs, --passthrough-ops all (inode passthrough)
+  io            passthroughfs, --passthrough-ops read,write (what a stock
+                kernel offers: I/O passthrough on open only)
+  masks-nocache / io-nocache   the same with --nocache (entry and attribute
+                timeouts 0: every stat must be fresh)
+
+Run on the host as root:  python3 bench/uml_bench.py [--reps N] [--files N]
+It builds bench_tool, boots the patched UML kernel built by
+`kernel-patches/uml.sh build patched` and writes results.json and report.md
+to bench/results/DATE-uml/. UML is a single slow CPU: compare ratios within
+this report, not its absolute times with the host's.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BIN = os.path.join(REPO, "target/release/passthroughfs")
+TOOL = os.path.join(REPO, "target/release/examples/bench_tool")
+
+TARGETS = [
+    ("native", None),
+    ("masks", ["--passthrough-ops", "all"]),
+    ("io", ["--passthrough-ops", "read,write"]),
+    ("masks-nocache", ["--passthrough-ops", "all", "--nocache"]),
+    ("io-nocache", ["--passthrough-ops", "read,write", "--nocache"]),
+]
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=False)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+class Daemon:
+    """A passthroughfs mount for one target, unmounted on exit."""
+
+    def __init__(self, src, mnt, opts, stats):
+        self.mnt, self.stats = mnt, stats
+        os.makedirs(mnt, exist_ok=True)
+        self.p = subprocess.Popen([BIN, "--foreground", "--stats", stats, *opts, src, mnt],
+                                  stdout=subprocess.DEVNULL, stderr=open("/tmp/daemon.log", "a"))
+        for _ in range(200):
+            if os.path.ismount(mnt):
+                return
+            time.sleep(0.05)
+        self.close()
+        raise RuntimeError(f"mount {opts} did not come up: " + open("/tmp/daemon.log").read()[-2000:])
+
+    def requests(self):
+        try:
+            os.unlink(self.stats)
+        except FileNotFoundError:
+            pass
+        self.p.send_signal(signal.SIGUSR1)
+        for _ in range(200):
+            try:
+                with open(self.stats) as f:
+                    return json.load(f)["requests"]
+            except (OSError, ValueError):
+                time.sleep(0.02)
+        return {}
+
+    def close(self):
+        subprocess.run(["umount", self.mnt], check=False)
+        try:
+            self.p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+
+
+def timed(cmd):
+    t = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - t
+
+
+def inside(args):
+    src = "/tmp/src"
+    tree = f"{src}/tree"
+    os.makedirs(src, exist_ok=True)
+    dirs = max(1, args.files // 1000)
+    subprocess.run([TOOL, "mktree", tree, str(dirs), "1000"], check=True, stdout=subprocess.DEVNULL)
+    nfiles = dirs * 1000
+
+    def stat_walk(root):
+        out = subprocess.run([TOOL, "stat", root], check=True, capture_output=True, text=True).stdout
+        return json.loads(out)["seconds"]
+
+    def ls_lr(root):
+        return timed(["ls", "-lR", root])
+
+    # (name, preparation, measured run): warm runs follow a priming run,
+    # cold ones drop the dentry and inode caches first.
+    workloads = [
+        ("stat_warm", stat_walk, stat_walk),
+        ("stat_cold", lambda r: drop_caches(), stat_walk),
+        ("ls_lR_warm", ls_lr, ls_lr),
+        ("ls_lR_cold", lambda r: drop_caches(), ls_lr),
+    ]
+    res = {t: {w[0]: [] for w in workloads} for t, _ in TARGETS}
+    reqs = {t: {} for t, _ in TARGETS}
+    for rep in range(args.reps):
+        for tname, opts in TARGETS:
+            d = None
+            root = tree
+            if opts is not None:
+                d = Daemon(src, f"/tmp/mnt-{tname}", opts, f"/tmp/stats-{tname}.json")
+                root = f"{d.mnt}/tree"
+            try:
+                for wname, prep, fn in workloads:
+                    prep(root)
+                    before = d.requests() if d else {}
+                    secs = fn(root)
+                    res[tname][wname].append(secs)
+                    if d and rep == args.reps - 1:
+                        after = d.requests()
+                        reqs[tname][wname] = {k: v - before.get(k, 0) for k, v in after.items()
+                                              if v - before.get(k, 0) > 0}
+                    print(f"rep {rep + 1} {tname:14} {wname:11} {secs:8.3f} s", flush=True)
+            finally:
+                if d:
+                    d.close()
+    summary = {}
+    for tname, _ in TARGETS:
+        summary[tname] = {}
+        for wname, _, _ in workloads:
+            xs = res[tname][wname]
+            med = statistics.median(xs)
+            nat = statistics.median(res["native"][wname])
+            summary[tname][wname] = {"median_s": med, "min_s": min(xs), "max_s": max(xs),
+                                     "ratio_to_native": med / nat if nat else None,
+                                     "daemon_requests": reqs[tname].get(wname, {})}
+    out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "kernel": platform.release(), "files": nfiles, "reps": args.reps, "results": summary}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    report(out, args.out)
+    return 0
+
+
+def report(out, folder):
+    ws = ["stat_warm", "stat_cold", "ls_lR_warm", "ls_lR_cold"]
+    lines = [f"# Metadata on the patched kernel (UML), {out['date']}", "",
+             f"Kernel {out['kernel']} (User-Mode Linux, one CPU), SOURCE on tmpfs, "
+             f"{out['files']} files in {out['files'] // 1000} dirs, median of {out['reps']} runs; "
+             "time in seconds, and the ratio to native (lower is better).", "",
+             "| target | " + " | ".join(ws) + " |", "|---|" + "---|" * len(ws)]
+    for t, r in out["results"].items():
+        cells = [f"{r[w]['median_s']:.2f} s ({r[w]['ratio_to_native']:.2f}x)" for w in ws]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", "Requests the daemon received during the measured part of the last run of each workload:", ""]
+    for t, r in out["results"].items():
+        if t == "native":
+            continue
+        for w in ws:
+            rq = ", ".join(f"{k} {v}" for k, v in sorted(r[w]["daemon_requests"].items()))
+            lines.append(f"- {t} / {w}: {rq or 'none'}")
+    with open(os.path.join(folder, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def host(args):
+    if os.geteuid() != 0:
+        sys.exit("uml_bench: needs root")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "passthroughfs", "--example", "bench_tool"],
+                   cwd=REPO, check=True)
+    uml = os.path.join(REPO, "kernel-patches/uml.sh")
+    if subprocess.run(["bash", uml, "check", "patched"]).returncode != 0:
+        sys.exit("uml_bench: no up-to-date patched UML kernel: run kernel-patches/uml.sh build patched")
+    date = datetime.datetime.now().strftime("%Y-%m-%d")
+    out = args.out or os.path.join(HERE, "results", f"{date}-uml")
+    os.makedirs(out, exist_ok=True)
+    env = dict(os.environ, PTFS_UML_MEM=os.environ.get("PTFS_UML_MEM", "3G"),
+               PTFS_UML_TIMEOUT=os.environ.get("PTFS_UML_TIMEOUT", "3600"))
+    r = subprocess.run(["bash", uml, "run", "patched", "--", sys.executable, os.path.abspath(__file__), "--inside",
+                        "--out", os.path.abspath(out), "--reps", str(args.reps), "--files", str(args.files)],
+                       env=env, cwd=REPO)
+    print(f"results: {out}")
+    return r.returncode
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--files", type=int, default=100000)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    sys.exit(inside(args) if args.inside else host(args))
+
+
+if __name__ == "__main__":
+    main()
