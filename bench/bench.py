@@ -4,7 +4,9 @@
 Run through bench/run.sh (it installs the packages and builds the daemon).
 Every workload runs on a fresh loop-mounted ext4 (the root fs here has no
 journal and its metadata speed drifts), once per target per repetition,
-targets interleaved within each repetition so drift hits all of them alike.
+targets interleaved within each repetition (in an order rotated per repetition)
+so drift hits all of them alike; cold workloads get one untimed warm-up run
+first, because the host caches the VM's disk.
 Results: JSON plus a Markdown report with SVG plots in the output folder.
 """
 
@@ -242,6 +244,20 @@ class Bench:
         env = dict(os.environ, GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="bench",
                    GIT_COMMITTER_EMAIL="b@b")
         print("making a git repository of the kernel tree ...", flush=True)
+        # Debian's linux-source ignores everything at the top level (its
+        # packaging repository is elsewhere): drop that block, so that the
+        # tree is tracked and `git status` scans it as in a kernel checkout.
+        gi = os.path.join(d, ".gitignore")
+        if os.path.exists(gi):
+            with open(gi) as f:
+                text = f.read()
+            lines = text.split("\n")
+            i = next((k for k, line in enumerate(lines) if line.startswith("# Debian packaging")), None)
+            if i is not None:
+                if i > 0 and lines[i - 1] == "#":
+                    i -= 1
+                with open(gi, "w") as f:
+                    f.write("\n".join(lines[:i]) + "\n")
         sh(["git", "-C", d, "init", "-q"], env=env)
         sh(["git", "-C", d, "add", "-A"], env=env)
         sh(["git", "-C", d, "commit", "-q", "-m", "bench"], env=env)
@@ -294,7 +310,7 @@ class Bench:
             return j["ops"] / j["seconds"], "stat/s"
 
         def create_unlink(t):
-            d = f"{t.mnt}/scratch/cu"
+            d = f"{self.scratch(t)}/cu"
             os.makedirs(d, exist_ok=True)
             j = json.loads(sh([self.tool, "create-unlink", d, str(self.create_n)], capture=True).stdout)
             os.rmdir(d)
@@ -324,10 +340,21 @@ class Bench:
                 ("untar kernel tree", lambda t: self.untar(t)),
                 ("rm -rf kernel tree", lambda t: self.rm_tree(t)),
             ]
+        if self.args.workloads:
+            keep = [k.strip() for k in self.args.workloads.split(",")]
+            w = [x for x in w if any(k in x[0] for k in keep)]
         return w
 
+    def scratch(self, t):
+        """A scratch directory of the target's own: all targets share one
+        SOURCE, and a directory changed through one mount is stale in the
+        caches of the others (as it would be for any FUSE daemon)."""
+        d = f"{t.mnt}/scratch/" + "".join(c if c.isalnum() else "-" for c in t.name)
+        os.makedirs(d, exist_ok=True)
+        return d
+
     def untar(self, t):
-        d = f"{t.mnt}/scratch/untar"
+        d = f"{self.scratch(t)}/untar"
         if os.path.exists(d):
             shutil.rmtree(d)
         os.makedirs(d)
@@ -337,7 +364,7 @@ class Bench:
         return time.perf_counter() - t0, "s"
 
     def rm_tree(self, t):
-        d = f"{t.mnt}/scratch/untar"
+        d = f"{self.scratch(t)}/untar"
         if not os.path.exists(d):
             self.untar(t)
         t0 = time.perf_counter()
@@ -358,8 +385,19 @@ class Bench:
             for name, fn in self.workloads():
                 res = self.results.setdefault(name, {})
                 print(f"== {name}", flush=True)
+                if "cold" in name or "drop_caches" in name:
+                    # The VM's disk is cached by the host: a first, untimed
+                    # run makes it equally warm for every target, so that
+                    # the target measured first does not pay for the rest.
+                    try:
+                        fn(self.targets[0])
+                    except Exception as e:
+                        print(f"   warm-up: failed: {e}", file=sys.stderr)
                 for rep in range(reps):
-                    for t in self.targets:
+                    # Rotate the order, so drift and the host's caches do not
+                    # always favour the same target.
+                    k = rep % len(self.targets)
+                    for t in self.targets[k:] + self.targets[:k]:
                         cpu0 = proc_cpu(t.pid()) if t.pid() else 0.0
                         try:
                             value, unit = fn(t)
@@ -386,7 +424,12 @@ class Bench:
             t.unmount()
             t.mount(self.src, t.mnt)
             rss0, fds0 = proc_rss_fds(t.pid())
-            sh([self.tool, "stat", f"{t.mnt}/tree"], capture=True)
+            try:
+                sh([self.tool, "stat", f"{t.mnt}/tree"], capture=True)
+            except RuntimeError as e:
+                # The peer keeps one fd per inode: EMFILE past ~20k inodes.
+                print(f"   memory {t.name}: failed: {e}", file=sys.stderr)
+                continue
             rss1, fds1 = proc_rss_fds(t.pid())
             n = self.tree_dirs * self.tree_files + self.tree_dirs
             mem[t.name] = {"inodes": n, "rss_kib_start": rss0, "rss_kib_after": rss1, "fds_start": fds0,
@@ -452,6 +495,9 @@ def main():
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/passthroughfs-bench"))
     ap.add_argument("--cache", default=os.environ.get("BENCH_CACHE", "/var/tmp/passthroughfs-bench-cache"))
     ap.add_argument("--only", default=None, help="comma-separated target names (native always runs)")
+    ap.add_argument("--workloads", default=None, help="comma-separated parts of workload names to run")
+    ap.add_argument("--merge", default=None,
+                    help="results.json of an earlier run: its workloads that this run did not measure go in the report")
     ap.add_argument("--kernel-in-quick", action="store_true", help="include the kernel-tree workloads in --quick")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -472,6 +518,17 @@ def main():
     finally:
         b.cleanup()
     s = b.summary()
+    if args.merge:
+        with open(args.merge) as f:
+            old = json.load(f)
+        new = s["workloads"]
+        merged = {name: new.get(name, w) for name, w in old.get("workloads", {}).items()}
+        merged.update({name: w for name, w in new.items() if name not in merged})
+        s["workloads"] = merged
+        if not s.get("memory"):
+            s["memory"] = old.get("memory", {})
+        s["merged_from"] = {"date": old.get("date"), "workloads": sorted(set(old.get("workloads", {})) - set(
+            n for n, _ in b.workloads()))}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(s, f, indent=2)
     sys.path.insert(0, HERE)

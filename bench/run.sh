@@ -18,4 +18,8 @@ fi
 # The kernel-tree workloads use Debian's kernel source when it is there
 # (/usr/src/linux-source-*.tar.xz); without it they are skipped.
 cargo build --release --quiet --bin passthroughfs --example bench_tool
-exec python3 bench/bench.py "$@"
+# Debian's python3 has python3-matplotlib (for the plots); a python3 earlier
+# in PATH (pyenv ...) may not.
+PY=python3
+[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+exec "$PY" bench/bench.py "$@"

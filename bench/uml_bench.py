@@ -119,10 +119,11 @@ def inside(args):
         ("ls_lR_warm", ls_lr, ls_lr),
         ("ls_lR_cold", lambda r: drop_caches(), ls_lr),
     ]
-    res = {t: {w[0]: [] for w in workloads} for t, _ in TARGETS}
-    reqs = {t: {} for t, _ in TARGETS}
+    res = {t: {w[0]: [] for w in workloads} for t, _ in targets}
+    reqs = {t: {} for t, _ in targets}
+    targets = [t for t in TARGETS if t[0] == "native" or not args.targets or t[0] in args.targets.split(",")]
     for rep in range(args.reps):
-        for tname, opts in TARGETS:
+        for tname, opts in targets:
             d = None
             root = tree
             if opts is not None:
@@ -143,7 +144,7 @@ def inside(args):
                 if d:
                     d.close()
     summary = {}
-    for tname, _ in TARGETS:
+    for tname, _ in targets:
         summary[tname] = {}
         for wname, _, _ in workloads:
             xs = res[tname][wname]
@@ -196,7 +197,7 @@ def host(args):
     env = dict(os.environ, PTFS_UML_MEM=os.environ.get("PTFS_UML_MEM", "3G"),
                PTFS_UML_TIMEOUT=os.environ.get("PTFS_UML_TIMEOUT", "3600"))
     r = subprocess.run(["bash", uml, "run", "patched", "--", sys.executable, os.path.abspath(__file__), "--inside",
-                        "--out", os.path.abspath(out), "--reps", str(args.reps), "--files", str(args.files)],
+                        "--out", os.path.abspath(out), "--reps", str(args.reps), "--files", str(args.files)] + (["--targets", args.targets] if args.targets else []),
                        env=env, cwd=REPO)
     print(f"results: {out}")
     return r.returncode
@@ -208,6 +209,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--files", type=int, default=100000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--targets", default=None, help="comma-separated targets besides native (default: all)")
     args = ap.parse_args()
     sys.exit(inside(args) if args.inside else host(args))
 
