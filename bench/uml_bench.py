@@ -119,9 +119,9 @@ def inside(args):
         ("ls_lR_warm", ls_lr, ls_lr),
         ("ls_lR_cold", lambda r: drop_caches(), ls_lr),
     ]
+    targets = [t for t in TARGETS if t[0] == "native" or not args.targets or t[0] in args.targets.split(",")]
     res = {t: {w[0]: [] for w in workloads} for t, _ in targets}
     reqs = {t: {} for t, _ in targets}
-    targets = [t for t in TARGETS if t[0] == "native" or not args.targets or t[0] in args.targets.split(",")]
     for rep in range(args.reps):
         for tname, opts in targets:
             d = None
