@@ -13,14 +13,23 @@
 #               filesystem)
 #   -S FS       what SOURCE lives on: ext4:SIZE (default ext4:8G) or xfs:SIZE,
 #               a filesystem image of its own, loop-mounted for the run (tests
-#               that fill the filesystem fill that, not the host's disk); or
-#               "dir", plain directories on whatever holds the work directory
+#               that fill the filesystem fill that, not the host's disk);
+#               tmpfs:SIZE, a tmpfs of that size; or "dir", plain directories
+#               on whatever holds the work directory
+#   -U          run inside the patched User-Mode Linux kernel
+#               (kernel-patches/uml.sh run patched): users and checks on the
+#               host, then this script again inside, with SOURCE on a tmpfs
+#               (default -S tmpfs:2G; dir also works, ext4/xfs do not: no
+#               loop devices) and the helper in a /sbin of its own. Outputs
+#               in $PASSTHROUGHFS_WORK/uml-MODE on the host.
 #
 # Environment: FSTESTS_DIR (required), PASSTHROUGHFS_BIN (default: this
 # repository's target/release/passthroughfs), PASSTHROUGHFS_WORK (default
 # /var/tmp/passthroughfs-fstests; the mode's directories go in WORK/MODE),
 # PASSTHROUGHFS_SOURCE_FS (as -S), PASSTHROUGHFS_MASKS (ops of the masks
-# mode, default all).
+# mode, default all). With -U: PTFS_UML_DIR (where the built kernel is, as
+# uml.sh), PTFS_UML_MEM (default 4G), PTFS_UML_TIMEOUT (default 10800 s),
+# PTFS_UML_RW and PTFS_UML_PASSENV (added to what -U needs).
 #
 # Exit status: 0 no unexpected failure, 1 unexpected failures, 2 set-up error
 # or fstests did not run to the end. It never downloads or builds fstests.
@@ -31,18 +40,22 @@ repo="$(cd "$here/.." && pwd)"
 prog=run.sh
 
 die() { echo "$prog: $*" >&2; exit 2; }
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit "${1:-2}"; }
 
 extra_opts=""
 results=""
 keep=0
-source_fs="${PASSTHROUGHFS_SOURCE_FS:-ext4:8G}"
+source_fs="${PASSTHROUGHFS_SOURCE_FS:-}"
+uml=0          # -U: on the host, run inside the patched UML kernel
+inside=""      # --in-uml DIR (given by -U): inside UML, outputs to DIR
 while [ $# -gt 0 ]; do
     case "$1" in
         -O) [ $# -ge 2 ] || usage; extra_opts="$2"; shift 2 ;;
         -r) [ $# -ge 2 ] || usage; results="$2"; shift 2 ;;
         -k) keep=1; shift ;;
         -S) [ $# -ge 2 ] || usage; source_fs="$2"; shift 2 ;;
+        -U) uml=1; shift ;;
+        --in-uml) [ $# -ge 2 ] || usage; inside="$2"; shift 2 ;;
         -h|--help) usage 0 ;;
         --) shift; break ;;
         -*) die "unknown option $1 (options go before MODE)" ;;
@@ -61,11 +74,23 @@ case "$mode" in
     masks)         mode_opts="--passthrough-ops ${PASSTHROUGHFS_MASKS:-all}" ;;
     *) die "unknown mode '$mode' (default, nopassthrough, direct-io, nocache, masks)" ;;
 esac
+if [ "$uml" = 1 ] || [ -n "$inside" ]; then
+    source_fs="${source_fs:-tmpfs:2G}"
+    case "$source_fs" in
+        ext4:*|xfs:*) die "-S $source_fs: no loop devices inside UML (-S tmpfs:SIZE or dir)" ;;
+    esac
+    [ "$keep" = 0 ] || die "-k: nothing is kept from one UML run to the next"
+fi
+source_fs="${source_fs:-ext4:8G}"
 case "$source_fs" in
-    dir) ;;
+    dir|tmpfs:[0-9]*) ;;
     ext4:[0-9]*|xfs:[0-9]*) command -v "mkfs.${source_fs%%:*}" >/dev/null || die "mkfs.${source_fs%%:*} missing" ;;
-    *) die "-S: dir, ext4:SIZE or xfs:SIZE, not '$source_fs'" ;;
+    *) die "-S: dir, tmpfs:SIZE, ext4:SIZE or xfs:SIZE, not '$source_fs'" ;;
 esac
+if [ -n "$inside" ]; then
+    grep -qs '^model name.*UML' /proc/cpuinfo || die "--in-uml is for run.sh -U, inside UML"
+    [ -d "$inside" ] || die "--in-uml $inside: no such directory"
+fi
 
 [ "$(id -u)" = 0 ] || die "fstests needs root"
 FSTESTS_DIR="${FSTESTS_DIR:-}"
@@ -79,16 +104,107 @@ command -v xfs_io >/dev/null || die "xfs_io missing (apt-get install xfsprogs; s
 bin="${PASSTHROUGHFS_BIN:-$repo/target/release/passthroughfs}"
 [ -x "$bin" ] || die "daemon binary $bin missing (cargo build --release, or set PASSTHROUGHFS_BIN)"
 
-# One run at a time: the helper in /sbin is shared.
-lock=/run/lock/passthroughfs-fstests.lock
-exec 9>"$lock" || die "cannot open $lock"
-flock -n 9 || die "another run.sh is running (lock $lock)"
+# Users and groups fstests switches to (its README, step 6).
+make_users() {
+    getent group fsgqa >/dev/null || groupadd fsgqa || die "groupadd fsgqa failed"
+    id -u fsgqa >/dev/null 2>&1 || useradd -m -g fsgqa fsgqa || die "useradd fsgqa failed"
+    id -u 123456-fsgqa >/dev/null 2>&1 || useradd -m 123456-fsgqa ||
+        echo "$prog: warning: cannot create user 123456-fsgqa (a few tests will not run)" >&2
+    id -u fsgqa2 >/dev/null 2>&1 || useradd -m fsgqa2 || die "useradd fsgqa2 failed"
+}
 
 base="${PASSTHROUGHFS_WORK:-/var/tmp/passthroughfs-fstests}"
+
+# --- -U, on the host: run this script again inside the patched UML kernel ---
+# Inside, the host's root filesystem is read-only (hostfs), /tmp a private
+# tmpfs and /work read-write: users are made here, SOURCE and the mounts go in
+# /tmp inside, the outputs in $base/uml-MODE here (read-write inside too).
+if [ "$uml" = 1 ]; then
+    uml_sh="$repo/kernel-patches/uml.sh"
+    [ -f "$uml_sh" ] || die "$uml_sh missing"
+    kernel="${PTFS_UML_DIR:-/var/tmp/passthroughfs-uml}/patched/linux"
+    [ -x "$kernel" ] || die "no patched UML kernel at $kernel (kernel-patches/uml.sh build patched, or set PTFS_UML_DIR)"
+    make_users
+    outdir="$base/uml-$mode"
+    mkdir -p "$outdir" || die "cannot create $outdir"
+    outdir="$(cd "$outdir" && pwd)"
+    # One UML run per output directory.
+    exec 9>"$outdir/.lock" || die "cannot open $outdir/.lock"
+    flock -n 9 || die "another run.sh -U $mode is running (lock $outdir/.lock)"
+    rm -rf "$outdir/fstests-results"
+    rm -f "$outdir"/{run.info,check.out,results.txt,failures.txt,expected-candidate.txt,daemon.log,passthroughfs}
+    # The binary is copied for the run, as below.
+    cp "$bin" "$outdir/passthroughfs" || die "cannot copy $bin"
+    rw="${PTFS_UML_RW-$([ -d /work ] && echo /work)}"
+    covered=0
+    for d in $rw; do
+        case "$outdir/" in "${d%/}"/*) covered=1 ;; esac
+    done
+    [ "$covered" = 1 ] || rw="${rw:+$rw }$outdir"
+    export PTFS_UML_RW="$rw"
+    export PTFS_UML_PASSENV="${PTFS_UML_PASSENV:+$PTFS_UML_PASSENV }FSTESTS_DIR FSTESTS_COMMIT PASSTHROUGHFS_BIN PASSTHROUGHFS_MASKS"
+    export PTFS_UML_MEM="${PTFS_UML_MEM:-4G}"
+    export PTFS_UML_TIMEOUT="${PTFS_UML_TIMEOUT:-10800}"
+    export FSTESTS_DIR PASSTHROUGHFS_BIN="$outdir/passthroughfs"
+    export FSTESTS_COMMIT="${FSTESTS_COMMIT:-$(git -C "$FSTESTS_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+    args=(--in-uml "$outdir" -S "$source_fs")
+    [ -n "$extra_opts" ] && args+=(-O "$extra_opts")
+    echo "$prog: inside the patched UML kernel $kernel (mem $PTFS_UML_MEM, timeout $PTFS_UML_TIMEOUT s)"
+    echo "$prog: outputs in $outdir (progress: tail -f $outdir/check.out); the rest prints at the end"
+    start=$(date +%s)
+    bash "$uml_sh" run patched -- "$here/run.sh" "${args[@]}" "$mode" "$@" &
+    uml_pid=$!
+    # uml.sh runs the kernel under timeout(1) in a session of its own, out of
+    # reach of ^C: stop it through timeout, which passes the signal on.
+    interrupted=0
+    trap 'interrupted=1; echo "$prog: interrupted, stopping the UML kernel" >&2
+          kill -TERM $(pgrep -P "$uml_pid") 2>/dev/null' INT TERM
+    status=0
+    while :; do
+        wait "$uml_pid"
+        status=$?
+        kill -0 "$uml_pid" 2>/dev/null || break
+    done
+    trap - INT TERM
+    echo "$prog: UML run took $(( $(date +%s) - start )) s"
+    case "$status" in
+        0|1|2) ;;
+        *) echo "$prog: the UML run did not complete (status $status: timeout, crash or interrupt; see above)" >&2
+           status=2 ;;
+    esac
+    [ "$interrupted" = 0 ] || status=2
+    if [ -n "$results" ] && [ -f "$outdir/results.txt" ]; then
+        cp "$outdir/results.txt" "$results" || status=2
+    fi
+    exit "$status"
+fi
+
+if [ -n "$inside" ]; then
+    # A private kernel: no other run.sh to lock out, and /run is read-only.
+    base="${PASSTHROUGHFS_WORK:-/tmp/passthroughfs-fstests}"
+    outdir="$(cd "$inside" && pwd)"
+    # What udev or systemd would set up: the UML kernel boots with the
+    # loopback interface down (lock tests, generic/131 and 571, talk over
+    # 127.0.0.1) and without /dev/fd (bash's <(...), as in
+    # _require_batched_discard).
+    ip link set lo up || echo "$prog: warning: cannot bring up lo (lock tests will fail)" >&2
+    [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+    for f in stdin:0 stdout:1 stderr:2; do
+        [ -e "/dev/${f%:*}" ] || ln -s "/proc/self/fd/${f#*:}" "/dev/${f%:*}"
+    done
+else
+    # One run at a time: the helper in /sbin is shared.
+    lock=/run/lock/passthroughfs-fstests.lock
+    exec 9>"$lock" || die "cannot open $lock"
+    flock -n 9 || die "another run.sh is running (lock $lock)"
+fi
+
 work="$base/$mode"
 mkdir -p "$work" || die "cannot create $work"
 work="$(cd "$work" && pwd)"
-results="${results:-$work/results.txt}"
+# Where the outputs go: the work directory, or (inside UML) the host's.
+outdir="${outdir:-$work}"
+results="${results:-$outdir/results.txt}"
 
 # The directories, as local.config makes them from the environment.
 export PASSTHROUGHFS_WORK="$work"
@@ -142,19 +258,16 @@ for m in "$TEST_DIR" "$SCRATCH_MNT"; do
     fi
 done
 
-# Users and groups fstests switches to (its README, step 6).
-getent group fsgqa >/dev/null || groupadd fsgqa || die "groupadd fsgqa failed"
-id -u fsgqa >/dev/null 2>&1 || useradd -m -g fsgqa fsgqa || die "useradd fsgqa failed"
-id -u 123456-fsgqa >/dev/null 2>&1 || useradd -m 123456-fsgqa ||
-    echo "$prog: warning: cannot create user 123456-fsgqa (a few tests will not run)" >&2
-id -u fsgqa2 >/dev/null 2>&1 || useradd -m fsgqa2 || die "useradd fsgqa2 failed"
+# Users and groups fstests switches to (inside UML, /etc is the host's,
+# read-only: -U made them on the host).
+[ -n "$inside" ] || make_users
 
 # The daemon binary is copied for the run, so that a rebuild during the run
 # does not mix versions.
 cp "$bin" "$work/passthroughfs" || die "cannot copy $bin"
 export PASSTHROUGHFS_BIN="$work/passthroughfs"
 export PASSTHROUGHFS_OPTS="$mode_opts${extra_opts:+ $extra_opts}"
-export PASSTHROUGHFS_LOG="$work/daemon.log"
+export PASSTHROUGHFS_LOG="$outdir/daemon.log"
 : > "$PASSTHROUGHFS_LOG"
 
 srcfs="$work/src"
@@ -186,6 +299,7 @@ cleanup() {
     case "$installed" in
         saved) rm -f "$helper"; mv "$saved" "$helper" ;;
         new) rm -f "$helper" ;;
+        uml) umount "$sbin_dir" && umount "$sbin_orig" ;;
     esac
 }
 trap cleanup EXIT
@@ -202,16 +316,22 @@ if [ "$source_fs" != dir ]; then
         *) die "-S $source_fs needs TEST_DEV and SCRATCH_DEV under $srcfs (or use -S dir)" ;;
     esac
     fs="${source_fs%%:*}"
-    if [ "$keep" = 0 ] || [ ! -f "$img" ]; then
-        rm -f "$img"
-        truncate -s "${source_fs#*:}" "$img" || die "cannot create $img"
-        case "$fs" in
-            ext4) mkfs.ext4 -q -F "$img" ;;
-            xfs) mkfs.xfs -q -f "$img" ;;
-        esac || die "mkfs.$fs $img failed"
-    fi
     mkdir -p "$srcfs"
-    mount -t "$fs" -o loop "$img" "$srcfs" || die "cannot loop-mount $img (use -S dir)"
+    if [ "$fs" = tmpfs ]; then
+        [ "$keep" = 0 ] || echo "$prog: -k: a new tmpfs has nothing to keep" >&2
+        mount -t tmpfs -o "size=${source_fs#*:},mode=755" passthroughfs-source "$srcfs" ||
+            die "cannot mount a tmpfs on $srcfs"
+    else
+        if [ "$keep" = 0 ] || [ ! -f "$img" ]; then
+            rm -f "$img"
+            truncate -s "${source_fs#*:}" "$img" || die "cannot create $img"
+            case "$fs" in
+                ext4) mkfs.ext4 -q -F "$img" ;;
+                xfs) mkfs.xfs -q -f "$img" ;;
+            esac || die "mkfs.$fs $img failed"
+        fi
+        mount -t "$fs" -o loop "$img" "$srcfs" || die "cannot loop-mount $img (use -S dir)"
+    fi
 fi
 
 mkdir -p "$test_src" "$scratch_src" "$TEST_DIR" "$SCRATCH_MNT" || die "cannot create the directories"
@@ -230,8 +350,23 @@ for d in "$TEST_DIR" "$SCRATCH_MNT"; do
     done
 done
 
-# Install the helper; cleanup puts back whatever was there.
-if [ -e "$helper" ] || [ -L "$helper" ]; then
+# Install the helper; cleanup puts back whatever was there. Inside UML /sbin
+# (-> usr/sbin) is the host's, read-only: a tmpfs over it holds links to
+# every original entry (seen through a bind mount) and our helper; the mounts
+# are the UML kernel's own, the host's /sbin never changes.
+if [ -n "$inside" ]; then
+    sbin_dir="$(readlink -f "$(dirname "$helper")")"
+    sbin_orig="$work/sbin.orig"
+    mkdir -p "$sbin_orig"
+    mount --bind "$sbin_dir" "$sbin_orig" || die "cannot bind-mount $sbin_dir"
+    if ! mount -t tmpfs -o mode=755 passthroughfs-sbin "$sbin_dir"; then
+        umount "$sbin_orig"
+        die "cannot mount a tmpfs on $sbin_dir"
+    fi
+    installed=uml
+    ln -s "$sbin_orig"/* "$sbin_dir"/ || die "cannot link $sbin_orig/* into $sbin_dir"
+    rm -f "$helper"
+elif [ -e "$helper" ] || [ -L "$helper" ]; then
     mv "$helper" "$saved" || die "cannot move $helper aside"
     installed=saved
 else
@@ -239,22 +374,24 @@ else
 fi
 install -m 755 "$here/mount.fuse.passthroughfs" "$helper" || die "cannot install $helper"
 
-rb="$work/fstests-results"
+rb="$outdir/fstests-results"
 rm -rf "$rb"
-out="$work/check.out"
+out="$outdir/check.out"
 {
     echo "fstests:  $FSTESTS_DIR (commit ${FSTESTS_COMMIT:-$(git -C "$FSTESTS_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)})"
     echo "daemon:   $bin ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo "?")$(git -C "$repo" diff --quiet HEAD -- src 2>/dev/null || echo ", src modified"))"
     echo "mode:     $mode, daemon options: ${PASSTHROUGHFS_OPTS:-(none)}"
-    echo "kernel:   $(uname -r)"
+    echo "kernel:   $(uname -r)${inside:+ (User-Mode Linux, the patched kernel of run.sh -U)}"
     echo "dirs:     $TEST_DEV -> $TEST_DIR, $SCRATCH_DEV -> $SCRATCH_MNT"
     if [ "$source_fs" = dir ]; then
         echo "source:   directories on $(findmnt -rn -o FSTYPE -T "$test_src") ($(findmnt -rn -o SOURCE -T "$test_src"))"
+    elif [ "${source_fs%%:*}" = tmpfs ]; then
+        echo "source:   $source_fs on $srcfs"
     else
         echo "source:   $source_fs image $img on $srcfs"
     fi
     echo "check:    $*"
-} | tee "$work/run.info"
+} | tee "$outdir/run.info"
 echo "output:   $out, daemon log $PASSTHROUGHFS_LOG"
 (cd "$FSTESTS_DIR" && HOST_OPTIONS="$here/local.config" RESULT_BASE="$rb" ./check "$@") 2>&1 | tee "$out"
 unmount_ours
@@ -281,7 +418,7 @@ failed="$(sed -n 's/^Failures: *//p' "$out" | tail -1)"
 } > "$results"
 
 # First lines of each failure, for whoever fixes it.
-failures="$work/failures.txt"
+failures="$outdir/failures.txt"
 {
     for t in $failed; do
         echo "=== $t"
@@ -305,9 +442,9 @@ if [ ! -f "$expected" ]; then
     echo "$prog: no $expected: every failure counts as unexpected" >&2
     expected=/dev/null
 fi
-candidate="$work/expected-candidate.txt"
+candidate="$outdir/expected-candidate.txt"
 awk -v cand="$candidate" -v expfile="$expected" '
-    FNR == NR {
+    FILENAME == expfile {
         if ($0 ~ /^[ \t]*(#|$)/) next
         if ($2 != "fail" && $2 != "notrun") { printf "bad line in %s: %s\n", expfile, $0; next }
         st[$1] = $2; line[$1] = $0
