@@ -32,6 +32,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import drop_caches  # noqa: E402  (sync, then drop every cache)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 BIN = os.path.join(REPO, "target/release/passthroughfs")
@@ -44,12 +47,6 @@ TARGETS = [
     ("masks-nocache", ["--passthrough-ops", "all", "--nocache"]),
     ("io-nocache", ["--passthrough-ops", "read,write", "--nocache"]),
 ]
-
-
-def drop_caches():
-    subprocess.run(["sync"], check=False)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3")
 
 
 class Daemon:

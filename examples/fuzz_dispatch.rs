@@ -11,25 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use passthroughfs::fuse::abi::{self, Opcode};
-use passthroughfs::fuse::testing::Harness;
+use passthroughfs::fuse::testing::{Harness, Rng};
 use passthroughfs::passthrough::{Config, PassthroughFs};
 use zerocopy::IntoBytes;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")
@@ -67,7 +51,7 @@ fn main() {
         let mut nodes = vec![abi::ROOT_ID];
         for i in 0..2000u64 {
             let op = if rng.below(5) == 0 {
-                rng.next() as u32
+                rng.next_u64() as u32
             } else {
                 1 + rng.below(53) as u32
             };
@@ -76,7 +60,7 @@ fn main() {
             }
             let nodeid = match rng.below(6) {
                 0 => 0,
-                1 => rng.next(),
+                1 => rng.next_u64(),
                 _ => nodes[rng.below(nodes.len() as u64) as usize],
             };
             let n = rng.below(96) as usize;

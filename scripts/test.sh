@@ -1,11 +1,12 @@
 #!/bin/sh
 # The whole test suite, as CI runs it: lint, unit and integration tests
 # (real FUSE mounts), pjdfstest against a mount. Run as root on Debian.
-#   scripts/test.sh            everything (about 12 minutes on 2 cores); the
-#                              daemon's tests on the patched kernel (UML,
-#                              tests/uml.rs) run if that kernel is built
-#   PTFS_UML=1 scripts/test.sh   build the patched UML kernel first (about 7
-#                              minutes, cached) and require its tests
+#   scripts/test.sh            everything; the daemon's tests on the patched
+#                              kernel (UML, tests/uml.rs) run if that kernel
+#                              is built (6 min 12 s in all on 2 vCPUs,
+#                              2026-11-25)
+#   PTFS_UML=1 scripts/test.sh   build the patched UML kernel first (531 s
+#                              on 2 vCPUs, cached) and require its tests
 #   PTFS_LONG=1 scripts/test.sh  also the long variants (soak, big trees)
 set -eu
 cd "$(dirname "$0")/.."

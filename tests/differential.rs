@@ -18,19 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use passthroughfs::fuse::testing::Rng;
 
 fn seed() -> u64 {
     std::env::var("PTFS_SEED")
@@ -89,7 +77,7 @@ fn gen(r: &mut Rng) -> Op {
             path(r),
             r.below(65536),
             1 + r.below(8192) as usize,
-            r.next() as u8,
+            r.next_u64() as u8,
         ),
         8 => Op::Truncate(path(r), r.below(70000)),
         9 | 10 => Op::Read(path(r), r.below(70000), r.below(16384) as usize),

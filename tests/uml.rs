@@ -287,10 +287,6 @@ fn n(s: &serde_json::Value, op: &str) -> u64 {
     s["requests"][op].as_u64().unwrap_or(0)
 }
 
-fn drop_caches() {
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
 struct Checks {
     failed: usize,
 }

@@ -141,3 +141,26 @@ impl<F: Filesystem> Harness<F> {
         Some((h, rest.to_vec()))
     }
 }
+
+/// A seeded xorshift64 generator for fuzzing and differential tests: the
+/// same seed replays the same run. Not for anything that needs real
+/// randomness.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform enough in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}

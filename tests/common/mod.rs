@@ -21,6 +21,19 @@ macro_rules! require_root {
     };
 }
 
+/// A temporary directory with SOURCE (`dir/src`) filled by `fill`; the
+/// mount point goes next to it.
+fn filled_source(fill: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("ptfs-test")
+        .tempdir()
+        .unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    fill(&src);
+    (dir, src)
+}
+
 pub fn is_mounted(p: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
@@ -44,24 +57,12 @@ pub struct Mount {
 impl Mount {
     /// A fresh, empty SOURCE.
     pub fn new(args: &[&str]) -> Mount {
-        let dir = tempfile::Builder::new()
-            .prefix("ptfs-test")
-            .tempdir()
-            .unwrap();
-        let src = dir.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        Mount::start(dir, src, args)
+        Mount::with_source(|_| {}, args)
     }
 
     /// A SOURCE filled by `fill` before mounting.
     pub fn with_source(fill: impl FnOnce(&Path), args: &[&str]) -> Mount {
-        let dir = tempfile::Builder::new()
-            .prefix("ptfs-test")
-            .tempdir()
-            .unwrap();
-        let src = dir.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        fill(&src);
+        let (dir, src) = filled_source(fill);
         Mount::start(dir, src, args)
     }
 
@@ -73,13 +74,7 @@ impl Mount {
     /// Like [`Mount::with_source`], with the daemon's RLIMIT_NOFILE (soft
     /// and hard) set to `nofile`.
     pub fn with_fd_limit(fill: impl FnOnce(&Path), args: &[&str], nofile: u64) -> Mount {
-        let dir = tempfile::Builder::new()
-            .prefix("ptfs-test")
-            .tempdir()
-            .unwrap();
-        let src = dir.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        fill(&src);
+        let (dir, src) = filled_source(fill);
         Mount::start_limited(dir, src, args, Some(nofile))
     }
 
