@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * ptino_test - check FUSE inode passthrough (FUSE_PASSTHROUGH_INO) end to end.
+ * ptino_test - check FUSE inode passthrough (FUSE_PASSTHROUGH_OPS) end to end.
  *
  * A tiny single-threaded FUSE server that speaks /dev/fuse directly (no
  * libfuse) mirrors a small directory tree that it creates, and a forked client
@@ -8,7 +8,7 @@
  * opcode in shared memory, so the client can check which operations reached
  * the server and which the kernel served from the backing files.
  *
- *   ptino_test ino   [WORKDIR]  negotiate FUSE_PASSTHROUGH|FUSE_PASSTHROUGH_INO,
+ *   ptino_test ino   [WORKDIR]  negotiate FUSE_PASSTHROUGH|FUSE_PASSTHROUGH_OPS,
  *                               attach backing files with ops masks at LOOKUP
  *   ptino_test plain [WORKDIR]  a server that does not negotiate the flag
  *                               (legacy FOPEN_PASSTHROUGH only): must work on
@@ -34,9 +34,12 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -56,13 +59,16 @@ enum {
 	FUSE_RELEASEDIR = 29, FUSE_ACCESS = 34, FUSE_CREATE = 35,
 	FUSE_INTERRUPT = 36, FUSE_DESTROY = 38, FUSE_BATCH_FORGET = 42,
 	FUSE_READDIRPLUS = 44, FUSE_RENAME2 = 45, FUSE_STATX = 52,
+	FUSE_GETLK = 31, FUSE_SETLK = 32, FUSE_SETLKW = 33,
 };
 
+#define FUSE_POSIX_LOCKS	(1u << 1)
+#define FUSE_FLOCK_LOCKS	(1u << 10)
 #define FUSE_POSIX_ACL		(1u << 20)
 #define FUSE_INIT_EXT		(1u << 30)
 #define FUSE_MAX_PAGES		(1u << 22)
 #define FUSE_PASSTHROUGH	(1ULL << 37)
-#define FUSE_PASSTHROUGH_INO	(1ULL << 44)
+#define FUSE_PASSTHROUGH_OPS	(1ULL << 44)
 #define FOPEN_PASSTHROUGH	(1u << 7)
 #define FATTR_MODE		(1u << 0)
 #define FATTR_SIZE		(1u << 3)
@@ -153,8 +159,9 @@ static const struct policy policies[] = {
 		  OP(READDIR) | OP(OPEN), 0, 3600 },
 	{ "d/f1", 0, OP(GETATTR) | OP(STATX) | OP(GETXATTR) | OP(LISTXATTR) |
 		     OP(OPEN) | OP(READ) | OP(WRITE), 0, 3600 },
-	/* registered without GETATTR, and OPEN without READ */
-	{ "d/f2", 0, OP(GETXATTR) | OP(LISTXATTR) | OP(OPEN), 0, 3600 },
+	/* OPEN without READ */
+	{ "d/f2", 0, OP(GETATTR) | OP(GETXATTR) | OP(LISTXATTR) | OP(OPEN), 0,
+		     3600 },
 	/* OPEN left to the server, which asks for I/O passthrough (id 0) */
 	{ "d/f3", 0, OP(GETATTR) | OP(READ) | OP(WRITE), 1, 3600 },
 	/* metadata only: opens without FOPEN_PASSTHROUGH must still work */
@@ -178,6 +185,20 @@ static const struct policy policies[] = {
 	{ "d/dup", 0, OP(GETATTR), 0, 0 },
 	/* a backing file registered with ops_mask 0 cannot be attached */
 	{ "d/legacy", 0, 0, 0, 3600 },
+	/* permission checks after a change of the backing inode */
+	{ "d/pstale", 0, OP(GETATTR) | OP(OPEN) | OP(READ), 0, 3600 },
+	{ "d/nacl", 0, OP(GETATTR) | OP(OPEN) | OP(READ), 0, 3600 },
+	{ "d/xacl", 0, OP(GETATTR) | OP(GETXATTR) | OP(OPEN) | OP(READ), 0,
+		       3600 },
+	/* ACL mask after a chmod passed through */
+	{ "d/aclc", 0, OP(GETATTR) | OP(SETATTR) | OP(GETXATTR) | OP(OPEN) |
+		       OP(READ), 0, 3600 },
+	/* locks on a file that the kernel opened */
+	{ "d/lck", 0, OP(GETATTR) | OP(OPEN) | OP(READ) | OP(WRITE), 0, 3600 },
+	/* no backing file at the first LOOKUP, one for I/O at the next ones */
+	{ "d/busy", 0, OP(GETATTR) | OP(READ) | OP(WRITE), 0, 0 },
+	/* atime of the backing file on noatime and read-only mounts */
+	{ "d/atime", 0, OP(GETATTR) | OP(OPEN) | OP(READ), 0, 3600 },
 };
 #define NPOL (sizeof(policies) / sizeof(policies[0]))
 
@@ -208,6 +229,7 @@ struct shared {
 	uint64_t supported;		/* ops_mask bits the kernel accepts */
 	int unknown_bit_errno;		/* BACKING_OPEN with an unknown bit */
 	int high_bit_errno;		/* BACKING_OPEN with bit 63 */
+	int no_getattr_errno;		/* BACKING_OPEN without GETATTR */
 	int mask_without_ino_errno;	/* plain mode: non-zero ops_mask */
 	int legacy_id_errno;		/* plain mode: BACKING_OPEN mask 0 */
 	unsigned int count[MAXNODE][MAXOP];
@@ -316,13 +338,16 @@ static int policy_of(int parent, const char *name)
 {
 	char path[256];
 	size_t i;
-	int p = sh->nodes[parent].pol;
+	int p = sh->nodes[parent].pol, n;
 
 	if (parent == 1)
-		snprintf(path, sizeof(path), "%s", name);
+		n = snprintf(path, sizeof(path), "%s", name);
 	else if (p >= 0)
-		snprintf(path, sizeof(path), "%s/%s", policies[p].path, name);
+		n = snprintf(path, sizeof(path), "%s/%s", policies[p].path,
+			     name);
 	else
+		return -1;
+	if (n < 0 || n >= (int)sizeof(path))
 		return -1;
 	for (i = 0; i < NPOL; i++)
 		if (!strcmp(policies[i].path, path))
@@ -340,12 +365,14 @@ static void handle_init(uint64_t unique, const struct fuse_init_in *in)
 	if (in->flags & FUSE_INIT_EXT)
 		kflags |= (uint64_t)in->flags2 << 32;
 	sh->kernel_minor = in->minor;
-	sh->kernel_offers_ino = !!(kflags & FUSE_PASSTHROUGH_INO);
+	sh->kernel_offers_ino = !!(kflags & FUSE_PASSTHROUGH_OPS);
 	sh->kernel_offers_passthrough = !!(kflags & FUSE_PASSTHROUGH);
 
 	want = FUSE_INIT_EXT | FUSE_MAX_PAGES | FUSE_PASSTHROUGH;
+	/* a server that keeps locks, which it cannot do without RELEASE */
 	if (sh->ino_mode)
-		want |= FUSE_PASSTHROUGH_INO | FUSE_POSIX_ACL;
+		want |= FUSE_PASSTHROUGH_OPS | FUSE_POSIX_ACL |
+			FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS;
 	want &= kflags;
 
 	out.major = 7;
@@ -366,18 +393,23 @@ static void handle_init(uint64_t unique, const struct fuse_init_in *in)
 	/* The reply has been processed when write() returns: probe now */
 	dfd = sh->nodes[1].fd;
 	if (sh->ino_mode) {
+		/* GETATTR is needed with any other operation */
 		for (i = 0; i < 64; i++) {
-			id = backing_open(dfd, 1ULL << i);
+			id = backing_open(dfd, OP(GETATTR) | 1ULL << i);
 			if (id > 0) {
 				sh->supported |= 1ULL << i;
 				backing_close(id);
 			}
 		}
-		id = backing_open(dfd, FUSE_PASSTHROUGH_OP(FUSE_RENAME2));
+		id = backing_open(dfd, OP(GETATTR) | OP(RENAME2));
 		sh->unknown_bit_errno = id < 0 ? -id : 0;
 		if (id > 0)
 			backing_close(id);
-		id = backing_open(dfd, 1ULL << 63);
+		id = backing_open(dfd, OP(GETXATTR));
+		sh->no_getattr_errno = id < 0 ? -id : 0;
+		if (id > 0)
+			backing_close(id);
+		id = backing_open(dfd, OP(GETATTR) | 1ULL << 63);
 		sh->high_bit_errno = id < 0 ? -id : 0;
 		if (id > 0)
 			backing_close(id);
@@ -464,6 +496,8 @@ static void handle_lookup(uint64_t unique, uint64_t parent, const char *name)
 		int legacy = !strcmp(pol->path, "d/legacy");
 		uint64_t mask = pol->mask & sh->supported;
 
+		if (!strcmp(pol->path, "d/busy") && n->nlookup == 1)
+			mask = 0;
 		if (!n->backing_id && (mask || legacy)) {
 			id = backing_open(n->fd, legacy ? 0 : mask);
 			if (id > 0)
@@ -774,8 +808,19 @@ static void serve_one(char *buf, ssize_t len)
 	}
 	case FUSE_FLUSH:
 	case FUSE_FSYNC:
+	case FUSE_SETLK:
+	case FUSE_SETLKW:
 		reply_err(ih->unique, 0);
 		break;
+	case FUSE_GETLK: {
+		/* struct fuse_lk_out: no conflicting lock known */
+		struct { uint64_t start, end; uint32_t type, pid; } lk = {
+			.type = F_UNLCK,
+		};
+
+		reply(ih->unique, 0, &lk, sizeof(lk), NULL, 0, NULL, 0);
+		break;
+	}
 	case FUSE_GETXATTR:
 		handle_getxattr(ih->unique, n, 0, arg,
 				(char *)arg + sizeof(struct fuse_getxattr_in));
@@ -803,8 +848,11 @@ static void serve(pid_t client)
 				if (errno == ENOENT || errno == EINTR ||
 				    errno == EAGAIN)
 					continue;
-				if (errno == ENODEV)
-					break;
+				if (errno == ENODEV) {
+					/* aborted: wait for the client */
+					pfd.fd = -1;
+					continue;
+				}
 				die("read /dev/fuse");
 			}
 			serve_one(buf, len);
@@ -982,17 +1030,17 @@ static void client_plain(void)
 
 	check(sh->kernel_minor >= 46, "kernel speaks FUSE 7.%u",
 	      sh->kernel_minor);
-	printf("INFO: kernel offers FUSE_PASSTHROUGH: %s, FUSE_PASSTHROUGH_INO: %s\n",
+	printf("INFO: kernel offers FUSE_PASSTHROUGH: %s, FUSE_PASSTHROUGH_OPS: %s\n",
 	       sh->kernel_offers_passthrough ? "yes" : "no",
 	       sh->kernel_offers_ino ? "yes" : "no");
 	if (sh->stock) {
 		check(sh->kernel_minor == 46 && !sh->kernel_offers_ino,
-		      "stock kernel: FUSE 7.%u, FUSE_PASSTHROUGH_INO not offered",
+		      "stock kernel: FUSE 7.%u, FUSE_PASSTHROUGH_OPS not offered",
 		      sh->kernel_minor);
 	}
 	check(sh->kernel_offers_passthrough, "kernel offers FUSE_PASSTHROUGH");
 	check(sh->mask_without_ino_errno == EINVAL,
-	      "BACKING_OPEN with a non-zero ops_mask without FUSE_PASSTHROUGH_INO fails with EINVAL (got %s)",
+	      "BACKING_OPEN with a non-zero ops_mask without FUSE_PASSTHROUGH_OPS fails with EINVAL (got %s)",
 	      strerror(sh->mask_without_ino_errno));
 
 	ok = stat(m("d/f1"), &st) == 0 && lstat(s("d/f1"), &bst) == 0 &&
@@ -1103,6 +1151,296 @@ static void check_release(void)
 	      nb);
 }
 
+/* system.posix_acl_access with ACL_USER @uid: @uperm, mask @mask */
+static int set_acl(const char *path, uint16_t uperm, uint32_t uid,
+		   uint16_t mask)
+{
+	struct { uint16_t tag, perm; uint32_t id; } e[] = {
+		{ 0x01, 6, 0xffffffff },	/* USER_OBJ rw- */
+		{ 0x02, uperm, uid },		/* USER */
+		{ 0x04, 4, 0xffffffff },	/* GROUP_OBJ r-- */
+		{ 0x10, mask, 0xffffffff },	/* MASK */
+		{ 0x20, 4, 0xffffffff },	/* OTHER r-- */
+	};
+	char buf[4 + sizeof(e)];
+	uint32_t version = 2;
+
+	memcpy(buf, &version, 4);
+	memcpy(buf + 4, e, sizeof(e));
+	return setxattr(path, "system.posix_acl_access", buf, sizeof(buf), 0);
+}
+
+/* does @uid see the xattr @name in listxattr(@path)? 1 yes, 0 no, -errno */
+static int lists_xattr(uid_t uid, const char *path, const char *name)
+{
+	pid_t pid = fork();
+	int status;
+
+	if (pid == 0) {
+		char buf[4096];
+		ssize_t r, i;
+
+		if (uid && (setresgid(uid, uid, uid) || setresuid(uid, uid, uid)))
+			_exit(100);
+		r = listxattr(path, buf, sizeof(buf));
+		if (r < 0)
+			_exit(100 + errno);
+		for (i = 0; i < r; i += strlen(buf + i) + 1)
+			if (!strcmp(buf + i, name))
+				_exit(1);
+		_exit(0);
+	}
+	waitpid(pid, &status, 0);
+	if (!WIFEXITED(status))
+		return -1;
+	return WEXITSTATUS(status) >= 100 ? -(WEXITSTATUS(status) - 100) :
+					     WEXITSTATUS(status);
+}
+
+/*
+ * Permission checks of inodes whose attributes come from the backing inode
+ * use the backing inode as it is now: mode, owner and ACL.
+ */
+static void check_permissions(void)
+{
+	char buf[512], bbuf[512];
+	ssize_t r, r2;
+	int e0, e, e2;
+
+	/* chmod 600 of the backing file, no stat through the mount first */
+	e0 = as_uid(1234, m("d/pstale"));
+	chmod(s("d/pstale"), 0600);
+	e = as_uid(1234, m("d/pstale"));
+	check(e0 == 0 && e == EACCES,
+	      "perm_stale_mode: uid 1234 opens d/pstale (0644): %s; after a chmod 600 of the backing file: %s",
+	      strerror(e0), strerror(e));
+
+	/* an ACL denying uid 1234 set on the backing file, without GETXATTR */
+	e0 = as_uid(1234, m("d/nacl"));
+	set_acl(s("d/nacl"), 0, 1234, 4);
+	e = as_uid(1234, m("d/nacl"));
+	e2 = as_uid(1235, m("d/nacl"));
+	check(e0 == 0 && e == EACCES && e2 == 0,
+	      "perm_stale_acl (GETXATTR not in the mask): uid 1234 opens d/nacl: %s; after setting user:1234:--- on the backing file: %s (uid 1235: %s)",
+	      strerror(e0), strerror(e), strerror(e2));
+
+	/* the same with GETXATTR in the mask */
+	e0 = as_uid(1234, m("d/xacl"));
+	set_acl(s("d/xacl"), 0, 1234, 4);
+	e = as_uid(1234, m("d/xacl"));
+	e2 = as_uid(1235, m("d/xacl"));
+	check(e0 == 0 && e == EACCES && e2 == 0 &&
+	      cnt("d/xacl", FUSE_GETXATTR) == 0,
+	      "perm_stale_acl (GETXATTR in the mask): uid 1234 opens d/xacl: %s; after setting user:1234:--- on the backing file: %s (uid 1235: %s), GETXATTR %u",
+	      strerror(e0), strerror(e), strerror(e2),
+	      cnt("d/xacl", FUSE_GETXATTR));
+
+	/* chmod through the mount changes the ACL mask of the backing file */
+	if (supported(OP(SETATTR), "ACL mask after chmod")) {
+		e0 = as_uid(1234, m("d/aclc"));
+		e = chmod(m("d/aclc"), 0600) ? errno : 0;
+		e2 = as_uid(1234, m("d/aclc"));
+		r = getxattr(m("d/aclc"), "system.posix_acl_access", buf,
+			     sizeof(buf));
+		r2 = getxattr(s("d/aclc"), "system.posix_acl_access", bbuf,
+			      sizeof(bbuf));
+		check(e0 == 0 && e == 0 && e2 == EACCES && r > 0 && r == r2 &&
+		      !memcmp(buf, bbuf, r),
+		      "acl_mask_after_chmod: uid 1234 (user:1234:r--) opens d/aclc: %s; chmod 600: %s; then: %s; ACL through the mount = backing ACL",
+		      strerror(e0), strerror(e), strerror(e2));
+	}
+
+	/* trusted.* is not listed to callers without CAP_SYS_ADMIN */
+	if (supported(OP(LISTXATTR), "LISTXATTR of trusted.*")) {
+		e0 = lists_xattr(0, m("d/f1"), "trusted.hidden");
+		e = lists_xattr(65534, m("d/f1"), "trusted.hidden");
+		e2 = lists_xattr(65534, s("d/f1"), "trusted.hidden");
+		check(e0 == 1 && e == 0 && e2 == 0,
+		      "listxattr_trusted: trusted.hidden of d/f1 listed to root: %d, to uid 65534: %d (on the backing file: %d)",
+		      e0, e, e2);
+	}
+}
+
+/*
+ * Locks on a file that the kernel opened without FUSE_OPEN stay in the
+ * kernel: the server never sees a RELEASE or FLUSH for such a file.
+ */
+static void check_locks(void)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	int fd, ok, status, sv[2];
+	pid_t pid;
+	char c = 0;
+
+	if (!supported(OP(OPEN), "locks with OPEN passed through"))
+		return;
+	fd = open(m("d/lck"), O_RDWR);
+	ok = fd >= 0 && fcntl(fd, F_SETLK, &fl) == 0 && flock(fd, LOCK_SH) == 0;
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
+		return;
+	pid = fork();
+	if (pid == 0) {
+		struct flock q = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+		int cfd, res = 0;
+
+		/* the parent's open file (and its flock) is not ours */
+		if (fd >= 0)
+			close(fd);
+		cfd = open(m("d/lck"), O_RDWR);
+
+		/* conflict while the parent holds the locks */
+		if (cfd < 0 || fcntl(cfd, F_GETLK, &q) || q.l_type != F_WRLCK ||
+		    q.l_pid != getppid())
+			res |= 1;
+		if (flock(cfd, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK)
+			res |= 2;
+		/* and none once the parent closed its file */
+		if (write(sv[1], "x", 1) != 1 || read(sv[1], &c, 1) != 1)
+			res |= 4;
+		q.l_type = F_WRLCK;
+		if (fcntl(cfd, F_SETLK, &q) || flock(cfd, LOCK_EX | LOCK_NB))
+			res |= 8;
+		_exit(res);
+	}
+	if (read(sv[0], &c, 1) != 1)
+		ok = 0;
+	if (fd >= 0)
+		close(fd);
+	if (write(sv[0], "x", 1) != 1)
+		ok = 0;
+	waitpid(pid, &status, 0);
+	close(sv[0]);
+	close(sv[1]);
+	check(ok && WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+	      cnt("d/lck", FUSE_GETLK) == 0 && cnt("d/lck", FUSE_SETLK) == 0 &&
+	      cnt("d/lck", FUSE_SETLKW) == 0 && cnt("d/lck", FUSE_OPEN) == 0,
+	      "locks_in_kernel: POSIX and flock locks on d/lck (OPEN passed through) conflict and go with the close (child status %d), GETLK %u, SETLK %u, SETLKW %u at the server",
+	      WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+	      cnt("d/lck", FUSE_GETLK), cnt("d/lck", FUSE_SETLK),
+	      cnt("d/lck", FUSE_SETLKW));
+}
+
+/*
+ * A backing file for I/O offered for an inode that has cached opens cannot
+ * be attached: the inode stays without one, the LOOKUP does not fail.
+ */
+static void check_busy(void)
+{
+	struct stat st;
+	char buf[64];
+	unsigned int g1, g2;
+	int fd, e, ok;
+
+	if (!supported(OP(READ) | OP(WRITE), "attach to an open inode"))
+		return;
+	fd = open(m("d/busy"), O_RDONLY);	/* cached: no backing yet */
+	e = stat(m("d/busy"), &st) ? errno : 0;	/* LOOKUP offers one */
+	ok = fd >= 0 && pread(fd, buf, 4, 0) == 4;
+	check(e == 0 && ok && nid_of("d/busy") > 0 &&
+	      sh->nodes[nid_of("d/busy")].backing_id,
+	      "busy_attach_falls_back: stat of the open d/busy whose LOOKUP offers a backing file for I/O: %s",
+	      strerror(e));
+	if (fd >= 0)
+		close(fd);
+	/* once closed, the next LOOKUP attaches it */
+	e = stat(m("d/busy"), &st) ? errno : 0;
+	g1 = cnt("d/busy", FUSE_GETATTR);
+	stat(m("d/busy"), &st);
+	g2 = cnt("d/busy", FUSE_GETATTR);
+	check(e == 0 && g1 == g2,
+	      "busy_attach_falls_back: after the close the backing file is attached: %s, GETATTR %u then %u",
+	      strerror(e), g1, g2);
+}
+
+static long atime_of(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) ? -1 : (long)st.st_atim.tv_sec;
+}
+
+/* remount the fuse mount with the per-mount @flags */
+static int remount(unsigned long flags)
+{
+	return mount(NULL, mntdir, NULL,
+		     MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | flags, NULL);
+}
+
+/* read d/atime, whose backing atime is 2 days old; was it updated? */
+static int atime_updated(void)
+{
+	struct timespec ts[2] = { { time(NULL) - 2 * 86400, 0 },
+				  { 0, UTIME_OMIT } };
+	char buf[64];
+	long before;
+
+	utimensat(AT_FDCWD, s("d/atime"), ts, 0);
+	before = atime_of(s("d/atime"));
+	if (read_file(m("d/atime"), buf, sizeof(buf)) <= 0)
+		return -1;
+	return atime_of(s("d/atime")) != before;
+}
+
+/* noatime and read-only mounts reach the passed-through reads */
+static void check_atime(void)
+{
+	int a_noatime, a_ro, a_rw, e1, e2;
+
+	if (!supported(OP(OPEN) | OP(READ), "atime"))
+		return;
+	/* a remount keeps the atime flags that it does not name */
+	e1 = remount(MS_NOATIME) ? errno : 0;
+	a_noatime = atime_updated();
+	e2 = remount(MS_RDONLY | MS_RELATIME) ? errno : 0;
+	a_ro = atime_updated();
+	e1 |= remount(MS_RELATIME) ? errno : 0;
+	a_rw = atime_updated();
+	check(!e1 && !e2 && a_noatime == 0 && a_ro == 0 && a_rw == 1,
+	      "atime_mount_flags: reading d/atime updates the backing atime on a noatime mount: %d, read-only: %d, relatime: %d",
+	      a_noatime, a_ro, a_rw);
+}
+
+/* After an abort, nothing is served from the backing files any more */
+static void check_abort(void)
+{
+	char path[128];
+	struct stat st;
+	int fd, dfd, e1, e2, e3, e4;
+
+	/* instantiate d/f1 again (after check_release()), open d */
+	if (stat(mntdir, &st) || stat(m("d/f1"), &st) || stat(m("d/f1"), &st))
+		return;
+	dfd = open(m("d"), O_RDONLY | O_DIRECTORY);
+	if (stat(mntdir, &st))
+		return;
+	mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, NULL);
+	snprintf(path, sizeof(path), "/sys/fs/fuse/connections/%u/abort",
+		 minor(st.st_dev));
+	fd = open(path, O_WRONLY);
+	if (fd < 0 || write(fd, "1", 1) != 1) {
+		check(0, "abort the connection with %s: %s", path,
+		      strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	close(fd);
+	e1 = stat(m("d/f1"), &st) ? errno : 0;
+	fd = open(m("d/f1"), O_RDONLY);
+	e2 = fd < 0 ? errno : 0;
+	if (fd >= 0)
+		close(fd);
+	e3 = getxattr(m("d/f1"), "user.pt", path, sizeof(path)) < 0 ? errno : 0;
+	e4 = dfd < 0 ? EBADF :
+	     syscall(SYS_getdents64, dfd, path, sizeof(path)) < 0 ? errno : 0;
+	if (dfd >= 0)
+		close(dfd);
+	check(e1 == ENOTCONN && e2 == ENOTCONN && e3 == ENOTCONN &&
+	      e4 == ENOTCONN,
+	      "abort_stops_passthrough: after an abort stat d/f1: %s, open: %s, getxattr: %s, getdents of d opened before: %s",
+	      strerror(e1), strerror(e2), strerror(e3), strerror(e4));
+}
+
 static void client_ino(void)
 {
 	struct stat st, bst;
@@ -1114,7 +1452,7 @@ static void client_ino(void)
 
 	check(sh->kernel_minor >= 47, "kernel speaks FUSE 7.%u (>= 7.47)",
 	      sh->kernel_minor);
-	check(sh->kernel_offers_ino, "kernel offers FUSE_PASSTHROUGH_INO");
+	check(sh->kernel_offers_ino, "kernel offers FUSE_PASSTHROUGH_OPS");
 	if (!sh->kernel_offers_ino)
 		return;
 	printf("INFO: ops_mask bits the kernel accepts: 0x%llx (opcodes",
@@ -1126,9 +1464,12 @@ static void client_ino(void)
 	check(sh->unknown_bit_errno == EOPNOTSUPP,
 	      "BACKING_OPEN with an unsupported op bit (RENAME2) fails with EOPNOTSUPP (got %s)",
 	      strerror(sh->unknown_bit_errno));
-	check(sh->high_bit_errno == EOPNOTSUPP,
-	      "BACKING_OPEN with bit 63 fails with EOPNOTSUPP (got %s)",
+	check(sh->high_bit_errno == EINVAL,
+	      "BACKING_OPEN with bit 63 (no such opcode) fails with EINVAL (got %s)",
 	      strerror(sh->high_bit_errno));
+	check(sh->no_getattr_errno == EINVAL,
+	      "BACKING_OPEN with GETXATTR but without GETATTR fails with EINVAL (got %s)",
+	      strerror(sh->no_getattr_errno));
 
 	/* --- GETATTR / STATX */
 	if (supported(OP(GETATTR), "GETATTR")) {
@@ -1154,10 +1495,6 @@ static void client_ino(void)
 		      st.st_mode & 07777, cnt("d/f1", FUSE_GETATTR));
 		chmod(s("d/f1"), 0644);
 	}
-	ok = stat(m("d/f2"), &st) == 0 && stat(m("d/f2"), &st) == 0;
-	check(ok && cnt("d/f2", FUSE_GETATTR) >= 2,
-	      "stat d/f2 (registered without GETATTR, twice) reached the server: GETATTR %u",
-	      cnt("d/f2", FUSE_GETATTR));
 	ok = stat(m("d/plain"), &st) == 0;
 	check(ok && cnt("d/plain", FUSE_GETATTR) > 0,
 	      "stat d/plain (no backing file) reached the server: GETATTR %u",
@@ -1419,11 +1756,18 @@ static void client_ino(void)
 		      strerror(e1));
 	}
 
+	check_permissions();
+	check_locks();
+	check_busy();
+	check_atime();
+
 	/* --- release: after FORGET the server can close its ids */
 	check_release();
 	e = nid_of("d/legacy");
 	check(e > 0 && sh->nodes[e].forgotten,
 	      "the refused LOOKUP of d/legacy was given back with a FORGET");
+
+	check_abort();
 }
 
 static void client(void)
@@ -1486,6 +1830,18 @@ static void make_tree(void)
 	put("d/dup", "content of dup\n");
 	put("d/legacy", "content of legacy\n");
 	put("d/sub/g", "content of g\n");
+	put("d/pstale", "content of pstale\n");
+	put("d/nacl", "content of nacl\n");
+	put("d/xacl", "content of xacl\n");
+	put("d/aclc", "content of aclc\n");
+	put("d/lck", "content of lck\n");
+	put("d/busy", "content of busy\n");
+	put("d/atime", "content of atime\n");
+	if (set_acl(s("d/aclc"), 4, 1234, 4))
+		die("set ACL of d/aclc");
+	chmod(s("d/aclc"), 0640);
+	if (setxattr(s("d/f1"), "trusted.hidden", "h", 1, 0))
+		die("setxattr trusted.hidden");
 	if (setxattr(s("d"), "user.pt", "dir", 4, 0) ||
 	    setxattr(s("d/f1"), "user.pt", "file1", 6, 0) ||
 	    setxattr(s("d/f1"), "user.other", "x", 1, 0) ||
