@@ -306,3 +306,163 @@ fn no_write_into_roots_directory_and_no_hard_link_to_an_unreadable_file() {
         assert!(m.unmount().success());
     }
 }
+
+/// `setfacl ARGS PATH` in SOURCE (the tool, as a user would).
+fn setfacl(args: &[&str], p: &Path) {
+    let st = std::process::Command::new("setfacl")
+        .args(args)
+        .arg(p)
+        .status()
+        .expect("setfacl (package acl)");
+    assert!(st.success(), "setfacl {args:?} {}", p.display());
+}
+
+/// The raw `system.posix_acl_access` of `p`, or the errno.
+fn acl_of(p: &Path) -> Result<Vec<u8>, i32> {
+    let c = cpath(p);
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: `buf` is writable for its length; `c` is a valid C string.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(errno());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// errno of opening `p` for reading as `uid`.
+fn open_as(uid: u32, p: &Path) -> i32 {
+    let p = p.to_path_buf();
+    thread_as(uid, uid, move || errno_of(fs::File::open(&p)))
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn default_acl_is_inherited_on_create_and_chmod_narrows_the_mask() {
+    require_root!();
+    for opts in MODES {
+        let m = Mount::with_source(
+            |s| {
+                let d = s.join("inherit");
+                fs::create_dir(&d).unwrap();
+                setfacl(&["-d", "-m", "u::rw,u:1234:rw,g::r,m::rw,o::-"], &d);
+            },
+            &["-o", opts],
+        );
+        fs::write(m.m("inherit/new"), b"inherited").unwrap();
+        let (src, mnt) = (acl_of(&m.s("inherit/new")), acl_of(&m.m("inherit/new")));
+        assert!(
+            src.is_ok(),
+            "{opts}: the new file in SOURCE has an ACL: {src:?}"
+        );
+        assert_eq!(mnt, src, "{opts}: the ACL through the mount is SOURCE's");
+        assert_eq!(
+            open_as(1234, &m.m("inherit/new")),
+            0,
+            "{opts}: user:1234:rw-"
+        );
+        assert_eq!(
+            open_as(1235, &m.m("inherit/new")),
+            libc::EACCES,
+            "{opts}: other::---"
+        );
+        // chmod through the mount sets the ACL mask from the group bits
+        fs::set_permissions(m.m("inherit/new"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(acl_of(&m.m("inherit/new")), acl_of(&m.s("inherit/new")));
+        assert_eq!(
+            open_as(1234, &m.m("inherit/new")),
+            libc::EACCES,
+            "{opts}: mask::--- after chmod 600 denies user:1234"
+        );
+        assert!(m.unmount().success());
+    }
+}
+
+/// Changes made in SOURCE behind the mount: with inode passthrough (the
+/// patched kernel, tests/uml.rs) the kernel checks the caller against the
+/// backing inode as it is now, with and without GETXATTR in the mask. On
+/// other kernels the attributes are cached for the daemon's timeouts, so
+/// only the first half (before the change) is checked there.
+#[test]
+fn source_changes_reach_permission_checks_at_once_with_inode_passthrough() {
+    require_root!();
+    for ops in ["all", "getattr,statx,open,read"] {
+        let m = Mount::with_source(
+            |s| {
+                for f in ["chmodded", "acl_denied"] {
+                    fs::write(s.join(f), b"root's").unwrap();
+                    fs::set_permissions(s.join(f), fs::Permissions::from_mode(0o644)).unwrap();
+                }
+            },
+            &["-o", "allow_other", "--passthrough-ops", ops],
+        );
+        assert_eq!(open_as(65534, &m.m("chmodded")), 0, "{ops}: 0644");
+        assert_eq!(open_as(65534, &m.m("acl_denied")), 0, "{ops}: 0644");
+        let inode_mode = m.stats()["backing"]["mode"] == "inode";
+        fs::set_permissions(m.s("chmodded"), fs::Permissions::from_mode(0o600)).unwrap();
+        setfacl(&["-m", "u:nobody:---"], &m.s("acl_denied"));
+        if inode_mode {
+            assert_eq!(
+                open_as(65534, &m.m("chmodded")),
+                libc::EACCES,
+                "{ops}: chmod 600 in SOURCE, no stat through the mount first"
+            );
+            assert_eq!(
+                open_as(65534, &m.m("acl_denied")),
+                libc::EACCES,
+                "{ops}: user:nobody:--- set in SOURCE"
+            );
+        }
+        assert!(m.unmount().success());
+    }
+}
+
+/// trusted.* names are listed only to callers that could list them on
+/// SOURCE (CAP_SYS_ADMIN), as overlayfs filters them.
+#[test]
+fn trusted_xattrs_are_not_listed_to_unprivileged_callers() {
+    require_root!();
+    let m = Mount::with_source(
+        |s| {
+            fs::write(s.join("f"), b"x").unwrap();
+            let c = cpath(&s.join("f"));
+            // SAFETY: valid C strings and a 1-byte value.
+            let r = unsafe {
+                libc::setxattr(
+                    c.as_ptr(),
+                    c"trusted.hidden".as_ptr(),
+                    b"h".as_ptr().cast(),
+                    1,
+                    0,
+                )
+            };
+            assert_eq!(r, 0, "trusted xattrs on SOURCE's filesystem");
+        },
+        &["-o", "allow_other"],
+    );
+    let list = |uid: u32, p: PathBuf| {
+        thread_as(uid, uid, move || {
+            let c = cpath(&p);
+            let mut buf = vec![0u8; 4096];
+            // SAFETY: `buf` is writable for its length.
+            let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            assert!(n >= 0, "listxattr: errno {}", errno());
+            buf.truncate(n as usize);
+            buf.split(|&b| b == 0).any(|n| n == b"trusted.hidden")
+        })
+        .join()
+        .unwrap()
+    };
+    assert!(list(0, m.m("f")), "root sees trusted.hidden");
+    assert!(!list(65534, m.s("f")), "nobody does not on SOURCE");
+    assert!(!list(65534, m.m("f")), "nobody does not through the mount");
+    assert!(m.unmount().success());
+}

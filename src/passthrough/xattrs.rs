@@ -51,7 +51,19 @@ impl PassthroughFs {
     }
 
     pub(super) fn do_listxattr(&self, ctx: &Context, nodeid: u64, size: u32, reply: ReplyXattr) {
-        self.xattr_query(ctx, nodeid, size, reply, sys::listxattr)
+        // The host lists trusted.* to whoever has CAP_SYS_ADMIN, which the
+        // worker keeps as the caller's fsuid: drop those names for callers
+        // other than root, who could not list them on SOURCE (overlayfs
+        // filters them the same way). A size query may overestimate.
+        let privileged = ctx.uid == 0;
+        self.xattr_query(ctx, nodeid, size, reply, |fd, buf| {
+            let n = sys::listxattr(fd, buf)?;
+            Ok(if privileged || buf.is_empty() {
+                n
+            } else {
+                drop_trusted(&mut buf[..n])
+            })
+        })
     }
 
     pub(super) fn do_setxattr(
@@ -93,5 +105,39 @@ impl PassthroughFs {
         let fd = self.table.fd(&inode)?;
         let _g = self.as_caller(ctx, false)?;
         sys::removexattr(fd.fd(), name).map_err(Errno::from)
+    }
+}
+
+/// Removes the `trusted.*` names from a NUL-separated xattr list in place;
+/// returns the new length.
+fn drop_trusted(list: &mut [u8]) -> usize {
+    let mut keep = 0;
+    let mut at = 0;
+    while at < list.len() {
+        let end = list[at..]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(list.len(), |i| at + i + 1);
+        if !list[at..end].starts_with(b"trusted.") {
+            list.copy_within(at..end, keep);
+            keep += end - at;
+        }
+        at = end;
+    }
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drop_trusted;
+
+    #[test]
+    fn trusted_names_are_dropped() {
+        let mut l = b"user.a\0trusted.b\0security.c\0trusted.d\0".to_vec();
+        let n = drop_trusted(&mut l);
+        assert_eq!(&l[..n], b"user.a\0security.c\0");
+        let mut l = b"trusted.x".to_vec();
+        assert_eq!(drop_trusted(&mut l), 0);
+        assert_eq!(drop_trusted(&mut []), 0);
     }
 }
