@@ -1615,6 +1615,32 @@ static void client_ino(void)
 		check(name[0] && !strcmp(name, again),
 		      "telldir/rewinddir/seekdir on d: \"%s\" == \"%s\"", name,
 		      again);
+
+		/*
+		 * d_ino comes from the backing directory: it agrees with
+		 * st_ino because this server gives entries their backing
+		 * inode numbers, which the design document requires.
+		 */
+		d = opendir(m("d"));
+		ok = d != NULL;
+		i = 0;
+		while (d && (de = readdir(d))) {
+			/* their lookups are counted by other checks */
+			if (de->d_name[0] == '.' || !strcmp(de->d_name, "dup") ||
+			    !strcmp(de->d_name, "legacy") ||
+			    !strcmp(de->d_name, "busy"))
+				continue;
+			if (snprintf(name, sizeof(name), "d/%s", de->d_name) >=
+			    (int)sizeof(name) ||
+			    lstat(m(name), &st) || st.st_ino != de->d_ino)
+				ok = 0;
+			i++;
+		}
+		if (d)
+			closedir(d);
+		check(ok && i > 2,
+		      "readdir_dino: d_ino of the %d entries of d equals their st_ino through the mount",
+		      i);
 	}
 	ok = dir_names(m("d/sub"), buf, sizeof(buf)) == 3;
 	check(ok && cnt("d/sub", FUSE_OPENDIR) > 0 &&
