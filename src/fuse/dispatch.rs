@@ -144,74 +144,88 @@ pub(crate) fn dispatch<F: Filesystem>(
             Vec::new()
         },
     };
-    let r = || reply(ch, h.unique, opcode);
     let n = h.nodeid;
+    let out = Reply::new(ch.clone(), h.unique, opcode);
+    // The dispatcher's table: one line per op.
     use Operation as O;
     match op {
-        O::Init(arg) => do_init(fs, ch, h.unique, &arg, state),
+        O::Init(arg) => do_init(fs, out, &arg, state),
         O::Destroy => {
             state.destroyed.store(true, Ordering::Release);
             fs.destroy();
-            ReplyEmpty(r()).ok();
+            out.answer(Ok(()));
         }
-        O::Interrupt(arg) => fs.interrupt(arg.unique),
-        O::Lookup { name } => fs.lookup(&ctx, n, name, ReplyEntry(r())),
-        O::Forget(arg) => fs.forget(n, arg.nlookup),
-        O::BatchForget(b) => {
+        O::Interrupt(arg) => no_reply(out, || fs.interrupt(arg.unique)),
+        O::Forget(arg) => no_reply(out, || fs.forget(n, arg.nlookup)),
+        O::BatchForget(b) => no_reply(out, || {
             let nodes: Vec<abi::ForgetOne> = b.iter().collect();
             fs.batch_forget(&nodes);
-        }
+        }),
+        O::Lookup { name } => answer(fs, out, fs.lookup(&ctx, n, name)),
         O::Getattr(arg) => {
             let fh = (arg.getattr_flags & abi::GETATTR_FH != 0).then_some(arg.fh);
-            fs.getattr(&ctx, n, fh, ReplyAttr(r()))
+            answer(fs, out, fs.getattr(&ctx, n, fh))
         }
-        O::Setattr(arg) => fs.setattr(&ctx, n, &arg, ReplyAttr(r())),
-        O::Statx(arg) => fs.statx(&ctx, n, &arg, ReplyStatx(r())),
-        O::Readlink => fs.readlink(&ctx, n, ReplyData(r())),
-        O::Symlink { name, target } => fs.symlink(&ctx, n, name, target, ReplyEntry(r())),
-        O::Mknod { arg, name } => fs.mknod(&ctx, n, name, &arg, ReplyEntry(r())),
-        O::Mkdir { arg, name } => fs.mkdir(&ctx, n, name, &arg, ReplyEntry(r())),
-        O::Unlink { name } => fs.unlink(&ctx, n, name, ReplyEmpty(r())),
-        O::Rmdir { name } => fs.rmdir(&ctx, n, name, ReplyEmpty(r())),
+        O::Setattr(arg) => answer(fs, out, fs.setattr(&ctx, n, &arg)),
+        O::Statx(arg) => answer(fs, out, fs.statx(&ctx, n, &arg)),
+        O::Readlink => answer(fs, out, fs.readlink(&ctx, n)),
+        O::Symlink { name, target } => answer(fs, out, fs.symlink(&ctx, n, name, target)),
+        O::Mknod { arg, name } => answer(fs, out, fs.mknod(&ctx, n, name, &arg)),
+        O::Mkdir { arg, name } => answer(fs, out, fs.mkdir(&ctx, n, name, &arg)),
+        O::Unlink { name } => answer(fs, out, fs.unlink(&ctx, n, name)),
+        O::Rmdir { name } => answer(fs, out, fs.rmdir(&ctx, n, name)),
         O::Rename {
             newdir,
             flags,
             name,
             newname,
-        } => fs.rename(&ctx, n, name, newdir, newname, flags, ReplyEmpty(r())),
-        O::Link { oldnodeid, newname } => fs.link(&ctx, oldnodeid, n, newname, ReplyEntry(r())),
-        O::Open(arg) => fs.open(&ctx, n, &arg, ReplyOpen(r())),
-        O::Read(arg) => fs.read(&ctx, n, &arg, ReplyData(r())),
-        O::Write { arg, data } => fs.write(&ctx, n, &arg, data, ReplyWrite(r())),
-        O::Statfs => fs.statfs(&ctx, n, ReplyStatfs(r())),
-        O::Release(arg) => fs.release(&ctx, n, &arg, ReplyEmpty(r())),
-        O::Fsync(arg) => fs.fsync(&ctx, n, &arg, ReplyEmpty(r())),
+        } => answer(fs, out, fs.rename(&ctx, n, name, newdir, newname, flags)),
+        O::Link { oldnodeid, newname } => answer(fs, out, fs.link(&ctx, oldnodeid, n, newname)),
+        O::Open(arg) => answer(fs, out, fs.open(&ctx, n, &arg)),
+        O::Read(arg) => answer(fs, out, fs.read(&ctx, n, &arg)),
+        O::Write { arg, data } => answer(fs, out, fs.write(&ctx, n, &arg, data)),
+        O::Statfs => answer(fs, out, fs.statfs(&ctx, n)),
+        O::Release(arg) => answer(fs, out, fs.release(&ctx, n, &arg)),
+        O::Fsync(arg) => answer(fs, out, fs.fsync(&ctx, n, &arg)),
         O::Setxattr { arg, name, value } => {
-            fs.setxattr(&ctx, n, name, value, &arg, ReplyEmpty(r()))
+            answer(fs, out, fs.setxattr(&ctx, n, name, value, &arg))
         }
-        O::Getxattr { arg, name } => fs.getxattr(&ctx, n, name, arg.size, ReplyXattr(r())),
-        O::Listxattr(arg) => fs.listxattr(&ctx, n, arg.size, ReplyXattr(r())),
-        O::Removexattr { name } => fs.removexattr(&ctx, n, name, ReplyEmpty(r())),
-        O::Flush(arg) => fs.flush(&ctx, n, &arg, ReplyEmpty(r())),
-        O::Opendir(arg) => fs.opendir(&ctx, n, &arg, ReplyOpen(r())),
-        O::Readdir(arg) => fs.readdir(&ctx, n, &arg, false, ReplyDir(r())),
-        O::Readdirplus(arg) => fs.readdir(&ctx, n, &arg, true, ReplyDir(r())),
-        O::Releasedir(arg) => fs.releasedir(&ctx, n, &arg, ReplyEmpty(r())),
-        O::Fsyncdir(arg) => fs.fsyncdir(&ctx, n, &arg, ReplyEmpty(r())),
-        O::Getlk(arg) => fs.getlk(&ctx, n, &arg, ReplyLock(r())),
-        O::Setlk { arg, sleep } => fs.setlk(&ctx, n, &arg, sleep, ReplyEmpty(r())),
-        O::Access(arg) => fs.access(&ctx, n, arg.mask, ReplyEmpty(r())),
-        O::Create { arg, name } => fs.create(&ctx, n, name, &arg, ReplyCreate(r())),
-        O::Tmpfile { arg } => fs.tmpfile(&ctx, n, &arg, ReplyCreate(r())),
-        O::Bmap(arg) => fs.bmap(&ctx, n, &arg, ReplyBmap(r())),
-        O::Fallocate(arg) => fs.fallocate(&ctx, n, &arg, ReplyEmpty(r())),
-        O::Lseek(arg) => fs.lseek(&ctx, n, &arg, ReplyLseek(r())),
-        O::CopyFileRange { arg, wide } => {
-            fs.copy_file_range(&ctx, n, &arg, ReplyCopy { reply: r(), wide })
-        }
-        O::Syncfs => fs.syncfs(&ctx, n, ReplyEmpty(r())),
-        O::Ioctl(_) | O::Poll(_) | O::Unknown(_) => r().error(Errno::ENOSYS),
+        O::Getxattr { arg, name } => answer(fs, out, fs.getxattr(&ctx, n, name, arg.size)),
+        O::Listxattr(arg) => answer(fs, out, fs.listxattr(&ctx, n, arg.size)),
+        O::Removexattr { name } => answer(fs, out, fs.removexattr(&ctx, n, name)),
+        O::Flush(arg) => answer(fs, out, fs.flush(&ctx, n, &arg)),
+        O::Opendir(arg) => answer(fs, out, fs.opendir(&ctx, n, &arg)),
+        O::Readdir(arg) => answer(fs, out, fs.readdir(&ctx, n, &arg, false)),
+        O::Readdirplus(arg) => answer(fs, out, fs.readdir(&ctx, n, &arg, true)),
+        O::Releasedir(arg) => answer(fs, out, fs.releasedir(&ctx, n, &arg)),
+        O::Fsyncdir(arg) => answer(fs, out, fs.fsyncdir(&ctx, n, &arg)),
+        O::Getlk(arg) => answer(fs, out, fs.getlk(&ctx, n, &arg)),
+        O::Setlk { arg, sleep: false } => answer(fs, out, fs.setlk(&ctx, n, &arg)),
+        O::Setlk { arg, sleep: true } => fs.setlkw(&ctx, n, &arg, Deferred(out)),
+        O::Access(arg) => answer(fs, out, fs.access(&ctx, n, arg.mask)),
+        O::Create { arg, name } => answer(fs, out, fs.create(&ctx, n, name, &arg)),
+        O::Tmpfile { arg } => answer(fs, out, fs.tmpfile(&ctx, n, &arg)),
+        O::Bmap(arg) => answer(fs, out, fs.bmap(&ctx, n, &arg)),
+        O::Fallocate(arg) => answer(fs, out, fs.fallocate(&ctx, n, &arg)),
+        O::Lseek(arg) => answer(fs, out, fs.lseek(&ctx, n, &arg)),
+        O::CopyFileRange { arg, wide } => answer(fs, out, fs.copy_file_range(&ctx, n, &arg, wide)),
+        O::Syncfs => answer(fs, out, fs.syncfs(&ctx, n)),
+        O::Ioctl(_) | O::Poll(_) | O::Unknown(_) => out.error(Errno::ENOSYS),
     }
+}
+
+/// Sends an op's result; if the kernel did not take it, the filesystem
+/// gets back what the reply handed over (lookups, an open handle).
+fn answer<F: Filesystem, T: Payload>(fs: &F, out: Reply, r: Result<T, Errno>) {
+    if let Some(lost) = out.answer(r) {
+        fs.reply_lost(lost.lost());
+    }
+}
+
+/// FORGET, BATCH_FORGET and INTERRUPT take no reply.
+fn no_reply(out: Reply, f: impl FnOnce()) {
+    out.forget();
+    f()
 }
 
 /// Flags every filesystem gets unless it removes them in `init`.
@@ -224,14 +238,8 @@ pub(crate) fn default_want() -> InitFlags {
         | InitFlags::INIT_EXT
 }
 
-fn do_init<F: Filesystem>(
-    fs: &F,
-    ch: &Arc<Channel>,
-    unique: u64,
-    arg: &abi::InitIn,
-    state: &DispatchState,
-) {
-    let r = Reply::new(ch.clone(), unique, Opcode::Init);
+fn do_init<F: Filesystem>(fs: &F, mut r: Reply, arg: &abi::InitIn, state: &DispatchState) {
+    let ch = r.channel().clone();
     if arg.major < abi::KERNEL_VERSION {
         warn!(
             "kernel speaks FUSE {}.{}, we need 7.{}",
@@ -248,7 +256,7 @@ fn do_init<F: Filesystem>(
             minor: abi::KERNEL_MINOR_VERSION,
             ..Default::default()
         };
-        let _ = r.send(0, &[IoSlice::new(out.as_bytes())]);
+        let _ = r.ok(&[IoSlice::new(out.as_bytes())]);
         return;
     }
     if arg.minor < abi::MIN_KERNEL_MINOR_VERSION {
@@ -347,7 +355,7 @@ fn do_init<F: Filesystem>(
     // Requests follow the reply at once: publish the negotiation first.
     conn.set_negotiated(negotiated);
     state.initialized.store(true, Ordering::Release);
-    if let Err(e) = r.send(0, &[IoSlice::new(out.as_bytes())]) {
+    if let Err(e) = r.ok(&[IoSlice::new(out.as_bytes())]) {
         warn!("INIT reply failed: {e:?}");
     }
 }

@@ -103,42 +103,31 @@ impl PassthroughFs {
         nodeid: u64,
         arg: &abi::ReadIn,
         plus: bool,
-        reply: ReplyDir,
-    ) {
-        let inode = match self.inode(nodeid, ctx.opcode) {
-            Ok(i) => i,
-            Err(e) => return reply.error(e),
-        };
+    ) -> Result<DirBuffer, Errno> {
+        let inode = self.inode(nodeid, ctx.opcode)?;
         // fh 0: a directory the kernel opened from its backing directory
         // (OPEN in its mask, READDIR not): list it through a fresh stream,
         // positioned at the offset the kernel asks for.
         let f = if arg.fh == abi::NO_FH {
-            match self.unhandled_open(nodeid, libc::O_RDONLY) {
-                Ok(f) => f,
-                Err(e) => return reply.error(e),
-            }
+            self.unhandled_open(nodeid, libc::O_RDONLY)?
         } else {
             match self.file(arg.fh) {
                 Ok(f) if f.inode.nodeid == nodeid => f,
-                _ => return reply.error(Errno::EBADF),
+                _ => return Err(Errno::EBADF),
             }
         };
         let Some(stream) = &f.dir else {
-            return reply.error(Errno::ENOTDIR);
+            return Err(Errno::ENOTDIR);
         };
         let mut st = stream.lock();
         if arg.offset != st.offset {
-            if let Err(e) = sys::lseek(f.fd.as_fd(), arg.offset, libc::SEEK_SET) {
-                return reply.error(e.into());
-            }
+            sys::lseek(f.fd.as_fd(), arg.offset, libc::SEEK_SET)?;
             st.pos = 0;
             st.len = 0;
             st.offset = arg.offset;
         }
         let media_rel = self.media_dir_rel(&inode);
         let mut out = DirBuffer::new(arg.size as usize);
-        // Lookups this reply hands to the kernel, to undo if it is lost.
-        let mut counted: Vec<u64> = Vec::new();
         loop {
             if st.pos >= st.len {
                 let DirStream { buf, .. } = &mut *st;
@@ -150,7 +139,7 @@ impl PassthroughFs {
                     }
                     Err(e) => {
                         if out.is_empty() {
-                            return reply.error(e.into());
+                            return Err(e.into());
                         }
                         break;
                     }
@@ -188,10 +177,8 @@ impl PassthroughFs {
                         if volatile {
                             e.entry_ttl = std::time::Duration::ZERO;
                         }
+                        // A record that fits hands its lookup to the reply.
                         if out.push_plus(&e, off, typ, &name) {
-                            if e.nodeid != 0 {
-                                counted.push(e.nodeid);
-                            }
                             true
                         } else {
                             if e.nodeid != 0 {
@@ -202,7 +189,7 @@ impl PassthroughFs {
                     }
                     Err(e) => {
                         if out.is_empty() {
-                            return reply.error(e);
+                            return Err(e);
                         }
                         false
                     }
@@ -216,12 +203,7 @@ impl PassthroughFs {
             st.pos += reclen;
             st.offset = off;
         }
-        drop(st);
-        if let Err(ReplyError::Gone) = reply.send(&out) {
-            for id in counted {
-                self.forget_one(id, 1);
-            }
-        }
+        Ok(out)
     }
 
     /// The READDIRPLUS record of one name: a full entry (one lookup) for
