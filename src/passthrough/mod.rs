@@ -221,6 +221,11 @@ impl PassthroughFs {
         &self.kinds
     }
 
+    /// Blocked lock waits right now.
+    pub fn lock_waiters(&self) -> usize {
+        self.locks.waiters()
+    }
+
     /// Open files and directories right now.
     pub fn open_files(&self) -> usize {
         self.files.len()
