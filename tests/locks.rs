@@ -2,7 +2,6 @@
 //! one lock cost no daemon thread each, interrupts reach every one of them,
 //! and the rest are granted in turn.
 
-#[allow(dead_code)]
 mod common;
 
 use std::fs::{self, File, OpenOptions};
