@@ -13,7 +13,7 @@ use zerocopy::IntoBytes;
 
 use super::abi::{self, InitFlags, Opcode};
 use super::channel::{Channel, Negotiated};
-use super::filesystem::{Context, Filesystem, InitConfig};
+use super::filesystem::{Context, Filesystem, Wants};
 use super::reply::*;
 use super::request::{Operation, Request};
 use super::Errno;
@@ -228,19 +228,8 @@ fn no_reply(out: Reply, f: impl FnOnce()) {
     f()
 }
 
-/// Flags every filesystem gets unless it removes them in `init`.
-pub(crate) fn default_want() -> InitFlags {
-    InitFlags::ASYNC_READ
-        | InitFlags::BIG_WRITES
-        | InitFlags::MAX_PAGES
-        | InitFlags::PARALLEL_DIROPS
-        | InitFlags::ABORT_ERROR
-        | InitFlags::INIT_EXT
-}
-
 fn do_init<F: Filesystem>(fs: &F, mut r: Reply, arg: &abi::InitIn, state: &DispatchState) {
-    let ch = r.channel().clone();
-    if arg.major < abi::KERNEL_VERSION {
+    if arg.major < abi::KERNEL_VERSION || arg.minor < abi::MIN_KERNEL_MINOR_VERSION {
         warn!(
             "kernel speaks FUSE {}.{}, we need 7.{}",
             arg.major,
@@ -259,45 +248,59 @@ fn do_init<F: Filesystem>(fs: &F, mut r: Reply, arg: &abi::InitIn, state: &Dispa
         let _ = r.ok(&[IoSlice::new(out.as_bytes())]);
         return;
     }
-    if arg.minor < abi::MIN_KERNEL_MINOR_VERSION {
-        warn!(
-            "kernel speaks FUSE 7.{}, we need 7.{}",
-            arg.minor,
-            abi::MIN_KERNEL_MINOR_VERSION
-        );
-        return r.error(Errno(libc::EPROTO));
+    let wants = fs.wants();
+    let (negotiated, out) = negotiate(&wants, arg, state.buffer_max_write, page_size());
+    info!(
+        "FUSE {}.{} (kernel 7.{}), max_write {}, flags {:#x}",
+        abi::KERNEL_VERSION,
+        negotiated.minor,
+        arg.minor,
+        negotiated.max_write,
+        negotiated.flags.bits()
+    );
+    // The filesystem sees the outcome before any request; requests follow
+    // the reply at once.
+    let conn = r.channel().connection().clone();
+    conn.set_negotiated(negotiated);
+    if let Err(e) = fs.init(&conn) {
+        warn!("filesystem refused INIT: {}", e);
+        return r.error(e);
     }
+    state.initialized.store(true, Ordering::Release);
+    if let Err(e) = r.ok(&[IoSlice::new(out.as_bytes())]) {
+        warn!("INIT reply failed: {e:?}");
+    }
+}
+
+/// The one INIT negotiation: what the filesystem wants, cut to what the
+/// kernel offered and to what the session's buffers take.
+pub(crate) fn negotiate(
+    wants: &Wants,
+    arg: &abi::InitIn,
+    buffer_max_write: u32,
+    page: u32,
+) -> (Negotiated, abi::InitOut) {
     let mut offered = arg.flags as u64;
     if offered & InitFlags::INIT_EXT.bits() != 0 {
         offered |= (arg.flags2 as u64) << 32;
     }
     let offered = InitFlags::from_bits_retain(offered);
-    let page = page_size();
-    let mut cfg = InitConfig {
-        kernel_minor: arg.minor,
-        offered,
-        want: default_want(),
-        max_write: state.buffer_max_write,
-        max_readahead: arg.max_readahead,
-        max_background: 64,
-        congestion_threshold: 48,
-        time_gran: 1,
-        max_stack_depth: 0,
-    };
-    let conn = ch.connection();
-    if let Err(e) = fs.init(conn, &mut cfg) {
-        warn!("filesystem refused INIT: {}", e);
-        return r.error(e);
-    }
-
     // Only what the kernel offered, and only bits we know.
-    let mut flags = (cfg.want & offered) & InitFlags::all();
+    let mut flags = (wants.flags & offered) & InitFlags::all();
+    for &group in &wants.together {
+        if !flags.contains(group) {
+            flags.remove(group);
+        }
+    }
+    for &(granted, drop) in &wants.excludes {
+        if flags.contains(granted) {
+            flags.remove(drop);
+        }
+    }
+    let mut max_stack_depth = wants.max_stack_depth;
     if flags.contains(InitFlags::PASSTHROUGH) {
-        if cfg.max_stack_depth == 0 || cfg.max_stack_depth > 2 {
-            warn!(
-                "passthrough needs max_stack_depth 1 or 2 (got {}); disabling it",
-                cfg.max_stack_depth
-            );
+        if max_stack_depth == 0 || max_stack_depth > 2 {
+            warn!("passthrough needs max_stack_depth 1 or 2 (got {max_stack_depth}); disabling it");
             flags.remove(InitFlags::PASSTHROUGH);
         } else if flags.contains(InitFlags::WRITEBACK_CACHE) {
             // The kernel silently drops passthrough with writeback cache.
@@ -307,57 +310,43 @@ fn do_init<F: Filesystem>(fs: &F, mut r: Reply, arg: &abi::InitIn, state: &Dispa
     }
     if !flags.contains(InitFlags::PASSTHROUGH) {
         flags.remove(InitFlags::PASSTHROUGH_INO);
-        cfg.max_stack_depth = 0;
+        max_stack_depth = 0;
     }
     if flags.bits() >> 32 == 0 {
         flags.remove(InitFlags::INIT_EXT);
     }
-    let max_write = cfg.max_write.clamp(4096, state.buffer_max_write);
+    let max_write = wants.max_write.clamp(4096, buffer_max_write);
     let max_pages = if flags.contains(InitFlags::MAX_PAGES) {
         max_write.div_ceil(page).min(u16::MAX as u32) as u16
     } else {
         0
     };
-    let minor = arg.minor.min(abi::KERNEL_MINOR_VERSION);
     let negotiated = Negotiated {
-        minor,
+        minor: arg.minor.min(abi::KERNEL_MINOR_VERSION),
         offered,
         flags,
         max_write,
-        max_readahead: cfg.max_readahead.min(arg.max_readahead),
+        max_readahead: arg.max_readahead,
         max_pages,
-        max_stack_depth: cfg.max_stack_depth,
+        max_stack_depth,
     };
-    info!(
-        "FUSE {}.{} (kernel 7.{}), max_write {}, flags {:#x}",
-        abi::KERNEL_VERSION,
-        minor,
-        arg.minor,
-        max_write,
-        flags.bits()
-    );
     let out = abi::InitOut {
         major: abi::KERNEL_VERSION,
         minor: abi::KERNEL_MINOR_VERSION,
         max_readahead: negotiated.max_readahead,
         flags: flags.bits() as u32,
-        max_background: cfg.max_background,
-        congestion_threshold: cfg.congestion_threshold.min(cfg.max_background),
+        max_background: wants.max_background,
+        congestion_threshold: wants.congestion_threshold.min(wants.max_background),
         max_write,
-        time_gran: cfg.time_gran.max(1),
+        time_gran: wants.time_gran.max(1),
         max_pages,
         map_alignment: 0,
         flags2: (flags.bits() >> 32) as u32,
-        max_stack_depth: negotiated.max_stack_depth,
+        max_stack_depth,
         request_timeout: 0,
         unused: [0; 11],
     };
-    // Requests follow the reply at once: publish the negotiation first.
-    conn.set_negotiated(negotiated);
-    state.initialized.store(true, Ordering::Release);
-    if let Err(e) = r.ok(&[IoSlice::new(out.as_bytes())]) {
-        warn!("INIT reply failed: {e:?}");
-    }
+    (negotiated, out)
 }
 
 pub(crate) fn page_size() -> u32 {
@@ -367,5 +356,78 @@ pub(crate) fn page_size() -> u32 {
         p as u32
     } else {
         4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(flags: InitFlags) -> abi::InitIn {
+        abi::InitIn {
+            major: abi::KERNEL_VERSION,
+            minor: 45,
+            max_readahead: 1 << 17,
+            flags: flags.bits() as u32,
+            flags2: (flags.bits() >> 32) as u32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_what_was_offered_and_rules_applied() {
+        let wants = Wants {
+            flags: Wants::default().flags
+                | InitFlags::POSIX_ACL
+                | InitFlags::DONT_MASK
+                | InitFlags::DO_READDIRPLUS
+                | InitFlags::PASSTHROUGH
+                | InitFlags::WRITEBACK_CACHE,
+            together: vec![InitFlags::POSIX_ACL | InitFlags::DONT_MASK],
+            excludes: vec![(InitFlags::PASSTHROUGH, InitFlags::WRITEBACK_CACHE)],
+            max_stack_depth: 1,
+            ..Default::default()
+        };
+        let offered = InitFlags::ASYNC_READ
+            | InitFlags::DONT_MASK
+            | InitFlags::DO_READDIRPLUS
+            | InitFlags::PASSTHROUGH
+            | InitFlags::WRITEBACK_CACHE
+            | InitFlags::MAX_PAGES
+            | InitFlags::INIT_EXT;
+        let (n, out) = negotiate(&wants, &offer(offered), 1 << 20, 4096);
+        assert!(n.has(InitFlags::ASYNC_READ | InitFlags::DO_READDIRPLUS));
+        assert!(n.has(InitFlags::PASSTHROUGH));
+        assert!(!n.has(InitFlags::DONT_MASK), "only with POSIX_ACL");
+        assert!(
+            !n.has(InitFlags::WRITEBACK_CACHE),
+            "excluded by passthrough"
+        );
+        assert!(!n.has(InitFlags::BIG_WRITES), "not offered");
+        assert_eq!(
+            (n.max_write, n.max_pages, n.max_stack_depth),
+            (1 << 20, 256, 1)
+        );
+        assert_eq!(out.flags as u64 | (out.flags2 as u64) << 32, n.flags.bits());
+        assert_eq!(out.max_readahead, 1 << 17);
+
+        // Without passthrough: no stack depth, writeback cache kept.
+        let (n, out) = negotiate(
+            &wants,
+            &offer(offered - InitFlags::PASSTHROUGH),
+            1 << 20,
+            4096,
+        );
+        assert!(n.has(InitFlags::WRITEBACK_CACHE));
+        assert_eq!((n.max_stack_depth, out.max_stack_depth), (0, 0));
+        // max_write never beyond the session's buffers.
+        let big = Wants {
+            max_write: u32::MAX,
+            ..Wants::default()
+        };
+        assert_eq!(
+            negotiate(&big, &offer(offered), 1 << 18, 4096).0.max_write,
+            1 << 18
+        );
     }
 }

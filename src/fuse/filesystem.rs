@@ -30,23 +30,45 @@ pub struct Context {
     pub groups: Vec<u32>,
 }
 
-/// The INIT negotiation, as offered to [`Filesystem::init`]: the filesystem
-/// fills in what it wants; the session keeps only what the kernel offered.
+/// What a filesystem asks of INIT ([`Filesystem::wants`]). The session
+/// keeps only what the kernel offered, applies `together` and `excludes`,
+/// logs the outcome once and hands it to [`Filesystem::init`].
 #[derive(Clone, Debug)]
-pub struct InitConfig {
-    /// Kernel's protocol minor.
-    pub kernel_minor: u32,
-    /// Flags the kernel offered.
-    pub offered: InitFlags,
-    /// Flags the filesystem asks for (intersected with `offered`).
-    pub want: InitFlags,
+pub struct Wants {
+    /// Flags asked for (each granted only if offered).
+    pub flags: InitFlags,
+    /// Groups granted all together or not at all.
+    pub together: Vec<InitFlags>,
+    /// `(a, b)`: when `a` is granted, `b` is not asked for.
+    pub excludes: Vec<(InitFlags, InitFlags)>,
+    /// Largest WRITE (clamped to what the session's buffers take).
     pub max_write: u32,
-    pub max_readahead: u32,
     pub max_background: u16,
     pub congestion_threshold: u16,
     pub time_gran: u32,
     /// Stack depth of backing files (only with FUSE_PASSTHROUGH).
     pub max_stack_depth: u32,
+}
+
+impl Default for Wants {
+    /// Flags every filesystem gets unless it removes them.
+    fn default() -> Self {
+        Wants {
+            flags: InitFlags::ASYNC_READ
+                | InitFlags::BIG_WRITES
+                | InitFlags::MAX_PAGES
+                | InitFlags::PARALLEL_DIROPS
+                | InitFlags::ABORT_ERROR
+                | InitFlags::INIT_EXT,
+            together: Vec::new(),
+            excludes: Vec::new(),
+            max_write: u32::MAX,
+            max_background: 64,
+            congestion_threshold: 48,
+            time_gran: 1,
+            max_stack_depth: 0,
+        }
+    }
 }
 
 /// Shorthand for an op's outcome.
@@ -55,9 +77,15 @@ pub type OpResult<T> = Result<T, Errno>;
 /// A filesystem served through the wire layer.
 #[allow(unused_variables)]
 pub trait Filesystem: Send + Sync + 'static {
-    /// Called once, with INIT, before the reply is sent. `conn` stays valid
-    /// for the life of the session (backing ioctls, notifications, counters).
-    fn init(&self, conn: &Arc<Connection>, cfg: &mut InitConfig) -> Result<(), Errno> {
+    /// What to ask of INIT; the session negotiates it with the kernel.
+    fn wants(&self) -> Wants {
+        Wants::default()
+    }
+    /// Called once, with the outcome of INIT ([`Connection::negotiated`]),
+    /// before the reply is sent. `conn` stays valid for the life of the
+    /// session (backing ioctls, notifications, counters). An error refuses
+    /// the session.
+    fn init(&self, conn: &Arc<Connection>) -> Result<(), Errno> {
         Ok(())
     }
     /// The session has ended (unmount or DESTROY).

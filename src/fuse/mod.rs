@@ -19,7 +19,7 @@ pub mod splice;
 pub mod testing;
 
 pub use channel::{Connection, Negotiated, RequestCounters};
-pub use filesystem::{Context, Filesystem, InitConfig, OpResult};
+pub use filesystem::{Context, Filesystem, OpResult, Wants};
 pub use mount::MountOptions;
 pub use reply::*;
 pub use session::{RunningSession, Session, SessionOptions};

@@ -381,11 +381,9 @@ pub fn check_name(name: &CStr) -> Result<(), Errno> {
 }
 
 impl Filesystem for PassthroughFs {
-    fn init(&self, conn: &Arc<Connection>, cfg: &mut InitConfig) -> Result<(), Errno> {
-        let _ = self.conn.set(conn.clone());
-        let o = cfg.offered;
-        let mut want = cfg.want
-            | InitFlags::ATOMIC_O_TRUNC
+    fn wants(&self) -> Wants {
+        let mut w = Wants::default();
+        w.flags |= InitFlags::ATOMIC_O_TRUNC
             | InitFlags::FLOCK_LOCKS
             | InitFlags::POSIX_LOCKS
             | InitFlags::SETXATTR_EXT
@@ -393,59 +391,68 @@ impl Filesystem for PassthroughFs {
             | InitFlags::ASYNC_DIO
             // nodeids are not stable across FORGET, so file handles of the
             // mount (name_to_handle_at, NFS export) cannot be honoured.
-            | InitFlags::NO_EXPORT_SUPPORT;
+            | InitFlags::NO_EXPORT_SUPPORT
+            // Shared mmap of FOPEN_DIRECT_IO files (O_DIRECT opens,
+            // --direct-io): the kernel keeps the page cache coherent.
+            | InitFlags::DIRECT_IO_ALLOW_MMAP;
         if self.cfg.readdirplus {
-            want |= InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO;
+            w.flags |= InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO;
         }
         // POSIX ACLs: the kernel enforces them (with default_permissions)
         // and leaves the umask to us, so default ACLs work as on the host.
-        if o.contains(InitFlags::POSIX_ACL | InitFlags::DONT_MASK) {
-            want |= InitFlags::POSIX_ACL | InitFlags::DONT_MASK;
-        }
+        w.flags |= InitFlags::POSIX_ACL | InitFlags::DONT_MASK;
+        w.together.push(InitFlags::POSIX_ACL | InitFlags::DONT_MASK);
         if !self.cfg.nocache {
-            want |= InitFlags::AUTO_INVAL_DATA | InitFlags::CACHE_SYMLINKS;
+            w.flags |=
+                InitFlags::AUTO_INVAL_DATA | InitFlags::CACHE_SYMLINKS | InitFlags::WRITEBACK_CACHE;
         }
-        // Shared mmap of FOPEN_DIRECT_IO files (O_DIRECT opens, --direct-io):
-        // the kernel keeps the page cache coherent for them.
-        want |= InitFlags::DIRECT_IO_ALLOW_MMAP;
-        let mode = if self.cfg.passthrough && o.contains(InitFlags::PASSTHROUGH) {
-            want |= InitFlags::PASSTHROUGH;
-            cfg.max_stack_depth = self.cfg.max_stack_depth;
-            if o.contains(InitFlags::PASSTHROUGH_INO) && self.cfg.policy.wants_inode_passthrough() {
-                want |= InitFlags::PASSTHROUGH_INO;
+        if self.cfg.passthrough {
+            w.flags |= InitFlags::PASSTHROUGH;
+            w.max_stack_depth = self.cfg.max_stack_depth;
+            // Writeback cache only when the daemon serves I/O itself.
+            w.excludes
+                .push((InitFlags::PASSTHROUGH, InitFlags::WRITEBACK_CACHE));
+            if self.cfg.policy.wants_inode_passthrough() {
+                w.flags |= InitFlags::PASSTHROUGH_INO;
                 // READDIRPLUS entries carry no backing id in the series: let
                 // every entry come through LOOKUP instead.
-                want.remove(InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO);
+                w.excludes.push((
+                    InitFlags::PASSTHROUGH_INO,
+                    InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO,
+                ));
                 // Files opened from their backing file have no handle here
                 // and send no FLUSH or RELEASE: the daemon could never drop
                 // their locks. The kernel keeps such locks itself.
                 if self.cfg.policy.may_pass_open() {
-                    want.remove(InitFlags::POSIX_LOCKS | InitFlags::FLOCK_LOCKS);
+                    w.excludes.push((
+                        InitFlags::PASSTHROUGH_INO,
+                        InitFlags::POSIX_LOCKS | InitFlags::FLOCK_LOCKS,
+                    ));
                 }
-                backing::Mode::Inode
-            } else {
-                backing::Mode::Io
             }
+        }
+        w
+    }
+
+    fn init(&self, conn: &Arc<Connection>) -> Result<(), Errno> {
+        let _ = self.conn.set(conn.clone());
+        let n = conn.negotiated().ok_or(Errno::EIO)?;
+        self.dont_mask
+            .store(n.has(InitFlags::DONT_MASK), Ordering::Relaxed);
+        self.writeback
+            .store(n.has(InitFlags::WRITEBACK_CACHE), Ordering::Relaxed);
+        let mode = if n.has(InitFlags::PASSTHROUGH_INO) {
+            backing::Mode::Inode
+        } else if n.has(InitFlags::PASSTHROUGH) {
+            backing::Mode::Io
         } else {
             if self.cfg.passthrough {
                 warn!(
                     "the kernel does not offer FUSE passthrough; the daemon serves all I/O itself"
                 );
             }
-            if !self.cfg.nocache && o.contains(InitFlags::WRITEBACK_CACHE) {
-                want |= InitFlags::WRITEBACK_CACHE;
-            }
             backing::Mode::Off
         };
-        cfg.want = want;
-        self.dont_mask.store(
-            o.contains(InitFlags::DONT_MASK) && want.contains(InitFlags::DONT_MASK),
-            Ordering::Relaxed,
-        );
-        self.writeback.store(
-            want.contains(InitFlags::WRITEBACK_CACHE) && o.contains(InitFlags::WRITEBACK_CACHE),
-            Ordering::Relaxed,
-        );
         self.backing.start(conn, mode);
         info!(
             "passthrough: {}",
