@@ -16,6 +16,7 @@ pub mod reply;
 pub mod request;
 pub mod session;
 pub mod splice;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use channel::{Connection, Negotiated, RequestCounters};

@@ -52,8 +52,6 @@ pub struct Config {
     pub splice: bool,
     /// The kernel checks permissions (`-o default_permissions`).
     pub default_permissions: bool,
-    pub allow_other: bool,
-    pub read_only: bool,
     /// Backing-file stack depth (1, or 2 when SOURCE is on overlayfs/FUSE).
     pub max_stack_depth: u32,
     pub readdirplus: bool,
@@ -76,8 +74,6 @@ impl Config {
             direct_io: false,
             splice: true,
             default_permissions: true,
-            allow_other: false,
-            read_only: false,
             max_stack_depth: 1,
             readdirplus: true,
             fd_cache: 4096,
