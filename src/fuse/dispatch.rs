@@ -45,82 +45,21 @@ fn reply(ch: &Arc<Channel>, unique: u64, op: Opcode) -> Reply {
     Reply::new(ch.clone(), unique, op)
 }
 
-/// Handles one request read from `ch`.
+/// Handles one request read from `ch`: parse, admit, call the op, reply.
 pub(crate) fn dispatch<F: Filesystem>(
     fs: &F,
     ch: &Arc<Channel>,
     buf: &[u8],
     state: &DispatchState,
 ) {
-    let conn = ch.connection();
-    let req = match Request::parse(buf) {
-        Ok(r) => r,
-        Err(e) => {
-            conn.counters.count_malformed();
-            warn!("malformed request: {e}");
-            // Answer EIO if we can tell which request it was.
-            if buf.len() >= 16 {
-                let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap_or([0; 8]));
-                let opcode = u32::from_ne_bytes(buf[4..8].try_into().unwrap_or([0; 4]));
-                if unique != 0
-                    && !matches!(
-                        Opcode::from_u32(opcode),
-                        Some(Opcode::Forget | Opcode::BatchForget)
-                    )
-                {
-                    let _ = ch.send(unique, -libc::EIO, &[]);
-                }
-            }
-            return;
-        }
+    let Some(req) = parse(ch, buf) else { return };
+    let Some(opcode) = admit(ch, &req, state) else {
+        return;
+    };
+    let Some(op) = operation(ch, &req, opcode) else {
+        return;
     };
     let h = req.header;
-    conn.counters.count(h.opcode);
-
-    let Some(opcode) = req.opcode() else {
-        if state.debug {
-            debug!(unique = h.unique, opcode = h.opcode, "unknown opcode");
-        }
-        let _ = ch.send(h.unique, -libc::ENOSYS, &[]);
-        return;
-    };
-
-    let initialized = state.initialized.load(Ordering::Acquire);
-    if opcode == Opcode::Init {
-        if initialized {
-            warn!("second INIT on an initialized session");
-            reply(ch, h.unique, opcode).error(Errno::EIO);
-            return;
-        }
-    } else if !initialized {
-        if !matches!(
-            opcode,
-            Opcode::Forget | Opcode::BatchForget | Opcode::Interrupt
-        ) {
-            warn!(op = opcode.name(), "request before INIT");
-            reply(ch, h.unique, opcode).error(Errno::EIO);
-        }
-        return;
-    }
-
-    let parse_cfg = conn
-        .negotiated()
-        .map(Negotiated::parse_config)
-        .unwrap_or_default();
-    let op = match req.operation(&parse_cfg) {
-        Ok(op) => op,
-        Err(e) => {
-            conn.counters.count_malformed();
-            warn!(unique = h.unique, "{e}");
-            if !matches!(
-                opcode,
-                Opcode::Forget | Opcode::BatchForget | Opcode::Interrupt
-            ) {
-                reply(ch, h.unique, opcode).error(Errno::EIO);
-            }
-            return;
-        }
-    };
     if state.debug {
         debug!(
             unique = h.unique,
@@ -130,7 +69,6 @@ pub(crate) fn dispatch<F: Filesystem>(
             "{op:?}"
         );
     }
-
     let ctx = Context {
         unique: h.unique,
         opcode,
@@ -144,9 +82,100 @@ pub(crate) fn dispatch<F: Filesystem>(
             Vec::new()
         },
     };
-    let n = h.nodeid;
     let out = Reply::new(ch.clone(), h.unique, opcode);
-    // The dispatcher's table: one line per op.
+    call(fs, &ctx, op, out, state)
+}
+
+/// FORGET, BATCH_FORGET and INTERRUPT take no reply, not even an error.
+fn takes_reply(opcode: Option<Opcode>) -> bool {
+    !matches!(
+        opcode,
+        Some(Opcode::Forget | Opcode::BatchForget | Opcode::Interrupt)
+    )
+}
+
+/// The request's header and arguments; a malformed one is counted, logged,
+/// and answered EIO if we can tell which request it was.
+fn parse<'a>(ch: &Arc<Channel>, buf: &'a [u8]) -> Option<Request<'a>> {
+    match Request::parse(buf) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            ch.connection().counters.count_malformed();
+            warn!("malformed request: {e}");
+            if buf.len() >= 16 {
+                let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap_or([0; 8]));
+                let opcode = u32::from_ne_bytes(buf[4..8].try_into().unwrap_or([0; 4]));
+                let no_reply = matches!(
+                    Opcode::from_u32(opcode),
+                    Some(Opcode::Forget | Opcode::BatchForget)
+                );
+                if unique != 0 && !no_reply {
+                    let _ = ch.send(unique, -libc::EIO, &[]);
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Counts the request and lets it through if the session can take it now:
+/// a known opcode (else ENOSYS), INIT first and once (else EIO).
+fn admit(ch: &Arc<Channel>, req: &Request<'_>, state: &DispatchState) -> Option<Opcode> {
+    let h = req.header;
+    ch.connection().counters.count(h.opcode);
+    let Some(opcode) = req.opcode() else {
+        if state.debug {
+            debug!(unique = h.unique, opcode = h.opcode, "unknown opcode");
+        }
+        let _ = ch.send(h.unique, -libc::ENOSYS, &[]);
+        return None;
+    };
+    let initialized = state.initialized.load(Ordering::Acquire);
+    if opcode == Opcode::Init && initialized {
+        warn!("second INIT on an initialized session");
+        reply(ch, h.unique, opcode).error(Errno::EIO);
+        return None;
+    }
+    if opcode != Opcode::Init && !initialized {
+        if takes_reply(Some(opcode)) {
+            warn!(op = opcode.name(), "request before INIT");
+            reply(ch, h.unique, opcode).error(Errno::EIO);
+        }
+        return None;
+    }
+    Some(opcode)
+}
+
+/// The typed operation; arguments that do not parse are counted, logged
+/// and answered EIO.
+fn operation<'a>(ch: &Arc<Channel>, req: &Request<'a>, opcode: Opcode) -> Option<Operation<'a>> {
+    let conn = ch.connection();
+    let parse_cfg = conn
+        .negotiated()
+        .map(Negotiated::parse_config)
+        .unwrap_or_default();
+    match req.operation(&parse_cfg) {
+        Ok(op) => Some(op),
+        Err(e) => {
+            conn.counters.count_malformed();
+            warn!(unique = req.header.unique, "{e}");
+            if takes_reply(Some(opcode)) {
+                reply(ch, req.header.unique, opcode).error(Errno::EIO);
+            }
+            None
+        }
+    }
+}
+
+/// Opcode -> trait method: the dispatcher's table, one line per op.
+fn call<F: Filesystem>(
+    fs: &F,
+    ctx: &Context,
+    op: Operation<'_>,
+    out: Reply,
+    state: &DispatchState,
+) {
+    let n = ctx.nodeid;
     use Operation as O;
     match op {
         O::Init(arg) => do_init(fs, out, &arg, state),
@@ -161,55 +190,53 @@ pub(crate) fn dispatch<F: Filesystem>(
             let nodes: Vec<abi::ForgetOne> = b.iter().collect();
             fs.batch_forget(&nodes);
         }),
-        O::Lookup { name } => answer(fs, out, fs.lookup(&ctx, n, name)),
+        O::Lookup { name } => answer(fs, out, fs.lookup(ctx, n, name)),
         O::Getattr(arg) => {
             let fh = (arg.getattr_flags & abi::GETATTR_FH != 0).then_some(arg.fh);
-            answer(fs, out, fs.getattr(&ctx, n, fh))
+            answer(fs, out, fs.getattr(ctx, n, fh))
         }
-        O::Setattr(arg) => answer(fs, out, fs.setattr(&ctx, n, &arg)),
-        O::Statx(arg) => answer(fs, out, fs.statx(&ctx, n, &arg)),
-        O::Readlink => answer(fs, out, fs.readlink(&ctx, n)),
-        O::Symlink { name, target } => answer(fs, out, fs.symlink(&ctx, n, name, target)),
-        O::Mknod { arg, name } => answer(fs, out, fs.mknod(&ctx, n, name, &arg)),
-        O::Mkdir { arg, name } => answer(fs, out, fs.mkdir(&ctx, n, name, &arg)),
-        O::Unlink { name } => answer(fs, out, fs.unlink(&ctx, n, name)),
-        O::Rmdir { name } => answer(fs, out, fs.rmdir(&ctx, n, name)),
+        O::Setattr(arg) => answer(fs, out, fs.setattr(ctx, n, &arg)),
+        O::Statx(arg) => answer(fs, out, fs.statx(ctx, n, &arg)),
+        O::Readlink => answer(fs, out, fs.readlink(ctx, n)),
+        O::Symlink { name, target } => answer(fs, out, fs.symlink(ctx, n, name, target)),
+        O::Mknod { arg, name } => answer(fs, out, fs.mknod(ctx, n, name, &arg)),
+        O::Mkdir { arg, name } => answer(fs, out, fs.mkdir(ctx, n, name, &arg)),
+        O::Unlink { name } => answer(fs, out, fs.unlink(ctx, n, name)),
+        O::Rmdir { name } => answer(fs, out, fs.rmdir(ctx, n, name)),
         O::Rename {
             newdir,
             flags,
             name,
             newname,
-        } => answer(fs, out, fs.rename(&ctx, n, name, newdir, newname, flags)),
-        O::Link { oldnodeid, newname } => answer(fs, out, fs.link(&ctx, oldnodeid, n, newname)),
-        O::Open(arg) => answer(fs, out, fs.open(&ctx, n, &arg)),
-        O::Read(arg) => answer(fs, out, fs.read(&ctx, n, &arg)),
-        O::Write { arg, data } => answer(fs, out, fs.write(&ctx, n, &arg, data)),
-        O::Statfs => answer(fs, out, fs.statfs(&ctx, n)),
-        O::Release(arg) => answer(fs, out, fs.release(&ctx, n, &arg)),
-        O::Fsync(arg) => answer(fs, out, fs.fsync(&ctx, n, &arg)),
-        O::Setxattr { arg, name, value } => {
-            answer(fs, out, fs.setxattr(&ctx, n, name, value, &arg))
-        }
-        O::Getxattr { arg, name } => answer(fs, out, fs.getxattr(&ctx, n, name, arg.size)),
-        O::Listxattr(arg) => answer(fs, out, fs.listxattr(&ctx, n, arg.size)),
-        O::Removexattr { name } => answer(fs, out, fs.removexattr(&ctx, n, name)),
-        O::Flush(arg) => answer(fs, out, fs.flush(&ctx, n, &arg)),
-        O::Opendir(arg) => answer(fs, out, fs.opendir(&ctx, n, &arg)),
-        O::Readdir(arg) => answer(fs, out, fs.readdir(&ctx, n, &arg, false)),
-        O::Readdirplus(arg) => answer(fs, out, fs.readdir(&ctx, n, &arg, true)),
-        O::Releasedir(arg) => answer(fs, out, fs.releasedir(&ctx, n, &arg)),
-        O::Fsyncdir(arg) => answer(fs, out, fs.fsyncdir(&ctx, n, &arg)),
-        O::Getlk(arg) => answer(fs, out, fs.getlk(&ctx, n, &arg)),
-        O::Setlk { arg, sleep: false } => answer(fs, out, fs.setlk(&ctx, n, &arg)),
-        O::Setlk { arg, sleep: true } => fs.setlkw(&ctx, n, &arg, Deferred(out)),
-        O::Access(arg) => answer(fs, out, fs.access(&ctx, n, arg.mask)),
-        O::Create { arg, name } => answer(fs, out, fs.create(&ctx, n, name, &arg)),
-        O::Tmpfile { arg } => answer(fs, out, fs.tmpfile(&ctx, n, &arg)),
-        O::Bmap(arg) => answer(fs, out, fs.bmap(&ctx, n, &arg)),
-        O::Fallocate(arg) => answer(fs, out, fs.fallocate(&ctx, n, &arg)),
-        O::Lseek(arg) => answer(fs, out, fs.lseek(&ctx, n, &arg)),
-        O::CopyFileRange { arg, wide } => answer(fs, out, fs.copy_file_range(&ctx, n, &arg, wide)),
-        O::Syncfs => answer(fs, out, fs.syncfs(&ctx, n)),
+        } => answer(fs, out, fs.rename(ctx, n, name, newdir, newname, flags)),
+        O::Link { oldnodeid, newname } => answer(fs, out, fs.link(ctx, oldnodeid, n, newname)),
+        O::Open(arg) => answer(fs, out, fs.open(ctx, n, &arg)),
+        O::Read(arg) => answer(fs, out, fs.read(ctx, n, &arg)),
+        O::Write { arg, data } => answer(fs, out, fs.write(ctx, n, &arg, data)),
+        O::Statfs => answer(fs, out, fs.statfs(ctx, n)),
+        O::Release(arg) => answer(fs, out, fs.release(ctx, n, &arg)),
+        O::Fsync(arg) => answer(fs, out, fs.fsync(ctx, n, &arg)),
+        O::Setxattr { arg, name, value } => answer(fs, out, fs.setxattr(ctx, n, name, value, &arg)),
+        O::Getxattr { arg, name } => answer(fs, out, fs.getxattr(ctx, n, name, arg.size)),
+        O::Listxattr(arg) => answer(fs, out, fs.listxattr(ctx, n, arg.size)),
+        O::Removexattr { name } => answer(fs, out, fs.removexattr(ctx, n, name)),
+        O::Flush(arg) => answer(fs, out, fs.flush(ctx, n, &arg)),
+        O::Opendir(arg) => answer(fs, out, fs.opendir(ctx, n, &arg)),
+        O::Readdir(arg) => answer(fs, out, fs.readdir(ctx, n, &arg, false)),
+        O::Readdirplus(arg) => answer(fs, out, fs.readdir(ctx, n, &arg, true)),
+        O::Releasedir(arg) => answer(fs, out, fs.releasedir(ctx, n, &arg)),
+        O::Fsyncdir(arg) => answer(fs, out, fs.fsyncdir(ctx, n, &arg)),
+        O::Getlk(arg) => answer(fs, out, fs.getlk(ctx, n, &arg)),
+        O::Setlk { arg, sleep: false } => answer(fs, out, fs.setlk(ctx, n, &arg)),
+        O::Setlk { arg, sleep: true } => fs.setlkw(ctx, n, &arg, Deferred(out)),
+        O::Access(arg) => answer(fs, out, fs.access(ctx, n, arg.mask)),
+        O::Create { arg, name } => answer(fs, out, fs.create(ctx, n, name, &arg)),
+        O::Tmpfile { arg } => answer(fs, out, fs.tmpfile(ctx, n, &arg)),
+        O::Bmap(arg) => answer(fs, out, fs.bmap(ctx, n, &arg)),
+        O::Fallocate(arg) => answer(fs, out, fs.fallocate(ctx, n, &arg)),
+        O::Lseek(arg) => answer(fs, out, fs.lseek(ctx, n, &arg)),
+        O::CopyFileRange { arg, wide } => answer(fs, out, fs.copy_file_range(ctx, n, &arg, wide)),
+        O::Syncfs => answer(fs, out, fs.syncfs(ctx, n)),
         O::Ioctl(_) | O::Poll(_) | O::Unknown(_) => out.error(Errno::ENOSYS),
     }
 }

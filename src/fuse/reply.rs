@@ -862,7 +862,11 @@ mod round_trip {
         );
         reply(&ch, 12, Opcode::Getxattr).answer(Ok(Xattr::Data(b"v".to_vec())));
         assert_eq!(recv(&rx).1, b"v");
+    }
 
+    #[test]
+    fn every_other_reply_continued() {
+        let (ch, rx) = channel(false);
         let lk = abi::FileLock {
             start: 1,
             end: 2,

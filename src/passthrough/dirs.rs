@@ -172,27 +172,10 @@ impl PassthroughFs {
                 ino: d.ino,
             });
             let fits = if plus {
-                match self.dirent_plus(&inode, &name, ino, typ) {
-                    Ok(mut e) => {
-                        if volatile {
-                            e.entry_ttl = std::time::Duration::ZERO;
-                        }
-                        // A record that fits hands its lookup to the reply.
-                        if out.push_plus(&e, off, typ, &name) {
-                            true
-                        } else {
-                            if e.nodeid != 0 {
-                                self.forget_one(e.nodeid, 1);
-                            }
-                            false
-                        }
-                    }
-                    Err(e) => {
-                        if out.is_empty() {
-                            return Err(e);
-                        }
-                        false
-                    }
+                let r = self.push_plus(&mut out, &inode, &name, ino, typ, off, volatile);
+                match r {
+                    Err(e) if out.is_empty() => return Err(e),
+                    r => r.unwrap_or(false),
                 }
             } else {
                 out.push(ino, off, typ, &name)
@@ -204,6 +187,33 @@ impl PassthroughFs {
             st.offset = off;
         }
         Ok(out)
+    }
+
+    /// Appends the READDIRPLUS record of one name; `Ok(false)` when full (its
+    /// lookup given back at once). A record that fits hands its lookup to
+    /// the reply.
+    #[allow(clippy::too_many_arguments)]
+    fn push_plus(
+        &self,
+        out: &mut DirBuffer,
+        dir: &Inode,
+        name: &[u8],
+        ino: u64,
+        typ: u32,
+        off: u64,
+        volatile: bool,
+    ) -> Result<bool, Errno> {
+        let mut e = self.dirent_plus(dir, name, ino, typ)?;
+        if volatile {
+            e.entry_ttl = std::time::Duration::ZERO;
+        }
+        if out.push_plus(&e, off, typ, name) {
+            return Ok(true);
+        }
+        if e.nodeid != 0 {
+            self.forget_one(e.nodeid, 1);
+        }
+        Ok(false)
     }
 
     /// The READDIRPLUS record of one name: a full entry (one lookup) for
