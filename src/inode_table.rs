@@ -661,3 +661,6 @@ impl InodeTable {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -412,6 +412,7 @@ impl PassthroughFs {
     }
 }
 
+#[cfg_attr(test, derive(Clone))]
 enum Lock {
     Flock(Arc<OpenFile>, i32),
     Posix(Arc<OwnedFd>, libc::flock),
@@ -434,5 +435,141 @@ impl Lock {
                 sys::ofd_lock(fd.as_fd(), libc::F_OFD_SETLK, &mut fl).map_err(Errno::from)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuse::channel::{Channel, Connection};
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    /// A channel whose replies arrive at the returned socket, one each.
+    fn channel() -> (Arc<Channel>, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two fds.
+        let r =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        // SAFETY: fresh fds, owned here.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        (Arc::new(Connection::new(a).master_channel().unwrap()), b)
+    }
+
+    /// The next reply, within a second: (unique, error).
+    fn reply_of(rx: &OwnedFd) -> Option<(u64, i32)> {
+        let mut pfd = libc::pollfd {
+            fd: rx.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 1000) } != 1 {
+            return None;
+        }
+        let mut buf = [0u8; 64];
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(n >= 16);
+        let error = i32::from_ne_bytes(buf[4..8].try_into().unwrap());
+        let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
+        Some((unique, error))
+    }
+
+    fn deferred(ch: &Arc<Channel>, unique: u64) -> Deferred {
+        Deferred(Reply::new(ch.clone(), unique, Opcode::Setlkw))
+    }
+
+    /// A write lock on the whole of `file`, on an open file description of
+    /// its own (as each lock owner has; it holds the lock while it is open).
+    fn write_lock(file: &std::path::Path) -> (Lock, Arc<OwnedFd>) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(file)
+            .unwrap();
+        let lk = abi::FileLock {
+            start: 0,
+            end: u64::MAX,
+            typ: libc::F_WRLCK as u32,
+            pid: 0,
+        };
+        let fd = Arc::new(OwnedFd::from(f));
+        (Lock::Posix(fd.clone(), to_flock(&lk).unwrap()), fd)
+    }
+
+    #[test]
+    fn waits_queue_up_to_the_limit_and_are_granted_or_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let (ch, rx) = channel();
+        let table = Arc::new(LockTable::with_limit(2));
+        let (holder, holder_fd) = write_lock(&file);
+        holder.attempt().unwrap();
+        let owners: Vec<_> = (0..4).map(|_| write_lock(&file)).collect();
+        // An INTERRUPT before its wait arrives is kept for it.
+        table.interrupt(10);
+        table.wait_for(owners[0].0.clone(), deferred(&ch, 10));
+        assert_eq!(reply_of(&rx), Some((10, -libc::EINTR)));
+        // Two waits queue, the third is over the limit.
+        table.wait_for(owners[1].0.clone(), deferred(&ch, 11));
+        table.wait_for(owners[2].0.clone(), deferred(&ch, 12));
+        table.wait_for(owners[3].0.clone(), deferred(&ch, 13));
+        assert_eq!(reply_of(&rx), Some((13, -libc::ENOLCK)));
+        assert_eq!(table.waiters(), 2);
+        assert_eq!(reply_of(&rx), None, "the queued waits wait");
+        // Dropping the lock (and a kick) grants the first in line only.
+        drop((holder, holder_fd));
+        table.kick();
+        assert_eq!(reply_of(&rx), Some((11, 0)));
+        assert_eq!(reply_of(&rx), None, "the second still waits");
+        assert_eq!(table.waiters(), 1);
+        table.interrupt(12);
+        assert_eq!(reply_of(&rx), Some((12, -libc::EINTR)));
+        assert_eq!(table.waiters(), 0);
+        // With the queue empty the waker thread ends.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while table.queue.lock().waker {
+            assert!(Instant::now() < deadline, "the waker thread never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_lock_held_outside_is_polled_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let (ch, rx) = channel();
+        let table = Arc::new(LockTable::default());
+        let outside = write_lock(&file);
+        outside.0.attempt().unwrap();
+        let waiter = write_lock(&file);
+        table.wait_for(waiter.0, deferred(&ch, 20));
+        assert_eq!(reply_of(&rx), None);
+        // Released with no kick (as a process on SOURCE would): the waker's
+        // poll finds it.
+        drop(outside);
+        assert_eq!(reply_of(&rx), Some((20, 0)));
+    }
+
+    #[test]
+    fn lock_ranges_in_host_terms() {
+        let lk = |start, end, typ: i32| abi::FileLock {
+            start,
+            end,
+            typ: typ as u32,
+            pid: 9,
+        };
+        let fl = to_flock(&lk(10, 19, libc::F_RDLCK)).unwrap();
+        assert_eq!((fl.l_start, fl.l_len, fl.l_pid), (10, 10, 0));
+        let fl = to_flock(&lk(5, u64::MAX, libc::F_WRLCK)).unwrap();
+        assert_eq!((fl.l_start, fl.l_len), (5, 0), "to the end of the file");
+        assert_eq!(to_flock(&lk(0, 1, 99)).unwrap_err(), Errno::EINVAL);
+        assert_eq!(
+            to_flock(&lk(u64::MAX, u64::MAX, libc::F_RDLCK)).unwrap_err(),
+            Errno::EINVAL
+        );
     }
 }
