@@ -599,6 +599,17 @@ pub fn raise_fd_limit() -> u64 {
     rl.rlim_cur
 }
 
+/// The system's page size (4096 if it cannot be had).
+pub fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u32
+    } else {
+        4096
+    }
+}
+
 /// Number of fds this process has open (entries of /proc/self/fd).
 pub fn count_open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")

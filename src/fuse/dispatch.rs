@@ -276,7 +276,7 @@ fn do_init<F: Filesystem>(fs: &F, mut r: Reply, arg: &abi::InitIn, state: &Dispa
         return;
     }
     let wants = fs.wants();
-    let (negotiated, out) = negotiate(&wants, arg, state.buffer_max_write, page_size());
+    let (negotiated, out) = negotiate(&wants, arg, state.buffer_max_write, crate::sys::page_size());
     info!(
         "FUSE {}.{} (kernel 7.{}), max_write {}, flags {:#x}",
         abi::KERNEL_VERSION,
@@ -374,16 +374,6 @@ pub(crate) fn negotiate(
         unused: [0; 11],
     };
     (negotiated, out)
-}
-
-pub(crate) fn page_size() -> u32 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u32
-    } else {
-        4096
-    }
 }
 
 #[cfg(test)]

@@ -442,34 +442,20 @@ impl Lock {
 mod tests {
     use super::*;
     use crate::fuse::channel::{Channel, Connection};
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::net::UnixDatagram;
 
     /// A channel whose replies arrive at the returned socket, one each.
-    fn channel() -> (Arc<Channel>, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for two fds.
-        let r =
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) };
-        assert_eq!(r, 0);
-        // SAFETY: fresh fds, owned here.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        (Arc::new(Connection::new(a).master_channel().unwrap()), b)
+    fn channel() -> (Arc<Channel>, UnixDatagram) {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let conn = Connection::new(OwnedFd::from(a));
+        (Arc::new(conn.master_channel().unwrap()), b)
     }
 
     /// The next reply, within a second: (unique, error).
-    fn reply_of(rx: &OwnedFd) -> Option<(u64, i32)> {
-        let mut pfd = libc::pollfd {
-            fd: rx.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, 1000) } != 1 {
-            return None;
-        }
+    fn reply_of(rx: &UnixDatagram) -> Option<(u64, i32)> {
         let mut buf = [0u8; 64];
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = rx.recv(&mut buf).ok()?;
         assert!(n >= 16);
         let error = i32::from_ne_bytes(buf[4..8].try_into().unwrap());
         let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
