@@ -15,9 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use passthroughfs::fuse::abi::Attr;
 use passthroughfs::fuse::{
-    Context, Errno, Filesystem, MountOptions, ReplyAttr, ReplyEntry, Session, SessionOptions,
+    self, Context, Entry, Errno, Filesystem, MountOptions, OpResult, Session, SessionOptions,
 };
 
 const WORKERS: usize = 2;
@@ -25,18 +24,21 @@ const WORKERS: usize = 2;
 struct Ours;
 
 impl Filesystem for Ours {
-    fn getattr(&self, _: &Context, nodeid: u64, _: Option<u64>, reply: ReplyAttr) {
-        let a = Attr {
+    fn getattr(&self, _: &Context, nodeid: u64, _: Option<u64>) -> OpResult<fuse::Attr> {
+        let attr = fuse::abi::Attr {
             ino: nodeid,
             mode: libc::S_IFDIR | 0o755,
             nlink: 2,
             blksize: 4096,
             ..Default::default()
         };
-        reply.attr(&a, Duration::ZERO)
+        Ok(fuse::Attr {
+            attr,
+            ttl: Duration::ZERO,
+        })
     }
-    fn lookup(&self, _: &Context, _: u64, _: &std::ffi::CStr, reply: ReplyEntry) {
-        reply.error(Errno::ENOENT)
+    fn lookup(&self, _: &Context, _: u64, _: &std::ffi::CStr) -> OpResult<Entry> {
+        Err(Errno::ENOENT)
     }
 }
 

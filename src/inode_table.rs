@@ -531,12 +531,6 @@ impl InodeTable {
         }
     }
 
-    /// Adds `n` lookups to an inode the caller already holds (READDIRPLUS of
-    /// a known entry, LINK). Fails if the inode is being forgotten.
-    pub fn inc_lookup(&self, inode: &Inode) -> bool {
-        inode.try_inc_lookup(1)
-    }
-
     /// FORGET: drops `n` lookups; at 0 the inode leaves the table (its fd
     /// closes once the last request using it is done). Returns the removed
     /// inode, so the caller can release what hangs off it (backing ids).
@@ -667,3 +661,6 @@ impl InodeTable {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -80,9 +80,6 @@ struct Cli {
     /// Worker threads (default: one per CPU, at least 2).
     #[arg(long, value_name = "N")]
     num_threads: Option<usize>,
-    /// One /dev/fuse fd per worker (always on; kept for compatibility).
-    #[arg(long)]
-    clone_fd: bool,
     /// Stack depth of backing files: 1, or 2 when SOURCE is itself on
     /// overlayfs or FUSE (detected when not given).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=2))]
@@ -459,8 +456,6 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
         direct_io: cli.direct_io,
         splice: !cli.nosplice,
         default_permissions: parsed.mount.default_permissions,
-        allow_other: parsed.mount.allow_other,
-        read_only: parsed.mount.read_only,
         max_stack_depth: depth,
         readdirplus: !cli.no_readdirplus,
         fd_cache,

@@ -319,10 +319,6 @@ impl Policy {
                 .any(|r| r.dirs.is_some_and(has) || r.files.is_some_and(has))
     }
 
-    pub fn has_rules(&self) -> bool {
-        !self.rules.is_empty()
-    }
-
     /// The mask a decision gives an inode of `kind`.
     pub fn mask(&self, decision: u16, kind: Kind) -> u64 {
         let (d, f) = self.masks(decision);

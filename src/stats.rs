@@ -46,6 +46,8 @@ pub struct Stats {
     pub requests: BTreeMap<&'static str, u64>,
     pub unknown_requests: u64,
     pub malformed_requests: u64,
+    /// Requests answered with an error, per opcode.
+    pub errors: BTreeMap<&'static str, u64>,
     /// Requests per inode kind and opcode.
     pub requests_by_kind: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     pub inodes: InodeStats,
@@ -53,6 +55,8 @@ pub struct Stats {
     /// Who arbitrates POSIX/OFD/flock locks: "host" (forwarded, the daemon
     /// takes them on SOURCE) or "kernel" (local to the mount).
     pub locks: &'static str,
+    /// Blocked lock waits queued right now (SETLKW, OFD and flock waits).
+    pub lock_waiters: usize,
     pub backing: BackingStats,
     /// Per op that can pass through: served by the daemon vs registered.
     pub passthrough_ops: BTreeMap<&'static str, OpSplit>,
@@ -72,10 +76,15 @@ pub fn rss_kib() -> u64 {
 
 pub fn collect(fs: &PassthroughFs) -> Stats {
     let mut requests = BTreeMap::new();
+    let mut errors = BTreeMap::new();
     let (mut unknown, mut malformed) = (0, 0);
     if let Some(c) = fs.connection() {
         for (op, n) in c.counters.snapshot() {
             requests.insert(op.name(), n);
+            let e = c.counters.errors(op);
+            if e > 0 {
+                errors.insert(op.name(), e);
+            }
         }
         unknown = c.counters.unknown();
         malformed = c.counters.malformed();
@@ -91,6 +100,7 @@ pub fn collect(fs: &PassthroughFs) -> Stats {
         requests,
         unknown_requests: unknown,
         malformed_requests: malformed,
+        errors,
         requests_by_kind: by_kind,
         inodes: InodeStats {
             cached: t.len(),
@@ -109,6 +119,7 @@ pub fn collect(fs: &PassthroughFs) -> Stats {
             Some(n) if n.flags.contains(InitFlags::POSIX_LOCKS) => "host",
             _ => "kernel",
         },
+        lock_waiters: fs.lock_waiters(),
         backing: fs.backing().stats(),
         passthrough_ops,
         process: ProcessStats {

@@ -343,6 +343,22 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> Result<usize> {
     })
 }
 
+/// Reads like read(2) on a regular file: short only at end of file (or
+/// after an error once some bytes are in; an error before any is returned).
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match pread(fd, &mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
 /// pwritev2 with optional RWF_APPEND (for O_APPEND writers).
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64, append: bool) -> Result<usize> {
     let iov = libc::iovec {
@@ -581,6 +597,17 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     rl.rlim_cur
+}
+
+/// The system's page size (4096 if it cannot be had).
+pub fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u32
+    } else {
+        4096
+    }
 }
 
 /// Number of fds this process has open (entries of /proc/self/fd).

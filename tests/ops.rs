@@ -664,12 +664,15 @@ fn flock_and_posix_locks() {
     assert!(m.unmount().success());
 }
 
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
 #[test]
 fn blocking_lock_wait_is_interruptible() {
     require_root!();
     let m = Mount::with_source(|s| fs::write(s.join("f"), b"x").unwrap(), &[]);
     // Hold the lock natively on SOURCE, then block on it through the mount
-    // in a child that we kill: the daemon must not keep a worker stuck.
+    // in a child: a signal makes its wait return EINTR, and a child that we
+    // kill does not keep a worker stuck.
     let native = OpenOptions::new()
         .read(true)
         .write(true)
@@ -683,21 +686,53 @@ fn blocking_lock_wait_is_interruptible() {
         0
     );
     let path = cpath(&m.m("f"));
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        unsafe {
-            let fd = libc::open(path.as_ptr(), libc::O_RDWR);
-            libc::fcntl(fd, libc::F_SETLKW, &fl);
-            libc::_exit(0);
+    // Exits 0 if its SETLKW returned EINTR, 1 if it returned anything else.
+    let waiter = || {
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = ignore_signal as *const () as usize;
+                libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+                let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+                let r = libc::fcntl(fd, libc::F_SETLKW, &fl);
+                let e = *libc::__errno_location();
+                libc::_exit(if r == -1 && e == libc::EINTR { 0 } else { 1 });
+            }
         }
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Signal it only once its wait is queued in the daemon.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while m.stats()["lock_waiters"] != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the wait never queued"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        pid
+    };
+    let pid = waiter();
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
     let mut status = 0;
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    // The mount still answers on every worker.
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the interrupted SETLKW returned EINTR (status {status:#x})"
+    );
+    let pid = waiter();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    // The mount still answers on every worker, and no wait is left.
     for _ in 0..20 {
         assert_eq!(fs::read(m.m("f")).unwrap(), b"x");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while m.stats()["lock_waiters"] != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a killed wait stayed queued"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     drop(native);
     assert!(m.unmount().success());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use passthroughfs::fuse::abi::{self, Attr};
-use passthroughfs::fuse::*;
+use passthroughfs::fuse::{self, *};
 
 const HELLO: &[u8] = b"hello from the wire layer\n";
 
@@ -33,55 +33,61 @@ fn attr(ino: u64) -> Option<Attr> {
 }
 
 impl Filesystem for HelloFs {
-    fn lookup(&self, _: &Context, parent: u64, name: &CStr, reply: ReplyEntry) {
+    fn lookup(&self, _: &Context, parent: u64, name: &CStr) -> OpResult<Entry> {
         let ino = match (parent, name.to_bytes()) {
             (1, b"hello") => 2,
             (1, b"sub") => 3,
-            _ => return reply.error(Errno::ENOENT),
+            _ => return Err(Errno::ENOENT),
         };
-        let e = Entry {
+        Ok(Entry {
             nodeid: ino,
             attr: attr(ino).unwrap(),
             entry_ttl: Duration::ZERO,
             attr_ttl: Duration::ZERO,
             ..Default::default()
-        };
-        let _ = reply.entry(&e);
+        })
     }
-    fn getattr(&self, _: &Context, nodeid: u64, _: Option<u64>, reply: ReplyAttr) {
-        match attr(nodeid) {
-            Some(a) => reply.attr(&a, Duration::ZERO),
-            None => reply.error(Errno::ENOENT),
-        }
+    fn getattr(&self, _: &Context, nodeid: u64, _: Option<u64>) -> OpResult<fuse::Attr> {
+        let attr = attr(nodeid).ok_or(Errno::ENOENT)?;
+        Ok(fuse::Attr {
+            attr,
+            ttl: Duration::ZERO,
+        })
     }
-    fn open(&self, _: &Context, nodeid: u64, _: &abi::OpenIn, reply: ReplyOpen) {
+    fn open(&self, _: &Context, nodeid: u64, _: &abi::OpenIn) -> OpResult<Open> {
         if nodeid != 2 {
-            return reply.error(Errno::EISDIR);
+            return Err(Errno::EISDIR);
         }
-        let _ = reply.opened(&Open {
+        Ok(Open {
             fh: 42,
             ..Default::default()
-        });
+        })
     }
-    fn read(&self, _: &Context, _: u64, arg: &abi::ReadIn, reply: ReplyData) {
+    fn read(&self, _: &Context, _: u64, arg: &abi::ReadIn) -> OpResult<Data> {
         assert_eq!(arg.fh, 42);
         let start = (arg.offset as usize).min(HELLO.len());
         let end = (start + arg.size as usize).min(HELLO.len());
-        reply.data(&HELLO[start..end]);
+        Ok(Data::Bytes(HELLO[start..end].to_vec()))
     }
-    fn release(&self, _: &Context, _: u64, _: &abi::ReleaseIn, reply: ReplyEmpty) {
-        reply.ok()
+    fn release(&self, _: &Context, _: u64, _: &abi::ReleaseIn) -> OpResult<()> {
+        Ok(())
     }
-    fn opendir(&self, _: &Context, nodeid: u64, _: &abi::OpenIn, reply: ReplyOpen) {
+    fn opendir(&self, _: &Context, nodeid: u64, _: &abi::OpenIn) -> OpResult<Open> {
         if nodeid == 2 {
-            return reply.error(Errno::ENOTDIR);
+            return Err(Errno::ENOTDIR);
         }
-        let _ = reply.opened(&Open {
+        Ok(Open {
             fh: nodeid,
             ..Default::default()
-        });
+        })
     }
-    fn readdir(&self, _: &Context, nodeid: u64, arg: &abi::ReadIn, plus: bool, reply: ReplyDir) {
+    fn readdir(
+        &self,
+        _: &Context,
+        nodeid: u64,
+        arg: &abi::ReadIn,
+        plus: bool,
+    ) -> OpResult<DirBuffer> {
         assert!(!plus, "readdirplus was not negotiated");
         let mut entries = vec![(nodeid, ".", libc::DT_DIR), (1, "..", libc::DT_DIR)];
         if nodeid == 1 {
@@ -94,10 +100,10 @@ impl Filesystem for HelloFs {
                 break;
             }
         }
-        let _ = reply.send(&buf);
+        Ok(buf)
     }
-    fn releasedir(&self, _: &Context, _: u64, _: &abi::ReleaseIn, reply: ReplyEmpty) {
-        reply.ok()
+    fn releasedir(&self, _: &Context, _: u64, _: &abi::ReleaseIn) -> OpResult<()> {
+        Ok(())
     }
 }
 

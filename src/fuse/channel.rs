@@ -54,6 +54,8 @@ pub struct RequestCounters {
     unknown: AtomicU64,
     /// Requests that could not be parsed.
     malformed: AtomicU64,
+    /// Requests answered with an error, per opcode.
+    errors: [AtomicU64; abi::MAX_OPCODE + 1],
 }
 
 impl Default for RequestCounters {
@@ -62,6 +64,7 @@ impl Default for RequestCounters {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
             unknown: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -76,6 +79,15 @@ impl RequestCounters {
 
     pub(crate) fn count_malformed(&self) {
         self.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_error(&self, op: Opcode) {
+        self.errors[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests of `op` answered with an error so far.
+    pub fn errors(&self, op: Opcode) -> u64 {
+        self.errors[op as usize].load(Ordering::Relaxed)
     }
 
     /// Requests of `op` received so far.
@@ -237,6 +249,22 @@ impl Channel {
             unique,
         };
         write_message(self.fd.as_raw_fd(), &header, payload)
+    }
+
+    /// Sends a READ reply of up to `len` bytes of `file` from `offset`,
+    /// spliced (no copy through user memory). `None`: nothing was sent,
+    /// splicing is not possible here.
+    pub(crate) fn send_file(
+        &self,
+        unique: u64,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Option<io::Result<()>> {
+        match super::splice::send_read_reply(self.raw_fd(), unique, file, offset, len) {
+            super::splice::Spliced::Unavailable => None,
+            super::splice::Spliced::Sent(r) => Some(r),
+        }
     }
 }
 

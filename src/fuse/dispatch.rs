@@ -13,7 +13,7 @@ use zerocopy::IntoBytes;
 
 use super::abi::{self, InitFlags, Opcode};
 use super::channel::{Channel, Negotiated};
-use super::filesystem::{Context, Filesystem, InitConfig};
+use super::filesystem::{Context, Filesystem, Wants};
 use super::reply::*;
 use super::request::{Operation, Request};
 use super::Errno;
@@ -45,82 +45,21 @@ fn reply(ch: &Arc<Channel>, unique: u64, op: Opcode) -> Reply {
     Reply::new(ch.clone(), unique, op)
 }
 
-/// Handles one request read from `ch`.
+/// Handles one request read from `ch`: parse, admit, call the op, reply.
 pub(crate) fn dispatch<F: Filesystem>(
     fs: &F,
     ch: &Arc<Channel>,
     buf: &[u8],
     state: &DispatchState,
 ) {
-    let conn = ch.connection();
-    let req = match Request::parse(buf) {
-        Ok(r) => r,
-        Err(e) => {
-            conn.counters.count_malformed();
-            warn!("malformed request: {e}");
-            // Answer EIO if we can tell which request it was.
-            if buf.len() >= 16 {
-                let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap_or([0; 8]));
-                let opcode = u32::from_ne_bytes(buf[4..8].try_into().unwrap_or([0; 4]));
-                if unique != 0
-                    && !matches!(
-                        Opcode::from_u32(opcode),
-                        Some(Opcode::Forget | Opcode::BatchForget)
-                    )
-                {
-                    let _ = ch.send(unique, -libc::EIO, &[]);
-                }
-            }
-            return;
-        }
+    let Some(req) = parse(ch, buf) else { return };
+    let Some(opcode) = admit(ch, &req, state) else {
+        return;
+    };
+    let Some(op) = operation(ch, &req, opcode) else {
+        return;
     };
     let h = req.header;
-    conn.counters.count(h.opcode);
-
-    let Some(opcode) = req.opcode() else {
-        if state.debug {
-            debug!(unique = h.unique, opcode = h.opcode, "unknown opcode");
-        }
-        let _ = ch.send(h.unique, -libc::ENOSYS, &[]);
-        return;
-    };
-
-    let initialized = state.initialized.load(Ordering::Acquire);
-    if opcode == Opcode::Init {
-        if initialized {
-            warn!("second INIT on an initialized session");
-            reply(ch, h.unique, opcode).error(Errno::EIO);
-            return;
-        }
-    } else if !initialized {
-        if !matches!(
-            opcode,
-            Opcode::Forget | Opcode::BatchForget | Opcode::Interrupt
-        ) {
-            warn!(op = opcode.name(), "request before INIT");
-            reply(ch, h.unique, opcode).error(Errno::EIO);
-        }
-        return;
-    }
-
-    let parse_cfg = conn
-        .negotiated()
-        .map(Negotiated::parse_config)
-        .unwrap_or_default();
-    let op = match req.operation(&parse_cfg) {
-        Ok(op) => op,
-        Err(e) => {
-            conn.counters.count_malformed();
-            warn!(unique = h.unique, "{e}");
-            if !matches!(
-                opcode,
-                Opcode::Forget | Opcode::BatchForget | Opcode::Interrupt
-            ) {
-                reply(ch, h.unique, opcode).error(Errno::EIO);
-            }
-            return;
-        }
-    };
     if state.debug {
         debug!(
             unique = h.unique,
@@ -130,7 +69,6 @@ pub(crate) fn dispatch<F: Filesystem>(
             "{op:?}"
         );
     }
-
     let ctx = Context {
         unique: h.unique,
         opcode,
@@ -144,95 +82,181 @@ pub(crate) fn dispatch<F: Filesystem>(
             Vec::new()
         },
     };
-    let r = || reply(ch, h.unique, opcode);
-    let n = h.nodeid;
+    let out = Reply::new(ch.clone(), h.unique, opcode);
+    call(fs, &ctx, op, out, state)
+}
+
+/// FORGET, BATCH_FORGET and INTERRUPT take no reply, not even an error.
+fn takes_reply(opcode: Option<Opcode>) -> bool {
+    !matches!(
+        opcode,
+        Some(Opcode::Forget | Opcode::BatchForget | Opcode::Interrupt)
+    )
+}
+
+/// The request's header and arguments; a malformed one is counted, logged,
+/// and answered EIO if we can tell which request it was.
+fn parse<'a>(ch: &Arc<Channel>, buf: &'a [u8]) -> Option<Request<'a>> {
+    match Request::parse(buf) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            ch.connection().counters.count_malformed();
+            warn!("malformed request: {e}");
+            if buf.len() >= 16 {
+                let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap_or([0; 8]));
+                let opcode = u32::from_ne_bytes(buf[4..8].try_into().unwrap_or([0; 4]));
+                let no_reply = matches!(
+                    Opcode::from_u32(opcode),
+                    Some(Opcode::Forget | Opcode::BatchForget)
+                );
+                if unique != 0 && !no_reply {
+                    let _ = ch.send(unique, -libc::EIO, &[]);
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Counts the request and lets it through if the session can take it now:
+/// a known opcode (else ENOSYS), INIT first and once (else EIO).
+fn admit(ch: &Arc<Channel>, req: &Request<'_>, state: &DispatchState) -> Option<Opcode> {
+    let h = req.header;
+    ch.connection().counters.count(h.opcode);
+    let Some(opcode) = req.opcode() else {
+        if state.debug {
+            debug!(unique = h.unique, opcode = h.opcode, "unknown opcode");
+        }
+        let _ = ch.send(h.unique, -libc::ENOSYS, &[]);
+        return None;
+    };
+    let initialized = state.initialized.load(Ordering::Acquire);
+    if opcode == Opcode::Init && initialized {
+        warn!("second INIT on an initialized session");
+        reply(ch, h.unique, opcode).error(Errno::EIO);
+        return None;
+    }
+    if opcode != Opcode::Init && !initialized {
+        if takes_reply(Some(opcode)) {
+            warn!(op = opcode.name(), "request before INIT");
+            reply(ch, h.unique, opcode).error(Errno::EIO);
+        }
+        return None;
+    }
+    Some(opcode)
+}
+
+/// The typed operation; arguments that do not parse are counted, logged
+/// and answered EIO.
+fn operation<'a>(ch: &Arc<Channel>, req: &Request<'a>, opcode: Opcode) -> Option<Operation<'a>> {
+    let conn = ch.connection();
+    let parse_cfg = conn
+        .negotiated()
+        .map(Negotiated::parse_config)
+        .unwrap_or_default();
+    match req.operation(&parse_cfg) {
+        Ok(op) => Some(op),
+        Err(e) => {
+            conn.counters.count_malformed();
+            warn!(unique = req.header.unique, "{e}");
+            if takes_reply(Some(opcode)) {
+                reply(ch, req.header.unique, opcode).error(Errno::EIO);
+            }
+            None
+        }
+    }
+}
+
+/// Opcode -> trait method: the dispatcher's table, one line per op.
+fn call<F: Filesystem>(
+    fs: &F,
+    ctx: &Context,
+    op: Operation<'_>,
+    out: Reply,
+    state: &DispatchState,
+) {
+    let n = ctx.nodeid;
     use Operation as O;
     match op {
-        O::Init(arg) => do_init(fs, ch, h.unique, &arg, state),
+        O::Init(arg) => do_init(fs, out, &arg, state),
         O::Destroy => {
             state.destroyed.store(true, Ordering::Release);
             fs.destroy();
-            ReplyEmpty(r()).ok();
+            out.answer(Ok(()));
         }
-        O::Interrupt(arg) => fs.interrupt(arg.unique),
-        O::Lookup { name } => fs.lookup(&ctx, n, name, ReplyEntry(r())),
-        O::Forget(arg) => fs.forget(n, arg.nlookup),
-        O::BatchForget(b) => {
+        O::Interrupt(arg) => no_reply(out, || fs.interrupt(arg.unique)),
+        O::Forget(arg) => no_reply(out, || fs.forget(n, arg.nlookup)),
+        O::BatchForget(b) => no_reply(out, || {
             let nodes: Vec<abi::ForgetOne> = b.iter().collect();
             fs.batch_forget(&nodes);
-        }
+        }),
+        O::Lookup { name } => answer(fs, out, fs.lookup(ctx, n, name)),
         O::Getattr(arg) => {
             let fh = (arg.getattr_flags & abi::GETATTR_FH != 0).then_some(arg.fh);
-            fs.getattr(&ctx, n, fh, ReplyAttr(r()))
+            answer(fs, out, fs.getattr(ctx, n, fh))
         }
-        O::Setattr(arg) => fs.setattr(&ctx, n, &arg, ReplyAttr(r())),
-        O::Statx(arg) => fs.statx(&ctx, n, &arg, ReplyStatx(r())),
-        O::Readlink => fs.readlink(&ctx, n, ReplyData(r())),
-        O::Symlink { name, target } => fs.symlink(&ctx, n, name, target, ReplyEntry(r())),
-        O::Mknod { arg, name } => fs.mknod(&ctx, n, name, &arg, ReplyEntry(r())),
-        O::Mkdir { arg, name } => fs.mkdir(&ctx, n, name, &arg, ReplyEntry(r())),
-        O::Unlink { name } => fs.unlink(&ctx, n, name, ReplyEmpty(r())),
-        O::Rmdir { name } => fs.rmdir(&ctx, n, name, ReplyEmpty(r())),
+        O::Setattr(arg) => answer(fs, out, fs.setattr(ctx, n, &arg)),
+        O::Statx(arg) => answer(fs, out, fs.statx(ctx, n, &arg)),
+        O::Readlink => answer(fs, out, fs.readlink(ctx, n)),
+        O::Symlink { name, target } => answer(fs, out, fs.symlink(ctx, n, name, target)),
+        O::Mknod { arg, name } => answer(fs, out, fs.mknod(ctx, n, name, &arg)),
+        O::Mkdir { arg, name } => answer(fs, out, fs.mkdir(ctx, n, name, &arg)),
+        O::Unlink { name } => answer(fs, out, fs.unlink(ctx, n, name)),
+        O::Rmdir { name } => answer(fs, out, fs.rmdir(ctx, n, name)),
         O::Rename {
             newdir,
             flags,
             name,
             newname,
-        } => fs.rename(&ctx, n, name, newdir, newname, flags, ReplyEmpty(r())),
-        O::Link { oldnodeid, newname } => fs.link(&ctx, oldnodeid, n, newname, ReplyEntry(r())),
-        O::Open(arg) => fs.open(&ctx, n, &arg, ReplyOpen(r())),
-        O::Read(arg) => fs.read(&ctx, n, &arg, ReplyData(r())),
-        O::Write { arg, data } => fs.write(&ctx, n, &arg, data, ReplyWrite(r())),
-        O::Statfs => fs.statfs(&ctx, n, ReplyStatfs(r())),
-        O::Release(arg) => fs.release(&ctx, n, &arg, ReplyEmpty(r())),
-        O::Fsync(arg) => fs.fsync(&ctx, n, &arg, ReplyEmpty(r())),
-        O::Setxattr { arg, name, value } => {
-            fs.setxattr(&ctx, n, name, value, &arg, ReplyEmpty(r()))
-        }
-        O::Getxattr { arg, name } => fs.getxattr(&ctx, n, name, arg.size, ReplyXattr(r())),
-        O::Listxattr(arg) => fs.listxattr(&ctx, n, arg.size, ReplyXattr(r())),
-        O::Removexattr { name } => fs.removexattr(&ctx, n, name, ReplyEmpty(r())),
-        O::Flush(arg) => fs.flush(&ctx, n, &arg, ReplyEmpty(r())),
-        O::Opendir(arg) => fs.opendir(&ctx, n, &arg, ReplyOpen(r())),
-        O::Readdir(arg) => fs.readdir(&ctx, n, &arg, false, ReplyDir(r())),
-        O::Readdirplus(arg) => fs.readdir(&ctx, n, &arg, true, ReplyDir(r())),
-        O::Releasedir(arg) => fs.releasedir(&ctx, n, &arg, ReplyEmpty(r())),
-        O::Fsyncdir(arg) => fs.fsyncdir(&ctx, n, &arg, ReplyEmpty(r())),
-        O::Getlk(arg) => fs.getlk(&ctx, n, &arg, ReplyLock(r())),
-        O::Setlk { arg, sleep } => fs.setlk(&ctx, n, &arg, sleep, ReplyEmpty(r())),
-        O::Access(arg) => fs.access(&ctx, n, arg.mask, ReplyEmpty(r())),
-        O::Create { arg, name } => fs.create(&ctx, n, name, &arg, ReplyCreate(r())),
-        O::Tmpfile { arg } => fs.tmpfile(&ctx, n, &arg, ReplyCreate(r())),
-        O::Bmap(arg) => fs.bmap(&ctx, n, &arg, ReplyBmap(r())),
-        O::Fallocate(arg) => fs.fallocate(&ctx, n, &arg, ReplyEmpty(r())),
-        O::Lseek(arg) => fs.lseek(&ctx, n, &arg, ReplyLseek(r())),
-        O::CopyFileRange { arg, wide } => {
-            fs.copy_file_range(&ctx, n, &arg, ReplyCopy { reply: r(), wide })
-        }
-        O::Syncfs => fs.syncfs(&ctx, n, ReplyEmpty(r())),
-        O::Ioctl(_) | O::Poll(_) | O::Unknown(_) => r().error(Errno::ENOSYS),
+        } => answer(fs, out, fs.rename(ctx, n, name, newdir, newname, flags)),
+        O::Link { oldnodeid, newname } => answer(fs, out, fs.link(ctx, oldnodeid, n, newname)),
+        O::Open(arg) => answer(fs, out, fs.open(ctx, n, &arg)),
+        O::Read(arg) => answer(fs, out, fs.read(ctx, n, &arg)),
+        O::Write { arg, data } => answer(fs, out, fs.write(ctx, n, &arg, data)),
+        O::Statfs => answer(fs, out, fs.statfs(ctx, n)),
+        O::Release(arg) => answer(fs, out, fs.release(ctx, n, &arg)),
+        O::Fsync(arg) => answer(fs, out, fs.fsync(ctx, n, &arg)),
+        O::Setxattr { arg, name, value } => answer(fs, out, fs.setxattr(ctx, n, name, value, &arg)),
+        O::Getxattr { arg, name } => answer(fs, out, fs.getxattr(ctx, n, name, arg.size)),
+        O::Listxattr(arg) => answer(fs, out, fs.listxattr(ctx, n, arg.size)),
+        O::Removexattr { name } => answer(fs, out, fs.removexattr(ctx, n, name)),
+        O::Flush(arg) => answer(fs, out, fs.flush(ctx, n, &arg)),
+        O::Opendir(arg) => answer(fs, out, fs.opendir(ctx, n, &arg)),
+        O::Readdir(arg) => answer(fs, out, fs.readdir(ctx, n, &arg, false)),
+        O::Readdirplus(arg) => answer(fs, out, fs.readdir(ctx, n, &arg, true)),
+        O::Releasedir(arg) => answer(fs, out, fs.releasedir(ctx, n, &arg)),
+        O::Fsyncdir(arg) => answer(fs, out, fs.fsyncdir(ctx, n, &arg)),
+        O::Getlk(arg) => answer(fs, out, fs.getlk(ctx, n, &arg)),
+        O::Setlk { arg, sleep: false } => answer(fs, out, fs.setlk(ctx, n, &arg)),
+        O::Setlk { arg, sleep: true } => fs.setlkw(ctx, n, &arg, Deferred(out)),
+        O::Access(arg) => answer(fs, out, fs.access(ctx, n, arg.mask)),
+        O::Create { arg, name } => answer(fs, out, fs.create(ctx, n, name, &arg)),
+        O::Tmpfile { arg } => answer(fs, out, fs.tmpfile(ctx, n, &arg)),
+        O::Bmap(arg) => answer(fs, out, fs.bmap(ctx, n, &arg)),
+        O::Fallocate(arg) => answer(fs, out, fs.fallocate(ctx, n, &arg)),
+        O::Lseek(arg) => answer(fs, out, fs.lseek(ctx, n, &arg)),
+        O::CopyFileRange { arg, wide } => answer(fs, out, fs.copy_file_range(ctx, n, &arg, wide)),
+        O::Syncfs => answer(fs, out, fs.syncfs(ctx, n)),
+        O::Ioctl(_) | O::Poll(_) | O::Unknown(_) => out.error(Errno::ENOSYS),
     }
 }
 
-/// Flags every filesystem gets unless it removes them in `init`.
-pub(crate) fn default_want() -> InitFlags {
-    InitFlags::ASYNC_READ
-        | InitFlags::BIG_WRITES
-        | InitFlags::MAX_PAGES
-        | InitFlags::PARALLEL_DIROPS
-        | InitFlags::ABORT_ERROR
-        | InitFlags::INIT_EXT
+/// Sends an op's result; if the kernel did not take it, the filesystem
+/// gets back what the reply handed over (lookups, an open handle).
+fn answer<F: Filesystem, T: Payload>(fs: &F, out: Reply, r: Result<T, Errno>) {
+    if let Some(lost) = out.answer(r) {
+        fs.reply_lost(lost.lost());
+    }
 }
 
-fn do_init<F: Filesystem>(
-    fs: &F,
-    ch: &Arc<Channel>,
-    unique: u64,
-    arg: &abi::InitIn,
-    state: &DispatchState,
-) {
-    let r = Reply::new(ch.clone(), unique, Opcode::Init);
-    if arg.major < abi::KERNEL_VERSION {
+/// FORGET, BATCH_FORGET and INTERRUPT take no reply.
+fn no_reply(out: Reply, f: impl FnOnce()) {
+    out.forget();
+    f()
+}
+
+fn do_init<F: Filesystem>(fs: &F, mut r: Reply, arg: &abi::InitIn, state: &DispatchState) {
+    if arg.major < abi::KERNEL_VERSION || arg.minor < abi::MIN_KERNEL_MINOR_VERSION {
         warn!(
             "kernel speaks FUSE {}.{}, we need 7.{}",
             arg.major,
@@ -248,48 +272,62 @@ fn do_init<F: Filesystem>(
             minor: abi::KERNEL_MINOR_VERSION,
             ..Default::default()
         };
-        let _ = r.send(0, &[IoSlice::new(out.as_bytes())]);
+        let _ = r.ok(&[IoSlice::new(out.as_bytes())]);
         return;
     }
-    if arg.minor < abi::MIN_KERNEL_MINOR_VERSION {
-        warn!(
-            "kernel speaks FUSE 7.{}, we need 7.{}",
-            arg.minor,
-            abi::MIN_KERNEL_MINOR_VERSION
-        );
-        return r.error(Errno(libc::EPROTO));
+    let wants = fs.wants();
+    let (negotiated, out) = negotiate(&wants, arg, state.buffer_max_write, crate::sys::page_size());
+    info!(
+        "FUSE {}.{} (kernel 7.{}), max_write {}, flags {:#x}",
+        abi::KERNEL_VERSION,
+        negotiated.minor,
+        arg.minor,
+        negotiated.max_write,
+        negotiated.flags.bits()
+    );
+    // The filesystem sees the outcome before any request; requests follow
+    // the reply at once.
+    let conn = r.channel().connection().clone();
+    conn.set_negotiated(negotiated);
+    if let Err(e) = fs.init(&conn) {
+        warn!("filesystem refused INIT: {}", e);
+        return r.error(e);
     }
+    state.initialized.store(true, Ordering::Release);
+    if let Err(e) = r.ok(&[IoSlice::new(out.as_bytes())]) {
+        warn!("INIT reply failed: {e:?}");
+    }
+}
+
+/// The one INIT negotiation: what the filesystem wants, cut to what the
+/// kernel offered and to what the session's buffers take.
+pub(crate) fn negotiate(
+    wants: &Wants,
+    arg: &abi::InitIn,
+    buffer_max_write: u32,
+    page: u32,
+) -> (Negotiated, abi::InitOut) {
     let mut offered = arg.flags as u64;
     if offered & InitFlags::INIT_EXT.bits() != 0 {
         offered |= (arg.flags2 as u64) << 32;
     }
     let offered = InitFlags::from_bits_retain(offered);
-    let page = page_size();
-    let mut cfg = InitConfig {
-        kernel_minor: arg.minor,
-        offered,
-        want: default_want(),
-        max_write: state.buffer_max_write,
-        max_readahead: arg.max_readahead,
-        max_background: 64,
-        congestion_threshold: 48,
-        time_gran: 1,
-        max_stack_depth: 0,
-    };
-    let conn = ch.connection();
-    if let Err(e) = fs.init(conn, &mut cfg) {
-        warn!("filesystem refused INIT: {}", e);
-        return r.error(e);
-    }
-
     // Only what the kernel offered, and only bits we know.
-    let mut flags = (cfg.want & offered) & InitFlags::all();
+    let mut flags = (wants.flags & offered) & InitFlags::all();
+    for &group in &wants.together {
+        if !flags.contains(group) {
+            flags.remove(group);
+        }
+    }
+    for &(granted, drop) in &wants.excludes {
+        if flags.contains(granted) {
+            flags.remove(drop);
+        }
+    }
+    let mut max_stack_depth = wants.max_stack_depth;
     if flags.contains(InitFlags::PASSTHROUGH) {
-        if cfg.max_stack_depth == 0 || cfg.max_stack_depth > 2 {
-            warn!(
-                "passthrough needs max_stack_depth 1 or 2 (got {}); disabling it",
-                cfg.max_stack_depth
-            );
+        if max_stack_depth == 0 || max_stack_depth > 2 {
+            warn!("passthrough needs max_stack_depth 1 or 2 (got {max_stack_depth}); disabling it");
             flags.remove(InitFlags::PASSTHROUGH);
         } else if flags.contains(InitFlags::WRITEBACK_CACHE) {
             // The kernel silently drops passthrough with writeback cache.
@@ -299,65 +337,114 @@ fn do_init<F: Filesystem>(
     }
     if !flags.contains(InitFlags::PASSTHROUGH) {
         flags.remove(InitFlags::PASSTHROUGH_INO);
-        cfg.max_stack_depth = 0;
+        max_stack_depth = 0;
     }
     if flags.bits() >> 32 == 0 {
         flags.remove(InitFlags::INIT_EXT);
     }
-    let max_write = cfg.max_write.clamp(4096, state.buffer_max_write);
+    let max_write = wants.max_write.clamp(4096, buffer_max_write);
     let max_pages = if flags.contains(InitFlags::MAX_PAGES) {
         max_write.div_ceil(page).min(u16::MAX as u32) as u16
     } else {
         0
     };
-    let minor = arg.minor.min(abi::KERNEL_MINOR_VERSION);
     let negotiated = Negotiated {
-        minor,
+        minor: arg.minor.min(abi::KERNEL_MINOR_VERSION),
         offered,
         flags,
         max_write,
-        max_readahead: cfg.max_readahead.min(arg.max_readahead),
+        max_readahead: arg.max_readahead,
         max_pages,
-        max_stack_depth: cfg.max_stack_depth,
+        max_stack_depth,
     };
-    info!(
-        "FUSE {}.{} (kernel 7.{}), max_write {}, flags {:#x}",
-        abi::KERNEL_VERSION,
-        minor,
-        arg.minor,
-        max_write,
-        flags.bits()
-    );
     let out = abi::InitOut {
         major: abi::KERNEL_VERSION,
         minor: abi::KERNEL_MINOR_VERSION,
         max_readahead: negotiated.max_readahead,
         flags: flags.bits() as u32,
-        max_background: cfg.max_background,
-        congestion_threshold: cfg.congestion_threshold.min(cfg.max_background),
+        max_background: wants.max_background,
+        congestion_threshold: wants.congestion_threshold.min(wants.max_background),
         max_write,
-        time_gran: cfg.time_gran.max(1),
+        time_gran: wants.time_gran.max(1),
         max_pages,
         map_alignment: 0,
         flags2: (flags.bits() >> 32) as u32,
-        max_stack_depth: negotiated.max_stack_depth,
+        max_stack_depth,
         request_timeout: 0,
         unused: [0; 11],
     };
-    // Requests follow the reply at once: publish the negotiation first.
-    conn.set_negotiated(negotiated);
-    state.initialized.store(true, Ordering::Release);
-    if let Err(e) = r.send(0, &[IoSlice::new(out.as_bytes())]) {
-        warn!("INIT reply failed: {e:?}");
-    }
+    (negotiated, out)
 }
 
-pub(crate) fn page_size() -> u32 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u32
-    } else {
-        4096
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(flags: InitFlags) -> abi::InitIn {
+        abi::InitIn {
+            major: abi::KERNEL_VERSION,
+            minor: 45,
+            max_readahead: 1 << 17,
+            flags: flags.bits() as u32,
+            flags2: (flags.bits() >> 32) as u32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_what_was_offered_and_rules_applied() {
+        let wants = Wants {
+            flags: Wants::default().flags
+                | InitFlags::POSIX_ACL
+                | InitFlags::DONT_MASK
+                | InitFlags::DO_READDIRPLUS
+                | InitFlags::PASSTHROUGH
+                | InitFlags::WRITEBACK_CACHE,
+            together: vec![InitFlags::POSIX_ACL | InitFlags::DONT_MASK],
+            excludes: vec![(InitFlags::PASSTHROUGH, InitFlags::WRITEBACK_CACHE)],
+            max_stack_depth: 1,
+            ..Default::default()
+        };
+        let offered = InitFlags::ASYNC_READ
+            | InitFlags::DONT_MASK
+            | InitFlags::DO_READDIRPLUS
+            | InitFlags::PASSTHROUGH
+            | InitFlags::WRITEBACK_CACHE
+            | InitFlags::MAX_PAGES
+            | InitFlags::INIT_EXT;
+        let (n, out) = negotiate(&wants, &offer(offered), 1 << 20, 4096);
+        assert!(n.has(InitFlags::ASYNC_READ | InitFlags::DO_READDIRPLUS));
+        assert!(n.has(InitFlags::PASSTHROUGH));
+        assert!(!n.has(InitFlags::DONT_MASK), "only with POSIX_ACL");
+        assert!(
+            !n.has(InitFlags::WRITEBACK_CACHE),
+            "excluded by passthrough"
+        );
+        assert!(!n.has(InitFlags::BIG_WRITES), "not offered");
+        assert_eq!(
+            (n.max_write, n.max_pages, n.max_stack_depth),
+            (1 << 20, 256, 1)
+        );
+        assert_eq!(out.flags as u64 | (out.flags2 as u64) << 32, n.flags.bits());
+        assert_eq!(out.max_readahead, 1 << 17);
+
+        // Without passthrough: no stack depth, writeback cache kept.
+        let (n, out) = negotiate(
+            &wants,
+            &offer(offered - InitFlags::PASSTHROUGH),
+            1 << 20,
+            4096,
+        );
+        assert!(n.has(InitFlags::WRITEBACK_CACHE));
+        assert_eq!((n.max_stack_depth, out.max_stack_depth), (0, 0));
+        // max_write never beyond the session's buffers.
+        let big = Wants {
+            max_write: u32::MAX,
+            ..Wants::default()
+        };
+        assert_eq!(
+            negotiate(&big, &offer(offered), 1 << 18, 4096).0.max_write,
+            1 << 18
+        );
     }
 }

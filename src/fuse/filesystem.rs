@@ -1,7 +1,11 @@
 //! The filesystem trait: the only thing a filesystem implementation sees of
 //! the wire layer. Methods take `&self` (workers call them concurrently) and
-//! a typed reply; every one defaults to ENOSYS so an implementation can add
-//! operations one by one.
+//! return `Result<T, Errno>`, `T` being the op's payload type (see
+//! [`reply`](super::reply)); the dispatcher sends it. Every one defaults to
+//! ENOSYS so an implementation can add operations one by one.
+//!
+//! Adding an op: its method here, its implementation, and its line in the
+//! dispatcher's table (`dispatch.rs`).
 
 use std::ffi::CStr;
 use std::sync::Arc;
@@ -26,18 +30,19 @@ pub struct Context {
     pub groups: Vec<u32>,
 }
 
-/// The INIT negotiation, as offered to [`Filesystem::init`]: the filesystem
-/// fills in what it wants; the session keeps only what the kernel offered.
+/// What a filesystem asks of INIT ([`Filesystem::wants`]). The session
+/// keeps only what the kernel offered, applies `together` and `excludes`,
+/// logs the outcome once and hands it to [`Filesystem::init`].
 #[derive(Clone, Debug)]
-pub struct InitConfig {
-    /// Kernel's protocol minor.
-    pub kernel_minor: u32,
-    /// Flags the kernel offered.
-    pub offered: InitFlags,
-    /// Flags the filesystem asks for (intersected with `offered`).
-    pub want: InitFlags,
+pub struct Wants {
+    /// Flags asked for (each granted only if offered).
+    pub flags: InitFlags,
+    /// Groups granted all together or not at all.
+    pub together: Vec<InitFlags>,
+    /// `(a, b)`: when `a` is granted, `b` is not asked for.
+    pub excludes: Vec<(InitFlags, InitFlags)>,
+    /// Largest WRITE (clamped to what the session's buffers take).
     pub max_write: u32,
-    pub max_readahead: u32,
     pub max_background: u16,
     pub congestion_threshold: u16,
     pub time_gran: u32,
@@ -45,12 +50,42 @@ pub struct InitConfig {
     pub max_stack_depth: u32,
 }
 
+impl Default for Wants {
+    /// Flags every filesystem gets unless it removes them.
+    fn default() -> Self {
+        Wants {
+            flags: InitFlags::ASYNC_READ
+                | InitFlags::BIG_WRITES
+                | InitFlags::MAX_PAGES
+                | InitFlags::PARALLEL_DIROPS
+                | InitFlags::ABORT_ERROR
+                | InitFlags::INIT_EXT,
+            together: Vec::new(),
+            excludes: Vec::new(),
+            max_write: u32::MAX,
+            max_background: 64,
+            congestion_threshold: 48,
+            time_gran: 1,
+            max_stack_depth: 0,
+        }
+    }
+}
+
+/// Shorthand for an op's outcome.
+pub type OpResult<T> = Result<T, Errno>;
+
 /// A filesystem served through the wire layer.
 #[allow(unused_variables)]
 pub trait Filesystem: Send + Sync + 'static {
-    /// Called once, with INIT, before the reply is sent. `conn` stays valid
-    /// for the life of the session (backing ioctls, notifications, counters).
-    fn init(&self, conn: &Arc<Connection>, cfg: &mut InitConfig) -> Result<(), Errno> {
+    /// What to ask of INIT; the session negotiates it with the kernel.
+    fn wants(&self) -> Wants {
+        Wants::default()
+    }
+    /// Called once, with the outcome of INIT ([`Connection::negotiated`]),
+    /// before the reply is sent. `conn` stays valid for the life of the
+    /// session (backing ioctls, notifications, counters). An error refuses
+    /// the session.
+    fn init(&self, conn: &Arc<Connection>) -> Result<(), Errno> {
         Ok(())
     }
     /// The session has ended (unmount or DESTROY).
@@ -59,9 +94,18 @@ pub trait Filesystem: Send + Sync + 'static {
     fn worker_started(&self) {}
     /// The kernel asks to interrupt request `unique` (already received).
     fn interrupt(&self, unique: u64) {}
+    /// A reply the kernel did not take (its request was interrupted, or the
+    /// connection aborted): give back what it handed over. The default
+    /// forgets the lookups; a filesystem with open handles also closes
+    /// `lost.fh`.
+    fn reply_lost(&self, lost: Lost<'_>) {
+        for &n in lost.lookups {
+            self.forget(n, 1);
+        }
+    }
 
-    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr, reply: ReplyEntry) {
-        reply.error(Errno::ENOSYS)
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<Entry> {
+        Err(Errno::ENOSYS)
     }
     /// Drops `nlookup` references; takes no reply.
     fn forget(&self, nodeid: u64, nlookup: u64) {}
@@ -71,17 +115,17 @@ pub trait Filesystem: Send + Sync + 'static {
             self.forget(n.nodeid, n.nlookup);
         }
     }
-    fn getattr(&self, ctx: &Context, nodeid: u64, fh: Option<u64>, reply: ReplyAttr) {
-        reply.error(Errno::ENOSYS)
+    fn getattr(&self, ctx: &Context, nodeid: u64, fh: Option<u64>) -> OpResult<Attr> {
+        Err(Errno::ENOSYS)
     }
-    fn setattr(&self, ctx: &Context, nodeid: u64, arg: &abi::SetattrIn, reply: ReplyAttr) {
-        reply.error(Errno::ENOSYS)
+    fn setattr(&self, ctx: &Context, nodeid: u64, arg: &abi::SetattrIn) -> OpResult<Attr> {
+        Err(Errno::ENOSYS)
     }
-    fn statx(&self, ctx: &Context, nodeid: u64, arg: &abi::StatxIn, reply: ReplyStatx) {
-        reply.error(Errno::ENOSYS)
+    fn statx(&self, ctx: &Context, nodeid: u64, arg: &abi::StatxIn) -> OpResult<Statx> {
+        Err(Errno::ENOSYS)
     }
-    fn readlink(&self, ctx: &Context, nodeid: u64, reply: ReplyData) {
-        reply.error(Errno::ENOSYS)
+    fn readlink(&self, ctx: &Context, nodeid: u64) -> OpResult<Data> {
+        Err(Errno::ENOSYS)
     }
     fn mknod(
         &self,
@@ -89,9 +133,8 @@ pub trait Filesystem: Send + Sync + 'static {
         parent: u64,
         name: &CStr,
         arg: &abi::MknodIn,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::ENOSYS)
+    ) -> OpResult<Entry> {
+        Err(Errno::ENOSYS)
     }
     fn mkdir(
         &self,
@@ -99,24 +142,22 @@ pub trait Filesystem: Send + Sync + 'static {
         parent: u64,
         name: &CStr,
         arg: &abi::MkdirIn,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::ENOSYS)
+    ) -> OpResult<Entry> {
+        Err(Errno::ENOSYS)
     }
-    fn symlink(&self, ctx: &Context, parent: u64, name: &CStr, target: &CStr, reply: ReplyEntry) {
-        reply.error(Errno::ENOSYS)
+    fn symlink(&self, ctx: &Context, parent: u64, name: &CStr, target: &CStr) -> OpResult<Entry> {
+        Err(Errno::ENOSYS)
     }
-    fn link(&self, ctx: &Context, nodeid: u64, newparent: u64, newname: &CStr, reply: ReplyEntry) {
-        reply.error(Errno::ENOSYS)
+    fn link(&self, ctx: &Context, nodeid: u64, newparent: u64, newname: &CStr) -> OpResult<Entry> {
+        Err(Errno::ENOSYS)
     }
-    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
-    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
     /// RENAME and RENAME2; `flags` are renameat2(2) flags.
-    #[allow(clippy::too_many_arguments)]
     fn rename(
         &self,
         ctx: &Context,
@@ -125,12 +166,11 @@ pub trait Filesystem: Send + Sync + 'static {
         newparent: u64,
         newname: &CStr,
         flags: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::ENOSYS)
+    ) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
-    fn open(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn, reply: ReplyOpen) {
-        reply.error(Errno::ENOSYS)
+    fn open(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn) -> OpResult<Open> {
+        Err(Errno::ENOSYS)
     }
     fn create(
         &self,
@@ -138,15 +178,14 @@ pub trait Filesystem: Send + Sync + 'static {
         parent: u64,
         name: &CStr,
         arg: &abi::CreateIn,
-        reply: ReplyCreate,
-    ) {
-        reply.error(Errno::ENOSYS)
+    ) -> OpResult<Created> {
+        Err(Errno::ENOSYS)
     }
-    fn tmpfile(&self, ctx: &Context, parent: u64, arg: &abi::CreateIn, reply: ReplyCreate) {
-        reply.error(Errno::ENOSYS)
+    fn tmpfile(&self, ctx: &Context, parent: u64, arg: &abi::CreateIn) -> OpResult<Created> {
+        Err(Errno::ENOSYS)
     }
-    fn read(&self, ctx: &Context, nodeid: u64, arg: &abi::ReadIn, reply: ReplyData) {
-        reply.error(Errno::ENOSYS)
+    fn read(&self, ctx: &Context, nodeid: u64, arg: &abi::ReadIn) -> OpResult<Data> {
+        Err(Errno::ENOSYS)
     }
     fn write(
         &self,
@@ -154,34 +193,39 @@ pub trait Filesystem: Send + Sync + 'static {
         nodeid: u64,
         arg: &abi::WriteIn,
         data: &[u8],
-        reply: ReplyWrite,
-    ) {
-        reply.error(Errno::ENOSYS)
+    ) -> OpResult<Written> {
+        Err(Errno::ENOSYS)
     }
-    fn flush(&self, ctx: &Context, nodeid: u64, arg: &abi::FlushIn, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    fn flush(&self, ctx: &Context, nodeid: u64, arg: &abi::FlushIn) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
-    fn release(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    fn release(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
-    fn fsync(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    fn fsync(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
-    fn opendir(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn, reply: ReplyOpen) {
-        reply.error(Errno::ENOSYS)
+    fn opendir(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn) -> OpResult<Open> {
+        Err(Errno::ENOSYS)
     }
     /// READDIR (`plus == false`) and READDIRPLUS (`plus == true`).
-    fn readdir(&self, ctx: &Context, nodeid: u64, arg: &abi::ReadIn, plus: bool, reply: ReplyDir) {
-        reply.error(Errno::ENOSYS)
+    fn readdir(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &abi::ReadIn,
+        plus: bool,
+    ) -> OpResult<DirBuffer> {
+        Err(Errno::ENOSYS)
     }
-    fn releasedir(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    fn releasedir(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
-    fn fsyncdir(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    fn fsyncdir(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
-    fn statfs(&self, ctx: &Context, nodeid: u64, reply: ReplyStatfs) {
-        reply.error(Errno::ENOSYS)
+    fn statfs(&self, ctx: &Context, nodeid: u64) -> OpResult<abi::Kstatfs> {
+        Err(Errno::ENOSYS)
     }
     fn setxattr(
         &self,
@@ -190,48 +234,55 @@ pub trait Filesystem: Send + Sync + 'static {
         name: &CStr,
         value: &[u8],
         arg: &abi::SetxattrIn,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::ENOSYS)
+    ) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
-    fn getxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS)
+    fn getxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, size: u32) -> OpResult<Xattr> {
+        Err(Errno::ENOSYS)
     }
-    fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS)
+    fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32) -> OpResult<Xattr> {
+        Err(Errno::ENOSYS)
     }
-    fn removexattr(&self, ctx: &Context, nodeid: u64, name: &CStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    fn removexattr(&self, ctx: &Context, nodeid: u64, name: &CStr) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
-    fn access(&self, ctx: &Context, nodeid: u64, mask: u32, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    fn access(&self, ctx: &Context, nodeid: u64, mask: u32) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
-    fn getlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn, reply: ReplyLock) {
-        reply.error(Errno::ENOSYS)
+    fn getlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn) -> OpResult<abi::FileLock> {
+        Err(Errno::ENOSYS)
     }
-    /// SETLK (`sleep == false`) and SETLKW (`sleep == true`).
-    fn setlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn, sleep: bool, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    /// SETLK: take or drop a lock without waiting.
+    fn setlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
-    fn fallocate(&self, ctx: &Context, nodeid: u64, arg: &abi::FallocateIn, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    /// SETLKW: take a lock, waiting for it. The only op that answers later:
+    /// `reply` may be finished from another thread once the lock is granted
+    /// (or the wait interrupted). Never block the calling worker here.
+    fn setlkw(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn, reply: Deferred) {
+        reply.finish(Err(Errno::ENOSYS))
     }
-    fn lseek(&self, ctx: &Context, nodeid: u64, arg: &abi::LseekIn, reply: ReplyLseek) {
-        reply.error(Errno::ENOSYS)
+    fn fallocate(&self, ctx: &Context, nodeid: u64, arg: &abi::FallocateIn) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
+    fn lseek(&self, ctx: &Context, nodeid: u64, arg: &abi::LseekIn) -> OpResult<Offset> {
+        Err(Errno::ENOSYS)
+    }
+    /// COPY_FILE_RANGE(_64); counts above [`Copied::MAX_NARROW`] are cut
+    /// for the 32-bit reply unless `wide`.
     fn copy_file_range(
         &self,
         ctx: &Context,
         nodeid: u64,
         arg: &abi::CopyFileRangeIn,
-        reply: ReplyCopy,
-    ) {
-        reply.error(Errno::ENOSYS)
+        wide: bool,
+    ) -> OpResult<Copied> {
+        Err(Errno::ENOSYS)
     }
-    fn bmap(&self, ctx: &Context, nodeid: u64, arg: &abi::BmapIn, reply: ReplyBmap) {
-        reply.error(Errno::ENOSYS)
+    fn bmap(&self, ctx: &Context, nodeid: u64, arg: &abi::BmapIn) -> OpResult<Block> {
+        Err(Errno::ENOSYS)
     }
-    fn syncfs(&self, ctx: &Context, nodeid: u64, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS)
+    fn syncfs(&self, ctx: &Context, nodeid: u64) -> OpResult<()> {
+        Err(Errno::ENOSYS)
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`abi`]: the kernel's structs, opcodes, flags and ioctls.
 //! - [`request`]: bounds-checked parsing of one request.
-//! - [`reply`]: typed one-shot replies (EIO if dropped unsent).
+//! - [`reply`]: the payload type of each reply kind, and the one-shot reply
+//!   that sends it (EIO if dropped unsent).
 //! - [`channel`]: the connection, its per-worker /dev/fuse clones, counters.
 //! - [`dispatch`]: INIT, then opcode -> [`Filesystem`] method.
 //! - [`session`]: worker threads and an orderly end; [`mount`]: mount(2) or fusermount3.
@@ -16,10 +17,11 @@ pub mod reply;
 pub mod request;
 pub mod session;
 pub mod splice;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use channel::{Connection, Negotiated, RequestCounters};
-pub use filesystem::{Context, Filesystem, InitConfig};
+pub use filesystem::{Context, Filesystem, OpResult, Wants};
 pub use mount::MountOptions;
 pub use reply::*;
 pub use session::{RunningSession, Session, SessionOptions};

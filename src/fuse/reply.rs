@@ -1,14 +1,22 @@
-//! Typed, one-shot replies.
+//! What an op answers, and how it goes on the wire.
 //!
-//! Each reply type is consumed by value when sent, so a request cannot be
-//! answered twice; one that is dropped unsent answers EIO (and logs it), so a
-//! request is never left hanging. Sending reports whether the kernel still
-//! wanted the answer: [`ReplyError::Gone`] (ENOENT from the device) means the
-//! request was interrupted or the connection aborted, and an entry or open
-//! reply must then be undone by the caller (the kernel will never FORGET or
-//! RELEASE what it did not receive).
+//! Every [`Filesystem`](super::Filesystem) method returns `Result<T, Errno>`
+//! where `T` is one of the payload types here ([`Entry`], [`Attr`],
+//! [`Open`], [`Data`], ...). The dispatcher turns it into the reply through
+//! [`Payload::send`]; an error goes through [`Reply::error`], the one place
+//! that counts and logs failed requests. Sending reports whether the kernel
+//! still wanted the answer: [`ReplyError::Gone`] (ENOENT from the device)
+//! means the request was interrupted or the connection aborted, and what
+//! the reply handed over (lookup counts, open handles: [`Payload::lost`]) is
+//! given back to the filesystem, since the kernel will never FORGET or
+//! RELEASE what it did not receive.
+//!
+//! A [`Reply`] is one-shot: consumed when sent, EIO if dropped unsent (a
+//! handler that panics still answers). Only ops that answer later (blocking
+//! lock waits) hold one, as a [`Deferred`].
 
 use std::io::{self, IoSlice};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +36,7 @@ pub enum ReplyError {
     Io(io::Error),
 }
 
-/// Common core of every reply type.
+/// The answer owed to one request.
 pub struct Reply {
     ch: Arc<Channel>,
     unique: u64,
@@ -50,41 +58,89 @@ impl Reply {
         &self.ch
     }
 
-    pub(crate) fn send(mut self, error: i32, payload: &[IoSlice<'_>]) -> Result<(), ReplyError> {
+    pub fn opcode(&self) -> Opcode {
+        self.opcode
+    }
+
+    fn gone_or_log(&self, e: io::Error) -> ReplyError {
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return ReplyError::Gone;
+        }
+        if e.raw_os_error() != Some(libc::ENODEV) {
+            error!(
+                op = self.opcode.name(),
+                unique = self.unique,
+                "reply failed: {e}"
+            );
+        }
+        ReplyError::Io(e)
+    }
+
+    /// For requests that take no reply (FORGET, INTERRUPT).
+    pub(crate) fn forget(mut self) {
         self.sent = true;
-        self.ch.send(self.unique, error, payload).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOENT) {
-                ReplyError::Gone
-            } else {
-                if e.raw_os_error() != Some(libc::ENODEV) {
-                    error!(
-                        op = self.opcode.name(),
-                        unique = self.unique,
-                        "reply failed: {e}"
-                    );
-                }
-                ReplyError::Io(e)
+    }
+
+    /// Sends a successful reply with `payload` after the header.
+    pub fn ok(&mut self, payload: &[IoSlice<'_>]) -> Result<(), ReplyError> {
+        self.sent = true;
+        self.ch
+            .send(self.unique, 0, payload)
+            .map_err(|e| self.gone_or_log(e))
+    }
+
+    /// Sends `len` bytes of `file` from `offset` without copying them
+    /// through user memory; `Ok(false)` (nothing sent) if that is not
+    /// possible here, so the caller can copy instead.
+    fn ok_file(
+        &mut self,
+        file: std::os::fd::BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Result<bool, ReplyError> {
+        match self.ch.send_file(self.unique, file, offset, len) {
+            None => Ok(false),
+            Some(r) => {
+                self.sent = true;
+                r.map(|()| true).map_err(|e| self.gone_or_log(e))
             }
-        })
+        }
     }
 
-    fn ok(self, payload: &[IoSlice<'_>]) -> Result<(), ReplyError> {
-        self.send(0, payload)
+    /// Answers with an error, counted and logged here for every op. Values
+    /// outside 1..=511 would make the kernel drop the reply before matching
+    /// the request (the caller would hang), so they become EIO.
+    pub fn error(mut self, err: Errno) {
+        self.send_error(err)
     }
 
-    /// Answers with an error. Values outside 1..=511 would make the kernel
-    /// drop the reply before matching the request (the caller would hang),
-    /// so they become EIO.
-    pub fn error(self, err: Errno) {
+    fn send_error(&mut self, err: Errno) {
         let e = err.0;
         let e = if (1..=511).contains(&e) { e } else { libc::EIO };
+        self.ch.connection().counters.count_error(self.opcode);
         tracing::debug!(
             op = self.opcode.name(),
             unique = self.unique,
             "error {}",
             Errno(e)
         );
-        let _ = self.send(-e, &[]);
+        self.sent = true;
+        let _ = self.ch.send(self.unique, -e, &[]);
+    }
+
+    /// Sends `r`: the payload, or the error. Returns the payload if the
+    /// kernel did not take it (so its caller can undo what it handed over).
+    pub fn answer<T: Payload>(mut self, r: Result<T, Errno>) -> Option<T> {
+        match r {
+            Ok(v) => match v.send(&mut self) {
+                Err(ReplyError::Gone) => Some(v),
+                _ => None,
+            },
+            Err(e) => {
+                self.error(e);
+                None
+            }
+        }
     }
 }
 
@@ -99,6 +155,57 @@ impl Drop for Reply {
             let _ = self.ch.send(self.unique, -libc::EIO, &[]);
         }
     }
+}
+
+/// A reply owed later: the op returned, the answer comes from another
+/// thread (a blocking lock wait). Sent through the same channel, so it
+/// leaves like every other reply; EIO if dropped unsent.
+pub struct Deferred(pub(crate) Reply);
+
+impl Deferred {
+    pub fn unique(&self) -> u64 {
+        self.0.unique
+    }
+
+    /// Answers the request now.
+    pub fn finish(self, r: Result<(), Errno>) {
+        self.0.answer(r);
+    }
+}
+
+/// What a reply handed to the kernel, to be given back if the kernel did
+/// not take it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lost<'a> {
+    /// Nodeids that each got one lookup count.
+    pub lookups: &'a [u64],
+    /// An open handle the kernel will never RELEASE.
+    pub fh: Option<u64>,
+}
+
+/// A successful answer of one kind.
+pub trait Payload {
+    /// Writes the reply (header and payload) to the kernel.
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError>;
+    /// What to undo if the kernel did not take the reply.
+    fn lost(&self) -> Lost<'_> {
+        Lost::default()
+    }
+}
+
+/// Empty replies (UNLINK, SETXATTR, FSYNC, ...).
+impl Payload for () {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        r.ok(&[])
+    }
+}
+
+/// A reply that is one fixed-size struct.
+fn send_struct<T: IntoBytes + zerocopy::Immutable>(
+    r: &mut Reply,
+    out: &T,
+) -> Result<(), ReplyError> {
+    r.ok(&[IoSlice::new(out.as_bytes())])
 }
 
 fn split_duration(d: Duration) -> (u64, u32) {
@@ -168,258 +275,271 @@ impl Open {
     }
 }
 
-macro_rules! reply_type {
-    ($(#[$m:meta])* $name:ident) => {
-        $(#[$m])*
-        pub struct $name(pub(crate) Reply);
-        impl $name {
-            /// Answers with an error (EIO for values outside 1..=511).
-            pub fn error(self, err: Errno) {
-                self.0.error(err)
-            }
-        }
-    };
-}
-
-reply_type!(
-    /// Reply without payload (UNLINK, SETXATTR, FSYNC, ...).
-    ReplyEmpty);
-impl ReplyEmpty {
-    pub fn ok(self) {
-        let _ = self.0.ok(&[]);
-    }
-}
-
-reply_type!(
-    /// Reply naming an inode (LOOKUP, MKNOD, MKDIR, SYMLINK, LINK).
-    ReplyEntry);
-impl ReplyEntry {
-    /// Sends the entry; `Err(Gone)` means the kernel did not take it and the
-    /// lookup count it implied must be dropped again.
-    pub fn entry(self, e: &Entry) -> Result<(), ReplyError> {
-        let out = e.entry_out();
-        let bk = e.backing();
-        let with_backing = self
-            .0
+impl Entry {
+    /// The entry's wire form: `fuse_entry_out`, plus `fuse_entry_backing`
+    /// when the kernel does inode passthrough.
+    fn send_with(&self, r: &mut Reply, tail: &[IoSlice<'_>]) -> Result<(), ReplyError> {
+        let out = self.entry_out();
+        let bk = self.backing();
+        let with_backing = r
             .channel()
             .connection()
             .negotiated()
             .is_some_and(|n| n.entry_backing());
+        let mut iov = vec![IoSlice::new(out.as_bytes())];
         if with_backing {
-            self.0
-                .ok(&[IoSlice::new(out.as_bytes()), IoSlice::new(bk.as_bytes())])
-        } else {
-            self.0.ok(&[IoSlice::new(out.as_bytes())])
+            iov.push(IoSlice::new(bk.as_bytes()));
+        }
+        iov.extend_from_slice(tail);
+        r.ok(&iov)
+    }
+}
+
+/// LOOKUP, MKNOD, MKDIR, SYMLINK, LINK: an entry (one lookup count unless
+/// negative).
+impl Payload for Entry {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        self.send_with(r, &[])
+    }
+    fn lost(&self) -> Lost<'_> {
+        Lost {
+            lookups: if self.nodeid != 0 {
+                std::slice::from_ref(&self.nodeid)
+            } else {
+                &[]
+            },
+            fh: None,
         }
     }
 }
 
-reply_type!(
-    /// Reply to CREATE and TMPFILE: an entry plus an open file.
-    ReplyCreate);
-impl ReplyCreate {
-    pub fn created(self, e: &Entry, open: &Open) -> Result<(), ReplyError> {
-        let out = e.entry_out();
-        let bk = e.backing();
-        let oo = open.out();
-        let with_backing = self
-            .0
-            .channel()
-            .connection()
-            .negotiated()
-            .is_some_and(|n| n.entry_backing());
-        if with_backing {
-            self.0.ok(&[
-                IoSlice::new(out.as_bytes()),
-                IoSlice::new(bk.as_bytes()),
-                IoSlice::new(oo.as_bytes()),
-            ])
-        } else {
-            self.0
-                .ok(&[IoSlice::new(out.as_bytes()), IoSlice::new(oo.as_bytes())])
+/// OPEN and OPENDIR.
+impl Payload for Open {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        send_struct(r, &self.out())
+    }
+    fn lost(&self) -> Lost<'_> {
+        Lost {
+            lookups: &[],
+            fh: Some(self.fh),
         }
     }
 }
 
-reply_type!(
-    /// Reply to GETATTR and SETATTR.
-    ReplyAttr);
-impl ReplyAttr {
-    pub fn attr(self, attr: &abi::Attr, ttl: Duration) {
-        let (s, ns) = split_duration(ttl);
+/// CREATE and TMPFILE: an entry plus an open file.
+#[derive(Clone, Debug, Default)]
+pub struct Created {
+    pub entry: Entry,
+    pub open: Open,
+}
+
+impl Payload for Created {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        let oo = self.open.out();
+        self.entry.send_with(r, &[IoSlice::new(oo.as_bytes())])
+    }
+    fn lost(&self) -> Lost<'_> {
+        Lost {
+            fh: Some(self.open.fh),
+            ..self.entry.lost()
+        }
+    }
+}
+
+/// GETATTR and SETATTR.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Attr {
+    pub attr: abi::Attr,
+    pub ttl: Duration,
+}
+
+impl Payload for Attr {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        let (s, ns) = split_duration(self.ttl);
         let out = abi::AttrOut {
             attr_valid: s,
             attr_valid_nsec: ns,
             dummy: 0,
-            attr: *attr,
+            attr: self.attr,
         };
-        let _ = self.0.ok(&[IoSlice::new(out.as_bytes())]);
+        send_struct(r, &out)
     }
 }
 
-reply_type!(
-    /// Reply to STATX.
-    ReplyStatx);
-impl ReplyStatx {
-    pub fn statx(self, stat: &abi::Statx, ttl: Duration) {
-        let (s, ns) = split_duration(ttl);
+/// STATX.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Statx {
+    pub stat: abi::Statx,
+    pub ttl: Duration,
+}
+
+impl Payload for Statx {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        let (s, ns) = split_duration(self.ttl);
         let out = abi::StatxOut {
             attr_valid: s,
             attr_valid_nsec: ns,
             flags: 0,
             spare: [0; 2],
-            stat: *stat,
+            stat: self.stat,
         };
-        let _ = self.0.ok(&[IoSlice::new(out.as_bytes())]);
+        send_struct(r, &out)
     }
 }
 
-reply_type!(
-    /// Reply to OPEN and OPENDIR.
-    ReplyOpen);
-impl ReplyOpen {
-    /// `Err(Gone)` means no RELEASE will ever come for this handle.
-    pub fn opened(self, open: &Open) -> Result<(), ReplyError> {
-        let out = open.out();
-        self.0.ok(&[IoSlice::new(out.as_bytes())])
-    }
-}
+/// A file the wire layer may splice from (READ replies without a copy).
+pub trait SpliceSource: AsFd + Send + Sync {}
+impl<T: AsFd + Send + Sync> SpliceSource for T {}
 
-reply_type!(
-    /// Reply carrying raw bytes (READ, READLINK, GETXATTR/LISTXATTR data).
-    ReplyData);
-impl ReplyData {
-    pub fn data(self, data: &[u8]) {
-        let _ = self.0.ok(&[IoSlice::new(data)]);
-    }
-
-    /// Answers with up to `len` bytes of `file` from `offset`, spliced
-    /// (no copy through user memory). Gives the reply back if splicing is
-    /// unavailable here, so the caller can copy instead.
-    pub fn splice_from(
-        mut self,
-        file: std::os::fd::BorrowedFd<'_>,
+/// READ, READLINK: bytes, or a range of a file to splice.
+pub enum Data {
+    Bytes(Vec<u8>),
+    /// Up to `len` bytes of `file` from `offset`; copied when splicing is
+    /// not possible, short at end of file.
+    File {
+        file: Arc<dyn SpliceSource>,
         offset: u64,
         len: usize,
-    ) -> Result<(), ReplyData> {
-        let fd = self.0.channel().raw_fd();
-        match super::splice::send_read_reply(fd, self.0.unique, file, offset, len) {
-            super::splice::Spliced::Unavailable => Err(self),
-            super::splice::Spliced::Sent(r) => {
-                self.0.sent = true;
-                if let Err(e) = r {
-                    if e.raw_os_error() != Some(libc::ENOENT)
-                        && e.raw_os_error() != Some(libc::ENODEV)
-                    {
-                        error!(unique = self.0.unique, "spliced READ reply failed: {e}");
-                    }
+    },
+}
+
+impl Payload for Data {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        match self {
+            Data::Bytes(b) => r.ok(&[IoSlice::new(b)]),
+            Data::File { file, offset, len } => {
+                let fd = file.as_fd();
+                if r.ok_file(fd, *offset, *len)? {
+                    return Ok(());
                 }
-                Ok(())
+                // No splice here: copy through one buffer per thread.
+                thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
+                BUF.with(|b| {
+                    let mut buf = b.borrow_mut();
+                    if buf.len() < *len {
+                        buf.resize(*len, 0);
+                    }
+                    match crate::sys::pread_full(fd, &mut buf[..*len], *offset) {
+                        Ok(n) => r.ok(&[IoSlice::new(&buf[..n])]),
+                        Err(e) => {
+                            r.send_error(Errno::from(e));
+                            Ok(())
+                        }
+                    }
+                })
             }
         }
     }
 }
 
-reply_type!(
-    /// Reply to WRITE.
-    ReplyWrite);
-impl ReplyWrite {
-    pub fn written(self, size: u32) {
-        let out = abi::WriteOut { size, padding: 0 };
-        let _ = self.0.ok(&[IoSlice::new(out.as_bytes())]);
-    }
-}
+/// WRITE: bytes written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written(pub u32);
 
-reply_type!(
-    /// Reply to STATFS.
-    ReplyStatfs);
-impl ReplyStatfs {
-    pub fn statfs(self, st: &abi::Kstatfs) {
-        let out = abi::StatfsOut { st: *st };
-        let _ = self.0.ok(&[IoSlice::new(out.as_bytes())]);
-    }
-}
-
-reply_type!(
-    /// Reply to GETXATTR and LISTXATTR: the needed size when asked with
-    /// size 0, the data otherwise.
-    ReplyXattr);
-impl ReplyXattr {
-    pub fn size(self, size: u32) {
-        let out = abi::GetxattrOut { size, padding: 0 };
-        let _ = self.0.ok(&[IoSlice::new(out.as_bytes())]);
-    }
-    pub fn data(self, data: &[u8]) {
-        let _ = self.0.ok(&[IoSlice::new(data)]);
-    }
-}
-
-reply_type!(
-    /// Reply to GETLK.
-    ReplyLock);
-impl ReplyLock {
-    pub fn lock(self, lk: &abi::FileLock) {
-        let out = abi::LkOut { lk: *lk };
-        let _ = self.0.ok(&[IoSlice::new(out.as_bytes())]);
-    }
-}
-
-reply_type!(
-    /// Reply to LSEEK.
-    ReplyLseek);
-impl ReplyLseek {
-    pub fn offset(self, offset: u64) {
-        let out = abi::LseekOut { offset };
-        let _ = self.0.ok(&[IoSlice::new(out.as_bytes())]);
-    }
-}
-
-/// Reply to COPY_FILE_RANGE (32-bit count) and COPY_FILE_RANGE_64.
-pub struct ReplyCopy {
-    pub(crate) reply: Reply,
-    pub(crate) wide: bool,
-}
-impl ReplyCopy {
-    /// Largest count the 32-bit reply can carry.
-    pub const MAX_NARROW: u64 = 0xffff_f000;
-
-    pub fn copied(self, n: u64) {
-        if self.wide {
-            let out = abi::CopyFileRangeOut { bytes_copied: n };
-            let _ = self.reply.ok(&[IoSlice::new(out.as_bytes())]);
-        } else {
-            let out = abi::WriteOut {
-                size: n.min(Self::MAX_NARROW) as u32,
+impl Payload for Written {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        send_struct(
+            r,
+            &abi::WriteOut {
+                size: self.0,
                 padding: 0,
-            };
-            let _ = self.reply.ok(&[IoSlice::new(out.as_bytes())]);
+            },
+        )
+    }
+}
+
+/// STATFS.
+impl Payload for abi::Kstatfs {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        send_struct(r, &abi::StatfsOut { st: *self })
+    }
+}
+
+/// GETXATTR and LISTXATTR: the size needed (asked with size 0), or the
+/// bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Xattr {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+impl Payload for Xattr {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        match self {
+            Xattr::Size(size) => send_struct(
+                r,
+                &abi::GetxattrOut {
+                    size: *size,
+                    padding: 0,
+                },
+            ),
+            Xattr::Data(d) => r.ok(&[IoSlice::new(d)]),
         }
     }
-    pub fn error(self, err: Errno) {
-        self.reply.error(err)
-    }
-    /// Whether the kernel can take a 64-bit count.
-    pub fn is_wide(&self) -> bool {
-        self.wide
+}
+
+/// GETLK: the conflicting lock (or the asked one with type F_UNLCK).
+impl Payload for abi::FileLock {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        send_struct(r, &abi::LkOut { lk: *self })
     }
 }
 
-reply_type!(
-    /// Reply to BMAP.
-    ReplyBmap);
-impl ReplyBmap {
-    pub fn block(self, block: u64) {
-        let out = abi::BmapOut { block };
-        let _ = self.0.ok(&[IoSlice::new(out.as_bytes())]);
+/// LSEEK: the new offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offset(pub u64);
+
+impl Payload for Offset {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        send_struct(r, &abi::LseekOut { offset: self.0 })
     }
 }
 
-reply_type!(
-    /// Reply to READDIR and READDIRPLUS: a filled [`DirBuffer`].
-    ReplyDir);
-impl ReplyDir {
-    pub fn send(self, buf: &DirBuffer) -> Result<(), ReplyError> {
-        self.0.ok(&[IoSlice::new(&buf.buf)])
+/// COPY_FILE_RANGE (32-bit count) and COPY_FILE_RANGE_64: bytes copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copied(pub u64);
+
+impl Copied {
+    /// Largest count the 32-bit reply can carry.
+    pub const MAX_NARROW: u64 = 0xffff_f000;
+}
+
+impl Payload for Copied {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        if r.opcode() == Opcode::CopyFileRange64 {
+            send_struct(
+                r,
+                &abi::CopyFileRangeOut {
+                    bytes_copied: self.0,
+                },
+            )
+        } else {
+            let size = self.0.min(Self::MAX_NARROW) as u32;
+            send_struct(r, &abi::WriteOut { size, padding: 0 })
+        }
+    }
+}
+
+/// BMAP: the device block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block(pub u64);
+
+impl Payload for Block {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        send_struct(r, &abi::BmapOut { block: self.0 })
+    }
+}
+
+/// READDIR and READDIRPLUS: a filled [`DirBuffer`].
+impl Payload for DirBuffer {
+    fn send(&self, r: &mut Reply) -> Result<(), ReplyError> {
+        r.ok(&[IoSlice::new(&self.buf)])
+    }
+    fn lost(&self) -> Lost<'_> {
+        Lost {
+            lookups: &self.lookups,
+            fh: None,
+        }
     }
 }
 
@@ -428,6 +548,8 @@ impl ReplyDir {
 pub struct DirBuffer {
     buf: Vec<u8>,
     max: usize,
+    /// Nodeids of READDIRPLUS entries, one lookup count each.
+    lookups: Vec<u64>,
 }
 
 impl DirBuffer {
@@ -435,6 +557,7 @@ impl DirBuffer {
         DirBuffer {
             buf: Vec::with_capacity(max.min(1 << 20)),
             max,
+            lookups: Vec::new(),
         }
     }
 
@@ -454,6 +577,8 @@ impl DirBuffer {
     }
 
     /// Appends a READDIRPLUS record; `false` (and nothing appended) when full.
+    /// An entry with a nodeid hands the kernel one lookup count (given back
+    /// if the reply is lost).
     pub fn push_plus(&mut self, entry: &Entry, off: u64, typ: u32, name: &[u8]) -> bool {
         let d = abi::DirentPlus {
             entry_out: entry.entry_out(),
@@ -464,7 +589,13 @@ impl DirBuffer {
                 typ,
             },
         };
-        self.append(d.as_bytes(), name)
+        if !self.append(d.as_bytes(), name) {
+            return false;
+        }
+        if entry.nodeid != 0 {
+            self.lookups.push(entry.nodeid);
+        }
+        true
     }
 
     fn append(&mut self, head: &[u8], name: &[u8]) -> bool {
@@ -618,9 +749,7 @@ mod round_trip {
     #[test]
     fn entry_with_and_without_backing() {
         let (ch, rx) = channel(false);
-        ReplyEntry(reply(&ch, 1, Opcode::Lookup))
-            .entry(&entry())
-            .unwrap();
+        assert!(reply(&ch, 1, Opcode::Lookup).answer(Ok(entry())).is_none());
         let (h, p) = recv(&rx);
         assert_eq!((h.unique, h.error, p.len()), (1, 0, 128));
         let e = abi::EntryOut::read_from_bytes(&p).unwrap();
@@ -636,9 +765,7 @@ mod round_trip {
         );
 
         let (ch, rx) = channel(true);
-        ReplyEntry(reply(&ch, 2, Opcode::Lookup))
-            .entry(&entry())
-            .unwrap();
+        assert!(reply(&ch, 2, Opcode::Lookup).answer(Ok(entry())).is_none());
         let (_, p) = recv(&rx);
         assert_eq!(p.len(), 136, "fuse_entry_out + fuse_entry_backing");
         let b = abi::EntryBacking::read_from_bytes(&p[128..]).unwrap();
@@ -653,17 +780,19 @@ mod round_trip {
             backing_id: 3,
         };
         let (ch, rx) = channel(false);
-        ReplyCreate(reply(&ch, 3, Opcode::Create))
-            .created(&entry(), &open)
-            .unwrap();
+        let created = Created {
+            entry: entry(),
+            open,
+        };
+        assert!(reply(&ch, 3, Opcode::Create)
+            .answer(Ok(created.clone()))
+            .is_none());
         let (_, p) = recv(&rx);
         assert_eq!(p.len(), 128 + 16);
         let o = abi::OpenOut::read_from_bytes(&p[128..]).unwrap();
         assert_eq!((o.fh, o.open_flags, o.backing_id), (77, 1 << 7, 3));
         let (ch, rx) = channel(true);
-        ReplyCreate(reply(&ch, 4, Opcode::Create))
-            .created(&entry(), &open)
-            .unwrap();
+        assert!(reply(&ch, 4, Opcode::Create).answer(Ok(created)).is_none());
         let (_, p) = recv(&rx);
         assert_eq!(p.len(), 128 + 8 + 16, "entry, entry_backing, open_out");
         assert_eq!(abi::OpenOut::read_from_bytes(&p[136..]).unwrap().fh, 77);
@@ -677,7 +806,10 @@ mod round_trip {
             size: 123,
             ..Default::default()
         };
-        ReplyAttr(reply(&ch, 5, Opcode::Getattr)).attr(&a, Duration::from_secs(1));
+        reply(&ch, 5, Opcode::Getattr).answer(Ok(Attr {
+            attr: a,
+            ttl: Duration::from_secs(1),
+        }));
         let (_, p) = recv(&rx);
         let o = abi::AttrOut::read_from_bytes(&p).unwrap();
         assert_eq!((o.attr.ino, o.attr.size, o.attr_valid), (8, 123, 1));
@@ -687,31 +819,32 @@ mod round_trip {
             size: 9,
             ..Default::default()
         };
-        ReplyStatx(reply(&ch, 6, Opcode::Statx)).statx(&sx, Duration::ZERO);
+        reply(&ch, 6, Opcode::Statx).answer(Ok(Statx {
+            stat: sx,
+            ttl: Duration::ZERO,
+        }));
         let (_, p) = recv(&rx);
         assert_eq!(abi::StatxOut::read_from_bytes(&p).unwrap().stat.size, 9);
 
-        ReplyOpen(reply(&ch, 7, Opcode::Open))
-            .opened(&Open {
-                fh: 9,
-                ..Default::default()
-            })
-            .unwrap();
+        reply(&ch, 7, Opcode::Open).answer(Ok(Open {
+            fh: 9,
+            ..Default::default()
+        }));
         assert_eq!(abi::OpenOut::read_from_bytes(&recv(&rx).1).unwrap().fh, 9);
 
-        ReplyData(reply(&ch, 8, Opcode::Read)).data(b"payload");
+        reply(&ch, 8, Opcode::Read).answer(Ok(Data::Bytes(b"payload".to_vec())));
         assert_eq!(recv(&rx).1, b"payload");
 
-        ReplyWrite(reply(&ch, 9, Opcode::Write)).written(4096);
+        reply(&ch, 9, Opcode::Write).answer(Ok(Written(4096)));
         assert_eq!(
             abi::WriteOut::read_from_bytes(&recv(&rx).1).unwrap().size,
             4096
         );
 
-        ReplyStatfs(reply(&ch, 10, Opcode::Statfs)).statfs(&abi::Kstatfs {
+        reply(&ch, 10, Opcode::Statfs).answer(Ok(abi::Kstatfs {
             bsize: 4096,
             ..Default::default()
-        });
+        }));
         assert_eq!(
             abi::StatfsOut::read_from_bytes(&recv(&rx).1)
                 .unwrap()
@@ -720,45 +853,41 @@ mod round_trip {
             4096
         );
 
-        ReplyXattr(reply(&ch, 11, Opcode::Getxattr)).size(17);
+        reply(&ch, 11, Opcode::Getxattr).answer(Ok(Xattr::Size(17)));
         assert_eq!(
             abi::GetxattrOut::read_from_bytes(&recv(&rx).1)
                 .unwrap()
                 .size,
             17
         );
-        ReplyXattr(reply(&ch, 12, Opcode::Getxattr)).data(b"v");
+        reply(&ch, 12, Opcode::Getxattr).answer(Ok(Xattr::Data(b"v".to_vec())));
         assert_eq!(recv(&rx).1, b"v");
+    }
 
+    #[test]
+    fn every_other_reply_continued() {
+        let (ch, rx) = channel(false);
         let lk = abi::FileLock {
             start: 1,
             end: 2,
             typ: 1,
             pid: 3,
         };
-        ReplyLock(reply(&ch, 13, Opcode::Getlk)).lock(&lk);
+        reply(&ch, 13, Opcode::Getlk).answer(Ok(lk));
         assert_eq!(abi::LkOut::read_from_bytes(&recv(&rx).1).unwrap().lk, lk);
 
-        ReplyLseek(reply(&ch, 14, Opcode::Lseek)).offset(1 << 40);
+        reply(&ch, 14, Opcode::Lseek).answer(Ok(Offset(1 << 40)));
         assert_eq!(
             abi::LseekOut::read_from_bytes(&recv(&rx).1).unwrap().offset,
             1 << 40
         );
 
-        ReplyCopy {
-            reply: reply(&ch, 15, Opcode::CopyFileRange),
-            wide: false,
-        }
-        .copied(u64::MAX);
+        reply(&ch, 15, Opcode::CopyFileRange).answer(Ok(Copied(u64::MAX)));
         assert_eq!(
             abi::WriteOut::read_from_bytes(&recv(&rx).1).unwrap().size as u64,
-            ReplyCopy::MAX_NARROW
+            Copied::MAX_NARROW
         );
-        ReplyCopy {
-            reply: reply(&ch, 16, Opcode::CopyFileRange64),
-            wide: true,
-        }
-        .copied(1 << 33);
+        reply(&ch, 16, Opcode::CopyFileRange64).answer(Ok(Copied(1 << 33)));
         assert_eq!(
             abi::CopyFileRangeOut::read_from_bytes(&recv(&rx).1)
                 .unwrap()
@@ -766,7 +895,7 @@ mod round_trip {
             1 << 33
         );
 
-        ReplyBmap(reply(&ch, 17, Opcode::Bmap)).block(12);
+        reply(&ch, 17, Opcode::Bmap).answer(Ok(Block(12)));
         assert_eq!(
             abi::BmapOut::read_from_bytes(&recv(&rx).1).unwrap().block,
             12
@@ -774,10 +903,11 @@ mod round_trip {
 
         let mut d = DirBuffer::new(4096);
         assert!(d.push(1, 1, 4, b"x"));
-        ReplyDir(reply(&ch, 18, Opcode::Readdir)).send(&d).unwrap();
-        assert_eq!(recv(&rx).1, d.as_bytes());
+        let bytes = d.as_bytes().to_vec();
+        reply(&ch, 18, Opcode::Readdir).answer(Ok(d));
+        assert_eq!(recv(&rx).1, bytes);
 
-        ReplyEmpty(reply(&ch, 19, Opcode::Unlink)).ok();
+        reply(&ch, 19, Opcode::Unlink).answer(Ok(()));
         let (h, p) = recv(&rx);
         assert_eq!((h.unique, h.error, p.len()), (19, 0, 0));
     }
@@ -785,16 +915,72 @@ mod round_trip {
     #[test]
     fn errors_and_dropped_replies() {
         let (ch, rx) = channel(false);
-        ReplyEmpty(reply(&ch, 20, Opcode::Unlink)).error(crate::fuse::Errno::ENOENT);
+        reply(&ch, 20, Opcode::Unlink).error(crate::fuse::Errno::ENOENT);
         assert_eq!(recv(&rx).0.error, -libc::ENOENT);
         // Out-of-range errnos would hang the caller: they become EIO.
-        ReplyEmpty(reply(&ch, 21, Opcode::Unlink)).error(crate::fuse::Errno(4096));
+        reply(&ch, 21, Opcode::Unlink).error(crate::fuse::Errno(4096));
         assert_eq!(recv(&rx).0.error, -libc::EIO);
-        ReplyEmpty(reply(&ch, 22, Opcode::Unlink)).error(crate::fuse::Errno(-3));
+        reply(&ch, 22, Opcode::Unlink).error(crate::fuse::Errno(-3));
         assert_eq!(recv(&rx).0.error, -libc::EIO);
         // Dropped unsent: EIO, so no request is left hanging.
-        drop(ReplyAttr(reply(&ch, 23, Opcode::Getattr)));
+        drop(reply(&ch, 23, Opcode::Getattr));
         let (h, _) = recv(&rx);
         assert_eq!((h.unique, h.error), (23, -libc::EIO));
+        // Errors are counted per op, at the one place they are sent.
+        assert_eq!(ch.connection().counters.errors(Opcode::Unlink), 3);
+    }
+
+    #[test]
+    fn lost_replies_name_what_to_undo() {
+        let open = Open {
+            fh: 5,
+            ..Default::default()
+        };
+        assert_eq!(
+            entry().lost(),
+            Lost {
+                lookups: &[42],
+                fh: None
+            }
+        );
+        assert_eq!(Entry::negative(Duration::ZERO).lost(), Lost::default());
+        assert_eq!(
+            open.lost(),
+            Lost {
+                lookups: &[],
+                fh: Some(5)
+            }
+        );
+        let c = Created {
+            entry: entry(),
+            open,
+        };
+        assert_eq!(
+            c.lost(),
+            Lost {
+                lookups: &[42],
+                fh: Some(5)
+            }
+        );
+        let mut d = DirBuffer::new(4096);
+        assert!(d.push_plus(&entry(), 1, 8, b"a"));
+        assert!(d.push_plus(&Entry::negative(Duration::ZERO), 2, 4, b"."));
+        assert_eq!(d.lost().lookups, &[42]);
+    }
+
+    #[test]
+    fn data_from_a_file_is_spliced_or_copied() {
+        let (ch, rx) = channel(false);
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, b"0123456789").unwrap();
+        let file: Arc<dyn SpliceSource> = Arc::new(f);
+        reply(&ch, 31, Opcode::Read).answer(Ok(Data::File {
+            file: file.clone(),
+            offset: 2,
+            len: 100,
+        }));
+        let (h, p) = recv(&rx);
+        assert_eq!((h.unique, h.error), (31, 0));
+        assert_eq!(p, b"23456789", "short at end of file");
     }
 }

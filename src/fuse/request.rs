@@ -129,17 +129,14 @@ impl<'a> Request<'a> {
             buf: self.body,
             opcode,
         };
+        if let Some(op) = a.file_operation(cfg)? {
+            return Ok(op);
+        }
         use Operation as O;
         let op = match opcode {
             Opcode::Lookup => O::Lookup { name: a.name()? },
             Opcode::Forget => O::Forget(a.fixed::<ForgetIn>()?),
-            Opcode::BatchForget => {
-                let head: BatchForgetIn = a.fixed()?;
-                O::BatchForget(BatchForget {
-                    count: head.count,
-                    entries: a.rest(),
-                })
-            }
+            Opcode::BatchForget => a.batch_forget()?,
             Opcode::Getattr => O::Getattr(a.fixed()?),
             Opcode::Setattr => O::Setattr(a.fixed()?),
             Opcode::Readlink => O::Readlink,
@@ -166,26 +163,7 @@ impl<'a> Request<'a> {
             }
             Opcode::Unlink => O::Unlink { name: a.name()? },
             Opcode::Rmdir => O::Rmdir { name: a.name()? },
-            Opcode::Rename => {
-                let arg: RenameIn = a.fixed()?;
-                let name = a.name()?;
-                O::Rename {
-                    newdir: arg.newdir,
-                    flags: 0,
-                    name,
-                    newname: a.name()?,
-                }
-            }
-            Opcode::Rename2 => {
-                let arg: Rename2In = a.fixed()?;
-                let name = a.name()?;
-                O::Rename {
-                    newdir: arg.newdir,
-                    flags: arg.flags,
-                    name,
-                    newname: a.name()?,
-                }
-            }
+            Opcode::Rename | Opcode::Rename2 => a.rename()?,
             Opcode::Link => {
                 let arg: LinkIn = a.fixed()?;
                 O::Link {
@@ -193,6 +171,28 @@ impl<'a> Request<'a> {
                     newname: a.name()?,
                 }
             }
+            // NOTIFY_REPLY, SETUP_MAPPING, REMOVE_MAPPING (the others are
+            // the file operations above).
+            _ => O::Unknown(self.header.opcode),
+        };
+        Ok(op)
+    }
+}
+
+/// A cursor over the argument bytes of one request.
+struct Args<'a> {
+    buf: &'a [u8],
+    opcode: Opcode,
+}
+
+/// The requests whose arguments take more than a field and a name.
+impl<'a> Args<'a> {
+    /// Open files, directories, xattrs, locks and the session: `None` for
+    /// the name and inode operations.
+    fn file_operation(&mut self, cfg: &ParseConfig) -> Result<Option<Operation<'a>>, ParseError> {
+        use Operation as O;
+        let a = self;
+        let op = match a.opcode {
             Opcode::Open => O::Open(a.fixed()?),
             Opcode::Read => O::Read(a.fixed()?),
             Opcode::Write => {
@@ -203,21 +203,7 @@ impl<'a> Request<'a> {
             Opcode::Statfs => O::Statfs,
             Opcode::Release => O::Release(a.fixed()?),
             Opcode::Fsync => O::Fsync(a.fixed()?),
-            Opcode::Setxattr => {
-                let arg = if cfg.setxattr_ext {
-                    a.fixed::<SetxattrIn>()?
-                } else {
-                    let c: SetxattrInCompat = a.fixed()?;
-                    SetxattrIn {
-                        size: c.size,
-                        flags: c.flags,
-                        ..Default::default()
-                    }
-                };
-                let name = a.name()?;
-                let value = a.bytes(arg.size as usize, "xattr value")?;
-                O::Setxattr { arg, name, value }
-            }
+            Opcode::Setxattr => a.setxattr(cfg)?,
             Opcode::Getxattr => {
                 let arg = a.fixed()?;
                 O::Getxattr {
@@ -228,21 +214,7 @@ impl<'a> Request<'a> {
             Opcode::Listxattr => O::Listxattr(a.fixed()?),
             Opcode::Removexattr => O::Removexattr { name: a.name()? },
             Opcode::Flush => O::Flush(a.fixed()?),
-            Opcode::Init => {
-                // Kernels before 7.36 send only the first 16 bytes.
-                if a.buf.len() >= std::mem::size_of::<InitIn>() {
-                    O::Init(a.fixed()?)
-                } else {
-                    let c: InitInCompat = a.fixed()?;
-                    O::Init(InitIn {
-                        major: c.major,
-                        minor: c.minor,
-                        max_readahead: c.max_readahead,
-                        flags: c.flags,
-                        ..Default::default()
-                    })
-                }
-            }
+            Opcode::Init => O::Init(a.init()?),
             Opcode::Opendir => O::Opendir(a.fixed()?),
             Opcode::Readdir => O::Readdir(a.fixed()?),
             Opcode::Readdirplus => O::Readdirplus(a.fixed()?),
@@ -288,18 +260,67 @@ impl<'a> Request<'a> {
             },
             Opcode::Syncfs => O::Syncfs,
             Opcode::Statx => O::Statx(a.fixed()?),
-            Opcode::NotifyReply | Opcode::SetupMapping | Opcode::RemoveMapping => {
-                O::Unknown(self.header.opcode)
+            _ => return Ok(None),
+        };
+        Ok(Some(op))
+    }
+
+    fn batch_forget(&mut self) -> Result<Operation<'a>, ParseError> {
+        let head: BatchForgetIn = self.fixed()?;
+        Ok(Operation::BatchForget(BatchForget {
+            count: head.count,
+            entries: self.rest(),
+        }))
+    }
+
+    /// RENAME and RENAME2 (which adds renameat2 flags).
+    fn rename(&mut self) -> Result<Operation<'a>, ParseError> {
+        let (newdir, flags) = if self.opcode == Opcode::Rename2 {
+            let arg: Rename2In = self.fixed()?;
+            (arg.newdir, arg.flags)
+        } else {
+            let arg: RenameIn = self.fixed()?;
+            (arg.newdir, 0)
+        };
+        let name = self.name()?;
+        Ok(Operation::Rename {
+            newdir,
+            flags,
+            name,
+            newname: self.name()?,
+        })
+    }
+
+    fn setxattr(&mut self, cfg: &ParseConfig) -> Result<Operation<'a>, ParseError> {
+        let arg = if cfg.setxattr_ext {
+            self.fixed::<SetxattrIn>()?
+        } else {
+            let c: SetxattrInCompat = self.fixed()?;
+            SetxattrIn {
+                size: c.size,
+                flags: c.flags,
+                ..Default::default()
             }
         };
-        Ok(op)
+        let name = self.name()?;
+        let value = self.bytes(arg.size as usize, "xattr value")?;
+        Ok(Operation::Setxattr { arg, name, value })
     }
-}
 
-/// A cursor over the argument bytes of one request.
-struct Args<'a> {
-    buf: &'a [u8],
-    opcode: Opcode,
+    fn init(&mut self) -> Result<InitIn, ParseError> {
+        // Kernels before 7.36 send only the first 16 bytes.
+        if self.buf.len() >= std::mem::size_of::<InitIn>() {
+            return self.fixed();
+        }
+        let c: InitInCompat = self.fixed()?;
+        Ok(InitIn {
+            major: c.major,
+            minor: c.minor,
+            max_readahead: c.max_readahead,
+            flags: c.flags,
+            ..Default::default()
+        })
+    }
 }
 
 impl<'a> Args<'a> {

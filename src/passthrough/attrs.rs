@@ -169,41 +169,7 @@ impl PassthroughFs {
             }
         }
         if valid.intersects(V::ATIME | V::MTIME) {
-            let omit = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            };
-            let now = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_NOW,
-            };
-            let ts = |set: bool, is_now: bool, s: u64, ns: u32| {
-                if !set {
-                    omit
-                } else if is_now {
-                    now
-                } else {
-                    libc::timespec {
-                        tv_sec: s as i64,
-                        tv_nsec: ns as i64,
-                    }
-                }
-            };
-            let times = [
-                ts(
-                    valid.contains(V::ATIME),
-                    valid.contains(V::ATIME_NOW),
-                    arg.atime,
-                    arg.atimensec,
-                ),
-                ts(
-                    valid.contains(V::MTIME),
-                    valid.contains(V::MTIME_NOW),
-                    arg.mtime,
-                    arg.mtimensec,
-                ),
-            ];
-            sys::utimens_empty(fd.fd(), &times)?;
+            sys::utimens_empty(fd.fd(), &setattr_times(arg))?;
         }
         let st = match &file {
             Some(f) => sys::statx(f.fd.as_fd(), STATX_MASK)?,
@@ -254,4 +220,28 @@ impl PassthroughFs {
             spare: [0; 6],
         })
     }
+}
+
+/// The utimensat(2) times a SETATTR asks for: given, now, or left alone.
+fn setattr_times(arg: &abi::SetattrIn) -> [libc::timespec; 2] {
+    use abi::SetattrValid as V;
+    let valid = V::from_bits_retain(arg.valid);
+    let ts = |set: V, now: V, s: u64, ns: u32| libc::timespec {
+        tv_sec: if valid.contains(set) && !valid.contains(now) {
+            s as i64
+        } else {
+            0
+        },
+        tv_nsec: if !valid.contains(set) {
+            libc::UTIME_OMIT
+        } else if valid.contains(now) {
+            libc::UTIME_NOW
+        } else {
+            ns as i64
+        },
+    };
+    [
+        ts(V::ATIME, V::ATIME_NOW, arg.atime, arg.atimensec),
+        ts(V::MTIME, V::MTIME_NOW, arg.mtime, arg.mtimensec),
+    ]
 }

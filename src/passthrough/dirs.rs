@@ -103,42 +103,31 @@ impl PassthroughFs {
         nodeid: u64,
         arg: &abi::ReadIn,
         plus: bool,
-        reply: ReplyDir,
-    ) {
-        let inode = match self.inode(nodeid, ctx.opcode) {
-            Ok(i) => i,
-            Err(e) => return reply.error(e),
-        };
+    ) -> Result<DirBuffer, Errno> {
+        let inode = self.inode(nodeid, ctx.opcode)?;
         // fh 0: a directory the kernel opened from its backing directory
         // (OPEN in its mask, READDIR not): list it through a fresh stream,
         // positioned at the offset the kernel asks for.
         let f = if arg.fh == abi::NO_FH {
-            match self.unhandled_open(nodeid, libc::O_RDONLY) {
-                Ok(f) => f,
-                Err(e) => return reply.error(e),
-            }
+            self.unhandled_open(nodeid, libc::O_RDONLY)?
         } else {
             match self.file(arg.fh) {
                 Ok(f) if f.inode.nodeid == nodeid => f,
-                _ => return reply.error(Errno::EBADF),
+                _ => return Err(Errno::EBADF),
             }
         };
         let Some(stream) = &f.dir else {
-            return reply.error(Errno::ENOTDIR);
+            return Err(Errno::ENOTDIR);
         };
         let mut st = stream.lock();
         if arg.offset != st.offset {
-            if let Err(e) = sys::lseek(f.fd.as_fd(), arg.offset, libc::SEEK_SET) {
-                return reply.error(e.into());
-            }
+            sys::lseek(f.fd.as_fd(), arg.offset, libc::SEEK_SET)?;
             st.pos = 0;
             st.len = 0;
             st.offset = arg.offset;
         }
         let media_rel = self.media_dir_rel(&inode);
         let mut out = DirBuffer::new(arg.size as usize);
-        // Lookups this reply hands to the kernel, to undo if it is lost.
-        let mut counted: Vec<u64> = Vec::new();
         loop {
             if st.pos >= st.len {
                 let DirStream { buf, .. } = &mut *st;
@@ -150,7 +139,7 @@ impl PassthroughFs {
                     }
                     Err(e) => {
                         if out.is_empty() {
-                            return reply.error(e.into());
+                            return Err(e.into());
                         }
                         break;
                     }
@@ -183,29 +172,10 @@ impl PassthroughFs {
                 ino: d.ino,
             });
             let fits = if plus {
-                match self.dirent_plus(&inode, &name, ino, typ) {
-                    Ok(mut e) => {
-                        if volatile {
-                            e.entry_ttl = std::time::Duration::ZERO;
-                        }
-                        if out.push_plus(&e, off, typ, &name) {
-                            if e.nodeid != 0 {
-                                counted.push(e.nodeid);
-                            }
-                            true
-                        } else {
-                            if e.nodeid != 0 {
-                                self.forget_one(e.nodeid, 1);
-                            }
-                            false
-                        }
-                    }
-                    Err(e) => {
-                        if out.is_empty() {
-                            return reply.error(e);
-                        }
-                        false
-                    }
+                let r = self.push_plus(&mut out, &inode, &name, ino, typ, off, volatile);
+                match r {
+                    Err(e) if out.is_empty() => return Err(e),
+                    r => r.unwrap_or(false),
                 }
             } else {
                 out.push(ino, off, typ, &name)
@@ -216,12 +186,34 @@ impl PassthroughFs {
             st.pos += reclen;
             st.offset = off;
         }
-        drop(st);
-        if let Err(ReplyError::Gone) = reply.send(&out) {
-            for id in counted {
-                self.forget_one(id, 1);
-            }
+        Ok(out)
+    }
+
+    /// Appends the READDIRPLUS record of one name; `Ok(false)` when full (its
+    /// lookup given back at once). A record that fits hands its lookup to
+    /// the reply.
+    #[allow(clippy::too_many_arguments)]
+    fn push_plus(
+        &self,
+        out: &mut DirBuffer,
+        dir: &Inode,
+        name: &[u8],
+        ino: u64,
+        typ: u32,
+        off: u64,
+        volatile: bool,
+    ) -> Result<bool, Errno> {
+        let mut e = self.dirent_plus(dir, name, ino, typ)?;
+        if volatile {
+            e.entry_ttl = std::time::Duration::ZERO;
         }
+        if out.push_plus(&e, off, typ, name) {
+            return Ok(true);
+        }
+        if e.nodeid != 0 {
+            self.forget_one(e.nodeid, 1);
+        }
+        Ok(false)
     }
 
     /// The READDIRPLUS record of one name: a full entry (one lookup) for

@@ -184,47 +184,32 @@ impl PassthroughFs {
         Err(last)
     }
 
-    pub(super) fn do_read(&self, ctx: &Context, nodeid: u64, arg: &abi::ReadIn, reply: ReplyData) {
+    pub(super) fn do_read(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &abi::ReadIn,
+    ) -> Result<Data, Errno> {
         if let Ok(inode) = self.table.get(nodeid) {
             self.kinds.count(inode.kind, ctx.opcode);
         }
-        let f = match self.open_file_for_read(ctx, nodeid, arg.fh) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
+        let f = self.open_file_for_read(ctx, nodeid, arg.fh)?;
         let size = (arg.size as usize).min(self.max_io());
         // Zero copy unless the bytes must be changed on the way (redaction).
-        let reply = if self.cfg.splice && f.redact.is_none() {
-            match reply.splice_from(f.fd.as_fd(), arg.offset, size) {
-                Ok(()) => return,
-                Err(r) => r,
-            }
-        } else {
-            reply
-        };
-        // One buffer per worker thread, reused across reads.
-        thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
-        BUF.with(|b| {
-            let mut buf = b.borrow_mut();
-            if buf.len() < size {
-                buf.resize(size, 0);
-            }
-            let mut done = 0;
-            // Short reads only at EOF: loop like read(2) on a regular file.
-            while done < size {
-                match sys::pread(f.fd.as_fd(), &mut buf[done..size], arg.offset + done as u64) {
-                    Ok(0) => break,
-                    Ok(n) => done += n,
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) if done == 0 => return reply.error(e.into()),
-                    Err(_) => break,
-                }
-            }
-            if let Some(r) = &f.redact {
-                crate::media::redact(&mut buf[..done], arg.offset, r);
-            }
-            reply.data(&buf[..done])
-        })
+        if self.cfg.splice && f.redact.is_none() {
+            return Ok(Data::File {
+                file: f,
+                offset: arg.offset,
+                len: size,
+            });
+        }
+        let mut buf = vec![0u8; size];
+        let done = sys::pread_full(f.fd.as_fd(), &mut buf, arg.offset)?;
+        buf.truncate(done);
+        if let Some(r) = &f.redact {
+            crate::media::redact(&mut buf, arg.offset, r);
+        }
+        Ok(Data::Bytes(buf))
     }
 
     /// [`Self::open_file`] for READ: a handle-less read still honours the
@@ -421,6 +406,25 @@ impl PassthroughFs {
         )
         .map(|n| n as u64)
         .map_err(Errno::from)
+    }
+
+    /// SYNCFS: syncs the filesystem the inode is on.
+    pub(super) fn do_syncfs(&self, ctx: &Context, nodeid: u64) -> Result<(), Errno> {
+        // Only a directory or regular file is ever reopened: opening a
+        // FIFO would block, a device would see an open. The root is on
+        // the filesystem to sync unless the inode is on a submount.
+        let inode = self.inode(nodeid, ctx.opcode)?;
+        let inode = match inode.kind {
+            Kind::Directory | Kind::Regular => inode,
+            _ => self.table.get(abi::ROOT_ID)?,
+        };
+        let fd = self.table.fd(&inode)?;
+        let f = sys::reopen(
+            self.table.proc_self_fd(),
+            fd.fd(),
+            libc::O_RDONLY | libc::O_NONBLOCK,
+        )?;
+        sys::syncfs(f.as_fd()).map_err(Errno::from)
     }
 }
 

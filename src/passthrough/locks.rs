@@ -15,14 +15,41 @@
 //! description itself, for which the kernel sends no unlock at close, so
 //! an owner's locks also go at the RELEASE of the fh it last locked through.
 //!
-//! A blocking wait (SETLKW, blocking flock) never occupies a worker: after a
-//! failed non-blocking try it moves to a thread of its own, which replies
-//! when the lock is granted, or EINTR when the kernel sends INTERRUPT.
+//! A blocking wait (SETLKW, blocking flock) never occupies a thread of its
+//! own, nor a worker: after a failed non-blocking try it joins a wait queue
+//! ([`WaitQueue`]) and the worker returns. One waker thread (started when
+//! the first wait begins, gone when the queue is empty) retries the queued
+//! locks, in arrival order, with non-blocking calls: at once whenever a
+//! lock is dropped through the mount, and every few milliseconds (backing
+//! off to 100 ms) for locks held on SOURCE directly. It answers each wait
+//! when its lock is granted. At most [`MAX_LOCK_WAITERS`] waits queue at
+//! once; one more is answered ENOLCK at once.
+//!
+//! Interrupts are race-free: a wait is in the queue from the moment it is
+//! known until it is answered, and INTERRUPT, enqueueing and every retry
+//! hold the queue's lock. An INTERRUPT for a wait not (yet) queued is kept
+//! (bounded, oldest dropped first) and honoured when the wait arrives, so
+//! a wait interrupted before it registered still answers EINTR.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
+
+use parking_lot::Condvar;
 
 use super::*;
+
+/// Most blocked lock waits at once (SETLKW, OFD wait, flock wait); beyond
+/// it a wait is answered ENOLCK. Each costs one open file description of
+/// its lock owner (see [`LockTable`]), never a thread.
+pub const MAX_LOCK_WAITERS: usize = 4096;
+/// Most INTERRUPTs kept for waits that have not arrived yet.
+const MAX_EARLY_INTERRUPTS: usize = 1024;
+/// Retry period for locks held outside the mount: from the first to the
+/// last, doubling while nothing changes.
+const POLL_MIN: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(100);
 
 /// The host open file description holding one lock owner's locks.
 struct OwnerLocks {
@@ -31,33 +58,85 @@ struct OwnerLocks {
     fh: u64,
 }
 
+/// One blocked wait: what to retry, and the reply it owes.
+struct Waiter {
+    unique: u64,
+    lock: Lock,
+    reply: Deferred,
+}
+
+/// Blocked lock waits, in arrival order.
 #[derive(Default)]
+struct WaitQueue {
+    waiters: VecDeque<Waiter>,
+    /// INTERRUPTs that arrived before their wait was queued.
+    early: VecDeque<u64>,
+    /// A lock was dropped through the mount since the last retry.
+    kicked: bool,
+    /// The waker thread runs.
+    waker: bool,
+}
+
 pub struct LockTable {
     /// (nodeid, lock owner) -> the owner's open file description.
     owners: DashMap<(u64, u64), OwnerLocks>,
     /// Last pid seen locking each inode, per owner (for GETLK's answer).
     pids: DashMap<(u64, u64), u32>,
-    /// Blocked waits: request unique -> waiting thread.
-    waiting: Mutex<HashMap<u64, libc::pthread_t>>,
-    /// INTERRUPTs that arrived before their wait registered (bounded).
-    early_interrupts: Mutex<VecDeque<u64>>,
+    queue: Mutex<WaitQueue>,
+    wake: Condvar,
+    /// Waits queued (read without the lock, to skip kicks when none).
+    waiting: AtomicUsize,
+    max_waiters: usize,
+}
+
+impl Default for LockTable {
+    fn default() -> Self {
+        LockTable::with_limit(MAX_LOCK_WAITERS)
+    }
 }
 
 impl LockTable {
+    /// A table that queues at most `max_waiters` blocked waits.
+    pub fn with_limit(max_waiters: usize) -> LockTable {
+        LockTable {
+            owners: DashMap::new(),
+            pids: DashMap::new(),
+            queue: Mutex::new(WaitQueue::default()),
+            wake: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            max_waiters,
+        }
+    }
+
     pub fn clear(&self) {
+        let gone: Vec<Waiter> = {
+            let mut q = self.queue.lock();
+            self.waiting.store(0, Ordering::Relaxed);
+            q.waiters.drain(..).collect()
+        };
+        for w in gone {
+            w.reply.finish(Err(Errno::EINTR));
+        }
         self.owners.clear();
         self.pids.clear();
+    }
+
+    /// Blocked waits right now.
+    pub fn waiters(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     pub fn forget_inode(&self, nodeid: u64) {
         self.owners.retain(|k, _| k.0 != nodeid);
         self.pids.retain(|k, _| k.0 != nodeid);
+        self.kick();
     }
 
     /// A lock owner closed the file: its POSIX locks on the inode go.
     pub fn release_owner(&self, nodeid: u64, owner: u64) {
         self.owners.remove(&(nodeid, owner));
         self.pids.remove(&(nodeid, owner));
+        self.kick();
     }
 
     /// The open file `fh` of `nodeid` was released: the owners that last
@@ -73,32 +152,126 @@ impl LockTable {
             self.owners.remove(&k);
             self.pids.remove(&k);
         }
+        self.kick();
     }
 
-    /// The kernel interrupts request `unique`: wake its waiting thread.
-    pub fn interrupt(&self, unique: u64) {
-        if let Some(&tid) = self.waiting.lock().get(&unique) {
-            // SAFETY: the thread is registered only while it is alive and
-            // waiting (it deregisters before exiting, under this lock);
-            // SIGUSR2 has a no-op handler without SA_RESTART.
-            unsafe { libc::pthread_kill(tid, libc::SIGUSR2) };
+    /// Locks may have been dropped: retry the queued waits now.
+    fn kick(&self) {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let mut early = self.early_interrupts.lock();
-        early.push_back(unique);
-        if early.len() > 256 {
-            early.pop_front();
+        self.queue.lock().kicked = true;
+        self.wake.notify_one();
+    }
+
+    /// The kernel interrupts request `unique`: a queued wait answers EINTR;
+    /// one not queued yet will when it comes.
+    pub fn interrupt(&self, unique: u64) {
+        let w = {
+            let mut q = self.queue.lock();
+            match q.waiters.iter().position(|w| w.unique == unique) {
+                Some(i) => {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    q.waiters.remove(i)
+                }
+                None => {
+                    q.early.push_back(unique);
+                    if q.early.len() > MAX_EARLY_INTERRUPTS {
+                        q.early.pop_front();
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(w) = w {
+            w.reply.finish(Err(Errno::EINTR));
         }
     }
 
-    fn take_early_interrupt(&self, unique: u64) -> bool {
-        let mut early = self.early_interrupts.lock();
-        match early.iter().position(|&u| u == unique) {
-            Some(i) => {
-                early.remove(i);
-                true
+    /// Takes `lock` now or queues the wait for it; answers `reply` when it
+    /// is granted, fails, or is interrupted. Never blocks.
+    fn wait_for(self: &Arc<Self>, lock: Lock, reply: Deferred) {
+        let unique = reply.unique();
+        let mut q = self.queue.lock();
+        if let Some(i) = q.early.iter().position(|&u| u == unique) {
+            q.early.remove(i);
+            drop(q);
+            return reply.finish(Err(Errno::EINTR));
+        }
+        // Tried under the queue's lock: a lock dropped after this try kicks
+        // the waker only once the wait is queued.
+        match lock.attempt() {
+            Err(e) if e == Errno::EAGAIN || e == Errno(libc::EWOULDBLOCK) => {}
+            r => {
+                drop(q);
+                return reply.finish(r);
             }
-            None => false,
+        }
+        if q.waiters.len() >= self.max_waiters {
+            drop(q);
+            warn!("more than {} blocked lock waits: ENOLCK", self.max_waiters);
+            return reply.finish(Err(Errno(libc::ENOLCK)));
+        }
+        q.waiters.push_back(Waiter {
+            unique,
+            lock,
+            reply,
+        });
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        if !q.waker {
+            let table = self.clone();
+            let started = std::thread::Builder::new()
+                .name("lock-waker".into())
+                .spawn(move || table.waker());
+            match started {
+                Ok(_) => q.waker = true,
+                Err(e) => {
+                    // The waits stay queued; the next one tries again.
+                    warn!("cannot start the lock waker: {e}");
+                }
+            }
+        }
+    }
+
+    /// The waker thread: retries queued waits until none is left.
+    fn waker(&self) {
+        let mut period = POLL_MIN;
+        loop {
+            let mut done = Vec::new();
+            {
+                let mut q = self.queue.lock();
+                if q.waiters.is_empty() {
+                    q.waker = false;
+                    return;
+                }
+                if !q.kicked {
+                    let deadline = Instant::now() + period;
+                    self.wake.wait_until(&mut q, deadline);
+                }
+                if std::mem::take(&mut q.kicked) {
+                    period = POLL_MIN;
+                }
+                // Retried under the queue's lock, so an INTERRUPT always
+                // finds its wait queued or answered, never in between.
+                let mut i = 0;
+                while i < q.waiters.len() {
+                    match q.waiters[i].lock.attempt() {
+                        Err(e) if e == Errno::EAGAIN || e == Errno(libc::EWOULDBLOCK) => i += 1,
+                        r => {
+                            if let Some(w) = q.waiters.remove(i) {
+                                done.push((w, r));
+                            }
+                        }
+                    }
+                }
+                self.waiting.fetch_sub(done.len(), Ordering::Relaxed);
+            }
+            if done.is_empty() {
+                period = (period * 2).min(POLL_MAX);
+            }
+            for (w, r) in done {
+                w.reply.finish(r);
+            }
         }
     }
 }
@@ -197,83 +370,60 @@ impl PassthroughFs {
         })
     }
 
+    /// The lock a SETLK(W) asks for, on the fd that will hold it.
+    fn lock_of(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn) -> Result<Lock, Errno> {
+        let inode = self.inode(nodeid, ctx.opcode)?;
+        if arg.lk_flags & abi::LK_FLOCK != 0 {
+            let f = self.file(arg.fh)?;
+            let op = match arg.lk.typ as i32 {
+                libc::F_RDLCK => libc::LOCK_SH,
+                libc::F_WRLCK => libc::LOCK_EX,
+                libc::F_UNLCK => libc::LOCK_UN,
+                _ => return Err(Errno::EINVAL),
+            };
+            return Ok(Lock::Flock(f, op));
+        }
+        let fl = to_flock(&arg.lk)?;
+        let fd = self.owner_fd(&inode, arg.owner, arg.fh)?;
+        if fl.l_type as i32 != libc::F_UNLCK {
+            self.locks.pids.insert((nodeid, arg.owner), arg.lk.pid);
+        }
+        Ok(Lock::Posix(fd, fl))
+    }
+
+    /// SETLK: one non-blocking try. Any change may free a queued wait.
     pub(super) fn do_setlk(
         &self,
         ctx: &Context,
         nodeid: u64,
         arg: &abi::LkIn,
-        sleep: bool,
-        reply: ReplyEmpty,
-    ) {
-        let r = (|| {
-            let inode = self.inode(nodeid, ctx.opcode)?;
-            if arg.lk_flags & abi::LK_FLOCK != 0 {
-                let f = self.file(arg.fh)?;
-                let op = match arg.lk.typ as i32 {
-                    libc::F_RDLCK => libc::LOCK_SH,
-                    libc::F_WRLCK => libc::LOCK_EX,
-                    libc::F_UNLCK => libc::LOCK_UN,
-                    _ => return Err(Errno::EINVAL),
-                };
-                let fd = f.clone();
-                return Ok(Lock::Flock(fd, op));
-            }
-            let fl = to_flock(&arg.lk)?;
-            let fd = self.owner_fd(&inode, arg.owner, arg.fh)?;
-            if fl.l_type as i32 != libc::F_UNLCK {
-                self.locks.pids.insert((nodeid, arg.owner), arg.lk.pid);
-            }
-            Ok(Lock::Posix(fd, fl))
-        })();
-        let lock = match r {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        // First a non-blocking try on the worker.
-        match lock.attempt(false) {
-            Ok(()) => return reply.ok(),
-            Err(e) if sleep && (e == Errno::EAGAIN || e == Errno(libc::EWOULDBLOCK)) => {}
-            Err(e) => return reply.error(e),
-        }
-        // Contended and the caller wants to wait: wait on a thread of its own.
-        let unique = ctx.unique;
-        let table = self.locks.clone();
-        let spawned = std::thread::Builder::new()
-            .name("lock-wait".into())
-            .spawn(move || {
-                let tid = {
-                    // SAFETY: pthread_self has no preconditions.
-                    unsafe { libc::pthread_self() }
-                };
-                table.waiting.lock().insert(unique, tid);
-                let r = if table.take_early_interrupt(unique) {
-                    Err(Errno::EINTR)
-                } else {
-                    lock.attempt(true)
-                };
-                table.waiting.lock().remove(&unique);
-                match r {
-                    Ok(()) => reply.ok(),
-                    Err(e) => reply.error(e),
-                }
-            });
-        if let Err(e) = spawned {
-            warn!("cannot start a lock waiter: {e}");
-            // The reply moved into the closure is dropped with it: EIO.
+    ) -> Result<(), Errno> {
+        let r = self.lock_of(ctx, nodeid, arg)?.attempt();
+        self.locks.kick();
+        r
+    }
+
+    /// SETLKW: granted now, or queued (see [`LockTable`]); never blocks.
+    pub(super) fn do_setlkw(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn, reply: Deferred) {
+        match self.lock_of(ctx, nodeid, arg) {
+            Ok(lock) => self.locks.wait_for(lock, reply),
+            Err(e) => reply.finish(Err(e)),
         }
     }
 }
 
+#[cfg_attr(test, derive(Clone))]
 enum Lock {
     Flock(Arc<OpenFile>, i32),
     Posix(Arc<OwnedFd>, libc::flock),
 }
 
 impl Lock {
-    fn attempt(&self, wait: bool) -> Result<(), Errno> {
+    /// One non-blocking try.
+    fn attempt(&self) -> Result<(), Errno> {
         match self {
             Lock::Flock(f, op) => {
-                let op = if wait || *op == libc::LOCK_UN {
+                let op = if *op == libc::LOCK_UN {
                     *op
                 } else {
                     *op | libc::LOCK_NB
@@ -282,13 +432,130 @@ impl Lock {
             }
             Lock::Posix(fd, fl) => {
                 let mut fl = *fl;
-                let cmd = if wait {
-                    libc::F_OFD_SETLKW
-                } else {
-                    libc::F_OFD_SETLK
-                };
-                sys::ofd_lock(fd.as_fd(), cmd, &mut fl).map_err(Errno::from)
+                sys::ofd_lock(fd.as_fd(), libc::F_OFD_SETLK, &mut fl).map_err(Errno::from)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuse::channel::{Channel, Connection};
+    use std::os::unix::net::UnixDatagram;
+
+    /// A channel whose replies arrive at the returned socket, one each.
+    fn channel() -> (Arc<Channel>, UnixDatagram) {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let conn = Connection::new(OwnedFd::from(a));
+        (Arc::new(conn.master_channel().unwrap()), b)
+    }
+
+    /// The next reply, within a second: (unique, error).
+    fn reply_of(rx: &UnixDatagram) -> Option<(u64, i32)> {
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).ok()?;
+        assert!(n >= 16);
+        let error = i32::from_ne_bytes(buf[4..8].try_into().unwrap());
+        let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
+        Some((unique, error))
+    }
+
+    fn deferred(ch: &Arc<Channel>, unique: u64) -> Deferred {
+        Deferred(Reply::new(ch.clone(), unique, Opcode::Setlkw))
+    }
+
+    /// A write lock on the whole of `file`, on an open file description of
+    /// its own (as each lock owner has; it holds the lock while it is open).
+    fn write_lock(file: &std::path::Path) -> (Lock, Arc<OwnedFd>) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(file)
+            .unwrap();
+        let lk = abi::FileLock {
+            start: 0,
+            end: u64::MAX,
+            typ: libc::F_WRLCK as u32,
+            pid: 0,
+        };
+        let fd = Arc::new(OwnedFd::from(f));
+        (Lock::Posix(fd.clone(), to_flock(&lk).unwrap()), fd)
+    }
+
+    #[test]
+    fn waits_queue_up_to_the_limit_and_are_granted_or_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let (ch, rx) = channel();
+        let table = Arc::new(LockTable::with_limit(2));
+        let (holder, holder_fd) = write_lock(&file);
+        holder.attempt().unwrap();
+        let owners: Vec<_> = (0..4).map(|_| write_lock(&file)).collect();
+        // An INTERRUPT before its wait arrives is kept for it.
+        table.interrupt(10);
+        table.wait_for(owners[0].0.clone(), deferred(&ch, 10));
+        assert_eq!(reply_of(&rx), Some((10, -libc::EINTR)));
+        // Two waits queue, the third is over the limit.
+        table.wait_for(owners[1].0.clone(), deferred(&ch, 11));
+        table.wait_for(owners[2].0.clone(), deferred(&ch, 12));
+        table.wait_for(owners[3].0.clone(), deferred(&ch, 13));
+        assert_eq!(reply_of(&rx), Some((13, -libc::ENOLCK)));
+        assert_eq!(table.waiters(), 2);
+        assert_eq!(reply_of(&rx), None, "the queued waits wait");
+        // Dropping the lock (and a kick) grants the first in line only.
+        drop((holder, holder_fd));
+        table.kick();
+        assert_eq!(reply_of(&rx), Some((11, 0)));
+        assert_eq!(reply_of(&rx), None, "the second still waits");
+        assert_eq!(table.waiters(), 1);
+        table.interrupt(12);
+        assert_eq!(reply_of(&rx), Some((12, -libc::EINTR)));
+        assert_eq!(table.waiters(), 0);
+        // With the queue empty the waker thread ends.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while table.queue.lock().waker {
+            assert!(Instant::now() < deadline, "the waker thread never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_lock_held_outside_is_polled_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let (ch, rx) = channel();
+        let table = Arc::new(LockTable::default());
+        let outside = write_lock(&file);
+        outside.0.attempt().unwrap();
+        let waiter = write_lock(&file);
+        table.wait_for(waiter.0, deferred(&ch, 20));
+        assert_eq!(reply_of(&rx), None);
+        // Released with no kick (as a process on SOURCE would): the waker's
+        // poll finds it.
+        drop(outside);
+        assert_eq!(reply_of(&rx), Some((20, 0)));
+    }
+
+    #[test]
+    fn lock_ranges_in_host_terms() {
+        let lk = |start, end, typ: i32| abi::FileLock {
+            start,
+            end,
+            typ: typ as u32,
+            pid: 9,
+        };
+        let fl = to_flock(&lk(10, 19, libc::F_RDLCK)).unwrap();
+        assert_eq!((fl.l_start, fl.l_len, fl.l_pid), (10, 10, 0));
+        let fl = to_flock(&lk(5, u64::MAX, libc::F_WRLCK)).unwrap();
+        assert_eq!((fl.l_start, fl.l_len), (5, 0), "to the end of the file");
+        assert_eq!(to_flock(&lk(0, 1, 99)).unwrap_err(), Errno::EINVAL);
+        assert_eq!(
+            to_flock(&lk(u64::MAX, u64::MAX, libc::F_RDLCK)).unwrap_err(),
+            Errno::EINVAL
+        );
     }
 }

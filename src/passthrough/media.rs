@@ -1,5 +1,11 @@
 //! The daemon's side of the media-provider mode (see `crate::media`): the
 //! per-request checks that keep some ops in the daemon.
+//!
+//! Why two modules: `crate::media` is the rule book (config, which uid may
+//! see or create what, redaction ranges), pure functions of paths, uids and
+//! bytes that its unit tests drive without a mount; this module applies
+//! those rules to `PassthroughFs` requests (inodes, fds, the caller), and
+//! needs the filesystem's private state, so it lives inside `passthrough`.
 
 use std::ffi::{CStr, CString};
 use std::ops::Range;

@@ -52,8 +52,6 @@ pub struct Config {
     pub splice: bool,
     /// The kernel checks permissions (`-o default_permissions`).
     pub default_permissions: bool,
-    pub allow_other: bool,
-    pub read_only: bool,
     /// Backing-file stack depth (1, or 2 when SOURCE is on overlayfs/FUSE).
     pub max_stack_depth: u32,
     pub readdirplus: bool,
@@ -76,8 +74,6 @@ impl Config {
             direct_io: false,
             splice: true,
             default_permissions: true,
-            allow_other: false,
-            read_only: false,
             max_stack_depth: 1,
             readdirplus: true,
             fd_cache: 4096,
@@ -99,6 +95,12 @@ pub struct OpenFile {
     redact: Option<Arc<Vec<std::ops::Range<u64>>>>,
     /// Directory stream state (opendir only).
     dir: Option<Mutex<dirs::DirStream>>,
+}
+
+impl AsFd for OpenFile {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 /// Per-op counters by inode kind, for the stats.
@@ -213,6 +215,11 @@ impl PassthroughFs {
 
     pub fn kind_counters(&self) -> &KindCounters {
         &self.kinds
+    }
+
+    /// Blocked lock waits right now.
+    pub fn lock_waiters(&self) -> usize {
+        self.locks.waiters()
     }
 
     /// Open files and directories right now.
@@ -340,18 +347,11 @@ impl PassthroughFs {
         mask
     }
 
-    /// Sends an entry reply; if the kernel did not take it, gives back the
-    /// lookup count it implied.
-    fn send_entry(&self, reply: ReplyEntry, r: Result<Entry, Errno>) {
-        match r {
-            Ok(e) => {
-                if let Err(ReplyError::Gone) = reply.entry(&e) {
-                    if e.nodeid != 0 {
-                        self.forget_one(e.nodeid, 1);
-                    }
-                }
-            }
-            Err(err) => reply.error(err),
+    /// An attribute reply, valid as long as entries are.
+    fn attr_reply(&self, attr: abi::Attr) -> Attr {
+        Attr {
+            attr,
+            ttl: self.entry_ttl(),
         }
     }
 
@@ -377,11 +377,9 @@ pub fn check_name(name: &CStr) -> Result<(), Errno> {
 }
 
 impl Filesystem for PassthroughFs {
-    fn init(&self, conn: &Arc<Connection>, cfg: &mut InitConfig) -> Result<(), Errno> {
-        let _ = self.conn.set(conn.clone());
-        let o = cfg.offered;
-        let mut want = cfg.want
-            | InitFlags::ATOMIC_O_TRUNC
+    fn wants(&self) -> Wants {
+        let mut w = Wants::default();
+        w.flags |= InitFlags::ATOMIC_O_TRUNC
             | InitFlags::FLOCK_LOCKS
             | InitFlags::POSIX_LOCKS
             | InitFlags::SETXATTR_EXT
@@ -389,59 +387,68 @@ impl Filesystem for PassthroughFs {
             | InitFlags::ASYNC_DIO
             // nodeids are not stable across FORGET, so file handles of the
             // mount (name_to_handle_at, NFS export) cannot be honoured.
-            | InitFlags::NO_EXPORT_SUPPORT;
+            | InitFlags::NO_EXPORT_SUPPORT
+            // Shared mmap of FOPEN_DIRECT_IO files (O_DIRECT opens,
+            // --direct-io): the kernel keeps the page cache coherent.
+            | InitFlags::DIRECT_IO_ALLOW_MMAP;
         if self.cfg.readdirplus {
-            want |= InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO;
+            w.flags |= InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO;
         }
         // POSIX ACLs: the kernel enforces them (with default_permissions)
         // and leaves the umask to us, so default ACLs work as on the host.
-        if o.contains(InitFlags::POSIX_ACL | InitFlags::DONT_MASK) {
-            want |= InitFlags::POSIX_ACL | InitFlags::DONT_MASK;
-        }
+        w.flags |= InitFlags::POSIX_ACL | InitFlags::DONT_MASK;
+        w.together.push(InitFlags::POSIX_ACL | InitFlags::DONT_MASK);
         if !self.cfg.nocache {
-            want |= InitFlags::AUTO_INVAL_DATA | InitFlags::CACHE_SYMLINKS;
+            w.flags |=
+                InitFlags::AUTO_INVAL_DATA | InitFlags::CACHE_SYMLINKS | InitFlags::WRITEBACK_CACHE;
         }
-        // Shared mmap of FOPEN_DIRECT_IO files (O_DIRECT opens, --direct-io):
-        // the kernel keeps the page cache coherent for them.
-        want |= InitFlags::DIRECT_IO_ALLOW_MMAP;
-        let mode = if self.cfg.passthrough && o.contains(InitFlags::PASSTHROUGH) {
-            want |= InitFlags::PASSTHROUGH;
-            cfg.max_stack_depth = self.cfg.max_stack_depth;
-            if o.contains(InitFlags::PASSTHROUGH_INO) && self.cfg.policy.wants_inode_passthrough() {
-                want |= InitFlags::PASSTHROUGH_INO;
+        if self.cfg.passthrough {
+            w.flags |= InitFlags::PASSTHROUGH;
+            w.max_stack_depth = self.cfg.max_stack_depth;
+            // Writeback cache only when the daemon serves I/O itself.
+            w.excludes
+                .push((InitFlags::PASSTHROUGH, InitFlags::WRITEBACK_CACHE));
+            if self.cfg.policy.wants_inode_passthrough() {
+                w.flags |= InitFlags::PASSTHROUGH_INO;
                 // READDIRPLUS entries carry no backing id in the series: let
                 // every entry come through LOOKUP instead.
-                want.remove(InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO);
+                w.excludes.push((
+                    InitFlags::PASSTHROUGH_INO,
+                    InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO,
+                ));
                 // Files opened from their backing file have no handle here
                 // and send no FLUSH or RELEASE: the daemon could never drop
                 // their locks. The kernel keeps such locks itself.
                 if self.cfg.policy.may_pass_open() {
-                    want.remove(InitFlags::POSIX_LOCKS | InitFlags::FLOCK_LOCKS);
+                    w.excludes.push((
+                        InitFlags::PASSTHROUGH_INO,
+                        InitFlags::POSIX_LOCKS | InitFlags::FLOCK_LOCKS,
+                    ));
                 }
-                backing::Mode::Inode
-            } else {
-                backing::Mode::Io
             }
+        }
+        w
+    }
+
+    fn init(&self, conn: &Arc<Connection>) -> Result<(), Errno> {
+        let _ = self.conn.set(conn.clone());
+        let n = conn.negotiated().ok_or(Errno::EIO)?;
+        self.dont_mask
+            .store(n.has(InitFlags::DONT_MASK), Ordering::Relaxed);
+        self.writeback
+            .store(n.has(InitFlags::WRITEBACK_CACHE), Ordering::Relaxed);
+        let mode = if n.has(InitFlags::PASSTHROUGH_INO) {
+            backing::Mode::Inode
+        } else if n.has(InitFlags::PASSTHROUGH) {
+            backing::Mode::Io
         } else {
             if self.cfg.passthrough {
                 warn!(
                     "the kernel does not offer FUSE passthrough; the daemon serves all I/O itself"
                 );
             }
-            if !self.cfg.nocache && o.contains(InitFlags::WRITEBACK_CACHE) {
-                want |= InitFlags::WRITEBACK_CACHE;
-            }
             backing::Mode::Off
         };
-        cfg.want = want;
-        self.dont_mask.store(
-            o.contains(InitFlags::DONT_MASK) && want.contains(InitFlags::DONT_MASK),
-            Ordering::Relaxed,
-        );
-        self.writeback.store(
-            want.contains(InitFlags::WRITEBACK_CACHE) && o.contains(InitFlags::WRITEBACK_CACHE),
-            Ordering::Relaxed,
-        );
         self.backing.start(conn, mode);
         info!(
             "passthrough: {}",
@@ -466,47 +473,44 @@ impl Filesystem for PassthroughFs {
         self.locks.interrupt(unique);
     }
 
-    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr, reply: ReplyEntry) {
-        let r = self.do_lookup(ctx, parent, name);
-        self.send_entry(reply, r)
+    fn reply_lost(&self, lost: Lost<'_>) {
+        if let Some(fh) = lost.fh {
+            self.remove_file(fh);
+        }
+        for &n in lost.lookups {
+            self.forget_one(n, 1);
+        }
     }
 
     fn forget(&self, nodeid: u64, nlookup: u64) {
         self.forget_one(nodeid, nlookup)
     }
 
-    fn batch_forget(&self, nodes: &[abi::ForgetOne]) {
-        for n in nodes {
-            self.forget_one(n.nodeid, n.nlookup);
-        }
+    // Every op below is one call into the module of its kind.
+
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<Entry> {
+        self.do_lookup(ctx, parent, name)
     }
 
-    fn getattr(&self, ctx: &Context, nodeid: u64, fh: Option<u64>, reply: ReplyAttr) {
-        match self.do_getattr(ctx, nodeid, fh) {
-            Ok(a) => reply.attr(&a, self.entry_ttl()),
-            Err(e) => reply.error(e),
-        }
+    fn getattr(&self, ctx: &Context, nodeid: u64, fh: Option<u64>) -> OpResult<Attr> {
+        self.do_getattr(ctx, nodeid, fh).map(|a| self.attr_reply(a))
     }
 
-    fn setattr(&self, ctx: &Context, nodeid: u64, arg: &abi::SetattrIn, reply: ReplyAttr) {
-        match self.do_setattr(ctx, nodeid, arg) {
-            Ok(a) => reply.attr(&a, self.entry_ttl()),
-            Err(e) => reply.error(e),
-        }
+    fn setattr(&self, ctx: &Context, nodeid: u64, arg: &abi::SetattrIn) -> OpResult<Attr> {
+        self.do_setattr(ctx, nodeid, arg)
+            .map(|a| self.attr_reply(a))
     }
 
-    fn statx(&self, ctx: &Context, nodeid: u64, arg: &abi::StatxIn, reply: ReplyStatx) {
-        match self.do_statx(ctx, nodeid, arg) {
-            Ok(s) => reply.statx(&s, self.entry_ttl()),
-            Err(e) => reply.error(e),
-        }
+    fn statx(&self, ctx: &Context, nodeid: u64, arg: &abi::StatxIn) -> OpResult<Statx> {
+        let stat = self.do_statx(ctx, nodeid, arg)?;
+        Ok(Statx {
+            stat,
+            ttl: self.entry_ttl(),
+        })
     }
 
-    fn readlink(&self, ctx: &Context, nodeid: u64, reply: ReplyData) {
-        match self.do_readlink(ctx, nodeid) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e),
-        }
+    fn readlink(&self, ctx: &Context, nodeid: u64) -> OpResult<Data> {
+        self.do_readlink(ctx, nodeid).map(Data::Bytes)
     }
 
     fn mknod(
@@ -515,10 +519,8 @@ impl Filesystem for PassthroughFs {
         parent: u64,
         name: &CStr,
         arg: &abi::MknodIn,
-        reply: ReplyEntry,
-    ) {
-        let r = self.do_mknod(ctx, parent, name, arg);
-        self.send_entry(reply, r)
+    ) -> OpResult<Entry> {
+        self.do_mknod(ctx, parent, name, arg)
     }
 
     fn mkdir(
@@ -527,34 +529,24 @@ impl Filesystem for PassthroughFs {
         parent: u64,
         name: &CStr,
         arg: &abi::MkdirIn,
-        reply: ReplyEntry,
-    ) {
-        let r = self.do_mkdir(ctx, parent, name, arg);
-        self.send_entry(reply, r)
+    ) -> OpResult<Entry> {
+        self.do_mkdir(ctx, parent, name, arg)
     }
 
-    fn symlink(&self, ctx: &Context, parent: u64, name: &CStr, target: &CStr, reply: ReplyEntry) {
-        let r = self.do_symlink(ctx, parent, name, target);
-        self.send_entry(reply, r)
+    fn symlink(&self, ctx: &Context, parent: u64, name: &CStr, target: &CStr) -> OpResult<Entry> {
+        self.do_symlink(ctx, parent, name, target)
     }
 
-    fn link(&self, ctx: &Context, nodeid: u64, newparent: u64, newname: &CStr, reply: ReplyEntry) {
-        let r = self.do_link(ctx, nodeid, newparent, newname);
-        self.send_entry(reply, r)
+    fn link(&self, ctx: &Context, nodeid: u64, newparent: u64, newname: &CStr) -> OpResult<Entry> {
+        self.do_link(ctx, nodeid, newparent, newname)
     }
 
-    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr, reply: ReplyEmpty) {
-        match self.do_remove(ctx, parent, name, 0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<()> {
+        self.do_remove(ctx, parent, name, 0)
     }
 
-    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr, reply: ReplyEmpty) {
-        match self.do_remove(ctx, parent, name, libc::AT_REMOVEDIR) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<()> {
+        self.do_remove(ctx, parent, name, libc::AT_REMOVEDIR)
     }
 
     fn rename(
@@ -565,23 +557,12 @@ impl Filesystem for PassthroughFs {
         newparent: u64,
         newname: &CStr,
         flags: u32,
-        reply: ReplyEmpty,
-    ) {
-        match self.do_rename(ctx, parent, name, newparent, newname, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    ) -> OpResult<()> {
+        self.do_rename(ctx, parent, name, newparent, newname, flags)
     }
 
-    fn open(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn, reply: ReplyOpen) {
-        match self.do_open(ctx, nodeid, arg.flags as i32) {
-            Ok(open) => {
-                if let Err(ReplyError::Gone) = reply.opened(&open) {
-                    self.remove_file(open.fh);
-                }
-            }
-            Err(e) => reply.error(e),
-        }
+    fn open(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn) -> OpResult<Open> {
+        self.do_open(ctx, nodeid, arg.flags as i32)
     }
 
     fn create(
@@ -590,33 +571,18 @@ impl Filesystem for PassthroughFs {
         parent: u64,
         name: &CStr,
         arg: &abi::CreateIn,
-        reply: ReplyCreate,
-    ) {
-        match self.do_create(ctx, parent, name, arg) {
-            Ok((entry, open)) => {
-                if let Err(ReplyError::Gone) = reply.created(&entry, &open) {
-                    self.remove_file(open.fh);
-                    self.forget_one(entry.nodeid, 1);
-                }
-            }
-            Err(e) => reply.error(e),
-        }
+    ) -> OpResult<Created> {
+        self.do_create(ctx, parent, name, arg)
+            .map(|(entry, open)| Created { entry, open })
     }
 
-    fn tmpfile(&self, ctx: &Context, parent: u64, arg: &abi::CreateIn, reply: ReplyCreate) {
-        match self.do_tmpfile(ctx, parent, arg) {
-            Ok((entry, open)) => {
-                if let Err(ReplyError::Gone) = reply.created(&entry, &open) {
-                    self.remove_file(open.fh);
-                    self.forget_one(entry.nodeid, 1);
-                }
-            }
-            Err(e) => reply.error(e),
-        }
+    fn tmpfile(&self, ctx: &Context, parent: u64, arg: &abi::CreateIn) -> OpResult<Created> {
+        self.do_tmpfile(ctx, parent, arg)
+            .map(|(entry, open)| Created { entry, open })
     }
 
-    fn read(&self, ctx: &Context, nodeid: u64, arg: &abi::ReadIn, reply: ReplyData) {
-        self.do_read(ctx, nodeid, arg, reply)
+    fn read(&self, ctx: &Context, nodeid: u64, arg: &abi::ReadIn) -> OpResult<Data> {
+        self.do_read(ctx, nodeid, arg)
     }
 
     fn write(
@@ -625,65 +591,49 @@ impl Filesystem for PassthroughFs {
         nodeid: u64,
         arg: &abi::WriteIn,
         data: &[u8],
-        reply: ReplyWrite,
-    ) {
-        match self.do_write(ctx, nodeid, arg, data) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(e),
-        }
+    ) -> OpResult<Written> {
+        self.do_write(ctx, nodeid, arg, data)
+            .map(|n| Written(n as u32))
     }
 
-    fn flush(&self, ctx: &Context, nodeid: u64, arg: &abi::FlushIn, reply: ReplyEmpty) {
-        match self.do_flush(ctx, nodeid, arg) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn flush(&self, ctx: &Context, nodeid: u64, arg: &abi::FlushIn) -> OpResult<()> {
+        self.do_flush(ctx, nodeid, arg)
     }
 
-    fn release(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn, reply: ReplyEmpty) {
+    fn release(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn) -> OpResult<()> {
         self.do_release(ctx, nodeid, arg);
-        reply.ok()
+        Ok(())
     }
 
-    fn fsync(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn, reply: ReplyEmpty) {
-        match self.do_fsync(ctx, nodeid, arg) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn fsync(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn) -> OpResult<()> {
+        self.do_fsync(ctx, nodeid, arg)
     }
 
-    fn opendir(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn, reply: ReplyOpen) {
-        match self.do_opendir(ctx, nodeid, arg.flags as i32) {
-            Ok(open) => {
-                if let Err(ReplyError::Gone) = reply.opened(&open) {
-                    self.remove_file(open.fh);
-                }
-            }
-            Err(e) => reply.error(e),
-        }
+    fn opendir(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn) -> OpResult<Open> {
+        self.do_opendir(ctx, nodeid, arg.flags as i32)
     }
 
-    fn readdir(&self, ctx: &Context, nodeid: u64, arg: &abi::ReadIn, plus: bool, reply: ReplyDir) {
-        self.do_readdir(ctx, nodeid, arg, plus, reply)
+    fn readdir(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &abi::ReadIn,
+        plus: bool,
+    ) -> OpResult<DirBuffer> {
+        self.do_readdir(ctx, nodeid, arg, plus)
     }
 
-    fn releasedir(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn, reply: ReplyEmpty) {
+    fn releasedir(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn) -> OpResult<()> {
         self.do_release(ctx, nodeid, arg);
-        reply.ok()
+        Ok(())
     }
 
-    fn fsyncdir(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn, reply: ReplyEmpty) {
-        match self.do_fsync(ctx, nodeid, arg) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn fsyncdir(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn) -> OpResult<()> {
+        self.do_fsync(ctx, nodeid, arg)
     }
 
-    fn statfs(&self, ctx: &Context, nodeid: u64, reply: ReplyStatfs) {
-        match self.do_statfs(ctx, nodeid) {
-            Ok(s) => reply.statfs(&s),
-            Err(e) => reply.error(e),
-        }
+    fn statfs(&self, ctx: &Context, nodeid: u64) -> OpResult<abi::Kstatfs> {
+        self.do_statfs(ctx, nodeid)
     }
 
     fn setxattr(
@@ -693,59 +643,44 @@ impl Filesystem for PassthroughFs {
         name: &CStr,
         value: &[u8],
         arg: &abi::SetxattrIn,
-        reply: ReplyEmpty,
-    ) {
-        match self.do_setxattr(ctx, nodeid, name, value, arg) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    ) -> OpResult<()> {
+        self.do_setxattr(ctx, nodeid, name, value, arg)
     }
 
-    fn getxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, size: u32, reply: ReplyXattr) {
-        self.do_getxattr(ctx, nodeid, name, size, reply)
+    fn getxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, size: u32) -> OpResult<Xattr> {
+        self.do_getxattr(ctx, nodeid, name, size)
     }
 
-    fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32, reply: ReplyXattr) {
-        self.do_listxattr(ctx, nodeid, size, reply)
+    fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32) -> OpResult<Xattr> {
+        self.do_listxattr(ctx, nodeid, size)
     }
 
-    fn removexattr(&self, ctx: &Context, nodeid: u64, name: &CStr, reply: ReplyEmpty) {
-        match self.do_removexattr(ctx, nodeid, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn removexattr(&self, ctx: &Context, nodeid: u64, name: &CStr) -> OpResult<()> {
+        self.do_removexattr(ctx, nodeid, name)
     }
 
-    fn access(&self, ctx: &Context, nodeid: u64, mask: u32, reply: ReplyEmpty) {
-        match self.do_access(ctx, nodeid, mask) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn access(&self, ctx: &Context, nodeid: u64, mask: u32) -> OpResult<()> {
+        self.do_access(ctx, nodeid, mask)
     }
 
-    fn getlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn, reply: ReplyLock) {
-        match self.do_getlk(ctx, nodeid, arg) {
-            Ok(lk) => reply.lock(&lk),
-            Err(e) => reply.error(e),
-        }
+    fn getlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn) -> OpResult<abi::FileLock> {
+        self.do_getlk(ctx, nodeid, arg)
     }
 
-    fn setlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn, sleep: bool, reply: ReplyEmpty) {
-        self.do_setlk(ctx, nodeid, arg, sleep, reply)
+    fn setlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn) -> OpResult<()> {
+        self.do_setlk(ctx, nodeid, arg)
     }
 
-    fn fallocate(&self, ctx: &Context, nodeid: u64, arg: &abi::FallocateIn, reply: ReplyEmpty) {
-        match self.do_fallocate(ctx, nodeid, arg) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn setlkw(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn, reply: Deferred) {
+        self.do_setlkw(ctx, nodeid, arg, reply)
     }
 
-    fn lseek(&self, ctx: &Context, nodeid: u64, arg: &abi::LseekIn, reply: ReplyLseek) {
-        match self.do_lseek(ctx, nodeid, arg) {
-            Ok(off) => reply.offset(off),
-            Err(e) => reply.error(e),
-        }
+    fn fallocate(&self, ctx: &Context, nodeid: u64, arg: &abi::FallocateIn) -> OpResult<()> {
+        self.do_fallocate(ctx, nodeid, arg)
+    }
+
+    fn lseek(&self, ctx: &Context, nodeid: u64, arg: &abi::LseekIn) -> OpResult<Offset> {
+        self.do_lseek(ctx, nodeid, arg).map(Offset)
     }
 
     fn copy_file_range(
@@ -753,41 +688,14 @@ impl Filesystem for PassthroughFs {
         ctx: &Context,
         nodeid: u64,
         arg: &abi::CopyFileRangeIn,
-        reply: ReplyCopy,
-    ) {
-        let max = if reply.is_wide() {
-            u64::MAX
-        } else {
-            ReplyCopy::MAX_NARROW
-        };
-        match self.do_copy_file_range(ctx, nodeid, arg, max) {
-            Ok(n) => reply.copied(n),
-            Err(e) => reply.error(e),
-        }
+        wide: bool,
+    ) -> OpResult<Copied> {
+        let max = if wide { u64::MAX } else { Copied::MAX_NARROW };
+        self.do_copy_file_range(ctx, nodeid, arg, max).map(Copied)
     }
 
-    fn syncfs(&self, ctx: &Context, nodeid: u64, reply: ReplyEmpty) {
-        let r = (|| {
-            // Only a directory or regular file is ever reopened: opening a
-            // FIFO would block, a device would see an open. The root is on
-            // the filesystem to sync unless the inode is on a submount.
-            let inode = self.inode(nodeid, ctx.opcode)?;
-            let inode = match inode.kind {
-                Kind::Directory | Kind::Regular => inode,
-                _ => self.table.get(abi::ROOT_ID)?,
-            };
-            let fd = self.table.fd(&inode)?;
-            let f = sys::reopen(
-                self.table.proc_self_fd(),
-                fd.fd(),
-                libc::O_RDONLY | libc::O_NONBLOCK,
-            )?;
-            sys::syncfs(f.as_fd()).map_err(Errno::from)
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn syncfs(&self, ctx: &Context, nodeid: u64) -> OpResult<()> {
+        self.do_syncfs(ctx, nodeid)
     }
 }
 

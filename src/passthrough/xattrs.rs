@@ -16,25 +16,21 @@ impl PassthroughFs {
         ctx: &Context,
         nodeid: u64,
         size: u32,
-        reply: ReplyXattr,
         query: impl FnOnce(std::os::fd::BorrowedFd<'_>, &mut [u8]) -> sys::Result<usize>,
-    ) {
-        let r = (|| {
-            let inode = self.inode(nodeid, ctx.opcode)?;
-            let fd = self.table.fd(&inode)?;
-            // No value or list is bigger than 64 KiB (XATTR_SIZE_MAX,
-            // XATTR_LIST_MAX); a larger size never means a larger buffer.
-            let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-            let _g = self.as_caller(ctx, false)?;
-            let n = query(fd.fd(), &mut buf)?;
-            buf.truncate(n);
-            Ok::<_, Errno>((n, buf))
-        })();
-        match r {
-            Ok((n, _)) if size == 0 => reply.size(n as u32),
-            Ok((_, buf)) => reply.data(&buf),
-            Err(e) => reply.error(e),
-        }
+    ) -> Result<Xattr, Errno> {
+        let inode = self.inode(nodeid, ctx.opcode)?;
+        let fd = self.table.fd(&inode)?;
+        // No value or list is bigger than 64 KiB (XATTR_SIZE_MAX,
+        // XATTR_LIST_MAX); a larger size never means a larger buffer.
+        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+        let _g = self.as_caller(ctx, false)?;
+        let n = query(fd.fd(), &mut buf)?;
+        buf.truncate(n);
+        Ok(if size == 0 {
+            Xattr::Size(n as u32)
+        } else {
+            Xattr::Data(buf)
+        })
     }
 
     pub(super) fn do_getxattr(
@@ -43,20 +39,22 @@ impl PassthroughFs {
         nodeid: u64,
         name: &CStr,
         size: u32,
-        reply: ReplyXattr,
-    ) {
-        self.xattr_query(ctx, nodeid, size, reply, |fd, buf| {
-            sys::getxattr(fd, name, buf)
-        })
+    ) -> Result<Xattr, Errno> {
+        self.xattr_query(ctx, nodeid, size, |fd, buf| sys::getxattr(fd, name, buf))
     }
 
-    pub(super) fn do_listxattr(&self, ctx: &Context, nodeid: u64, size: u32, reply: ReplyXattr) {
+    pub(super) fn do_listxattr(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        size: u32,
+    ) -> Result<Xattr, Errno> {
         // The host lists trusted.* to whoever has CAP_SYS_ADMIN, which the
         // worker keeps as the caller's fsuid: drop those names for callers
         // other than root, who could not list them on SOURCE (overlayfs
         // filters them the same way). A size query may overestimate.
         let privileged = ctx.uid == 0;
-        self.xattr_query(ctx, nodeid, size, reply, |fd, buf| {
+        self.xattr_query(ctx, nodeid, size, |fd, buf| {
             let n = sys::listxattr(fd, buf)?;
             Ok(if privileged || buf.is_empty() {
                 n
