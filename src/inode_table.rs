@@ -14,6 +14,7 @@
 //! waits for its removal and inserts a fresh inode).
 
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock};
 
 use crate::file_handle::{FileHandle, MountFds};
 use crate::fuse::{abi, Errno};
@@ -107,12 +108,19 @@ pub struct Inode {
     pub key: InodeKey,
     pub kind: Kind,
     handle: Option<FileHandle>,
-    fd: RwLock<Option<OwnedFd>>,
+    /// The O_PATH fd, if cached. A request takes a clone of the `Arc` and
+    /// holds no lock while it works (so one request may take the fd of the
+    /// same inode twice, e.g. rename within a directory); eviction skips
+    /// fds in use and the fd closes when its last user is done.
+    fd: RwLock<Option<Arc<OwnedFd>>>,
     nlookup: AtomicU64,
     /// Clock bit: used since the last sweep.
     referenced: AtomicBool,
     /// Open files (and other pins) that need the fd to stay.
     pins: AtomicU32,
+    /// Its last name was removed through the mount: it keeps its fd (and
+    /// one pin) until FORGET, since a handle cannot reopen it any more.
+    unlinked: AtomicBool,
     pub backing: Mutex<BackingSlot>,
     budget: &'static FdBudget,
 }
@@ -175,26 +183,32 @@ impl Inode {
     }
 }
 
-/// The inode's O_PATH fd, held for the duration of one operation (eviction
-/// cannot close it meanwhile).
+/// The inode's O_PATH fd, held for the duration of one operation: a
+/// shared reference, not a lock guard, so taking it twice (or while another
+/// thread reopens the slot) can never deadlock. Eviction leaves an fd in
+/// use alone, and it stays open until the last reference is dropped.
 pub struct InodeFd<'a> {
-    guard: RwLockReadGuard<'a, Option<OwnedFd>>,
+    fd: Arc<OwnedFd>,
+    _inode: PhantomData<&'a Inode>,
 }
 
 impl InodeFd<'_> {
+    fn new(fd: Arc<OwnedFd>) -> Self {
+        InodeFd {
+            fd,
+            _inode: PhantomData,
+        }
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
-        // The guard is only built over Some.
-        self.guard
-            .as_ref()
-            .map(|f| f.as_fd())
-            .expect("InodeFd over an empty slot")
+        self.fd.as_fd()
     }
 }
 
 impl Deref for InodeFd<'_> {
     type Target = OwnedFd;
     fn deref(&self) -> &OwnedFd {
-        self.guard.as_ref().expect("InodeFd over an empty slot")
+        &self.fd
     }
 }
 
@@ -210,6 +224,13 @@ fn fd_path(fd: BorrowedFd<'_>) -> Option<String> {
         return None;
     }
     Some(target)
+}
+
+/// An inode whose last name an operation may remove, with its fd held and
+/// pinned (see [`InodeTable::hold_victim`]).
+pub struct Victim {
+    inode: Arc<Inode>,
+    fd: Arc<OwnedFd>,
 }
 
 /// The result of looking a name up.
@@ -255,11 +276,12 @@ impl InodeTable {
             key,
             kind: Kind::Directory,
             handle,
-            fd: RwLock::new(Some(root)),
+            fd: RwLock::new(Some(Arc::new(root))),
             // The kernel never forgets the root; a count it cannot reach.
             nlookup: AtomicU64::new(1 << 62),
             referenced: AtomicBool::new(true),
             pins: AtomicU32::new(1),
+            unlinked: AtomicBool::new(false),
             backing: Mutex::new(BackingSlot::default()),
             budget,
         });
@@ -352,36 +374,74 @@ impl InodeTable {
 
     /// The inode's O_PATH fd, reopened from its handle if it was evicted.
     pub fn fd<'a>(&self, inode: &'a Inode) -> Result<InodeFd<'a>, Errno> {
-        for _ in 0..8 {
-            inode.referenced.store(true, Ordering::Relaxed);
-            {
-                let g = inode.fd.read();
-                if g.is_some() {
-                    return Ok(InodeFd { guard: g });
-                }
-            }
-            let handle = inode.handle.as_ref().ok_or(Errno::ESTALE)?;
-            let mut w = inode.fd.write();
-            if w.is_none() {
-                let fd = self
-                    .with_fd_headroom(|| self.mounts.open(handle))
-                    .inspect_err(|e| {
-                        tracing::debug!(
-                            nodeid = inode.nodeid,
-                            "reopening from the file handle failed: {e}"
-                        )
-                    })?;
-                *w = Some(fd);
-                self.budget.open.fetch_add(1, Ordering::Relaxed);
-                self.budget.reopens.fetch_add(1, Ordering::Relaxed);
-                drop(w);
-                self.queue_for_eviction(inode.nodeid);
-                self.maybe_evict();
-            }
-            // Loop: take the read guard (an eviction in between, which
-            // needs the referenced bit clear, only costs another round).
+        inode.referenced.store(true, Ordering::Relaxed);
+        if let Some(f) = inode.fd.read().as_ref() {
+            return Ok(InodeFd::new(f.clone()));
         }
-        Err(Errno::EAGAIN)
+        if inode.unlinked.load(Ordering::Acquire) {
+            // Never reopened by handle (it would be ESTALE, or on some
+            // filesystems another error); it keeps its fd, so not reached.
+            return Err(Errno::ESTALE);
+        }
+        let handle = inode.handle.as_ref().ok_or(Errno::ESTALE)?;
+        let mut w = inode.fd.write();
+        if let Some(f) = w.as_ref() {
+            // Reopened by another request meanwhile.
+            return Ok(InodeFd::new(f.clone()));
+        }
+        let fd = self
+            .with_fd_headroom(|| self.mounts.open(handle))
+            .inspect_err(|e| {
+                tracing::debug!(
+                    nodeid = inode.nodeid,
+                    "reopening from the file handle failed: {e}"
+                )
+            })?;
+        let fd = Arc::new(fd);
+        *w = Some(fd.clone());
+        self.budget.open.fetch_add(1, Ordering::Relaxed);
+        self.budget.reopens.fetch_add(1, Ordering::Relaxed);
+        drop(w);
+        self.queue_for_eviction(inode.nodeid);
+        self.maybe_evict();
+        Ok(InodeFd::new(fd))
+    }
+
+    /// Before an operation that may remove the last name of `dir/name`
+    /// (unlink, rmdir, rename over it): if the kernel knows that inode,
+    /// make sure it holds its fd (reopened from the handle while that still
+    /// works) and pin it. Hand the result to [`InodeTable::settle_victim`].
+    pub fn hold_victim(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Option<Victim> {
+        let st = sys::statx_at(dir, name, libc::STATX_INO | libc::STATX_TYPE).ok()?;
+        let nodeid = *self.by_key.get(&InodeKey::of(&st))?;
+        let inode = self.get(nodeid).ok()?;
+        if inode.kind != Kind::of_mode(st.stx_mode as u32) {
+            return None;
+        }
+        // Pinned first, so eviction cannot take the fd once we have it.
+        inode.pin();
+        match self.fd(&inode) {
+            Ok(fd) => {
+                let fd = fd.fd.clone();
+                Some(Victim { inode, fd })
+            }
+            Err(_) => {
+                inode.unpin();
+                None
+            }
+        }
+    }
+
+    /// After the operation: an inode left without a name keeps its fd and
+    /// its pin until FORGET (writeback may still send SETATTR or WRITE for
+    /// it, and a handle cannot reopen it); any other is unpinned.
+    pub fn settle_victim(&self, v: Victim) {
+        let gone = sys::statx(v.fd.as_fd(), libc::STATX_NLINK).is_ok_and(|st| st.stx_nlink == 0);
+        if gone && !v.inode.unlinked.swap(true, Ordering::AcqRel) {
+            // The pin stays with the inode.
+            return;
+        }
+        v.inode.unpin();
     }
 
     /// Runs `f`; on EMFILE/ENFILE closes cached fds and tries once more.
@@ -459,10 +519,11 @@ impl InodeTable {
                         key,
                         kind,
                         handle,
-                        fd: RwLock::new(Some(f)),
+                        fd: RwLock::new(Some(Arc::new(f))),
                         nlookup: AtomicU64::new(1),
                         referenced: AtomicBool::new(true),
                         pins: AtomicU32::new(0),
+                        unlinked: AtomicBool::new(false),
                         backing: Mutex::new(BackingSlot::default()),
                         budget: self.budget,
                     });
@@ -511,7 +572,7 @@ impl InodeTable {
         }
         let mut w = inode.fd.write();
         if w.is_none() {
-            *w = Some(fd);
+            *w = Some(Arc::new(fd));
             self.budget.open.fetch_add(1, Ordering::Relaxed);
             drop(w);
             self.queue_for_eviction(inode.nodeid);
@@ -641,6 +702,11 @@ impl InodeTable {
                     q.push_back(id);
                     continue;
                 };
+                if w.as_ref().is_some_and(|f| Arc::strong_count(f) > 1) {
+                    // In use by a request right now.
+                    q.push_back(id);
+                    continue;
+                }
                 if let Some(fd) = w.take() {
                     self.budget.open.fetch_sub(1, Ordering::Relaxed);
                     self.budget.evictions.fetch_add(1, Ordering::Relaxed);
@@ -665,5 +731,90 @@ impl InodeTable {
             (Kind::Symlink, c[2]),
             (Kind::Special, c[3]),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn table(dir: &std::path::Path) -> InodeTable {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        let cwd = std::fs::File::open("/").unwrap();
+        let root = sys::openat(cwd.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        let proc = sys::openat(
+            cwd.as_fd(),
+            c"/proc/self/fd",
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .unwrap();
+        InodeTable::new(root, proc, 16).unwrap()
+    }
+
+    /// Rename within one directory takes the directory's fd twice. With a
+    /// guard that held the slot's read lock, a reopen queued between the
+    /// two (parking_lot's RwLock is task-fair: a queued writer blocks new
+    /// readers) deadlocked the request. Now the second take returns at once.
+    #[test]
+    fn taking_an_fd_twice_with_a_writer_queued_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let t = Arc::new(table(dir.path()));
+        let root = t.get(abi::ROOT_ID).unwrap();
+        let d = t.lookup(&root, c"d").unwrap().inode;
+        let (tx, rx) = mpsc::channel();
+        let (t2, d2) = (t.clone(), d.clone());
+        std::thread::spawn(move || {
+            let first = t2.fd(&d2).unwrap();
+            // Another request reopening the slot (it saw it empty).
+            let (t3, d3) = (t2.clone(), d2.clone());
+            let writer = std::thread::spawn(move || {
+                drop(d3.fd.write());
+                drop(t3);
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            let second = t2.fd(&d2).unwrap();
+            assert_eq!(
+                std::os::fd::AsRawFd::as_raw_fd(&first.fd()),
+                std::os::fd::AsRawFd::as_raw_fd(&second.fd())
+            );
+            drop((first, second));
+            writer.join().unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the second fd() of the same inode blocked behind a queued writer: deadlock"
+        );
+    }
+
+    /// An fd in use by a request is never closed by eviction, and one that
+    /// was evicted comes back from its handle.
+    #[test]
+    fn eviction_skips_fds_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let t = table(dir.path());
+        let root = t.get(abi::ROOT_ID).unwrap();
+        let f = t.lookup(&root, c"f").unwrap().inode;
+        let held = t.fd(&f).unwrap();
+        for _ in 0..4 {
+            t.evict(100);
+        }
+        assert!(f.fd.read().is_some(), "an fd in use was evicted");
+        assert!(sys::statx(held.fd(), libc::STATX_INO).is_ok());
+        drop(held);
+        for _ in 0..4 {
+            t.evict(100);
+        }
+        if f.has_handle() {
+            assert!(f.fd.read().is_none(), "an idle fd was not evicted");
+            let again = t.fd(&f).unwrap();
+            assert!(sys::statx(again.fd(), libc::STATX_INO).is_ok());
+            assert_eq!(t.budget().reopens.load(Ordering::Relaxed), 1);
+        }
     }
 }

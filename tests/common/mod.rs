@@ -96,7 +96,8 @@ impl Mount {
         let stats_path = dir.path().join("stats.json");
         let log_path = dir.path().join("daemon.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(BIN);
+        // PTFS_BIN: another build of the daemon (e.g. the one before a fix).
+        let mut cmd = Command::new(std::env::var_os("PTFS_BIN").unwrap_or_else(|| BIN.into()));
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs
