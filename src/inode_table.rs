@@ -251,8 +251,12 @@ pub struct InodeTable {
     budget: &'static FdBudget,
     mounts: MountFds,
     root_dev: u64,
-    /// Small index per device, to keep st_ino unique across submounts.
+    /// Devices in order of first sight (SOURCE's first): the index is the
+    /// st_ino prefix of a submount (see [`InodeTable::report_ino`]).
     devs: RwLock<Vec<u64>>,
+    /// st_ino given to inode numbers that do not fit under a prefix.
+    remap: DashMap<InodeKey, u64>,
+    next_remap: AtomicU64,
     /// SOURCE as the kernel names it in /proc/self/fd links.
     source_prefix: String,
     /// Most inodes held since the last shrink.
@@ -294,6 +298,8 @@ impl InodeTable {
             mounts,
             root_dev: key.dev,
             devs: RwLock::new(vec![key.dev]),
+            remap: DashMap::new(),
+            next_remap: AtomicU64::new(0),
             source_prefix,
             high_water: AtomicUsize::new(1),
         };
@@ -332,28 +338,51 @@ impl InodeTable {
             .ok_or(Errno::ESTALE)
     }
 
-    /// st_ino as reported to the kernel: unchanged on SOURCE's own device,
-    /// mixed with a per-device index across submounts so tar, du and rsync
-    /// see no false hard links.
+    /// st_ino as reported to the kernel, unique across the submounts SOURCE
+    /// spans (tar, du and rsync must see no false hard links), collision-free
+    /// by construction:
+    /// - SOURCE's own device, inode number below 2^47: unchanged;
+    /// - a submount's device gets a prefix 1..=0xffff on first sight, and
+    ///   its inode numbers below 2^47 become `prefix << 47 | ino`;
+    /// - anything else (a larger inode number, more than 65,535 devices)
+    ///   gets `1 << 63 | n` from a counter, remembered for the daemon's life
+    ///   so the same file always shows the same number.
+    ///
+    /// The three ranges are disjoint, and each is one-to-one.
     pub fn report_ino(&self, key: InodeKey) -> u64 {
-        if key.dev == self.root_dev {
-            return key.ino;
-        }
-        let idx = {
-            let devs = self.devs.read();
-            devs.iter().position(|&d| d == key.dev)
-        };
-        let idx = idx.unwrap_or_else(|| {
-            let mut devs = self.devs.write();
-            match devs.iter().position(|&d| d == key.dev) {
-                Some(i) => i,
-                None => {
-                    devs.push(key.dev);
-                    devs.len() - 1
-                }
+        const PREFIX_SHIFT: u32 = 47;
+        const MAX_PREFIX: usize = 0xffff;
+        if key.ino < 1 << PREFIX_SHIFT {
+            if key.dev == self.root_dev {
+                return key.ino;
             }
-        });
-        key.ino ^ ((idx as u64 & 0xffff) << 48)
+            if let Some(p) = self.dev_prefix(key.dev).filter(|&p| p <= MAX_PREFIX) {
+                return (p as u64) << PREFIX_SHIFT | key.ino;
+            }
+        }
+        if let Some(v) = self.remap.get(&key) {
+            return *v;
+        }
+        *self
+            .remap
+            .entry(key)
+            .or_insert_with(|| 1 << 63 | self.next_remap.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Index of `dev` in order of first sight (SOURCE's device is 0).
+    fn dev_prefix(&self, dev: u64) -> Option<usize> {
+        if let Some(i) = self.devs.read().iter().position(|&d| d == dev) {
+            return Some(i);
+        }
+        let mut devs = self.devs.write();
+        if let Some(i) = devs.iter().position(|&d| d == dev) {
+            return Some(i);
+        }
+        if devs.len() > 0xffff {
+            return None;
+        }
+        devs.push(dev);
+        Some(devs.len() - 1)
     }
 
     /// Path of `inode` relative to SOURCE ("" for the root), as its fd's
@@ -789,6 +818,40 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(10)).is_ok(),
             "the second fd() of the same inode blocked behind a queued writer: deadlock"
         );
+    }
+
+    /// st_ino stays unique across devices. With `ino ^ (index << 48)`, a
+    /// submount's inode number with high bits set collided with SOURCE's
+    /// own (and two submounts' with each other).
+    #[test]
+    fn reported_inode_numbers_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path());
+        let root = t.root_dev;
+        let (a, b) = (root ^ 0x1111, root ^ 0x2222);
+        let mut seen = std::collections::HashMap::new();
+        let mut check = |dev: u64, ino: u64| {
+            let r = t.report_ino(InodeKey { dev, ino });
+            assert_eq!(r, t.report_ino(InodeKey { dev, ino }), "stable");
+            if let Some(prev) = seen.insert(r, (dev, ino)) {
+                assert_eq!(prev, (dev, ino), "st_ino {r:#x} given to two files");
+            }
+        };
+        for ino in [2, 5, 7, 12, 1 << 40] {
+            // Clashing raw numbers on three devices.
+            check(root, ino);
+            check(a, ino);
+            check(b, ino);
+            // The same low bits with prefix-like high bits set.
+            check(root, 1 << 48 | ino);
+            check(a, 1 << 48 | ino);
+            check(a, 3 << 48 | ino);
+            check(b, 2 << 48 | ino);
+            check(b, 1 << 47 | ino);
+            check(a, 1 << 63 | ino);
+        }
+        // SOURCE's own numbers are unchanged where they fit.
+        assert_eq!(t.report_ino(InodeKey { dev: root, ino: 12 }), 12);
     }
 
     /// An fd in use by a request is never closed by eviction, and one that

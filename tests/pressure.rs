@@ -299,3 +299,96 @@ fn untar_rm_rf_untar_syncfs_at_fd_cache_64() {
     assert!(s["inodes"]["open_fds"].as_u64().unwrap() <= 1, "{s}");
     assert!(m.unmount().success());
 }
+
+/// Unmounts what the test mounted inside SOURCE (after the FUSE mount, so
+/// declare it first).
+struct SubMounts(Vec<std::path::PathBuf>);
+
+impl Drop for SubMounts {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            if is_mounted(p) {
+                let _ = Command::new("umount").arg("-l").arg(p).status();
+            }
+        }
+    }
+}
+
+fn ino_of(p: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&fs::symlink_metadata(p).unwrap())
+}
+
+/// Two submounts (fresh tmpfs instances number their inodes alike) and
+/// SOURCE itself hold files with the same inode numbers: through the mount
+/// every file has its own st_ino, stat and readdir agree, and the numbers
+/// stay the same across a drop_caches (the unit test
+/// `reported_inode_numbers_never_collide` covers high inode numbers, where
+/// the old XOR with the device index collided).
+#[test]
+fn submounts_with_clashing_inode_numbers_stay_distinct() {
+    require_root!();
+    // SOURCE in a directory of its own, removed only after the submounts
+    // are gone (drop order: m, subs, src_dir).
+    let src_dir = tempfile::Builder::new()
+        .prefix("ptfs-test")
+        .tempdir()
+        .unwrap();
+    let src = src_dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut subs = SubMounts(Vec::new());
+    for d in ["a", "b"] {
+        let p = src.join(d);
+        fs::create_dir(&p).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "ptfs-test"])
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        subs.0.push(p.clone());
+        for f in 0..20 {
+            fs::write(p.join(format!("f{f}")), b"x").unwrap();
+        }
+    }
+    let mnt_dir = tempfile::Builder::new()
+        .prefix("ptfs-test")
+        .tempdir()
+        .unwrap();
+    let m = Mount::on(mnt_dir, src, &[]);
+    // The precondition: the raw numbers clash.
+    assert_eq!(ino_of(&m.s("a/f3")), ino_of(&m.s("b/f3")));
+    let mut seen = std::collections::HashMap::new();
+    for d in ["a", "b"] {
+        let mut listed = std::collections::HashMap::new();
+        for e in fs::read_dir(m.m(d)).unwrap() {
+            let e = e.unwrap();
+            listed.insert(e.file_name(), std::os::unix::fs::DirEntryExt::ino(&e));
+        }
+        for f in 0..20 {
+            let rel = format!("{d}/f{f}");
+            let ino = ino_of(&m.m(&rel));
+            assert_eq!(
+                listed[std::ffi::OsStr::new(&format!("f{f}"))],
+                ino,
+                "readdir and stat disagree on {rel}"
+            );
+            if let Some(prev) = seen.insert(ino, rel.clone()) {
+                panic!("{rel} and {prev} both have st_ino {ino:#x}");
+            }
+        }
+    }
+    drop_caches();
+    for (ino, rel) in &seen {
+        assert_eq!(ino_of(&m.m(rel)), *ino, "{rel} changed st_ino");
+    }
+    // No false hard links for du: every file counted.
+    let out = Command::new("find")
+        .arg(&m.mnt)
+        .args(["-type", "f", "-links", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 40);
+    assert!(m.unmount().success());
+    drop(subs);
+    drop(src_dir);
+}
