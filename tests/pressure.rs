@@ -392,3 +392,104 @@ fn submounts_with_clashing_inode_numbers_stay_distinct() {
     drop(subs);
     drop(src_dir);
 }
+
+/// Real (not O_PATH) fds this process holds on `path`.
+fn real_opens_of(path: &Path) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if !fs::read_link(e.path()).is_ok_and(|t| t == path) {
+            continue;
+        }
+        let info = fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(0);
+        if flags & libc::O_PATH as u32 == 0 {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Files the kernel opens without the daemon (inode passthrough with OPEN
+/// in the mask: READ/WRITE/FSYNC... come with fh 0) were served through a
+/// fresh open per request. Now one open per inode and access mode is kept,
+/// shared by those requests, and closed at FORGET. Driven through the
+/// in-process harness (the kernel sends fh 0 only on the patched kernel).
+#[test]
+fn kernel_opened_files_share_one_open_per_mode_until_forget() {
+    use passthroughfs::fuse::abi::{self, Opcode};
+    use passthroughfs::fuse::testing::Harness;
+    use passthroughfs::passthrough::{Config, PassthroughFs};
+    use std::sync::Arc;
+    use zerocopy::IntoBytes;
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let content: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    fs::write(src.join("f"), &content).unwrap();
+    let f = src.join("f");
+    let fs_ = Arc::new(PassthroughFs::new(Config::for_source(src.clone())).unwrap());
+    let h = Harness::new(fs_.clone()).unwrap();
+    let (o, out) = h
+        .request(Opcode::Lookup as u32, 1, abi::ROOT_ID, b"f\0")
+        .unwrap();
+    assert_eq!(o.error, 0);
+    let nodeid = u64::from_ne_bytes(out[..8].try_into().unwrap());
+    assert_eq!(real_opens_of(&f), 0);
+    let read = |unique: u64, off: u64| {
+        let arg = abi::ReadIn {
+            fh: abi::NO_FH,
+            offset: off,
+            size: 4096,
+            ..Default::default()
+        };
+        let (o, data) = h
+            .request(Opcode::Read as u32, unique, nodeid, arg.as_bytes())
+            .unwrap();
+        assert_eq!(o.error, 0, "READ fh 0");
+        assert_eq!(data, content[off as usize..off as usize + 4096]);
+    };
+    for i in 0..1000u64 {
+        read(10 + i, (i * 4096) % 61440);
+    }
+    assert_eq!(real_opens_of(&f), 1, "one shared read-only open is kept");
+    let arg = abi::WriteIn {
+        fh: abi::NO_FH,
+        offset: 0,
+        size: 3,
+        ..Default::default()
+    };
+    let mut body = arg.as_bytes().to_vec();
+    body.extend_from_slice(b"abc");
+    let (o, _) = h
+        .request(Opcode::Write as u32, 2000, nodeid, &body)
+        .unwrap();
+    assert_eq!(o.error, 0, "WRITE fh 0");
+    assert_eq!(&fs::read(&f).unwrap()[..3], b"abc");
+    for i in 0..100u64 {
+        let (o, _) = h
+            .request(Opcode::Write as u32, 3000 + i, nodeid, &body)
+            .unwrap();
+        assert_eq!(o.error, 0);
+    }
+    assert_eq!(real_opens_of(&f), 2, "and one read-write open");
+    // FORGET closes both.
+    assert!(h
+        .request(
+            Opcode::Forget as u32,
+            0,
+            nodeid,
+            abi::ForgetIn { nlookup: 1 }.as_bytes()
+        )
+        .is_none());
+    assert_eq!(real_opens_of(&f), 0, "closed at FORGET");
+    assert_eq!(fs_.table().len(), 1);
+}
