@@ -398,6 +398,17 @@ fn names_fold_case_from_the_storage_root() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(names.contains(&"New_C.jpg".to_string()), "{names:?}");
+    // Rename and delete through folded names act on the stored ones.
+    let (ok, out) = sh_as(
+        CAMERA,
+        CAMERA,
+        &format!(
+            "mv {0}/dcim/camera/new_c.JPG {0}/DCIM/Camera/Moved.jpg && rm {0}/DCIM/CAMERA/moved.JPG",
+            m.mnt.display()
+        ),
+    );
+    assert!(ok, "{out}");
+    assert!(!m.s("DCIM/Camera/New_C.jpg").exists() && !m.s("DCIM/Camera/Moved.jpg").exists());
     // Policing follows the stored names: another app's photo stays hidden
     // from notes (no read_media) whatever the spelling, and so does
     // another package's app dir.

@@ -194,6 +194,8 @@ impl PassthroughFs {
         check_name(name)?;
         let p = self.dir_inode(parent, ctx.opcode)?;
         let pfd = self.table.fd(&p)?;
+        let stored = self.media_stored_name(pfd.fd(), name)?;
+        let name = stored.as_deref().unwrap_or(name);
         self.media_check_visible(ctx, &p, pfd.fd(), name)?;
         // The inode keeps its O_PATH fd until the kernel's FORGET when this
         // is its last name: a racing open that already found it must still
@@ -230,6 +232,8 @@ impl PassthroughFs {
         let np = self.dir_inode(newparent, ctx.opcode)?;
         let pfd = self.table.fd(&p)?;
         let npfd = self.table.fd(&np)?;
+        let stored = self.media_stored_name(pfd.fd(), name)?;
+        let name = stored.as_deref().unwrap_or(name);
         if self.media().is_some() {
             self.media_check_visible(ctx, &p, pfd.fd(), name)?;
             // Replacing a file the caller cannot see would destroy it unseen.
