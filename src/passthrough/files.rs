@@ -179,6 +179,12 @@ impl PassthroughFs {
     /// Shares `f` as the kernel-opened file of `inode` for mode `m` (or the
     /// one another request kept first).
     fn keep_kernel_file(&self, inode: &Arc<Inode>, m: i32, f: Arc<OpenFile>) -> Arc<OpenFile> {
+        // They share the fd budget with the O_PATH cache: past half of it,
+        // opens are per request again rather than starving the cache.
+        let cap = self.table.budget().capacity.load(Ordering::Relaxed);
+        if self.kernel_files.len() >= cap / 2 {
+            return f;
+        }
         let kept = match self.kernel_files.entry((inode.nodeid, m)) {
             dashmap::mapref::entry::Entry::Occupied(e) => return e.get().clone(),
             dashmap::mapref::entry::Entry::Vacant(v) => {
