@@ -1,16 +1,25 @@
 #!/bin/sh
 # The whole test suite, as CI runs it: lint, unit and integration tests
-# (real FUSE mounts), pjdfstest against a mount. Run as root on Debian.
-#   scripts/test.sh            everything; the daemon's tests on the patched
-#                              kernel (UML, tests/uml.rs) run if that kernel
-#                              is built (6 min 12 s in all on 2 vCPUs,
-#                              2026-11-25)
+# (real FUSE mounts), pjdfstest against a mount, then the stress,
+# differential and escape suites again at --fd-cache 16 and the resources
+# suite at RLIMIT_NOFILE 64. Run as root on Debian.
+#   scripts/test.sh            everything; tests/uml.rs (the daemon's suites
+#                              on the patched kernel) runs when that kernel is
+#                              built and up to date, and is otherwise left
+#                              out with a line saying so
 #   PTFS_UML=1 scripts/test.sh   build the patched UML kernel first (531 s
-#                              on 2 vCPUs, cached) and require its tests
-#   PTFS_LONG=1 scripts/test.sh  also the long variants (soak, big trees)
+#                              on 2 vCPUs, cached) and run tests/uml.rs
+#   PTFS_LONG=1 scripts/test.sh  also the long runs: bigger trees, the
+#                              differential workload with 8 threads for 10
+#                              minutes at --fd-cache 16 (PTFS_LONG_DIFF_SECS)
+#                              and the dispatch fuzzer for 30 minutes
+#                              (PTFS_LONG_FUZZ_SECS)
+# A test that cannot run fails (it does not pass quietly), and the script
+# fails if any test was ignored or skipped.
 set -eu
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+started=$(date +%s)
 
 scripts/install-test-deps.sh
 
@@ -18,19 +27,71 @@ echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 
+uml=run
 if [ "${PTFS_UML:-0}" = 1 ]; then
     echo "== patched UML kernel (kernel-patches/, cached in ${PTFS_UML_DIR:-/var/tmp/passthroughfs-uml})"
     # Installs linux-source-7.3 (trixie-backports) and the build tools, and
     # rebuilds only when a patch changed.
     kernel-patches/uml.sh build patched
-    # tests/uml.rs must not skip when the kernel is missing.
-    export PTFS_REQUIRE_UML=1
+elif ! bash kernel-patches/uml.sh check patched >/dev/null 2>&1; then
+    uml=out
 fi
 
+# Test targets: all of them, or all but tests/uml.rs (which fails when it
+# cannot run) when the patched kernel is not built.
+targets=""
+if [ "$uml" = out ]; then
+    targets="--lib --bins"
+    for t in tests/*.rs; do
+        n=$(basename "$t" .rs)
+        [ "$n" = uml ] || targets="$targets --test $n"
+    done
+fi
+
+log=$(mktemp /tmp/ptfs-test-log.XXXXXX)
+trap 'rm -f "$log"' EXIT
+
+# Runs cargo test with the given arguments, keeps its output in $log, and
+# fails on a failed, ignored or skipped test.
+run_tests() {
+    : >"$log"
+    # Tests mount FUSE filesystems: test binaries run one at a time, their
+    # cases in parallel. Ignored tests run too (CI is root).
+    if ! cargo test --release --quiet "$@" -- --test-threads="${PTFS_TEST_THREADS:-4}" --include-ignored >"$log" 2>&1; then
+        cat "$log"
+        echo "tests failed" >&2
+        exit 1
+    fi
+    cat "$log"
+    # ("skipped:" is how a test says it did not run; pjdfstest's own
+    # summary counts the cases it skips natively too, and is compared.)
+    if grep -E '^test result: .* [1-9][0-9]* ignored' "$log" >/dev/null ||
+        grep -E 'skipped:|SKIPPED' "$log" >/dev/null; then
+        grep -E '^test result: .* [1-9][0-9]* ignored|skipped:|SKIPPED' "$log" >&2
+        echo "a test was ignored or skipped: that is a failure here" >&2
+        exit 1
+    fi
+}
+
 echo "== cargo test (release)"
-# Tests mount FUSE filesystems: run test binaries one at a time, their
-# cases in parallel.
-cargo test --release --quiet -- --test-threads="${PTFS_TEST_THREADS:-4}"
+# shellcheck disable=SC2086
+run_tests $targets
+
+echo "== under pressure: stress, differential, escape at --fd-cache 16"
+PTFS_FD_CACHE=16 run_tests --test stress --test differential --test escape
+
+echo "== under pressure: resources at RLIMIT_NOFILE 64"
+PTFS_NOFILE=64 run_tests --test resources
+
+if [ "${PTFS_LONG:-0}" = 1 ]; then
+    diff_secs=${PTFS_LONG_DIFF_SECS:-600}
+    fuzz_secs=${PTFS_LONG_FUZZ_SECS:-1800}
+    echo "== long: differential, 8 threads for $diff_secs s at --fd-cache 16"
+    PTFS_FD_CACHE=16 PTFS_DIFF_SECS=$diff_secs \
+        run_tests --test differential eight_threads
+    echo "== long: dispatch fuzzer for $fuzz_secs s"
+    cargo run --release --quiet --example fuzz_dispatch -- "$fuzz_secs"
+fi
 
 echo "== no mount left behind"
 # Test mounts live under the temporary directory.
@@ -40,4 +101,7 @@ if grep -E ' fuse(\.[a-z0-9_]+)? ' /proc/mounts | grep -q " $tmp/"; then
     echo "a test left a mount behind" >&2
     exit 1
 fi
-echo "all tests passed"
+if [ "$uml" = out ]; then
+    echo "NOT RUN: tests/uml.rs (no up-to-date patched UML kernel; PTFS_UML=1 scripts/test.sh builds it and runs it)"
+fi
+echo "all tests passed in $(( $(date +%s) - started )) s"

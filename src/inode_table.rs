@@ -14,6 +14,7 @@
 //! waits for its removal and inserts a fresh inode).
 
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock};
 
 use crate::file_handle::{FileHandle, MountFds};
 use crate::fuse::{abi, Errno};
@@ -107,12 +108,19 @@ pub struct Inode {
     pub key: InodeKey,
     pub kind: Kind,
     handle: Option<FileHandle>,
-    fd: RwLock<Option<OwnedFd>>,
+    /// The O_PATH fd, if cached. A request takes a clone of the `Arc` and
+    /// holds no lock while it works (so one request may take the fd of the
+    /// same inode twice, e.g. rename within a directory); eviction skips
+    /// fds in use and the fd closes when its last user is done.
+    fd: RwLock<Option<Arc<OwnedFd>>>,
     nlookup: AtomicU64,
     /// Clock bit: used since the last sweep.
     referenced: AtomicBool,
     /// Open files (and other pins) that need the fd to stay.
     pins: AtomicU32,
+    /// Its last name was removed through the mount: it keeps its fd (and
+    /// one pin) until FORGET, since a handle cannot reopen it any more.
+    unlinked: AtomicBool,
     pub backing: Mutex<BackingSlot>,
     budget: &'static FdBudget,
 }
@@ -175,26 +183,32 @@ impl Inode {
     }
 }
 
-/// The inode's O_PATH fd, held for the duration of one operation (eviction
-/// cannot close it meanwhile).
+/// The inode's O_PATH fd, held for the duration of one operation: a
+/// shared reference, not a lock guard, so taking it twice (or while another
+/// thread reopens the slot) can never deadlock. Eviction leaves an fd in
+/// use alone, and it stays open until the last reference is dropped.
 pub struct InodeFd<'a> {
-    guard: RwLockReadGuard<'a, Option<OwnedFd>>,
+    fd: Arc<OwnedFd>,
+    _inode: PhantomData<&'a Inode>,
 }
 
 impl InodeFd<'_> {
+    fn new(fd: Arc<OwnedFd>) -> Self {
+        InodeFd {
+            fd,
+            _inode: PhantomData,
+        }
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
-        // The guard is only built over Some.
-        self.guard
-            .as_ref()
-            .map(|f| f.as_fd())
-            .expect("InodeFd over an empty slot")
+        self.fd.as_fd()
     }
 }
 
 impl Deref for InodeFd<'_> {
     type Target = OwnedFd;
     fn deref(&self) -> &OwnedFd {
-        self.guard.as_ref().expect("InodeFd over an empty slot")
+        &self.fd
     }
 }
 
@@ -210,6 +224,13 @@ fn fd_path(fd: BorrowedFd<'_>) -> Option<String> {
         return None;
     }
     Some(target)
+}
+
+/// An inode whose last name an operation may remove, with its fd held and
+/// pinned (see [`InodeTable::hold_victim`]).
+pub struct Victim {
+    inode: Arc<Inode>,
+    fd: Arc<OwnedFd>,
 }
 
 /// The result of looking a name up.
@@ -230,8 +251,12 @@ pub struct InodeTable {
     budget: &'static FdBudget,
     mounts: MountFds,
     root_dev: u64,
-    /// Small index per device, to keep st_ino unique across submounts.
+    /// Devices in order of first sight (SOURCE's first): the index is the
+    /// st_ino prefix of a submount (see [`InodeTable::report_ino`]).
     devs: RwLock<Vec<u64>>,
+    /// st_ino given to inode numbers that do not fit under a prefix.
+    remap: DashMap<InodeKey, u64>,
+    next_remap: AtomicU64,
     /// SOURCE as the kernel names it in /proc/self/fd links.
     source_prefix: String,
     /// Most inodes held since the last shrink.
@@ -255,11 +280,12 @@ impl InodeTable {
             key,
             kind: Kind::Directory,
             handle,
-            fd: RwLock::new(Some(root)),
+            fd: RwLock::new(Some(Arc::new(root))),
             // The kernel never forgets the root; a count it cannot reach.
             nlookup: AtomicU64::new(1 << 62),
             referenced: AtomicBool::new(true),
             pins: AtomicU32::new(1),
+            unlinked: AtomicBool::new(false),
             backing: Mutex::new(BackingSlot::default()),
             budget,
         });
@@ -272,6 +298,8 @@ impl InodeTable {
             mounts,
             root_dev: key.dev,
             devs: RwLock::new(vec![key.dev]),
+            remap: DashMap::new(),
+            next_remap: AtomicU64::new(0),
             source_prefix,
             high_water: AtomicUsize::new(1),
         };
@@ -310,28 +338,51 @@ impl InodeTable {
             .ok_or(Errno::ESTALE)
     }
 
-    /// st_ino as reported to the kernel: unchanged on SOURCE's own device,
-    /// mixed with a per-device index across submounts so tar, du and rsync
-    /// see no false hard links.
+    /// st_ino as reported to the kernel, unique across the submounts SOURCE
+    /// spans (tar, du and rsync must see no false hard links), collision-free
+    /// by construction:
+    /// - SOURCE's own device, inode number below 2^47: unchanged;
+    /// - a submount's device gets a prefix 1..=0xffff on first sight, and
+    ///   its inode numbers below 2^47 become `prefix << 47 | ino`;
+    /// - anything else (a larger inode number, more than 65,535 devices)
+    ///   gets `1 << 63 | n` from a counter, remembered for the daemon's life
+    ///   so the same file always shows the same number.
+    ///
+    /// The three ranges are disjoint, and each is one-to-one.
     pub fn report_ino(&self, key: InodeKey) -> u64 {
-        if key.dev == self.root_dev {
-            return key.ino;
-        }
-        let idx = {
-            let devs = self.devs.read();
-            devs.iter().position(|&d| d == key.dev)
-        };
-        let idx = idx.unwrap_or_else(|| {
-            let mut devs = self.devs.write();
-            match devs.iter().position(|&d| d == key.dev) {
-                Some(i) => i,
-                None => {
-                    devs.push(key.dev);
-                    devs.len() - 1
-                }
+        const PREFIX_SHIFT: u32 = 47;
+        const MAX_PREFIX: usize = 0xffff;
+        if key.ino < 1 << PREFIX_SHIFT {
+            if key.dev == self.root_dev {
+                return key.ino;
             }
-        });
-        key.ino ^ ((idx as u64 & 0xffff) << 48)
+            if let Some(p) = self.dev_prefix(key.dev).filter(|&p| p <= MAX_PREFIX) {
+                return (p as u64) << PREFIX_SHIFT | key.ino;
+            }
+        }
+        if let Some(v) = self.remap.get(&key) {
+            return *v;
+        }
+        *self
+            .remap
+            .entry(key)
+            .or_insert_with(|| 1 << 63 | self.next_remap.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Index of `dev` in order of first sight (SOURCE's device is 0).
+    fn dev_prefix(&self, dev: u64) -> Option<usize> {
+        if let Some(i) = self.devs.read().iter().position(|&d| d == dev) {
+            return Some(i);
+        }
+        let mut devs = self.devs.write();
+        if let Some(i) = devs.iter().position(|&d| d == dev) {
+            return Some(i);
+        }
+        if devs.len() > 0xffff {
+            return None;
+        }
+        devs.push(dev);
+        Some(devs.len() - 1)
     }
 
     /// Path of `inode` relative to SOURCE ("" for the root), as its fd's
@@ -352,36 +403,74 @@ impl InodeTable {
 
     /// The inode's O_PATH fd, reopened from its handle if it was evicted.
     pub fn fd<'a>(&self, inode: &'a Inode) -> Result<InodeFd<'a>, Errno> {
-        for _ in 0..8 {
-            inode.referenced.store(true, Ordering::Relaxed);
-            {
-                let g = inode.fd.read();
-                if g.is_some() {
-                    return Ok(InodeFd { guard: g });
-                }
-            }
-            let handle = inode.handle.as_ref().ok_or(Errno::ESTALE)?;
-            let mut w = inode.fd.write();
-            if w.is_none() {
-                let fd = self
-                    .with_fd_headroom(|| self.mounts.open(handle))
-                    .inspect_err(|e| {
-                        tracing::debug!(
-                            nodeid = inode.nodeid,
-                            "reopening from the file handle failed: {e}"
-                        )
-                    })?;
-                *w = Some(fd);
-                self.budget.open.fetch_add(1, Ordering::Relaxed);
-                self.budget.reopens.fetch_add(1, Ordering::Relaxed);
-                drop(w);
-                self.queue_for_eviction(inode.nodeid);
-                self.maybe_evict();
-            }
-            // Loop: take the read guard (an eviction in between, which
-            // needs the referenced bit clear, only costs another round).
+        inode.referenced.store(true, Ordering::Relaxed);
+        if let Some(f) = inode.fd.read().as_ref() {
+            return Ok(InodeFd::new(f.clone()));
         }
-        Err(Errno::EAGAIN)
+        if inode.unlinked.load(Ordering::Acquire) {
+            // Never reopened by handle (it would be ESTALE, or on some
+            // filesystems another error); it keeps its fd, so not reached.
+            return Err(Errno::ESTALE);
+        }
+        let handle = inode.handle.as_ref().ok_or(Errno::ESTALE)?;
+        let mut w = inode.fd.write();
+        if let Some(f) = w.as_ref() {
+            // Reopened by another request meanwhile.
+            return Ok(InodeFd::new(f.clone()));
+        }
+        let fd = self
+            .with_fd_headroom(|| self.mounts.open(handle))
+            .inspect_err(|e| {
+                tracing::debug!(
+                    nodeid = inode.nodeid,
+                    "reopening from the file handle failed: {e}"
+                )
+            })?;
+        let fd = Arc::new(fd);
+        *w = Some(fd.clone());
+        self.budget.open.fetch_add(1, Ordering::Relaxed);
+        self.budget.reopens.fetch_add(1, Ordering::Relaxed);
+        drop(w);
+        self.queue_for_eviction(inode.nodeid);
+        self.maybe_evict();
+        Ok(InodeFd::new(fd))
+    }
+
+    /// Before an operation that may remove the last name of `dir/name`
+    /// (unlink, rmdir, rename over it): if the kernel knows that inode,
+    /// make sure it holds its fd (reopened from the handle while that still
+    /// works) and pin it. Hand the result to [`InodeTable::settle_victim`].
+    pub fn hold_victim(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Option<Victim> {
+        let st = sys::statx_at(dir, name, libc::STATX_INO | libc::STATX_TYPE).ok()?;
+        let nodeid = *self.by_key.get(&InodeKey::of(&st))?;
+        let inode = self.get(nodeid).ok()?;
+        if inode.kind != Kind::of_mode(st.stx_mode as u32) {
+            return None;
+        }
+        // Pinned first, so eviction cannot take the fd once we have it.
+        inode.pin();
+        match self.fd(&inode) {
+            Ok(fd) => {
+                let fd = fd.fd.clone();
+                Some(Victim { inode, fd })
+            }
+            Err(_) => {
+                inode.unpin();
+                None
+            }
+        }
+    }
+
+    /// After the operation: an inode left without a name keeps its fd and
+    /// its pin until FORGET (writeback may still send SETATTR or WRITE for
+    /// it, and a handle cannot reopen it); any other is unpinned.
+    pub fn settle_victim(&self, v: Victim) {
+        let gone = sys::statx(v.fd.as_fd(), libc::STATX_NLINK).is_ok_and(|st| st.stx_nlink == 0);
+        if gone && !v.inode.unlinked.swap(true, Ordering::AcqRel) {
+            // The pin stays with the inode.
+            return;
+        }
+        v.inode.unpin();
     }
 
     /// Runs `f`; on EMFILE/ENFILE closes cached fds and tries once more.
@@ -459,10 +548,11 @@ impl InodeTable {
                         key,
                         kind,
                         handle,
-                        fd: RwLock::new(Some(f)),
+                        fd: RwLock::new(Some(Arc::new(f))),
                         nlookup: AtomicU64::new(1),
                         referenced: AtomicBool::new(true),
                         pins: AtomicU32::new(0),
+                        unlinked: AtomicBool::new(false),
                         backing: Mutex::new(BackingSlot::default()),
                         budget: self.budget,
                     });
@@ -511,7 +601,7 @@ impl InodeTable {
         }
         let mut w = inode.fd.write();
         if w.is_none() {
-            *w = Some(fd);
+            *w = Some(Arc::new(fd));
             self.budget.open.fetch_add(1, Ordering::Relaxed);
             drop(w);
             self.queue_for_eviction(inode.nodeid);
@@ -635,6 +725,11 @@ impl InodeTable {
                     q.push_back(id);
                     continue;
                 };
+                if w.as_ref().is_some_and(|f| Arc::strong_count(f) > 1) {
+                    // In use by a request right now.
+                    q.push_back(id);
+                    continue;
+                }
                 if let Some(fd) = w.take() {
                     self.budget.open.fetch_sub(1, Ordering::Relaxed);
                     self.budget.evictions.fetch_add(1, Ordering::Relaxed);
@@ -664,3 +759,4 @@ impl InodeTable {
 
 #[cfg(test)]
 mod tests;
+

@@ -234,8 +234,11 @@ impl MediaProvider {
     }
 
     /// Is `dir_rel` a directory where names are matched case-insensitively?
-    pub fn case_insensitive_dir(&self, dir_rel: &str) -> bool {
-        self.case_insensitive && self.in_media(dir_rel)
+    /// Every directory under the storage root (SOURCE) is, as on Android's
+    /// shared storage (`dcim/Camera` finds `DCIM/camera`), when the config
+    /// says so; names are stored as created.
+    pub fn case_insensitive_dir(&self, _dir_rel: &str) -> bool {
+        self.case_insensitive
     }
 
     /// Does `parent_rel/name` show to `uid`? `owner` is the entry's lower
@@ -577,7 +580,8 @@ mod tests {
         assert!(!mp.redacts(10002, "DCIM/Camera/a.png"));
         assert!(!mp.redacts(10002, "other/a.jpg"));
         assert!(mp.case_insensitive_dir("DCIM/Camera"));
-        assert!(!mp.case_insensitive_dir("Android"));
+        assert!(mp.case_insensitive_dir("Android"));
+        assert!(mp.case_insensitive_dir(""));
     }
 
     #[test]

@@ -208,3 +208,51 @@ fn mount_options_reach_the_kernel() {
     assert_eq!(err_of(fs::write(m.m("x"), b"")), libc::EROFS);
     assert!(m.unmount().success());
 }
+
+/// The README's first command: `scripts/demo.sh` exits 0 and leaves no
+/// directory, mount or daemon behind (it once exited 32 from its EXIT trap
+/// and kept its temporary directory).
+#[test]
+fn demo_script_exits_clean() {
+    require_root!();
+    let src = tempfile::tempdir().unwrap();
+    fs::create_dir(src.path().join("sub")).unwrap();
+    fs::write(src.path().join("sub/a.txt"), b"hello demo\n").unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(src.path())
+        // The test binary's daemon: no cargo build inside cargo test.
+        .env("PASSTHROUGHFS", BIN)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "demo.sh failed: {text}");
+    // "mounted SRC at WORK/mnt" names its temporary directory.
+    let mnt = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("mounted ")
+                .and_then(|r| r.split(" at ").nth(1))
+        })
+        .unwrap_or_else(|| panic!("no mount line: {text}"));
+    let work = std::path::Path::new(mnt).parent().unwrap();
+    assert!(
+        work.starts_with("/tmp") && work.to_string_lossy().contains("passthroughfs-demo"),
+        "{text}"
+    );
+    assert!(!is_mounted(std::path::Path::new(mnt)), "mount left: {text}");
+    assert!(!work.exists(), "{} left behind: {text}", work.display());
+    assert!(text.contains("bytes read: 11"), "{text}");
+    // The daemon's pid, as the script printed it, is gone.
+    let pid: i32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("daemon pid "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no daemon pid line: {text}"));
+    assert!(process_gone(pid), "daemon {pid} still running: {text}");
+}

@@ -319,13 +319,123 @@ fn media_names_are_case_insensitive() {
         std::os::unix::fs::MetadataExt::ino(&a),
         std::os::unix::fs::MetadataExt::ino(&b)
     );
-    // Outside the media dirs names stay exact.
-    let (ok, _) = sh_as(
+    // Outside the media dirs too: Android's shared storage matches names
+    // case-insensitively from its root down.
+    let (ok, out) = sh_as(
         CAMERA,
         CAMERA,
-        &format!("cat {}/SHARED/readme.txt", m.mnt.display()),
+        &format!("cat {}/SHARED/readme.txt | wc -c", m.mnt.display()),
     );
-    assert!(!ok);
+    assert!(ok && out.trim() == "1048576", "{out}");
+    assert!(m.unmount().success());
+}
+
+/// With the example config, as the camera app: `dcim/Camera/IMG_B.jpg` is
+/// found like `DCIM/camera/img_b.jpg` (names fold case from the storage
+/// root, not only inside the media dirs), a create through a folded path
+/// lands in the existing directories and keeps the name as given, and the
+/// per-app rules still apply to folded names.
+#[test]
+fn names_fold_case_from_the_storage_root() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("changes.log");
+    let example = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/media-provider.toml"),
+    )
+    .unwrap();
+    let conf_text: String = example
+        .lines()
+        .map(|l| {
+            if l.starts_with("change_log") {
+                format!("change_log = \"{}\"\n", log.display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let conf = dir.path().join("media.toml");
+    fs::write(&conf, conf_text).unwrap();
+    let m = Mount::with_source(
+        |s| {
+            fill(s);
+            let b = s.join("DCIM/Camera/Img_B.jpg");
+            fs::write(&b, sample_jpeg_with_gps(40, 9)).unwrap();
+            chown(&b, Some(CAMERA), Some(CAMERA)).unwrap();
+        },
+        &[
+            "--media-provider",
+            conf.to_str().unwrap(),
+            "-o",
+            "allow_other",
+        ],
+    );
+    let stored = m.s("DCIM/Camera/Img_B.jpg");
+    for spelling in [
+        "DCIM/camera/img_b.jpg",
+        "dcim/Camera/IMG_B.jpg",
+        "dcim/camera/img_b.JPG",
+        "Dcim/CAMERA/Img_B.jpg",
+    ] {
+        let (ok, out) = sh_as(
+            CAMERA,
+            CAMERA,
+            &format!("cmp {}/{spelling} {}", m.mnt.display(), stored.display()),
+        );
+        assert!(ok, "{spelling}: {out}");
+    }
+    // A create through folded names lands in DCIM/Camera as given.
+    let (ok, out) = sh_as(
+        CAMERA,
+        CAMERA,
+        &format!("echo c > {}/dcim/camera/New_C.jpg", m.mnt.display()),
+    );
+    assert!(ok, "{out}");
+    assert_eq!(fs::read(m.s("DCIM/Camera/New_C.jpg")).unwrap(), b"c\n");
+    assert!(!m.s("dcim").exists() && !m.s("DCIM/camera").exists());
+    let names: Vec<String> = fs::read_dir(m.s("DCIM/Camera"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"New_C.jpg".to_string()), "{names:?}");
+    // Rename and delete through folded names act on the stored ones.
+    let (ok, out) = sh_as(
+        CAMERA,
+        CAMERA,
+        &format!(
+            "mv {0}/dcim/camera/new_c.JPG {0}/DCIM/Camera/Moved.jpg && rm {0}/DCIM/CAMERA/moved.JPG",
+            m.mnt.display()
+        ),
+    );
+    assert!(ok, "{out}");
+    assert!(!m.s("DCIM/Camera/New_C.jpg").exists() && !m.s("DCIM/Camera/Moved.jpg").exists());
+    // Policing follows the stored names: another app's photo stays hidden
+    // from notes (no read_media) whatever the spelling, and so does
+    // another package's app dir.
+    let (ok, _) = sh_as(
+        NOTES,
+        NOTES,
+        &format!("cat {}/dcim/camera/IMG_B.JPG", m.mnt.display()),
+    );
+    assert!(!ok, "notes must not see the camera's photo");
+    let (ok, _) = sh_as(
+        NOTES,
+        NOTES,
+        &format!(
+            "cat {}/android/DATA/com.example.camera/state",
+            m.mnt.display()
+        ),
+    );
+    assert!(!ok, "notes must not reach the camera's app dir");
+    let (ok, out) = sh_as(
+        NOTES,
+        NOTES,
+        &format!(
+            "cat {}/ANDROID/data/com.example.notes/state",
+            m.mnt.display()
+        ),
+    );
+    assert!(ok && out == "com.example.notes", "{out}");
     assert!(m.unmount().success());
 }
 

@@ -140,3 +140,111 @@ fn a_recycled_inode_number_is_a_new_inode() {
     let fd = t.fd(&new).unwrap();
     assert_eq!(sys::statx(fd.fd(), STATX_MASK).unwrap().stx_ino, old_ino);
 }
+
+/// Pressure regressions: fd guards, st_ino mapping, eviction of fds in use.
+mod pressure {
+    #[allow(unused_imports)]
+    use super::super::*;
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+
+    /// Rename within one directory takes the directory's fd twice. With a
+    /// guard that held the slot's read lock, a reopen queued between the
+    /// two (parking_lot's RwLock is task-fair: a queued writer blocks new
+    /// readers) deadlocked the request. Now the second take returns at once.
+    #[test]
+    fn taking_an_fd_twice_with_a_writer_queued_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let t = Arc::new(table(dir.path()));
+        let root = t.get(abi::ROOT_ID).unwrap();
+        let d = t.lookup(&root, c"d").unwrap().inode;
+        let (tx, rx) = mpsc::channel();
+        let (t2, d2) = (t.clone(), d.clone());
+        std::thread::spawn(move || {
+            let first = t2.fd(&d2).unwrap();
+            // Another request reopening the slot (it saw it empty).
+            let (t3, d3) = (t2.clone(), d2.clone());
+            let writer = std::thread::spawn(move || {
+                drop(d3.fd.write());
+                drop(t3);
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            let second = t2.fd(&d2).unwrap();
+            assert_eq!(
+                std::os::fd::AsRawFd::as_raw_fd(&first.fd()),
+                std::os::fd::AsRawFd::as_raw_fd(&second.fd())
+            );
+            drop((first, second));
+            writer.join().unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the second fd() of the same inode blocked behind a queued writer: deadlock"
+        );
+    }
+
+    /// st_ino stays unique across devices. With `ino ^ (index << 48)`, a
+    /// submount's inode number with high bits set collided with SOURCE's
+    /// own (and two submounts' with each other).
+    #[test]
+    fn reported_inode_numbers_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path());
+        let root = t.root_dev;
+        let (a, b) = (root ^ 0x1111, root ^ 0x2222);
+        let mut seen = std::collections::HashMap::new();
+        let mut check = |dev: u64, ino: u64| {
+            let r = t.report_ino(InodeKey { dev, ino });
+            assert_eq!(r, t.report_ino(InodeKey { dev, ino }), "stable");
+            if let Some(prev) = seen.insert(r, (dev, ino)) {
+                assert_eq!(prev, (dev, ino), "st_ino {r:#x} given to two files");
+            }
+        };
+        for ino in [2, 5, 7, 12, 1 << 40] {
+            // Clashing raw numbers on three devices.
+            check(root, ino);
+            check(a, ino);
+            check(b, ino);
+            // The same low bits with prefix-like high bits set.
+            check(root, 1 << 48 | ino);
+            check(a, 1 << 48 | ino);
+            check(a, 3 << 48 | ino);
+            check(b, 2 << 48 | ino);
+            check(b, 1 << 47 | ino);
+            check(a, 1 << 63 | ino);
+        }
+        // SOURCE's own numbers are unchanged where they fit.
+        assert_eq!(t.report_ino(InodeKey { dev: root, ino: 12 }), 12);
+    }
+
+    /// An fd in use by a request is never closed by eviction, and one that
+    /// was evicted comes back from its handle.
+    #[test]
+    fn eviction_skips_fds_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let t = table(dir.path());
+        let root = t.get(abi::ROOT_ID).unwrap();
+        let f = t.lookup(&root, c"f").unwrap().inode;
+        let held = t.fd(&f).unwrap();
+        for _ in 0..4 {
+            t.evict(100);
+        }
+        assert!(f.fd.read().is_some(), "an fd in use was evicted");
+        assert!(sys::statx(held.fd(), libc::STATX_INO).is_ok());
+        drop(held);
+        for _ in 0..4 {
+            t.evict(100);
+        }
+        if f.has_handle() {
+            assert!(f.fd.read().is_none(), "an idle fd was not evicted");
+            let again = t.fd(&f).unwrap();
+            assert!(sys::statx(again.fd(), libc::STATX_INO).is_ok());
+            assert_eq!(t.budget().reopens.load(Ordering::Relaxed), 1);
+        }
+    }
+}

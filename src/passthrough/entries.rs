@@ -194,14 +194,21 @@ impl PassthroughFs {
         check_name(name)?;
         let p = self.dir_inode(parent, ctx.opcode)?;
         let pfd = self.table.fd(&p)?;
+        let stored = self.media_stored_name(pfd.fd(), name)?;
+        let name = stored.as_deref().unwrap_or(name);
         self.media_check_visible(ctx, &p, pfd.fd(), name)?;
-        {
-            let _g = self.as_caller(ctx, false)?;
-            sys::unlinkat(pfd.fd(), name, flags)?;
+        // The inode keeps its O_PATH fd until the kernel's FORGET when this
+        // is its last name: a racing open that already found it must still
+        // succeed, as it would natively, and the kernel's writeback may
+        // still send SETATTR for it (a handle cannot reopen it then).
+        let victim = self.table.hold_victim(pfd.fd(), name);
+        let r = self
+            .as_caller(ctx, false)
+            .and_then(|_g| sys::unlinkat(pfd.fd(), name, flags).map_err(Errno::from));
+        if let Some(v) = victim {
+            self.table.settle_victim(v);
         }
-        // The inode keeps its O_PATH fd until the kernel's FORGET even when
-        // this was its last name: a racing open that already found it must
-        // still succeed, as it would natively (the fd pins the inode).
+        r?;
         self.media_event(ctx, "delete", &p, name, None);
         Ok(())
     }
@@ -225,6 +232,8 @@ impl PassthroughFs {
         let np = self.dir_inode(newparent, ctx.opcode)?;
         let pfd = self.table.fd(&p)?;
         let npfd = self.table.fd(&np)?;
+        let stored = self.media_stored_name(pfd.fd(), name)?;
+        let name = stored.as_deref().unwrap_or(name);
         if self.media().is_some() {
             self.media_check_visible(ctx, &p, pfd.fd(), name)?;
             // Replacing a file the caller cannot see would destroy it unseen.
@@ -236,11 +245,22 @@ impl PassthroughFs {
             }
             self.media_may_create(ctx, &np, newname)?;
         }
-        {
-            // A whiteout is a new inode: it belongs to the caller.
-            let _g = self.as_caller(ctx, flags & libc::RENAME_WHITEOUT != 0)?;
-            sys::renameat2(pfd.fd(), name, npfd.fd(), newname, flags)?;
+        // A target replaced by the rename loses a name (see do_remove).
+        let victim = if flags & (libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) == 0 {
+            self.table.hold_victim(npfd.fd(), newname)
+        } else {
+            None
+        };
+        // A whiteout is a new inode: it belongs to the caller.
+        let r = self
+            .as_caller(ctx, flags & libc::RENAME_WHITEOUT != 0)
+            .and_then(|_g| {
+                sys::renameat2(pfd.fd(), name, npfd.fd(), newname, flags).map_err(Errno::from)
+            });
+        if let Some(v) = victim {
+            self.table.settle_victim(v);
         }
+        r?;
         self.media_event(ctx, "rename", &p, name, Some((&np, newname)));
         Ok(())
     }

@@ -143,45 +143,100 @@ impl PassthroughFs {
         Ok(f)
     }
 
-    /// An fd of the inode for a request without a handle (see
+    /// An open of the inode for a request without a handle (see
     /// [`Self::open_file`]): read-write if the host allows it, else
     /// read-only. Regular files and directories only (never a FIFO or a
     /// device), opened with the daemon's credentials: the kernel checked
-    /// the caller when it opened its file. Not registered, so it closes
-    /// when the request is done.
+    /// the caller when it opened its file.
+    ///
+    /// Regular files keep one such open per access mode, shared by every
+    /// handle-less request (they use explicit offsets) and closed at
+    /// FORGET; it counts in the fd budget. Directories get one per request
+    /// (a directory stream has a position).
     pub(super) fn unhandled_open(&self, nodeid: u64, access: i32) -> Result<Arc<OpenFile>, Errno> {
         let inode = self.table.get(nodeid)?;
-        let (modes, dir): (&[i32], _) = match inode.kind {
-            Kind::Regular if access == libc::O_RDONLY => (&[libc::O_RDONLY], None),
-            Kind::Regular => (&[libc::O_RDWR, libc::O_RDONLY], None),
-            Kind::Directory => (
-                &[libc::O_RDONLY | libc::O_DIRECTORY],
-                Some(Mutex::new(super::dirs::DirStream::new())),
-            ),
+        let modes: &[i32] = match inode.kind {
+            Kind::Regular if access == libc::O_RDONLY => &[libc::O_RDONLY],
+            Kind::Regular => &[libc::O_RDWR, libc::O_RDONLY],
+            Kind::Directory => {
+                return self.open_unregistered(inode, libc::O_RDONLY | libc::O_DIRECTORY)
+            }
             _ => return Err(Errno::EBADF),
         };
-        let ipath = self.table.fd(&inode)?;
-        let proc = self.table.proc_self_fd();
         let mut last = Errno::EBADF;
         for &m in modes {
-            match self
-                .table
-                .with_fd_headroom(|| sys::reopen(proc, ipath.fd(), m | libc::O_NOCTTY))
-            {
-                Ok(fd) => {
-                    return Ok(Arc::new(OpenFile {
-                        fd,
-                        inode: inode.clone(),
-                        flags: m,
-                        backing: false,
-                        dir,
-                        redact: None,
-                    }))
-                }
+            if let Some(f) = self.kernel_files.get(&(nodeid, m)) {
+                return Ok(f.value().clone());
+            }
+            match self.open_unregistered(inode.clone(), m) {
+                Ok(f) => return Ok(self.keep_kernel_file(&inode, m, f)),
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// Shares `f` as the kernel-opened file of `inode` for mode `m` (or the
+    /// one another request kept first).
+    fn keep_kernel_file(&self, inode: &Arc<Inode>, m: i32, f: Arc<OpenFile>) -> Arc<OpenFile> {
+        // They share the fd budget with the O_PATH cache: past half of it,
+        // opens are per request again rather than starving the cache.
+        let cap = self.table.budget().capacity.load(Ordering::Relaxed);
+        if self.kernel_files.len() >= cap / 2 {
+            return f;
+        }
+        let kept = match self.kernel_files.entry((inode.nodeid, m)) {
+            dashmap::mapref::entry::Entry::Occupied(e) => return e.get().clone(),
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                self.table.budget().open.fetch_add(1, Ordering::Relaxed);
+                v.insert(f).value().clone()
+            }
+        };
+        // A FORGET that ran meanwhile (it removes the inode first, then
+        // its kernel files) must not leave this one behind.
+        if !self
+            .table
+            .get(inode.nodeid)
+            .is_ok_and(|i| Arc::ptr_eq(&i, inode))
+        {
+            self.forget_kernel_files(inode.nodeid);
+        }
+        kept
+    }
+
+    /// FORGET: closes the inode's kernel-opened files (once the requests
+    /// using them are done).
+    pub(super) fn forget_kernel_files(&self, nodeid: u64) {
+        for m in [libc::O_RDONLY, libc::O_RDWR] {
+            if self.kernel_files.remove(&(nodeid, m)).is_some() {
+                self.table.budget().open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Files the kernel opened without us, held open now (for stats/tests).
+    pub fn kernel_files(&self) -> usize {
+        self.kernel_files.len()
+    }
+
+    /// A fresh open of `inode` with `mode` through /proc, not registered
+    /// anywhere: it closes when the last user drops it.
+    fn open_unregistered(&self, inode: Arc<Inode>, mode: i32) -> Result<Arc<OpenFile>, Errno> {
+        let ipath = self.table.fd(&inode)?;
+        let proc = self.table.proc_self_fd();
+        let fd = self
+            .table
+            .with_fd_headroom(|| sys::reopen(proc, ipath.fd(), mode | libc::O_NOCTTY))?;
+        let dir =
+            (inode.kind == Kind::Directory).then(|| Mutex::new(super::dirs::DirStream::new()));
+        Ok(Arc::new(OpenFile {
+            fd,
+            inode,
+            flags: mode,
+            backing: false,
+            dir,
+            redact: None,
+        }))
     }
 
     pub(super) fn do_read(
@@ -227,6 +282,8 @@ impl PassthroughFs {
         match self.media_redaction(ctx, &f.inode, f.fd.as_fd())? {
             None => Ok(f),
             Some(r) => {
+                // Redacted for this caller only: an open of its own.
+                let f = self.open_unregistered(f.inode.clone(), libc::O_RDONLY)?;
                 let mut f = Arc::into_inner(f).ok_or(Errno::EIO)?;
                 f.redact = Some(r);
                 Ok(Arc::new(f))

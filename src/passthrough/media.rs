@@ -65,6 +65,28 @@ impl PassthroughFs {
         Ok(best.and_then(|b| CString::new(b).ok()))
     }
 
+    /// The name as stored of the entry `name` of `dir`, when names fold
+    /// case and only another spelling exists (the kernel's dentry keeps
+    /// the spelling the caller used: UNLINK and RENAME come with it).
+    pub(super) fn media_stored_name(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<Option<CString>, Errno> {
+        let Some(mp) = self.media() else {
+            return Ok(None);
+        };
+        if !mp.case_insensitive_dir("") {
+            return Ok(None);
+        }
+        match sys::statx_at(dir, name, libc::STATX_TYPE) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.find_case_insensitive(dir, name)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// How `dir_rel/name` (an entry of the directory `dir`) looks to `uid`.
     pub(super) fn media_visibility_at(
         &self,

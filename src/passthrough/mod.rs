@@ -150,6 +150,9 @@ pub struct PassthroughFs {
     groups: GroupCache,
     locks: Arc<LockTable>,
     kinds: KindCounters,
+    /// Files the kernel opened without us (fh 0): one shared open per
+    /// (nodeid, access mode), closed at FORGET (see `files.rs`).
+    kernel_files: DashMap<(u64, i32), Arc<OpenFile>>,
 }
 
 impl PassthroughFs {
@@ -194,6 +197,7 @@ impl PassthroughFs {
             groups: GroupCache::default(),
             locks: Arc::default(),
             kinds: KindCounters::default(),
+            kernel_files: DashMap::new(),
         })
     }
 
@@ -357,6 +361,7 @@ impl PassthroughFs {
 
     fn forget_one(&self, nodeid: u64, n: u64) {
         if let Some(inode) = self.table.forget(nodeid, n) {
+            self.forget_kernel_files(nodeid);
             self.backing.forget_inode(&inode);
             self.locks.forget_inode(nodeid);
         }

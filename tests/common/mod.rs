@@ -9,15 +9,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_passthroughfs");
 
-/// Skips a test (with a note) unless we run as root: mount(2), other uids
-/// and device nodes need it. CI runs as root.
+/// Fails a test unless we run as root: mount(2), other uids and device
+/// nodes need it. A test that cannot run must not pass: CI runs as root.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "this test needs root (mount(2), other uids, device nodes); CI runs it as root"
+        );
     };
 }
 
@@ -89,6 +89,26 @@ impl Mount {
         nofile: Option<u64>,
     ) -> Mount {
         use std::os::unix::fs::PermissionsExt;
+        // The same tests under pressure (scripts/test.sh runs suites again
+        // so): PTFS_FD_CACHE=N adds `--fd-cache N` where a test sets none;
+        // PTFS_NOFILE=N caps the daemon's RLIMIT_NOFILE at N.
+        let env_num = |k: &str| -> Option<u64> {
+            std::env::var(k).ok().map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{k}={v}: not a number"))
+            })
+        };
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(n) = env_num("PTFS_FD_CACHE") {
+            if !args.iter().any(|a| a == "--fd-cache") {
+                args.push("--fd-cache".into());
+                args.push(n.to_string());
+            }
+        }
+        let nofile = match (nofile, env_num("PTFS_NOFILE")) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         // Other uids must reach the mount (tempdirs are 0700).
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let mnt = dir.path().join("mnt");
@@ -96,7 +116,8 @@ impl Mount {
         let stats_path = dir.path().join("stats.json");
         let log_path = dir.path().join("daemon.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(BIN);
+        // PTFS_BIN: another build of the daemon (e.g. the one before a fix).
+        let mut cmd = Command::new(std::env::var_os("PTFS_BIN").unwrap_or_else(|| BIN.into()));
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs
