@@ -46,7 +46,8 @@ impl PassthroughFs {
         reply: ReplyXattr,
     ) {
         self.xattr_query(ctx, nodeid, size, reply, |fd, buf| {
-            sys::getxattr(fd, name, buf)
+            crate::sandbox::forbidden_syscall_hook(name, buf)
+                .unwrap_or_else(|| sys::getxattr(fd, name, buf))
         })
     }
 
