@@ -32,6 +32,14 @@ echo "== cargo test (release)"
 # cases in parallel.
 cargo test --release --quiet -- --test-threads="${PTFS_TEST_THREADS:-4}"
 
+echo "== ops, escape, stress, passthrough_io and media_provider with --sandbox"
+# tests/common adds PTFS_EXTRA_ARGS to every daemon. --sandbox refuses
+# -o nodefault_permissions (tests/sandbox.rs), hence the one --skip.
+PTFS_EXTRA_ARGS=--sandbox cargo test --release --quiet \
+    --test ops --test escape --test stress --test passthrough_io --test media_provider \
+    -- --test-threads="${PTFS_TEST_THREADS:-4}" \
+    --skip without_default_permissions_the_host_checks_as_the_caller
+
 echo "== no mount left behind"
 # Test mounts live under the temporary directory.
 tmp="${TMPDIR:-/tmp}"

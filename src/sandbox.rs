@@ -27,7 +27,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{error, info, warn};
 
@@ -669,7 +669,6 @@ pub fn supervise(child: libc::pid_t, m: Mount, stats_rx: OwnedFd, stats: Option<
     let mut buf: Vec<u8> = Vec::new();
     let mut open = true;
     let set = crate::fuse::session::daemon_signal_set();
-    let mut unmount_asked: Option<Instant> = None;
     let status = loop {
         if open {
             let mut pfd = libc::pollfd {
@@ -696,19 +695,15 @@ pub fn supervise(child: libc::pid_t, m: Mount, stats_rx: OwnedFd, stats: Option<
                 unsafe { libc::kill(child, libc::SIGUSR1) };
             }
             libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT => {
+                // As the unsandboxed daemon does: unmount (lazily if
+                // busy), then stop the workers without waiting for the
+                // last user of a lazy unmount.
                 info!("signal {sig}: unmounting");
                 unmount(&m);
-                unmount_asked = Some(Instant::now());
-            }
-            _ => {}
-        }
-        if let Some(t) = unmount_asked {
-            if t.elapsed() > Duration::from_secs(5) {
-                // The workers did not see the unmount: stop them.
                 // SAFETY: our own child.
                 unsafe { libc::kill(child, libc::SIGTERM) };
-                unmount_asked = None;
             }
+            _ => {}
         }
         let mut st = 0;
         // SAFETY: waitpid on our own child with a valid status pointer.
