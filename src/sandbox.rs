@@ -318,7 +318,7 @@ enum Rule {
     /// Allowed with any arguments.
     Any(libc::c_long),
     /// Allowed when the low 32 bits of argument `arg` are one of `values`.
-    ArgIn(libc::c_long, u32, &'static [u32]),
+    ArgIn(libc::c_long, u32, Vec<u32>),
     /// Allowed when argument `arg` has none of the bits of `mask`.
     ArgNoBits(libc::c_long, u32, u32),
     /// Refused with this errno (callers fall back).
@@ -355,6 +355,8 @@ const CLONE_FORBIDDEN: u32 = (libc::CLONE_NEWNS
 /// bpf, module, reboot, socket or keyring call is in it.
 fn allowlist() -> Vec<Rule> {
     use libc::*;
+    // SAFETY: getpid has no preconditions.
+    let getpid = || unsafe { libc::getpid() };
     use Rule::*;
     let mut v = vec![
         // I/O on open files, /dev/fuse and splice pipes.
@@ -420,7 +422,7 @@ fn allowlist() -> Vec<Rule> {
         Any(SYS_removexattr),
         Any(SYS_lremovexattr),
         Any(SYS_fremovexattr),
-        ArgIn(SYS_ioctl, 1, IOCTLS),
+        ArgIn(SYS_ioctl, 1, IOCTLS.to_vec()),
         // Credentials, per thread.
         Any(SYS_setresuid),
         Any(SYS_setresgid),
@@ -434,7 +436,7 @@ fn allowlist() -> Vec<Rule> {
         Any(SYS_getgroups),
         Any(SYS_umask),
         Any(SYS_capget),
-        ArgIn(SYS_unshare, 0, UNSHARE_FLAGS),
+        ArgIn(SYS_unshare, 0, UNSHARE_FLAGS.to_vec()),
         // Threads (workers, lock waiters), memory, signals, time.
         Errno(SYS_clone3, ENOSYS as u32), // glibc falls back to clone(2)
         ArgNoBits(SYS_clone, 0, CLONE_FORBIDDEN),
@@ -457,7 +459,8 @@ fn allowlist() -> Vec<Rule> {
         Any(SYS_rt_sigreturn),
         Any(SYS_rt_sigtimedwait),
         Any(SYS_sigaltstack),
-        Any(SYS_tgkill),
+        // Signals only to our own threads (waking workers, abort).
+        ArgIn(SYS_tgkill, 0, vec![getpid() as u32]),
         Any(SYS_getpid),
         Any(SYS_gettid),
         Any(SYS_clock_gettime),
@@ -467,7 +470,7 @@ fn allowlist() -> Vec<Rule> {
         Any(SYS_getrandom),
         Any(SYS_ppoll),
         Any(SYS_prlimit64),
-        ArgIn(SYS_prctl, 0, PRCTL_OPS),
+        ArgIn(SYS_prctl, 0, PRCTL_OPS.to_vec()),
     ];
     // Legacy calls glibc and std still make on x86_64.
     #[cfg(target_arch = "x86_64")]
@@ -527,7 +530,7 @@ fn filter_program() -> Vec<libc::sock_filter> {
                 let len = 1 + 2 * values.len() + 1;
                 jump(&mut p, BPF_JEQ_K, nr as u32, 0, len as u8);
                 stmt(&mut p, BPF_LD_W_ABS, off_arg(arg));
-                for &v in values {
+                for &v in &values {
                     jump(&mut p, BPF_JEQ_K, v, 0, 1);
                     stmt(&mut p, BPF_RET_K, SECCOMP_RET_ALLOW);
                 }
@@ -765,5 +768,67 @@ fn write_frames(buf: &mut Vec<u8>, path: Option<&Path>) {
         let json = String::from_utf8_lossy(&buf[4..4 + len]).into_owned();
         buf.drain(..4 + len);
         crate::stats::write_json(path, &json);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(nr: libc::c_long) -> bool {
+        allowlist().iter().any(|r| match r {
+            Rule::Any(n) | Rule::ArgIn(n, ..) | Rule::ArgNoBits(n, ..) => *n == nr,
+            Rule::Errno(..) => false,
+        })
+    }
+
+    #[test]
+    fn allowlist_keeps_out_what_a_subverted_daemon_would_want() {
+        for nr in [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_mount,
+            libc::SYS_umount2,
+            libc::SYS_pivot_root,
+            libc::SYS_chroot,
+            libc::SYS_setns,
+            libc::SYS_ptrace,
+            libc::SYS_bpf,
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_kill,
+            libc::SYS_init_module,
+            libc::SYS_finit_module,
+            libc::SYS_kexec_load,
+            libc::SYS_keyctl,
+            libc::SYS_perf_event_open,
+            libc::SYS_io_uring_setup,
+            libc::SYS_personality,
+            libc::SYS_capset,
+            libc::SYS_seccomp,
+            libc::SYS_process_vm_writev,
+        ] {
+            assert!(!allowed(nr), "syscall {nr} is allowed");
+        }
+        assert!(allowed(libc::SYS_open_by_handle_at));
+        assert!(allowed(libc::SYS_setresuid));
+    }
+
+    #[test]
+    fn every_jump_lands_inside_the_program() {
+        let p = filter_program();
+        assert!(p.len() < 4096, "BPF_MAXINSNS");
+        for (i, ins) in p.iter().enumerate() {
+            if ins.code & 0x07 == 0x05 {
+                assert!(
+                    i + 1 + (ins.jt.max(ins.jf) as usize) < p.len(),
+                    "jump at {i}"
+                );
+            }
+        }
+        assert_eq!(
+            p.last().map(|i| (i.code, i.k)),
+            Some((BPF_RET_K, SECCOMP_ACTION))
+        );
     }
 }
