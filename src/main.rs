@@ -406,6 +406,9 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         if let Some(why) = passthroughfs::sandbox::unsupported() {
             return fatal(why);
         }
+        if src == Path::new("/") {
+            return fatal("--sandbox with SOURCE / would confine nothing");
+        }
         if !parsed.mount.default_permissions {
             return fatal(
                 "--sandbox needs default_permissions: without it the daemon reads \
@@ -633,11 +636,17 @@ fn serve_sandboxed(
         drop(dev);
         drop(stats_tx);
         drop(ready.write.take());
+        // Absolute, so the supervisor can leave its cwd like any daemon.
+        let stats_path = cli.stats.as_ref().map(|p| {
+            std::env::current_dir()
+                .map(|d| d.join(p))
+                .unwrap_or_else(|_| p.clone())
+        });
         if !foreground {
-            stdio_to(null.as_ref());
+            detach_stdio();
         }
         info!("sandboxed daemon is pid {child}");
-        let code = sandbox::supervise(child, mount, stats_rx, cli.stats.clone());
+        let code = sandbox::supervise(child, mount, stats_rx, stats_path);
         return match code {
             0 => Ok(()),
             _ => std::process::exit(code.clamp(1, 255)),
