@@ -32,13 +32,12 @@ echo "== cargo test (release)"
 # cases in parallel.
 cargo test --release --quiet -- --test-threads="${PTFS_TEST_THREADS:-4}"
 
-echo "== ops, escape, stress, passthrough_io and media_provider with --sandbox"
-# tests/common adds PTFS_EXTRA_ARGS to every daemon. --sandbox refuses
-# -o nodefault_permissions (tests/sandbox.rs), hence the one --skip.
+echo "== ops, permissions, escape, stress, passthrough_io, media_provider with --sandbox"
+# tests/common adds PTFS_EXTRA_ARGS to every daemon of a suite.
 PTFS_EXTRA_ARGS=--sandbox cargo test --release --quiet \
-    --test ops --test escape --test stress --test passthrough_io --test media_provider \
-    -- --test-threads="${PTFS_TEST_THREADS:-4}" \
-    --skip without_default_permissions_the_host_checks_as_the_caller
+    --test ops --test permissions --test escape --test stress \
+    --test passthrough_io --test media_provider \
+    -- --test-threads="${PTFS_TEST_THREADS:-4}"
 
 echo "== no mount left behind"
 # Test mounts live under the temporary directory.

@@ -406,15 +406,6 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         if let Some(why) = passthroughfs::sandbox::unsupported() {
             return fatal(why);
         }
-        if src == Path::new("/") {
-            return fatal("--sandbox with SOURCE / would confine nothing");
-        }
-        if !parsed.mount.default_permissions {
-            return fatal(
-                "--sandbox needs default_permissions: without it the daemon reads \
-                 callers' groups from /proc/PID/status, which the sandbox hides",
-            );
-        }
     }
     if cli.test_forbidden_syscall {
         passthroughfs::sandbox::enable_forbidden_syscall_hook();
@@ -621,6 +612,15 @@ fn serve_sandboxed(
     // SAFETY: both fds are fresh and ours.
     let (stats_rx, stats_tx) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Callers' groups (without default_permissions) come from the
+    // supervisor, which can still read /proc/PID/status.
+    let (groups_here, groups_there) = match std::os::unix::net::UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = mount.unmount(true);
+            return fatal(format!("socketpair: {e}"));
+        }
+    };
     // SAFETY: still single-threaded (no worker exists yet).
     let supervisor = unsafe { libc::getpid() };
     // SAFETY: as above.
@@ -635,6 +635,7 @@ fn serve_sandboxed(
         // session when the sandboxed process dies) and no write end.
         drop(dev);
         drop(stats_tx);
+        drop(groups_there);
         drop(ready.write.take());
         // Absolute, so the supervisor can leave its cwd like any daemon.
         let stats_path = cli.stats.as_ref().map(|p| {
@@ -646,7 +647,7 @@ fn serve_sandboxed(
             detach_stdio();
         }
         info!("sandboxed daemon is pid {child}");
-        let code = sandbox::supervise(child, mount, stats_rx, stats_path);
+        let code = sandbox::supervise(child, mount, stats_rx, groups_here, stats_path);
         return match code {
             0 => Ok(()),
             _ => std::process::exit(code.clamp(1, 255)),
@@ -654,6 +655,8 @@ fn serve_sandboxed(
     }
     // The sandboxed process: dies with its supervisor (as a killed daemon).
     drop(stats_rx);
+    drop(groups_here);
+    credentials::groups_from_supervisor(groups_there);
     std::mem::forget(mount); // the supervisor unmounts
                              // SAFETY: plain prctl; getppid has no preconditions.
     unsafe {

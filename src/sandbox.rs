@@ -7,7 +7,9 @@
 //!   namespace with its privileges, but never reads a request: it forwards
 //!   SIGUSR1, unmounts on SIGINT/SIGTERM/SIGHUP/SIGQUIT (and after the
 //!   worker process dies, whatever killed it), writes the stats file from
-//!   JSON the sandboxed process sends over a pipe, and exits with the
+//!   JSON the sandboxed process sends over a pipe, reads callers'
+//!   supplementary groups from /proc/PID/status for it (a socket: pid in,
+//!   gids out; only `-o nodefault_permissions` asks), and exits with the
 //!   worker's status;
 //! - the **sandboxed process** serves the mount. Before opening SOURCE it
 //!   enters a mount namespace of its own ([`enter_namespace`]: propagation
@@ -27,7 +29,6 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tracing::{error, info, warn};
 
@@ -662,7 +663,14 @@ fn unmount(m: &Mount) {
 
 /// The supervisor's loop (see the module doc). Returns the worker
 /// process's exit code (128 + signal if it was killed).
-pub fn supervise(child: libc::pid_t, m: Mount, stats_rx: OwnedFd, stats: Option<PathBuf>) -> i32 {
+pub fn supervise(
+    child: libc::pid_t,
+    m: Mount,
+    stats_rx: OwnedFd,
+    groups: std::os::unix::net::UnixStream,
+    stats: Option<PathBuf>,
+) -> i32 {
+    let mut groups = Some(groups);
     let mut rx = std::fs::File::from(stats_rx);
     // SAFETY: fcntl on our own fd.
     unsafe {
@@ -673,18 +681,30 @@ pub fn supervise(child: libc::pid_t, m: Mount, stats_rx: OwnedFd, stats: Option<
     let mut open = true;
     let set = crate::fuse::session::daemon_signal_set();
     let status = loop {
-        if open {
-            let mut pfd = libc::pollfd {
-                fd: rx.as_raw_fd(),
+        let mut pfd = [
+            libc::pollfd {
+                fd: if open { rx.as_raw_fd() } else { -1 },
                 events: libc::POLLIN,
                 revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, 50) };
+            },
+            libc::pollfd {
+                fd: groups.as_ref().map(|g| g.as_raw_fd()).unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds (negative fds are ignored).
+        unsafe { libc::poll(pfd.as_mut_ptr(), 2, 50) };
+        if open {
             open = drain(&mut rx, &mut buf);
             write_frames(&mut buf, stats.as_deref());
-        } else {
-            std::thread::sleep(Duration::from_millis(50));
+        }
+        if pfd[1].revents != 0 {
+            if let Some(g) = groups.as_mut() {
+                if !answer_groups(g) {
+                    groups = None;
+                }
+            }
         }
         let ts = libc::timespec {
             tv_sec: 0,
@@ -743,6 +763,28 @@ pub fn supervise(child: libc::pid_t, m: Mount, stats_rx: OwnedFd, stats: Option<
     } else {
         libc::WEXITSTATUS(status)
     }
+}
+
+/// Answers one group query of the sandboxed process (see
+/// `credentials::read_proc_groups`); false once the socket is closed.
+fn answer_groups(g: &mut std::os::unix::net::UnixStream) -> bool {
+    use std::io::Write;
+    let mut pid = [0u8; 4];
+    if g.read_exact(&mut pid).is_err() {
+        return false;
+    }
+    let groups = crate::credentials::read_proc_groups(u32::from_le_bytes(pid));
+    let mut out = Vec::new();
+    match groups {
+        Some(v) => {
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            for gid in v {
+                out.extend_from_slice(&gid.to_le_bytes());
+            }
+        }
+        None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+    }
+    g.write_all(&out).is_ok()
 }
 
 /// Reads what is there; false at end of file.

@@ -432,24 +432,46 @@ fn supervisor_unmounts_on_signals_and_takes_the_daemon_down() {
     );
 }
 
-/// What --sandbox refuses, with one line and status 1.
+/// Without default_permissions the host checks each request as its caller,
+/// with the caller's supplementary groups from /proc/PID/status, which the
+/// sandboxed process cannot see: the supervisor reads them for it.
 #[test]
-fn sandbox_refuses_nodefault_permissions() {
+fn sandbox_without_default_permissions_checks_with_the_callers_groups() {
     require_root!();
-    let dir = tempfile::tempdir().unwrap();
-    let (src, mnt) = (dir.path().join("s"), dir.path().join("m"));
-    std::fs::create_dir(&src).unwrap();
-    std::fs::create_dir(&mnt).unwrap();
-    let out = Command::new(BIN)
-        .args(["--sandbox", "-o", "nodefault_permissions"])
-        .arg(&src)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--sandbox needs default_permissions"), "{err}");
-    assert!(!is_mounted(&mnt));
+    use std::os::unix::fs::PermissionsExt;
+    let m = Mount::with_source(
+        |s| {
+            let d = s.join("team");
+            std::fs::create_dir(&d).unwrap();
+            std::os::unix::fs::chown(&d, Some(0), Some(4242)).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o770)).unwrap();
+        },
+        &["--sandbox", "-o", "allow_other,nodefault_permissions"],
+    );
+    assert_eq!(status_field(sandboxed_pid(&m), None, "Seccomp"), "2");
+    let p = m.m("team/by-member");
+    let member = thread_as_groups(1000, 1000, vec![4242], move || {
+        std::fs::write(&p, b"x").map_err(|e| e.raw_os_error())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        member,
+        Ok(()),
+        "a member of group 4242 creates: {}",
+        m.log()
+    );
+    let st = std::fs::metadata(m.s("team/by-member")).unwrap();
+    assert_eq!((st.uid(), st.gid()), (1000, 1000));
+    let p = m.m("team/by-stranger");
+    let stranger = thread_as(1001, 1001, move || {
+        std::fs::write(&p, b"x").map_err(|e| e.raw_os_error())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(stranger, Err(Some(libc::EACCES)));
+    assert!(!m.s("team/by-stranger").exists());
+    assert!(m.unmount().success());
 }
 
 /// A daemon started in the background (the default) with --sandbox: the
