@@ -93,6 +93,13 @@ if [ "${PTFS_LONG:-0}" = 1 ]; then
     cargo run --release --quiet --example fuzz_dispatch -- "$fuzz_secs"
 fi
 
+echo "== ops, permissions, escape, stress, passthrough_io, media_provider with --sandbox"
+# tests/common adds PTFS_EXTRA_ARGS to every daemon of a suite.
+PTFS_EXTRA_ARGS=--sandbox cargo test --release --quiet \
+    --test ops --test permissions --test escape --test stress \
+    --test passthrough_io --test media_provider \
+    -- --test-threads="${PTFS_TEST_THREADS:-4}"
+
 echo "== no mount left behind"
 # Test mounts live under the temporary directory.
 tmp="${TMPDIR:-/tmp}"

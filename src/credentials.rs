@@ -143,7 +143,45 @@ impl GroupCache {
     }
 }
 
-fn read_proc_groups(pid: u32) -> Option<Vec<u32>> {
+/// In the sandbox, /proc of other processes is out of reach: the
+/// supervisor outside reads it for us (see `sandbox.rs`).
+/// (A File over the socket: read(2)/write(2), which the seccomp filter
+/// allows, where UnixStream would use sendto/recvfrom.)
+static GROUPS_FROM: OnceLock<parking_lot::Mutex<std::fs::File>> = OnceLock::new();
+
+/// Makes [`GroupCache`] ask the supervisor at the other end of `sock`.
+pub fn groups_from_supervisor(sock: std::os::unix::net::UnixStream) {
+    let f = std::fs::File::from(std::os::fd::OwnedFd::from(sock));
+    let _ = GROUPS_FROM.set(parking_lot::Mutex::new(f));
+}
+
+/// Asks the supervisor: the pid as a little-endian u32; the answer is a
+/// count (u32::MAX: unknown) and that many gids.
+fn ask_supervisor(sock: &parking_lot::Mutex<std::fs::File>, pid: u32) -> Option<Vec<u32>> {
+    use std::io::{Read, Write};
+    let mut s = sock.lock();
+    s.write_all(&pid.to_le_bytes()).ok()?;
+    let mut n = [0u8; 4];
+    s.read_exact(&mut n).ok()?;
+    let n = u32::from_le_bytes(n);
+    if n == u32::MAX || n > 65536 {
+        return None;
+    }
+    let mut raw = vec![0u8; 4 * n as usize];
+    s.read_exact(&mut raw).ok()?;
+    Some(
+        raw.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+/// The supplementary groups in /proc/PID/status (what the supervisor
+/// answers with, and what the daemon reads itself outside the sandbox).
+pub fn read_proc_groups(pid: u32) -> Option<Vec<u32>> {
+    if let Some(sock) = GROUPS_FROM.get() {
+        return ask_supervisor(sock, pid);
+    }
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("Groups:"))?;
     Some(

@@ -214,7 +214,7 @@ impl Deref for InodeFd<'_> {
 
 /// Where an fd points, from its /proc/self/fd link (" (deleted)" = gone).
 fn fd_path(fd: BorrowedFd<'_>) -> Option<String> {
-    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let link = sys::proc_self(&format!("fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)));
     let target = std::fs::read_link(link)
         .ok()?
         .into_os_string()
@@ -273,7 +273,10 @@ impl InodeTable {
         let key = InodeKey::of(&st);
         let mounts = MountFds::new(proc_self_fd);
         let handle = mounts.handle_of(root.as_fd(), true);
-        let source_prefix = fd_path(root.as_fd()).unwrap_or_default();
+        // "/" when SOURCE is the root (the sandbox): paths then start there.
+        let source_prefix = fd_path(root.as_fd())
+            .filter(|p| p != "/")
+            .unwrap_or_default();
         budget.open.fetch_add(1, Ordering::Relaxed);
         let root = Arc::new(Inode {
             nodeid: abi::ROOT_ID,

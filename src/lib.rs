@@ -15,5 +15,6 @@ pub mod inode_table;
 pub mod media;
 pub mod passthrough;
 pub mod policy;
+pub mod sandbox;
 pub mod stats;
 pub mod sys;

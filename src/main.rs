@@ -109,6 +109,17 @@ struct Cli {
     /// Do not use READDIRPLUS.
     #[arg(long)]
     no_readdirplus: bool,
+    /// Least privilege (root only): serve from a mount namespace whose root
+    /// is SOURCE, with only the capabilities the ops need and a seccomp
+    /// allowlist of syscalls; a supervisor process stays outside to
+    /// unmount. See SECURITY.md.
+    #[arg(long)]
+    sandbox: bool,
+    /// Test only (tests/sandbox.rs): GETXATTR of
+    /// user.passthroughfs.test-forbidden-syscall makes a syscall outside
+    /// the sandbox's allowlist.
+    #[arg(long, hide = true)]
+    test_forbidden_syscall: bool,
 }
 
 /// What `-o` asked for.
@@ -337,18 +348,27 @@ fn daemonize() -> Result<Readiness, Fatal> {
     }
 }
 
-/// Detaches stdio once the daemon is running in the background.
-fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new()
+fn open_null() -> Option<std::fs::File> {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
-    {
+        .ok()
+}
+
+/// Points stdio at `null` (in the sandbox, /dev/null is opened before).
+fn stdio_to(null: Option<&std::fs::File>) {
+    if let Some(null) = null {
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard fds.
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
     }
+}
+
+/// Detaches stdio once the daemon is running in the background.
+fn detach_stdio() {
+    stdio_to(open_null().as_ref());
     let _ = std::env::set_current_dir("/");
 }
 
@@ -378,6 +398,14 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             "-o allow_other with nodefault_permissions needs a root daemon \
              (an unprivileged one cannot check permissions as its callers)",
         );
+    }
+    if cli.sandbox {
+        if let Some(why) = passthroughfs::sandbox::unsupported() {
+            return fatal(why);
+        }
+    }
+    if cli.test_forbidden_syscall {
+        passthroughfs::sandbox::enable_forbidden_syscall_hook();
     }
     if media.is_some() && !parsed.mount.allow_other {
         eprintln!("passthroughfs: warning: --media-provider without -o allow_other: only the mounting user can reach the mount");
@@ -431,6 +459,9 @@ struct Plan {
 }
 
 fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Result<(), Fatal> {
+    if cli.sandbox {
+        return serve_sandboxed(cli, plan, ready, foreground);
+    }
     let Plan {
         src,
         mnt,
@@ -463,11 +494,7 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
         media,
     };
     let fs = Arc::new(PassthroughFs::new(cfg).or_else(|e| fatal(format!("SOURCE {e}")))?);
-    let threads = if cli.single {
-        1
-    } else {
-        cli.num_threads.unwrap_or_else(default_threads).max(1)
-    };
+    let threads = worker_count(cli);
     let sopts = SessionOptions {
         threads,
         clone_fd: true,
@@ -476,29 +503,13 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
     };
     // Workers inherit the blocked set: only the main thread takes signals.
     block_daemon_signals();
-    let session = Session::mount(fs.clone(), &mnt, &parsed.mount, sopts).or_else(|e| {
-        let hint = match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => {
-                " (mounting needs root, or fusermount3 from package fuse3)"
-            }
-            Some(libc::ENODEV) => " (no fuse filesystem in this kernel)",
-            _ => "",
-        };
-        fatal(format!("cannot mount {}: {e}{hint}", mnt.display()))
-    })?;
+    let session = Session::mount(fs.clone(), &mnt, &parsed.mount, sopts)
+        .or_else(|e| mount_failed(&mnt, e))?;
     let conn = session.connection().clone();
     let running = session
         .spawn()
         .or_else(|e| fatal(format!("cannot start workers: {e}")))?;
-    // Usable once the kernel's INIT was answered.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while conn.negotiated().is_none() && Instant::now() < deadline && !running.is_finished() {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    if conn.negotiated().is_none() {
-        let _ = running.unmount();
-        return fatal("the kernel never sent INIT; unmounted");
-    }
+    wait_init(&conn, &running)?;
     info!(
         "{} mounted at {} ({} workers, fd limit {}, fd cache {})",
         src.display(),
@@ -517,6 +528,208 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
         .run_until_signal(move || stats::write(&fs2, stats_path.as_deref()))
         .or_else(|e| fatal(format!("session: {e}")))?;
     stats::write(&fs, cli.stats.as_deref());
+    Ok(())
+}
+
+fn worker_count(cli: &Cli) -> usize {
+    if cli.single {
+        1
+    } else {
+        cli.num_threads.unwrap_or_else(default_threads).max(1)
+    }
+}
+
+fn mount_failed<T>(mnt: &Path, e: std::io::Error) -> Result<T, Fatal> {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            " (mounting needs root, or fusermount3 from package fuse3)"
+        }
+        Some(libc::ENODEV) => " (no fuse filesystem in this kernel)",
+        _ => "",
+    };
+    fatal(format!("cannot mount {}: {e}{hint}", mnt.display()))
+}
+
+/// Usable once the kernel's INIT was answered.
+fn wait_init(
+    conn: &Arc<passthroughfs::fuse::Connection>,
+    running: &passthroughfs::fuse::RunningSession<PassthroughFs>,
+) -> Result<(), Fatal> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conn.negotiated().is_none() && Instant::now() < deadline && !running.is_finished() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if conn.negotiated().is_none() {
+        let _ = running.unmount();
+        return fatal("the kernel never sent INIT; unmounted");
+    }
+    Ok(())
+}
+
+/// `--sandbox`: mounts here, then forks. The parent supervises from the
+/// host's namespace (see `sandbox.rs`); the child enters the sandbox and
+/// serves.
+fn serve_sandboxed(
+    cli: &Cli,
+    plan: Plan,
+    ready: &mut Readiness,
+    foreground: bool,
+) -> Result<(), Fatal> {
+    use passthroughfs::fuse::session::Channels;
+    use passthroughfs::sandbox;
+    let Plan {
+        src,
+        mnt,
+        parsed,
+        policy: pol,
+        media,
+    } = plan;
+    credentials::init();
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0) };
+    let limit = sys::raise_fd_limit();
+    let fd_cache = cli.fd_cache.unwrap_or((limit as usize / 2).max(64));
+    let depth = cli
+        .max_stack_depth
+        .unwrap_or_else(|| detect_stack_depth(&src));
+    let threads = worker_count(cli);
+    block_daemon_signals();
+    let (dev, mount) = passthroughfs::fuse::mount::mount(&mnt, &parsed.mount)
+        .or_else(|e| mount_failed(&mnt, e))?;
+    let null = if foreground { None } else { open_null() };
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = mount.unmount(true);
+        return fatal(format!("pipe: {e}"));
+    }
+    // SAFETY: both fds are fresh and ours.
+    let (stats_rx, stats_tx) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Callers' groups (without default_permissions) come from the
+    // supervisor, which can still read /proc/PID/status.
+    let (groups_here, groups_there) = match std::os::unix::net::UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = mount.unmount(true);
+            return fatal(format!("socketpair: {e}"));
+        }
+    };
+    // SAFETY: still single-threaded (no worker exists yet).
+    let supervisor = unsafe { libc::getpid() };
+    // SAFETY: as above.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = mount.unmount(true);
+        return fatal(format!("fork: {e}"));
+    }
+    if child > 0 {
+        // The supervisor: holds no /dev/fuse fd (the kernel ends the
+        // session when the sandboxed process dies) and no write end.
+        drop(dev);
+        drop(stats_tx);
+        drop(groups_there);
+        drop(ready.write.take());
+        // Absolute, so the supervisor can leave its cwd like any daemon.
+        let stats_path = cli.stats.as_ref().map(|p| {
+            std::env::current_dir()
+                .map(|d| d.join(p))
+                .unwrap_or_else(|_| p.clone())
+        });
+        if !foreground {
+            detach_stdio();
+        }
+        info!("sandboxed daemon is pid {child}");
+        let code = sandbox::supervise(child, mount, stats_rx, groups_here, stats_path);
+        return match code {
+            0 => Ok(()),
+            _ => std::process::exit(code.clamp(1, 255)),
+        };
+    }
+    // The sandboxed process: dies with its supervisor (as a killed daemon).
+    drop(stats_rx);
+    drop(groups_here);
+    credentials::groups_from_supervisor(groups_there);
+    std::mem::forget(mount); // the supervisor unmounts
+                             // SAFETY: plain prctl; getppid has no preconditions.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() != supervisor {
+            std::process::exit(1);
+        }
+    }
+    let channels = Channels::open(dev, threads)
+        .or_else(|e| fatal(format!("cannot open /dev/fuse channels: {e}")))?;
+    sandbox::enter_namespace(&src).or_else(|e| fatal(format!("--sandbox: {e}")))?;
+    sandbox::close_inherited_dirs();
+    let cfg = Config {
+        source: PathBuf::from("/"),
+        timeout: Duration::from_secs_f64(cli.timeout.max(0.0)),
+        nocache: cli.nocache,
+        passthrough: !cli.nopassthrough,
+        direct_io: cli.direct_io,
+        splice: !cli.nosplice,
+        default_permissions: parsed.mount.default_permissions,
+        max_stack_depth: depth,
+        readdirplus: !cli.no_readdirplus,
+        fd_cache,
+        policy: Arc::new(pol),
+        media,
+    };
+    let fs = Arc::new(PassthroughFs::new(cfg).or_else(|e| fatal(format!("SOURCE {e}")))?);
+    let keep: Vec<u32> = sandbox::kept_capabilities(!cli.nopassthrough)
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    let caps = sandbox::drop_capabilities(&keep)
+        .or_else(|e| fatal(format!("--sandbox: dropping capabilities: {e}")))?;
+    let insns = sandbox::install_seccomp().or_else(|e| fatal(format!("--sandbox: {e}")))?;
+    info!(
+        "sandbox: root {}, capabilities {caps:#x}, seccomp allowlist of {} syscalls ({insns} BPF instructions, others kill the process)",
+        src.display(),
+        sandbox::allowlist_len()
+    );
+    let sopts = SessionOptions {
+        threads,
+        clone_fd: true,
+        max_write: 1 << 20,
+        debug: cli.debug_fuse,
+    };
+    let session = Session::from_channels(fs.clone(), channels, sopts);
+    let conn = session.connection().clone();
+    let running = session
+        .spawn()
+        .or_else(|e| fatal(format!("cannot start workers: {e}")))?;
+    wait_init(&conn, &running)?;
+    info!(
+        "{} mounted at {} ({} workers, fd limit {}, fd cache {}, sandboxed)",
+        src.display(),
+        mnt.display(),
+        threads,
+        limit,
+        fd_cache
+    );
+    ready.report(Ok(()));
+    stdio_to(null.as_ref());
+    let stats_tx = std::fs::File::from(stats_tx);
+    let send = |fs: &PassthroughFs| {
+        if let Some(j) = stats::json(fs) {
+            sandbox::send_stats(&stats_tx, &j);
+        }
+    };
+    let fs2 = fs.clone();
+    running
+        .run_until_signal(|| send(&fs2))
+        .or_else(|e| fatal(format!("session: {e}")))?;
+    send(&fs);
     Ok(())
 }
 

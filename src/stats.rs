@@ -64,7 +64,7 @@ pub struct Stats {
 }
 
 pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    std::fs::read_to_string(crate::sys::proc_self("status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -150,14 +150,25 @@ fn op_split(
 
 /// Writes the stats to `path` (atomically, via a temporary file), or logs them.
 pub fn write(fs: &PassthroughFs, path: Option<&Path>) {
+    if let Some(json) = json(fs) {
+        write_json(path, &json);
+    }
+}
+
+/// The stats as JSON.
+pub fn json(fs: &PassthroughFs) -> Option<String> {
     let stats = collect(fs);
-    let json = match serde_json::to_string_pretty(&stats) {
-        Ok(j) => j,
+    match serde_json::to_string_pretty(&stats) {
+        Ok(j) => Some(j),
         Err(e) => {
             tracing::warn!("cannot serialise stats: {e}");
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Writes stats already serialised (see [`write`]).
+pub fn write_json(path: Option<&Path>, json: &str) {
     match path {
         Some(p) => {
             let tmp = p.with_extension("tmp");

@@ -10,6 +10,7 @@ use std::ffi::CStr;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub type Result<T> = std::result::Result<T, io::Error>;
 
@@ -462,10 +463,49 @@ pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize> {
     check_size(r as isize)
 }
 
-/// The `/proc/self/fd/N` path of an fd, NUL-terminated.
+/// Set by `--sandbox`: the daemon's root is then SOURCE, which has no
+/// /proc, and /proc/self is reached as the current directory instead (every
+/// thread's cwd is a bind mount of /proc/PID made before pivot_root; see
+/// `sandbox.rs`).
+static PROC_SELF_IS_CWD: AtomicBool = AtomicBool::new(false);
+
+/// Called by the sandbox once the cwd is /proc/self (before any worker).
+pub fn set_proc_self_is_cwd() {
+    PROC_SELF_IS_CWD.store(true, Ordering::Relaxed);
+}
+
+/// The path of `rest` under /proc/self: `/proc/self/rest`, or `rest`
+/// (relative to the cwd) in the sandbox.
+pub fn proc_self(rest: &str) -> String {
+    if PROC_SELF_IS_CWD.load(Ordering::Relaxed) {
+        rest.to_string()
+    } else {
+        format!("/proc/self/{rest}")
+    }
+}
+
+/// An O_PATH dirfd of /proc/self/fd (for [`reopen`]).
+pub fn open_proc_self_fd() -> Result<OwnedFd> {
+    let p = std::ffi::CString::new(proc_self("fd"))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: NUL-terminated path; result checked.
+    owned(unsafe {
+        libc::open(
+            p.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })
+}
+
+/// The `/proc/self/fd/N` path of an fd (`fd/N` in the sandbox),
+/// NUL-terminated.
 fn proc_path(fd: BorrowedFd<'_>) -> [u8; 26] {
     let mut p = [0u8; 26];
-    let prefix = b"/proc/self/fd/";
+    let prefix: &[u8] = if PROC_SELF_IS_CWD.load(Ordering::Relaxed) {
+        b"fd/"
+    } else {
+        b"/proc/self/fd/"
+    };
     p[..prefix.len()].copy_from_slice(prefix);
     let n = fd_name(fd.as_raw_fd());
     let len = n.iter().position(|&b| b == 0).unwrap_or(0);
@@ -612,7 +652,7 @@ pub fn page_size() -> u32 {
 
 /// Number of fds this process has open (entries of /proc/self/fd).
 pub fn count_open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
+    std::fs::read_dir(proc_self("fd"))
         .map(|d| d.count().saturating_sub(1))
         .unwrap_or(0)
 }

@@ -24,7 +24,7 @@ pub use channel::{Connection, Negotiated, RequestCounters};
 pub use filesystem::{Context, Filesystem, OpResult, Wants};
 pub use mount::MountOptions;
 pub use reply::*;
-pub use session::{RunningSession, Session, SessionOptions};
+pub use session::{Channels, RunningSession, Session, SessionOptions};
 
 use std::fmt;
 use std::io;

@@ -74,6 +74,32 @@ pub struct Session<F: Filesystem> {
     conn: Arc<Connection>,
     mount: Option<Mount>,
     opts: SessionOptions,
+    /// Worker channels opened ahead of time ([`Channels`]).
+    pre: Vec<Channel>,
+}
+
+/// The channels of a connection, opened before the workers start: what a
+/// daemon that is about to lose `/dev/fuse` (the sandbox's pivot_root)
+/// needs to open first. [`Session::from_channels`] consumes them.
+pub struct Channels {
+    conn: Arc<Connection>,
+    chans: Vec<Channel>,
+}
+
+impl Channels {
+    /// The master channel plus `threads - 1` clones of the mounted `fd`.
+    pub fn open(fd: OwnedFd, threads: usize) -> io::Result<Channels> {
+        let conn = Connection::new(fd);
+        let mut chans = vec![conn.master_channel()?];
+        for _ in 1..threads.max(1) {
+            chans.push(conn.clone_channel()?);
+        }
+        Ok(Channels { conn, chans })
+    }
+
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
 }
 
 impl<F: Filesystem> Session<F> {
@@ -90,6 +116,7 @@ impl<F: Filesystem> Session<F> {
             conn: Connection::new(fd),
             mount: Some(m),
             opts,
+            pre: Vec::new(),
         })
     }
 
@@ -100,6 +127,22 @@ impl<F: Filesystem> Session<F> {
             conn: Connection::new(fd),
             mount: None,
             opts,
+            pre: Vec::new(),
+        }
+    }
+
+    /// Serves channels opened ahead ([`Channels::open`]); one worker per
+    /// channel. Whoever mounted unmounts.
+    pub fn from_channels(fs: Arc<F>, channels: Channels, mut opts: SessionOptions) -> Self {
+        opts.threads = channels.chans.len();
+        let mut pre = channels.chans;
+        pre.reverse();
+        Session {
+            fs,
+            conn: channels.conn,
+            mount: None,
+            opts,
+            pre,
         }
     }
 
@@ -108,7 +151,7 @@ impl<F: Filesystem> Session<F> {
     }
 
     /// Starts the workers.
-    pub fn spawn(self) -> io::Result<RunningSession<F>> {
+    pub fn spawn(mut self) -> io::Result<RunningSession<F>> {
         install_wakeup_handler();
         let state = Arc::new(DispatchState::new(self.opts.max_write, self.opts.debug));
         let stop = Arc::new(AtomicBool::new(false));
@@ -119,7 +162,9 @@ impl<F: Filesystem> Session<F> {
             (self.opts.max_write as usize + 64 * 1024).max(crate::fuse::abi::MIN_READ_BUFFER);
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
-            let ch = if self.opts.clone_fd && i > 0 {
+            let ch = if let Some(c) = self.pre.pop() {
+                c
+            } else if self.opts.clone_fd && i > 0 {
                 self.conn.clone_channel()?
             } else {
                 self.conn.master_channel()?
@@ -336,7 +381,8 @@ impl<F: Filesystem> Drop for RunningSession<F> {
     }
 }
 
-fn daemon_signal_set() -> libc::sigset_t {
+/// The signals the daemon's main thread takes (see [`block_daemon_signals`]).
+pub fn daemon_signal_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain old data, initialised by sigemptyset.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

@@ -127,7 +127,8 @@ impl PassthroughFs {
                     {
                         // Before Linux 6.6: chmod through an open file.
                         let f = sys::reopen(proc, fd.fd(), libc::O_PATH)?;
-                        let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+                        let p =
+                            sys::proc_self(&format!("fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f)));
                         std::fs::set_permissions(
                             p,
                             std::os::unix::fs::PermissionsExt::from_mode(mode),

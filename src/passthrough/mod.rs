@@ -165,13 +165,8 @@ impl PassthroughFs {
         let cwd = std::fs::File::open("/").map_err(|e| format!("/: {e}"))?;
         let root = sys::openat(cwd.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)
             .map_err(|e| format!("{}: {e}", src.display()))?;
-        let proc = sys::openat(
-            cwd.as_fd(),
-            c"/proc/self/fd",
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )
-        .map_err(|e| format!("/proc/self/fd: {e} (is /proc mounted?)"))?;
+        let proc = sys::open_proc_self_fd()
+            .map_err(|e| format!("/proc/self/fd: {e} (is /proc mounted?)"))?;
         let table = InodeTable::new(root, proc, cfg.fd_cache)
             .map_err(|e| format!("{}: {e}", src.display()))?;
         if !table

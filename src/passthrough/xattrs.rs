@@ -40,7 +40,10 @@ impl PassthroughFs {
         name: &CStr,
         size: u32,
     ) -> Result<Xattr, Errno> {
-        self.xattr_query(ctx, nodeid, size, |fd, buf| sys::getxattr(fd, name, buf))
+        self.xattr_query(ctx, nodeid, size, |fd, buf| {
+            crate::sandbox::forbidden_syscall_hook(name, buf)
+                .unwrap_or_else(|| sys::getxattr(fd, name, buf))
+        })
     }
 
     pub(super) fn do_listxattr(

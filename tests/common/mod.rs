@@ -42,6 +42,15 @@ pub fn is_mounted(p: &Path) -> bool {
     mounts.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
 }
 
+/// Daemon arguments every mount of a suite gets, from `PTFS_EXTRA_ARGS`
+/// (split on whitespace): `PTFS_EXTRA_ARGS=--sandbox cargo test --test ops`
+/// runs the ops suite with the sandbox on.
+pub fn extra_daemon_args() -> Vec<String> {
+    std::env::var("PTFS_EXTRA_ARGS")
+        .map(|s| s.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
 /// A passthroughfs daemon serving `src` at `mnt`, in the foreground, owned
 /// by the test. Dropping it unmounts (umount, then SIGTERM, then umount -l)
 /// and reaps the daemon, whatever happened in the test.
@@ -139,6 +148,7 @@ impl Mount {
             .arg("--foreground")
             .arg("--stats")
             .arg(&stats_path)
+            .args(extra_daemon_args())
             .args(args)
             .arg(&src)
             .arg(&mnt)
