@@ -112,11 +112,19 @@ struct Cli {
     /// Do not use READDIRPLUS.
     #[arg(long)]
     no_readdirplus: bool,
+    /// FUSE-over-io_uring transport (also `-o io_uring`): per-CPU ring
+    /// queues instead of read/write on /dev/fuse. Needs kernel 6.14+ with
+    /// /sys/module/fuse/parameters/enable_uring on; falls back to /dev/fuse
+    /// with one log line otherwise.
+    #[arg(long)]
+    io_uring: bool,
 }
 
 /// What `-o` asked for.
 struct ParsedOptions {
     mount: MountOptions,
+    /// `-o io_uring`
+    io_uring: bool,
 }
 
 fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, String> {
@@ -124,6 +132,7 @@ fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, 
         fsname: source.display().to_string(),
         ..Default::default()
     };
+    let mut io_uring = false;
     for o in opts.iter().flat_map(|s| split_opts(s)) {
         let (k, v) = match o.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -149,6 +158,7 @@ fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, 
             ("sync", None) => m.sync = true,
             ("async", None) => m.sync = false,
             ("dirsync", None) => m.dirsync = true,
+            ("io_uring", None) => io_uring = true,
             ("fsname", Some(v)) => m.fsname = v,
             ("subtype", Some(v)) => m.subtype = v,
             ("max_read", Some(v)) => {
@@ -170,7 +180,7 @@ fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, 
             }
         }
     }
-    Ok(ParsedOptions { mount: m })
+    Ok(ParsedOptions { mount: m, io_uring })
 }
 
 /// Splits "a,b=c\,d" on unescaped commas.
@@ -478,7 +488,13 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
         clone_fd: true,
         max_write: 1 << 20,
         debug: cli.debug_fuse,
+        uring_depth: if cli.io_uring || parsed.io_uring {
+            passthroughfs::fuse::uring::DEFAULT_DEPTH
+        } else {
+            0
+        },
     };
+    let sopts_uring = sopts.uring_depth > 0;
     // Workers inherit the blocked set: only the main thread takes signals.
     block_daemon_signals();
     let session = Session::mount(fs.clone(), &mnt, &parsed.mount, sopts).or_else(|e| {
@@ -503,6 +519,22 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
     if conn.negotiated().is_none() {
         let _ = running.unmount();
         return fatal("the kernel never sent INIT; unmounted");
+    }
+    if sopts_uring {
+        // The queues register right after INIT: say which transport won.
+        let t = &conn.transport;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let offered = conn
+            .negotiated()
+            .is_some_and(|n| n.has(passthroughfs::fuse::abi::InitFlags::OVER_IO_URING));
+        while offered
+            && t.mode() != "uring"
+            && !t.failed.load(std::sync::atomic::Ordering::Relaxed)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        info!("transport: {}", t.mode());
     }
     info!(
         "{} mounted at {} ({} workers, fd limit {}, fd cache {})",

@@ -28,6 +28,8 @@ pub(crate) struct DispatchState {
     pub initialized: AtomicBool,
     /// Set when DESTROY came.
     pub destroyed: AtomicBool,
+    /// Ask for FUSE_OVER_IO_URING in INIT (`--io-uring`).
+    pub want_io_uring: bool,
 }
 
 impl DispatchState {
@@ -37,6 +39,7 @@ impl DispatchState {
             debug,
             initialized: AtomicBool::new(false),
             destroyed: AtomicBool::new(false),
+            want_io_uring: false,
         }
     }
 }
@@ -282,6 +285,9 @@ fn do_init<F: Filesystem>(
         return r.error(e);
     }
 
+    if state.want_io_uring {
+        super::uring::want_in_init(offered, &mut cfg.want);
+    }
     // Only what the kernel offered, and only bits we know.
     let mut flags = (cfg.want & offered) & InitFlags::all();
     if flags.contains(InitFlags::PASSTHROUGH) {

@@ -5,6 +5,7 @@
 //! - [`reply`]: typed one-shot replies (EIO if dropped unsent).
 //! - [`channel`]: the connection, its per-worker /dev/fuse clones, counters.
 //! - [`dispatch`]: INIT, then opcode -> [`Filesystem`] method.
+//! - [`uring`]: the FUSE-over-io_uring transport (per-CPU ring queues).
 //! - [`session`]: worker threads and an orderly end; [`mount`]: mount(2) or fusermount3.
 
 pub mod abi;
@@ -17,6 +18,7 @@ pub mod request;
 pub mod session;
 pub mod splice;
 pub mod testing;
+pub mod uring;
 
 pub use channel::{Connection, Negotiated, RequestCounters};
 pub use filesystem::{Context, Filesystem, InitConfig};

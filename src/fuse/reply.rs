@@ -302,7 +302,9 @@ impl ReplyData {
         offset: u64,
         len: usize,
     ) -> Result<(), ReplyData> {
-        let fd = self.0.channel().raw_fd();
+        let Some(fd) = self.0.channel().splice_fd() else {
+            return Err(self);
+        };
         match super::splice::send_read_reply(fd, self.0.unique, file, offset, len) {
             super::splice::Spliced::Unavailable => Err(self),
             super::splice::Spliced::Sent(r) => {
