@@ -27,10 +27,33 @@ if [ "${PTFS_UML:-0}" = 1 ]; then
     export PTFS_REQUIRE_UML=1
 fi
 
+# The wire-layer, ops, stress and differential suites a second time over
+# FUSE-over-io_uring (tests/common adds --io-uring, switches
+# /sys/module/fuse/parameters/enable_uring on and restores it, and fails a
+# mount whose requests did not come through the ring).
+uring_pass() {
+    param=/sys/module/fuse/parameters/enable_uring
+    if [ ! -e "$param" ]; then
+        echo "== io_uring pass skipped: this kernel has no FUSE-over-io_uring"
+        return 0
+    fi
+    echo "== cargo test over FUSE-over-io_uring (PTFS_TRANSPORT=uring)"
+    orig=$(cat "$param")
+    # Whatever happens, the parameter gets its value back.
+    trap 'echo "$orig" > "$param"' EXIT INT TERM
+    PTFS_TRANSPORT=uring cargo test --release --quiet \
+        --test wire_layer --test ops --test stress --test differential \
+        -- --test-threads="${PTFS_TEST_THREADS:-4}"
+    echo "$orig" > "$param"
+    trap - EXIT INT TERM
+}
+
 echo "== cargo test (release)"
 # Tests mount FUSE filesystems: run test binaries one at a time, their
 # cases in parallel.
 cargo test --release --quiet -- --test-threads="${PTFS_TEST_THREADS:-4}"
+
+uring_pass
 
 echo "== no mount left behind"
 # Test mounts live under the temporary directory.
