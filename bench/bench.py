@@ -70,9 +70,11 @@ def proc_rss_fds(pid):
 class Target:
     """One way of reaching SOURCE: natively, or through a daemon's mount."""
 
-    def __init__(self, name, argv_fn=None):
+    def __init__(self, name, argv_fn=None, uring=False, stats=None):
         self.name = name
         self.argv_fn = argv_fn  # (src, mnt) -> argv of a foreground daemon
+        self.uring = uring  # must run over FUSE-over-io_uring
+        self.stats = stats  # ours: its stats file
         self.proc = None
         self.mnt = None
 
@@ -185,16 +187,22 @@ class Bench:
             stats = os.path.join(self.work, f"stats-{tag}.json")
             return lambda s, m: [b, "--foreground", "--stats", stats, *extra, s, m]
 
+        def ours(name, tag, uring, *extra):
+            stats = os.path.join(self.work, f"stats-{tag}.json")
+            return Target(name, ptfs(tag, *extra), uring=uring, stats=stats)
+
+        # Ours asks for io_uring by default (used where the kernel offers it:
+        # this run switches enable_uring on); --no-io-uring is /dev/fuse.
         t = [Target("native")]
-        t.append(Target("passthroughfs", ptfs("default")))
-        t.append(Target("ptfs --io-uring", ptfs("uring", "--io-uring")))
-        t.append(Target("ptfs --nopassthrough", ptfs("nopt", "--nopassthrough")))
+        t.append(ours("passthroughfs", "default", True))
+        t.append(ours("ptfs --no-io-uring", "dev", False, "--no-io-uring"))
+        t.append(ours("ptfs --nopassthrough", "nopt", True, "--nopassthrough"))
         if self.args.with_nocache:
-            t.append(Target("ptfs --nocache", ptfs("nocache", "--nocache")))
+            t.append(ours("ptfs --nocache", "nocache", True, "--nocache"))
         if self.args.peer:
             p = self.args.peer
             t.append(Target("peer", lambda s, m: [p, "--foreground", s, m]))
-            t.append(Target("peer -o io_uring", lambda s, m: [p, "--foreground", "-o", "io_uring", s, m]))
+            t.append(Target("peer -o io_uring", lambda s, m: [p, "--foreground", "-o", "io_uring", s, m], uring=True))
             if self.args.with_nocache:
                 t.append(Target("peer --nopassthrough", lambda s, m: [p, "--foreground", "--nopassthrough", s, m]))
                 t.append(Target("peer --nocache", lambda s, m: [p, "--foreground", "--nocache", s, m]))
@@ -210,7 +218,7 @@ class Bench:
     def uring_on(self):
         """Switches enable_uring on for the io_uring targets; cleanup() puts
         the original value back whatever happens."""
-        if not any("uring" in t.name for t in self.targets):
+        if not any(t.uring for t in self.targets):
             return
         if not os.path.exists(self.URING_PARAM):
             sys.exit("bench: this kernel has no FUSE-over-io_uring (no enable_uring): drop the io_uring targets")
@@ -243,10 +251,10 @@ class Bench:
                         rings += 1
                 except OSError:
                     pass
-            if rings or "uring" not in t.name:
+            if rings or not t.uring:
                 break
             time.sleep(0.05)
-        want = "uring" in t.name
+        want = t.uring
         if want and rings == 0:
             raise RuntimeError(f"{t.name}: the daemon holds no io_uring: the kernel did not negotiate it")
         if not want and rings:
@@ -255,17 +263,21 @@ class Bench:
 
     def check_ring_served(self):
         """After the run: ours over io_uring served its requests on the ring."""
-        path = os.path.join(self.work, "stats-uring.json")
-        t = next((x for x in self.targets if x.name == "ptfs --io-uring"), None)
-        if not t or not t.pid():
-            return
-        os.kill(t.pid(), signal.SIGUSR1)
-        time.sleep(0.5)
-        with open(path) as f:
-            tr = json.load(f)["transport"]
-        if tr["mode"] != "uring" or tr["ring_requests"] == 0:
-            raise RuntimeError(f"ptfs --io-uring did not serve over the ring: {tr}")
-        self.transports[t.name] += f", {tr['ring_requests']:,} requests via the ring"
+        for t in self.targets:
+            if not (t.uring and t.stats and t.pid()):
+                continue
+            if os.path.exists(t.stats):
+                os.unlink(t.stats)
+            os.kill(t.pid(), signal.SIGUSR1)
+            deadline = time.time() + 5
+            while not os.path.exists(t.stats) and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+            with open(t.stats) as f:
+                tr = json.load(f)["transport"]
+            if tr["mode"] != "uring" or tr["ring_requests"] == 0:
+                raise RuntimeError(f"{t.name} did not serve over the ring: {tr}")
+            self.transports[t.name] += f", {tr['ring_requests']:,} requests via the ring"
 
     # ---- data sets ------------------------------------------------------
 
@@ -277,12 +289,19 @@ class Bench:
         print(f"preparing data on {self.src} ...", flush=True)
         sh(["fio", "--name=prep", f"--filename={self.src}/seqfile", f"--size={self.io_size}",
             "--rw=write", "--bs=1M", "--end_fsync=1", "--output=/dev/null"])
-        sh([self.tool, "mktree", f"{self.src}/tree", str(self.tree_dirs), str(self.tree_files)], capture=True)
+        sel = self.args.workloads
+
+        def wanted(word):
+            return not sel or any(word in k for k in sel.split(","))
+
+        # The 100,000-file tree serves the stat rows and the memory pass only.
+        if wanted("stat") or not self.args.no_memory:
+            sh([self.tool, "mktree", f"{self.src}/tree", str(self.tree_dirs), str(self.tree_files)], capture=True)
         os.makedirs(f"{self.src}/scratch", exist_ok=True)
         self.small_tar = self.small_tarball()
         sh(["tar", "xf", self.small_tar, "-C", self.src])
         self.kernel_tar = None
-        if not q or self.args.kernel_in_quick:
+        if (not q or self.args.kernel_in_quick) and (wanted("kernel") or wanted("git")):
             self.kernel_tar = self.kernel_tarball()
             if self.kernel_tar:
                 sh(["tar", "xf", self.kernel_tar, "-C", self.src])

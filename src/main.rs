@@ -112,19 +112,23 @@ struct Cli {
     /// Do not use READDIRPLUS.
     #[arg(long)]
     no_readdirplus: bool,
-    /// FUSE-over-io_uring transport (also `-o io_uring`): per-CPU ring
-    /// queues instead of read/write on /dev/fuse. Needs kernel 6.14+ with
-    /// /sys/module/fuse/parameters/enable_uring on; falls back to /dev/fuse
-    /// with one log line otherwise.
-    #[arg(long)]
+    /// FUSE-over-io_uring transport (also `-o io_uring`; the default):
+    /// per-CPU ring queues instead of read/write on /dev/fuse, whenever the
+    /// kernel offers it (6.14+ with /sys/module/fuse/parameters/enable_uring
+    /// on); otherwise /dev/fuse, with one log line.
+    #[arg(long, overrides_with = "no_io_uring")]
     io_uring: bool,
+    /// Serve /dev/fuse only, even where the kernel offers io_uring (also
+    /// `-o no_io_uring`).
+    #[arg(long, overrides_with = "io_uring")]
+    no_io_uring: bool,
 }
 
 /// What `-o` asked for.
 struct ParsedOptions {
     mount: MountOptions,
-    /// `-o io_uring`
-    io_uring: bool,
+    /// `-o io_uring` (Some(true)) / `-o no_io_uring` (Some(false))
+    io_uring: Option<bool>,
 }
 
 fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, String> {
@@ -132,7 +136,7 @@ fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, 
         fsname: source.display().to_string(),
         ..Default::default()
     };
-    let mut io_uring = false;
+    let mut io_uring = None;
     for o in opts.iter().flat_map(|s| split_opts(s)) {
         let (k, v) = match o.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -158,7 +162,8 @@ fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, 
             ("sync", None) => m.sync = true,
             ("async", None) => m.sync = false,
             ("dirsync", None) => m.dirsync = true,
-            ("io_uring", None) => io_uring = true,
+            ("io_uring", None) => io_uring = Some(true),
+            ("no_io_uring", None) => io_uring = Some(false),
             ("fsname", Some(v)) => m.fsname = v,
             ("subtype", Some(v)) => m.subtype = v,
             ("max_read", Some(v)) => {
@@ -488,7 +493,9 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
         clone_fd: true,
         max_write: 1 << 20,
         debug: cli.debug_fuse,
-        uring_depth: if cli.io_uring || parsed.io_uring {
+        // io_uring unless told otherwise; the last word wins (-o after
+        // the flags).
+        uring_depth: if parsed.io_uring.unwrap_or(cli.io_uring || !cli.no_io_uring) {
             passthroughfs::fuse::uring::DEFAULT_DEPTH
         } else {
             0

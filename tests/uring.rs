@@ -139,6 +139,81 @@ impl Drop for ForceOff {
     }
 }
 
+/// Starts the daemon (detached) with `args`, reads a file through it,
+/// unmounts, and returns (log, stats).
+fn run_daemon(args: &[&str]) -> (String, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    fs::write(src.join("f"), b"hello").unwrap();
+    let (log, stats) = (dir.path().join("log"), dir.path().join("stats.json"));
+    let st = Command::new(BIN)
+        .args(args)
+        .arg("--log")
+        .arg(&log)
+        .arg("--stats")
+        .arg(&stats)
+        .arg(&src)
+        .arg(&mnt)
+        .env("RUST_LOG", "info")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0) {
+                let _ = Command::new("umount").arg(self.0).status();
+            }
+            if is_mounted(self.0) {
+                let _ = Command::new("umount").arg("-l").arg(self.0).status();
+            }
+        }
+    }
+    let guard = Unmount(&mnt);
+    for _ in 0..20 {
+        assert_eq!(fs::read(mnt.join("f")).unwrap(), b"hello");
+    }
+    drop(guard);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut v = None;
+    while Instant::now() < deadline {
+        if let Ok(t) = fs::read_to_string(&stats) {
+            if let Ok(j) = serde_json::from_str::<serde_json::Value>(&t) {
+                v = Some(j);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    (log.clone(), v.unwrap_or_else(|| panic!("no stats: {log}")))
+}
+
+#[test]
+fn io_uring_is_the_default_where_offered_and_no_io_uring_keeps_dev_fuse() {
+    require_root!();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !std::path::Path::new(ENABLE_URING).exists() {
+        panic!("this kernel has no FUSE-over-io_uring ({ENABLE_URING} missing)");
+    }
+    let _on = enable_uring();
+    let (log, v) = run_daemon(&[]);
+    assert_eq!(v["transport"]["mode"], "uring", "{log}");
+    assert!(v["transport"]["ring_requests"].as_u64().unwrap() > 0, "{v}");
+    for args in [
+        &["--no-io-uring"][..],
+        &["-o", "no_io_uring"],
+        &["--io-uring", "--no-io-uring"],
+    ] {
+        let (log, v) = run_daemon(args);
+        assert_eq!(v["transport"]["mode"], "dev", "{args:?}: {log}");
+        assert_eq!(v["transport"]["io_uring_requested"], false, "{args:?}");
+        assert_eq!(v["transport"]["ring_requests"], 0, "{args:?}");
+    }
+}
+
 #[test]
 fn falls_back_to_dev_fuse_when_the_kernel_does_not_offer_io_uring() {
     require_root!();

@@ -100,9 +100,12 @@ impl Mount {
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(BIN);
         let uring = transport_uring().then(enable_uring);
-        if uring.is_some() {
-            cmd.arg("--io-uring");
-        }
+        // The transport under test, whatever enable_uring says.
+        cmd.arg(if uring.is_some() {
+            "--io-uring"
+        } else {
+            "--no-io-uring"
+        });
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs
