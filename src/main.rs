@@ -57,10 +57,16 @@ struct Cli {
     /// Log every FUSE request (implies --foreground).
     #[arg(long)]
     debug_fuse: bool,
-    /// Entry and attribute cache validity, in seconds.
+    /// Kernel caching: `always` (entries and attributes valid for
+    /// --timeout, 86400 s: coherent for changes made through the mount, as
+    /// passthrough_hp), `auto` (valid 1 s: changes made on SOURCE behind
+    /// the mount show within a second) or `never` (as --nocache).
+    #[arg(long, value_enum, default_value_t = CacheMode::Always, value_name = "MODE")]
+    cache: CacheMode,
+    /// Entry and attribute cache validity, in seconds (with --cache always).
     #[arg(long, default_value_t = 86400.0, value_name = "SECS")]
     timeout: f64,
-    /// No caching: zero timeouts, page cache dropped on open.
+    /// No caching: zero timeouts, page cache dropped on open (= --cache never).
     #[arg(long)]
     nocache: bool,
     /// Copy READ replies through userspace instead of splicing them
@@ -122,6 +128,26 @@ struct Cli {
     /// `-o no_io_uring`).
     #[arg(long, overrides_with = "io_uring")]
     no_io_uring: bool,
+}
+
+/// `--cache`: what the kernel may cache, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CacheMode {
+    /// No entry/attribute caching, no page cache kept across opens.
+    Never,
+    /// Entries and attributes valid for 1 s; pages kept while unchanged.
+    Auto,
+    /// Entries and attributes valid for --timeout; pages kept while unchanged.
+    Always,
+}
+
+/// (timeout, nocache) for a cache mode.
+fn cache_settings(mode: CacheMode, nocache: bool, timeout: f64) -> (Duration, bool) {
+    match (mode, nocache) {
+        (CacheMode::Never, _) | (_, true) => (Duration::ZERO, true),
+        (CacheMode::Auto, _) => (Duration::from_secs(1), false),
+        (CacheMode::Always, _) => (Duration::from_secs_f64(timeout.max(0.0)), false),
+    }
 }
 
 /// What `-o` asked for.
@@ -466,10 +492,11 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
     let depth = cli
         .max_stack_depth
         .unwrap_or_else(|| detect_stack_depth(&src));
+    let (timeout, nocache) = cache_settings(cli.cache, cli.nocache, cli.timeout);
     let cfg = Config {
         source: src.clone(),
-        timeout: Duration::from_secs_f64(cli.timeout.max(0.0)),
-        nocache: cli.nocache,
+        timeout,
+        nocache,
         passthrough: !cli.nopassthrough,
         direct_io: cli.direct_io,
         splice: !cli.nosplice,
