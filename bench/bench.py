@@ -504,9 +504,7 @@ class Bench:
 
     def run(self):
         # What else runs on the machine (other builds skew the figures).
-        self.busy = "load average " + open("/proc/loadavg").read().split(" ", 3)[:3].__str__() + "; " + \
-            sh("ps -eo pcpu,comm --sort=-pcpu | sed -n 2,6p | tr -s ' ' | tr '\\n' ';'",
-               capture=True).stdout.strip()
+        self.busy = machine_load()
         print(f"busy at start: {self.busy}", flush=True)
         self.make_lower()
         self.prepare_data()
@@ -547,6 +545,7 @@ class Bench:
                         r["daemon_cpu_s"].append(cpu)
                         print(f"   {t.name:<24} {value:12.1f} {unit}  (daemon cpu {cpu:.2f} s)", flush=True)
             self.check_ring_served()
+            self.busy += " | at the end: " + machine_load()
             if not self.args.no_memory:
                 self.memory()
         finally:
@@ -605,6 +604,15 @@ class Bench:
                             "ratio_to_native": ratio, "daemon_cpu_s_median": statistics.median(r["daemon_cpu_s"])}
             out["workloads"][name] = w
         return out
+
+
+def machine_load():
+    """Load average and the busiest processes (other work skews figures)."""
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    top = sh("ps -eo pcpu,ni,comm --sort=-pcpu | sed -n 2,7p", capture=True).stdout.split("\n")
+    top = "; ".join(" ".join(line.split()) for line in top if line.strip())
+    return f"load average {load}; busiest (%cpu nice command): {top}"
 
 
 def machine():
