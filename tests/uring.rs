@@ -276,3 +276,64 @@ fn falls_back_to_dev_fuse_when_the_kernel_does_not_offer_io_uring() {
     assert_eq!(v["transport"]["ring_requests"], 0);
     assert!(v["requests"]["LOOKUP"].as_u64().unwrap() >= 1);
 }
+
+#[test]
+fn an_aborted_connection_ends_the_daemon_while_a_lock_wait_holds_a_ring_entry() {
+    require_root!();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !std::path::Path::new(ENABLE_URING).exists() {
+        panic!("this kernel has no FUSE-over-io_uring ({ENABLE_URING} missing)");
+    }
+    let _on = enable_uring();
+    let mut m = Mount::with_source(
+        |s| fs::write(s.join("lk"), b"").unwrap(),
+        &["-o", "io_uring"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while transport(&m)["mode"] != "uring" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The waiter's ring entry stays with the daemon (a lock-wait thread
+    // holds its reply) when the connection is aborted.
+    let a = File::open(m.m("lk")).unwrap();
+    let b = File::open(m.m("lk")).unwrap();
+    assert_eq!(unsafe { libc::flock(a.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let waiter = std::thread::spawn(move || {
+        let r = unsafe { libc::flock(b.as_raw_fd(), libc::LOCK_EX) };
+        (r, errno())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiter.is_finished());
+    // The connection's number is the minor of the mount's device.
+    let minor = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(m.mnt.to_str().unwrap()))
+        .and_then(|l| {
+            l.split(' ')
+                .nth(2)
+                .map(|d| d.split(':').nth(1).unwrap().to_string())
+        })
+        .expect("the mount in mountinfo");
+    let ctl = tempfile::tempdir().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "fusectl", "none"])
+        .arg(ctl.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount fusectl");
+    let abort = fs::write(ctl.path().join(&minor).join("abort"), "1");
+    let _ = Command::new("umount").arg(ctl.path()).status();
+    abort.unwrap();
+    let (r, e) = waiter.join().unwrap();
+    assert_eq!(r, -1);
+    assert_eq!(e, libc::ECONNABORTED);
+    drop(a);
+    // Both transports' threads end: the daemon exits by itself.
+    let st = m.wait_exit(10);
+    assert!(
+        st.is_some(),
+        "the daemon did not exit after the abort: {}",
+        m.log()
+    );
+}

@@ -520,7 +520,12 @@ fn serve<F: Filesystem>(
         .queues_registered
         .fetch_add(1, Ordering::Relaxed);
     push(ring, &wake_sqe(queue));
-    let mut live = depth;
+    // Commands the kernel holds (REGISTER or COMMIT_AND_FETCH not yet
+    // completed). At teardown the kernel completes those with -ENOTCONN and
+    // forgets the entries we hold (a reply still being worked on, e.g. a
+    // lock wait): the queue is done once it holds none.
+    let mut inflight = depth;
+    let mut torn_down = false;
     let mut buf: Vec<u8> =
         Vec::with_capacity(IN_HEADER_SZ + OP_IN_OUT_SZ + queue.entries[0].payload.len());
     let mut commits: Vec<u16> = Vec::with_capacity(depth);
@@ -536,6 +541,7 @@ fn serve<F: Filesystem>(
                     .state
                     .store(ENT_IN_KERNEL, Ordering::Release);
                 push(ring, &commit_sqe(dev, queue, idx));
+                inflight += 1;
             }
             match ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -558,16 +564,18 @@ fn serve<F: Filesystem>(
                 continue;
             };
             let idx = ud as u16;
+            inflight = inflight.saturating_sub(1);
             if res < 0 {
                 match -res {
-                    libc::EAGAIN => {
+                    libc::EAGAIN if !torn_down => {
                         // REGISTER before the kernel finished INIT: retry.
                         std::thread::sleep(Duration::from_millis(1));
                         push(ring, &register_sqe(dev, queue, idx));
+                        inflight += 1;
                     }
                     libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED | libc::ENODEV => {
                         ent.state.store(ENT_DEAD, Ordering::Release);
-                        live -= 1;
+                        torn_down = true;
                     }
                     e => {
                         warn!(
@@ -576,7 +584,6 @@ fn serve<F: Filesystem>(
                             io::Error::from_raw_os_error(e)
                         );
                         ent.state.store(ENT_DEAD, Ordering::Release);
-                        live -= 1;
                     }
                 }
                 continue;
@@ -591,9 +598,19 @@ fn serve<F: Filesystem>(
                 &mut buf,
             );
         }
-        if live == 0 {
-            debug!("ring queue {}: all entries released", queue.qid);
-            return WorkerExit::Unmounted;
+        if inflight == 0 && queue.pending.lock().is_empty() {
+            if torn_down {
+                debug!("ring queue {}: all entries released", queue.qid);
+                return WorkerExit::Unmounted;
+            }
+            if queue
+                .entries
+                .iter()
+                .all(|e| e.state.load(Ordering::Acquire) == ENT_DEAD)
+            {
+                error!("ring queue {}: every entry failed", queue.qid);
+                return WorkerExit::Failed;
+            }
         }
     }
 }
