@@ -246,7 +246,13 @@ impl Mount {
     }
 
     fn teardown(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
+        let Some(mut child) = self.child.take() else {
+            // The daemon already ended (wait_exit): a dead mount may remain.
+            if is_mounted(&self.mnt) {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+            return None;
+        };
         if is_mounted(&self.mnt) {
             let _ = Command::new("umount")
                 .arg(&self.mnt)
