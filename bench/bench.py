@@ -70,9 +70,11 @@ def proc_rss_fds(pid):
 class Target:
     """One way of reaching SOURCE: natively, or through a daemon's mount."""
 
-    def __init__(self, name, argv_fn=None):
+    def __init__(self, name, argv_fn=None, uring=False, stats=None):
         self.name = name
         self.argv_fn = argv_fn  # (src, mnt) -> argv of a foreground daemon
+        self.uring = uring  # must run over FUSE-over-io_uring
+        self.stats = stats  # ours: its stats file
         self.proc = None
         self.mnt = None
 
@@ -148,7 +150,7 @@ class Bench:
         """A fresh ext4 on a loop device, mounted at WORK/lower."""
         os.makedirs(self.work, exist_ok=True)
         img = os.path.join(self.work, "lower.img")
-        size = "3G" if self.quick else "12G"
+        size = "4G" if self.quick else "12G"
         sh(["truncate", "-s", "0", img])
         sh(["truncate", "-s", size, img])
         sh(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", img])
@@ -176,26 +178,106 @@ class Bench:
         img = os.path.join(self.work, "lower.img")
         if os.path.exists(img):
             os.unlink(img)
+        self.uring_restore()
 
     def targets_list(self):
         b = self.bin
+
+        def ptfs(tag, *extra):
+            stats = os.path.join(self.work, f"stats-{tag}.json")
+            return lambda s, m: [b, "--foreground", "--stats", stats, *extra, s, m]
+
+        def ours(name, tag, uring, *extra):
+            stats = os.path.join(self.work, f"stats-{tag}.json")
+            return Target(name, ptfs(tag, *extra), uring=uring, stats=stats)
+
+        # Ours asks for io_uring by default (used where the kernel offers it:
+        # this run switches enable_uring on); --no-io-uring is /dev/fuse.
         t = [Target("native")]
-
-        def ptfs(*extra):
-            return lambda s, m: [b, "--foreground", "--stats", os.path.join(self.work, "stats.json"), *extra, s, m]
-
-        t.append(Target("passthroughfs", ptfs()))
-        t.append(Target("ptfs --nopassthrough", ptfs("--nopassthrough")))
-        t.append(Target("ptfs --nocache", ptfs("--nocache")))
+        t.append(ours("passthroughfs", "default", True))
+        t.append(ours("ptfs --no-io-uring", "dev", False, "--no-io-uring"))
+        t.append(ours("ptfs --nopassthrough", "nopt", True, "--nopassthrough"))
+        if self.args.with_nocache:
+            t.append(ours("ptfs --nocache", "nocache", True, "--nocache"))
         if self.args.peer:
             p = self.args.peer
             t.append(Target("peer", lambda s, m: [p, "--foreground", s, m]))
-            t.append(Target("peer --nopassthrough", lambda s, m: [p, "--foreground", "--nopassthrough", s, m]))
-            t.append(Target("peer --nocache", lambda s, m: [p, "--foreground", "--nocache", s, m]))
+            t.append(Target("peer -o io_uring", lambda s, m: [p, "--foreground", "-o", "io_uring", s, m], uring=True))
+            if self.args.with_nocache:
+                t.append(Target("peer --nopassthrough", lambda s, m: [p, "--foreground", "--nopassthrough", s, m]))
+                t.append(Target("peer --nocache", lambda s, m: [p, "--foreground", "--nocache", s, m]))
         if self.args.only:
             keep = set(self.args.only.split(","))
             t = [x for x in t if x.name in keep or x.native]
         return t
+
+    # ---- FUSE-over-io_uring ---------------------------------------------
+
+    URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
+
+    def uring_on(self):
+        """Switches enable_uring on for the io_uring targets; cleanup() puts
+        the original value back whatever happens."""
+        if not any(t.uring for t in self.targets):
+            return
+        if not os.path.exists(self.URING_PARAM):
+            sys.exit("bench: this kernel has no FUSE-over-io_uring (no enable_uring): drop the io_uring targets")
+        with open(self.URING_PARAM) as f:
+            self.uring_orig = f.read().strip()
+        with open(self.URING_PARAM, "w") as f:
+            f.write("Y")
+
+    def uring_restore(self):
+        orig = getattr(self, "uring_orig", None)
+        if orig is not None:
+            with open(self.URING_PARAM, "w") as f:
+                f.write(orig)
+            self.uring_orig = None
+
+    def check_transport(self, t):
+        """An io_uring target must really run over io_uring: its daemon holds
+        io_uring instances (ours also says so in its stats); the others must
+        not."""
+        pid = t.pid()
+        if pid is None:
+            return
+        rings = 0
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            rings = 0
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[io_uring]":
+                        rings += 1
+                except OSError:
+                    pass
+            if rings or not t.uring:
+                break
+            time.sleep(0.05)
+        want = t.uring
+        if want and rings == 0:
+            raise RuntimeError(f"{t.name}: the daemon holds no io_uring: the kernel did not negotiate it")
+        if not want and rings:
+            raise RuntimeError(f"{t.name}: unexpected io_uring instances")
+        self.transports[t.name] = f"io_uring ({rings} queues)" if want else "/dev/fuse"
+
+    def check_ring_served(self):
+        """After the run: ours over io_uring served its requests on the ring."""
+        for t in self.targets:
+            if not (t.uring and t.stats and t.pid()):
+                continue
+            if os.path.exists(t.stats):
+                os.unlink(t.stats)
+            os.kill(t.pid(), signal.SIGUSR1)
+            deadline = time.time() + 5
+            while not os.path.exists(t.stats) and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+            with open(t.stats) as f:
+                tr = json.load(f)["transport"]
+            if tr["mode"] != "uring" or tr["ring_requests"] == 0:
+                raise RuntimeError(f"{t.name} did not serve over the ring: {tr}")
+            self.transports[t.name] += f", {tr['ring_requests']:,} requests via the ring"
 
     # ---- data sets ------------------------------------------------------
 
@@ -203,14 +285,23 @@ class Bench:
         q = self.quick
         self.io_size = "128M" if q else "1G"
         self.tree_dirs, self.tree_files = (10, 1000) if q else (100, 1000)
-        self.create_n = 5000 if q else 50000
+        self.create_n = 5000 if q else 15000
         print(f"preparing data on {self.src} ...", flush=True)
         sh(["fio", "--name=prep", f"--filename={self.src}/seqfile", f"--size={self.io_size}",
             "--rw=write", "--bs=1M", "--end_fsync=1", "--output=/dev/null"])
-        sh([self.tool, "mktree", f"{self.src}/tree", str(self.tree_dirs), str(self.tree_files)], capture=True)
+        sel = self.args.workloads
+
+        def wanted(word):
+            return not sel or any(word in k for k in sel.split(","))
+
+        # The 100,000-file tree serves the stat rows and the memory pass only.
+        if wanted("stat") or not self.args.no_memory:
+            sh([self.tool, "mktree", f"{self.src}/tree", str(self.tree_dirs), str(self.tree_files)], capture=True)
         os.makedirs(f"{self.src}/scratch", exist_ok=True)
+        self.small_tar = self.small_tarball()
+        sh(["tar", "xf", self.small_tar, "-C", self.src])
         self.kernel_tar = None
-        if not q or self.args.kernel_in_quick:
+        if (not q or self.args.kernel_in_quick) and (wanted("kernel") or wanted("git")):
             self.kernel_tar = self.kernel_tarball()
             if self.kernel_tar:
                 sh(["tar", "xf", self.kernel_tar, "-C", self.src])
@@ -219,6 +310,23 @@ class Bench:
                 if self.kernel_dir:
                     self.make_git_repo()
         sh(["sync"])
+
+    def small_tarball(self):
+        """A tree every daemon can hold (passthrough_hp keeps one fd per
+        inode, and its RLIMIT_NOFILE is 20,000 here): /usr/include without
+        boost, and /usr/share/doc, about 14,000 entries, in small/ of the
+        tarball. Cached."""
+        cache = self.args.cache
+        os.makedirs(cache, exist_ok=True)
+        tar = os.path.join(cache, "small-tree.tar")
+        if not os.path.exists(tar):
+            sh(f"tar cf '{tar}.tmp' --exclude=usr/include/boost --transform 's,^,small/,' "
+               f"-C / usr/include usr/share/doc "
+               f"&& mv '{tar}.tmp' '{tar}'")
+        n = int(sh(f"tar tf '{tar}' | wc -l", capture=True).stdout.strip())
+        self.small_entries = n
+        print(f"small tree: {n} entries", flush=True)
+        return tar
 
     def kernel_tarball(self):
         """Debian's kernel source, uncompressed once and cached (xz would
@@ -320,6 +428,20 @@ class Bench:
               ("4 KiB random read, 4 jobs (warm)", rand_read), ("stat of tree (warm)", stat_warm),
               ("stat of tree (after drop_caches)", stat_cold), ("create+unlink small files", create_unlink)]
 
+        def timed_small(cmd, cold=False):
+            if cold:
+                drop_caches()
+            t0 = time.perf_counter()
+            sh(cmd, capture=True)
+            return time.perf_counter() - t0, "s"
+
+        w += [
+            ("ls -lR small tree (warm)",
+             lambda t: (timed_small(["ls", "-lR", f"{t.mnt}/small"]), timed_small(["ls", "-lR", f"{t.mnt}/small"]))[1]),
+            ("untar small tree", lambda t: self.untar(t, self.small_tar, "usmall")),
+            ("rm -rf small tree", lambda t: self.rm_tree(t, self.small_tar, "usmall")),
+        ]
+
         if getattr(self, "kernel_dir", None):
             kname = os.path.basename(self.kernel_dir)
 
@@ -337,8 +459,8 @@ class Bench:
                 ("git status (warm)",
                  lambda t: (timed(["git", "-C", f"{t.mnt}/{kname}", "status", "--porcelain"]),
                             timed(["git", "-C", f"{t.mnt}/{kname}", "status", "--porcelain"]))[1]),
-                ("untar kernel tree", lambda t: self.untar(t)),
-                ("rm -rf kernel tree", lambda t: self.rm_tree(t)),
+                ("untar kernel tree", lambda t: self.untar(t, self.kernel_tar, "untar")),
+                ("rm -rf kernel tree", lambda t: self.rm_tree(t, self.kernel_tar, "untar")),
             ]
         if self.args.workloads:
             keep = [k.strip() for k in self.args.workloads.split(",")]
@@ -353,20 +475,27 @@ class Bench:
         os.makedirs(d, exist_ok=True)
         return d
 
-    def untar(self, t):
-        d = f"{self.scratch(t)}/untar"
+    def untar(self, t, tar, sub):
+        d = f"{self.scratch(t)}/{sub}"
         if os.path.exists(d):
             shutil.rmtree(d)
         os.makedirs(d)
+        # Untimed: the kernel forgets the inodes earlier rows looked up (the
+        # peer holds one fd per inode and would hit its fd limit), then the
+        # tarball is read back into the page cache.
+        sh(["sync"])
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2")
+        sh(["cat", tar], stdout=subprocess.DEVNULL)
         t0 = time.perf_counter()
-        sh(["tar", "xf", self.kernel_tar, "-C", d])
+        sh(["tar", "xf", tar, "-C", d])
         sh(["sync", "-f", d])
         return time.perf_counter() - t0, "s"
 
-    def rm_tree(self, t):
-        d = f"{self.scratch(t)}/untar"
+    def rm_tree(self, t, tar, sub):
+        d = f"{self.scratch(t)}/{sub}"
         if not os.path.exists(d):
-            self.untar(t)
+            self.untar(t, tar, sub)
         t0 = time.perf_counter()
         sh(["rm", "-rf", d])
         return time.perf_counter() - t0, "s"
@@ -374,13 +503,19 @@ class Bench:
     # ---- the run --------------------------------------------------------
 
     def run(self):
+        # What else runs on the machine (other builds skew the figures).
+        self.busy = machine_load()
+        print(f"busy at start: {self.busy}", flush=True)
         self.make_lower()
         self.prepare_data()
         self.targets = self.targets_list()
-        reps = self.args.reps or (1 if self.quick else 3)
+        reps = self.args.reps or (1 if self.quick else 5)
         mnt_base = os.path.join(self.work, "mnt")
+        self.uring_on()
+        self.transports = {}
         for ti, t in enumerate(self.targets):
             t.mount(self.src, f"{mnt_base}{ti}")
+            self.check_transport(t)
         try:
             for name, fn in self.workloads():
                 res = self.results.setdefault(name, {})
@@ -409,7 +544,10 @@ class Bench:
                         r["values"].append(value)
                         r["daemon_cpu_s"].append(cpu)
                         print(f"   {t.name:<24} {value:12.1f} {unit}  (daemon cpu {cpu:.2f} s)", flush=True)
-            self.memory()
+            self.check_ring_served()
+            self.busy += " | at the end: " + machine_load()
+            if not self.args.no_memory:
+                self.memory()
         finally:
             for t in self.targets:
                 t.unmount()
@@ -446,7 +584,9 @@ class Bench:
     def summary(self):
         out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "kernel": platform.release(), "machine": machine(), "quick": self.quick,
-               "reps": self.args.reps or (1 if self.quick else 3), "workloads": {}, "memory": getattr(self, "mem", {})}
+               "reps": self.args.reps or (1 if self.quick else 5), "workloads": {}, "memory": getattr(self, "mem", {}),
+               "transports": getattr(self, "transports", {}), "small_tree_entries": getattr(self, "small_entries", None),
+               "create_n": getattr(self, "create_n", None), "busy": getattr(self, "busy", "")}
         for name, per in self.results.items():
             nat = per.get("native")
             nat_med = statistics.median(nat["values"]) if nat and nat["values"] else None
@@ -464,6 +604,15 @@ class Bench:
                             "ratio_to_native": ratio, "daemon_cpu_s_median": statistics.median(r["daemon_cpu_s"])}
             out["workloads"][name] = w
         return out
+
+
+def machine_load():
+    """Load average and the busiest processes (other work skews figures)."""
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    top = sh("ps -eo pcpu,ni,comm --sort=-pcpu | sed -n 2,7p", capture=True).stdout.split("\n")
+    top = "; ".join(" ".join(line.split()) for line in top if line.strip())
+    return f"load average {load}; busiest (%cpu nice command): {top}"
 
 
 def machine():
@@ -489,7 +638,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, one repetition (under 3 minutes)")
     ap.add_argument("--out", default=None, help="results folder (default bench/results/DATE)")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5, quick 1)")
+    ap.add_argument("--with-nocache", action="store_true",
+                    help="also the --nocache targets (and peer --nopassthrough)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory-per-inode pass")
     ap.add_argument("--peer", default=os.environ.get("PEER"), help="passthrough_hp binary (or $PEER)")
     ap.add_argument("--binary", default=os.environ.get("PASSTHROUGHFS_BIN", os.path.join(REPO, "target/release/passthroughfs")))
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/passthroughfs-bench"))

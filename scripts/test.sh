@@ -49,7 +49,10 @@ if [ "$uml" = out ]; then
 fi
 
 log=$(mktemp /tmp/ptfs-test-log.XXXXXX)
-trap 'rm -f "$log"' EXIT
+uring_param=/sys/module/fuse/parameters/enable_uring
+uring_orig=$(cat "$uring_param" 2>/dev/null || true)
+# Whatever happens, the log goes and enable_uring gets its value back.
+trap 'rm -f "$log"; [ -z "$uring_orig" ] || echo "$uring_orig" > "$uring_param"' EXIT INT TERM
 
 # Runs cargo test with the given arguments, keeps its output in $log, and
 # fails on a failed, ignored or skipped test.
@@ -71,6 +74,21 @@ run_tests() {
         echo "a test was ignored or skipped: that is a failure here" >&2
         exit 1
     fi
+}
+
+# The wire-layer, ops, stress and differential suites a second time over
+# FUSE-over-io_uring (tests/common adds --io-uring, switches enable_uring on
+# and restores it, and fails a mount whose requests did not come through
+# the ring).
+uring_pass() {
+    if [ -z "$uring_orig" ]; then
+        echo "NOT RUN: io_uring pass: this kernel has no FUSE-over-io_uring ($uring_param)"
+        return 0
+    fi
+    echo "== wire_layer, ops, stress, differential over FUSE-over-io_uring (PTFS_TRANSPORT=uring)"
+    PTFS_TRANSPORT=uring run_tests \
+        --test wire_layer --test ops --test stress --test differential
+    echo "$uring_orig" > "$uring_param"
 }
 
 echo "== cargo test (release)"
@@ -95,10 +113,11 @@ fi
 
 echo "== ops, permissions, escape, stress, passthrough_io, media_provider with --sandbox"
 # tests/common adds PTFS_EXTRA_ARGS to every daemon of a suite.
-PTFS_EXTRA_ARGS=--sandbox cargo test --release --quiet \
+PTFS_EXTRA_ARGS=--sandbox run_tests \
     --test ops --test permissions --test escape --test stress \
-    --test passthrough_io --test media_provider \
-    -- --test-threads="${PTFS_TEST_THREADS:-4}"
+    --test passthrough_io --test media_provider
+
+uring_pass
 
 echo "== no mount left behind"
 # Test mounts live under the temporary directory.

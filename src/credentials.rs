@@ -45,10 +45,35 @@ impl CredGuard {
     }
 }
 
+thread_local! {
+    /// The thread's effective uid/gid as this module last set them (read
+    /// once per thread): the common "already the caller" case then costs no
+    /// syscall at all. Only this module changes a thread's ids.
+    static IDS: std::cell::Cell<Option<(u32, u32)>> = const { std::cell::Cell::new(None) };
+    /// The thread's umask as [`UmaskGuard`] last set it (None: unknown).
+    static UMASK: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+fn current_ids() -> (u32, u32) {
+    IDS.with(|c| match c.get() {
+        Some(ids) => ids,
+        None => {
+            let ids = (tc::euid(), tc::egid());
+            c.set(Some(ids));
+            ids
+        }
+    })
+}
+
+fn note_ids(ids: Option<(u32, u32)>) {
+    IDS.with(|c| c.set(ids));
+}
+
 /// Switches the calling thread to `uid`/`gid` with supplementary `groups`.
-/// A no-op when the thread already has those ids and no groups are asked.
+/// A no-op (and no syscall) when the thread already has those ids and no
+/// groups are asked.
 pub fn become_caller(uid: u32, gid: u32, groups: &[u32]) -> Result<CredGuard, Errno> {
-    let (euid, egid) = (tc::euid(), tc::egid());
+    let (euid, egid) = current_ids();
     if uid == euid && gid == egid && groups.is_empty() {
         return Ok(CredGuard::none());
     }
@@ -59,6 +84,8 @@ pub fn become_caller(uid: u32, gid: u32, groups: &[u32]) -> Result<CredGuard, Er
     }
     // Order: groups, gid, then uid (after the uid changes we could not
     // change the others any more).
+    // Unknown until the switch is complete (or undone).
+    note_ids(None);
     tc::set_groups(groups)?;
     if let Err(e) = tc::set_egid(gid) {
         let _ = tc::set_groups(daemon_groups());
@@ -69,6 +96,7 @@ pub fn become_caller(uid: u32, gid: u32, groups: &[u32]) -> Result<CredGuard, Er
         let _ = tc::set_groups(daemon_groups());
         return Err(e.into());
     }
+    note_ids(Some((uid, gid)));
     Ok(CredGuard {
         saved: Some((euid, egid)),
     })
@@ -79,10 +107,13 @@ impl Drop for CredGuard {
         if let Some((uid, gid)) = self.saved.take() {
             // uid first: back to root restores the capabilities needed for
             // the other two.
+            note_ids(None);
             let ok = tc::set_euid(uid).is_ok()
                 && tc::set_egid(gid).is_ok()
                 && tc::set_groups(daemon_groups()).is_ok();
-            if !ok {
+            if ok {
+                note_ids(Some((uid, gid)));
+            } else {
                 // A worker stuck with a caller's identity would act on the
                 // next request with the wrong rights: stop everything.
                 error!("cannot restore the daemon's credentials; aborting");
@@ -92,22 +123,26 @@ impl Drop for CredGuard {
     }
 }
 
-/// Sets the thread's umask for one create and restores it on drop. Needs
-/// the worker to have called [`worker_init`] (its own fs_struct).
+/// Sets the thread's umask to the request's for one create. Needs the
+/// worker to have called [`worker_init`] (its own fs_struct). The umask is
+/// left in place afterwards (every create sets its own, and the daemon
+/// creates nothing else on worker threads), so a caller with the same umask
+/// as the previous one costs no syscall.
 #[must_use]
-pub struct UmaskGuard(Option<u32>);
+pub struct UmaskGuard(());
 
 impl UmaskGuard {
     pub fn set(mask: Option<u32>) -> UmaskGuard {
-        UmaskGuard(mask.map(|m| tc::umask(m & 0o777)))
-    }
-}
-
-impl Drop for UmaskGuard {
-    fn drop(&mut self) {
-        if let Some(old) = self.0 {
-            tc::umask(old);
+        if let Some(m) = mask {
+            let m = m & 0o777;
+            UMASK.with(|c| {
+                if c.get() != Some(m) {
+                    tc::umask(m);
+                    c.set(Some(m));
+                }
+            });
         }
+        UmaskGuard(())
     }
 }
 

@@ -762,4 +762,3 @@ impl InodeTable {
 
 #[cfg(test)]
 mod tests;
-

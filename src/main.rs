@@ -57,10 +57,16 @@ struct Cli {
     /// Log every FUSE request (implies --foreground).
     #[arg(long)]
     debug_fuse: bool,
-    /// Entry and attribute cache validity, in seconds.
+    /// Kernel caching: `always` (entries and attributes valid for
+    /// --timeout, 86400 s: coherent for changes made through the mount, as
+    /// passthrough_hp), `auto` (valid 1 s: changes made on SOURCE behind
+    /// the mount show within a second) or `never` (as --nocache).
+    #[arg(long, value_enum, default_value_t = CacheMode::Always, value_name = "MODE")]
+    cache: CacheMode,
+    /// Entry and attribute cache validity, in seconds (with --cache always).
     #[arg(long, default_value_t = 86400.0, value_name = "SECS")]
     timeout: f64,
-    /// No caching: zero timeouts, page cache dropped on open.
+    /// No caching: zero timeouts, page cache dropped on open (= --cache never).
     #[arg(long)]
     nocache: bool,
     /// Copy READ replies through userspace instead of splicing them
@@ -120,11 +126,43 @@ struct Cli {
     /// the sandbox's allowlist.
     #[arg(long, hide = true)]
     test_forbidden_syscall: bool,
+    /// FUSE-over-io_uring transport (also `-o io_uring`; the default):
+    /// per-CPU ring queues instead of read/write on /dev/fuse, whenever the
+    /// kernel offers it (6.14+ with /sys/module/fuse/parameters/enable_uring
+    /// on); otherwise /dev/fuse, with one log line.
+    #[arg(long, overrides_with = "no_io_uring")]
+    io_uring: bool,
+    /// Serve /dev/fuse only, even where the kernel offers io_uring (also
+    /// `-o no_io_uring`).
+    #[arg(long, overrides_with = "io_uring")]
+    no_io_uring: bool,
+}
+
+/// `--cache`: what the kernel may cache, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CacheMode {
+    /// No entry/attribute caching, no page cache kept across opens.
+    Never,
+    /// Entries and attributes valid for 1 s; pages kept while unchanged.
+    Auto,
+    /// Entries and attributes valid for --timeout; pages kept while unchanged.
+    Always,
+}
+
+/// (timeout, nocache) for a cache mode.
+fn cache_settings(mode: CacheMode, nocache: bool, timeout: f64) -> (Duration, bool) {
+    match (mode, nocache) {
+        (CacheMode::Never, _) | (_, true) => (Duration::ZERO, true),
+        (CacheMode::Auto, _) => (Duration::from_secs(1), false),
+        (CacheMode::Always, _) => (Duration::from_secs_f64(timeout.max(0.0)), false),
+    }
 }
 
 /// What `-o` asked for.
 struct ParsedOptions {
     mount: MountOptions,
+    /// `-o io_uring` (Some(true)) / `-o no_io_uring` (Some(false))
+    io_uring: Option<bool>,
 }
 
 fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, String> {
@@ -132,6 +170,7 @@ fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, 
         fsname: source.display().to_string(),
         ..Default::default()
     };
+    let mut io_uring = None;
     for o in opts.iter().flat_map(|s| split_opts(s)) {
         let (k, v) = match o.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -157,6 +196,8 @@ fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, 
             ("sync", None) => m.sync = true,
             ("async", None) => m.sync = false,
             ("dirsync", None) => m.dirsync = true,
+            ("io_uring", None) => io_uring = Some(true),
+            ("no_io_uring", None) => io_uring = Some(false),
             ("fsname", Some(v)) => m.fsname = v,
             ("subtype", Some(v)) => m.subtype = v,
             ("max_read", Some(v)) => {
@@ -178,7 +219,7 @@ fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, 
             }
         }
     }
-    Ok(ParsedOptions { mount: m })
+    Ok(ParsedOptions { mount: m, io_uring })
 }
 
 /// Splits "a,b=c\,d" on unescaped commas.
@@ -479,10 +520,11 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
     let depth = cli
         .max_stack_depth
         .unwrap_or_else(|| detect_stack_depth(&src));
+    let (timeout, nocache) = cache_settings(cli.cache, cli.nocache, cli.timeout);
     let cfg = Config {
         source: src.clone(),
-        timeout: Duration::from_secs_f64(cli.timeout.max(0.0)),
-        nocache: cli.nocache,
+        timeout,
+        nocache,
         passthrough: !cli.nopassthrough,
         direct_io: cli.direct_io,
         splice: !cli.nosplice,
@@ -500,7 +542,15 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
         clone_fd: true,
         max_write: 1 << 20,
         debug: cli.debug_fuse,
+        // io_uring unless told otherwise; the last word wins (-o after
+        // the flags).
+        uring_depth: if parsed.io_uring.unwrap_or(cli.io_uring || !cli.no_io_uring) {
+            passthroughfs::fuse::uring::DEFAULT_DEPTH
+        } else {
+            0
+        },
     };
+    let sopts_uring = sopts.uring_depth > 0;
     // Workers inherit the blocked set: only the main thread takes signals.
     block_daemon_signals();
     let session = Session::mount(fs.clone(), &mnt, &parsed.mount, sopts)
@@ -510,6 +560,22 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
         .spawn()
         .or_else(|e| fatal(format!("cannot start workers: {e}")))?;
     wait_init(&conn, &running)?;
+    if sopts_uring {
+        // The queues register right after INIT: say which transport won.
+        let t = &conn.transport;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let offered = conn
+            .negotiated()
+            .is_some_and(|n| n.has(passthroughfs::fuse::abi::InitFlags::OVER_IO_URING));
+        while offered
+            && t.mode() != "uring"
+            && !t.failed.load(std::sync::atomic::Ordering::Relaxed)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        info!("transport: {}", t.mode());
+    }
     info!(
         "{} mounted at {} ({} workers, fd limit {}, fd cache {})",
         src.display(),
@@ -670,10 +736,11 @@ fn serve_sandboxed(
         .or_else(|e| fatal(format!("cannot open /dev/fuse channels: {e}")))?;
     sandbox::enter_namespace(&src).or_else(|e| fatal(format!("--sandbox: {e}")))?;
     sandbox::close_inherited_dirs();
+    let (timeout, nocache) = cache_settings(cli.cache, cli.nocache, cli.timeout);
     let cfg = Config {
         source: PathBuf::from("/"),
-        timeout: Duration::from_secs_f64(cli.timeout.max(0.0)),
-        nocache: cli.nocache,
+        timeout,
+        nocache,
         passthrough: !cli.nopassthrough,
         direct_io: cli.direct_io,
         splice: !cli.nosplice,
@@ -702,7 +769,14 @@ fn serve_sandboxed(
         clone_fd: true,
         max_write: 1 << 20,
         debug: cli.debug_fuse,
+        // The seccomp allowlist has no io_uring syscalls (a ring is a
+        // second way into the kernel the filter cannot see into): the
+        // sandboxed daemon serves /dev/fuse.
+        uring_depth: 0,
     };
+    if parsed.io_uring == Some(true) || cli.io_uring {
+        info!("--sandbox: io_uring is not allowed in the sandbox; serving /dev/fuse");
+    }
     let session = Session::from_channels(fs.clone(), channels, sopts);
     let conn = session.connection().clone();
     let running = session

@@ -26,6 +26,20 @@ pub struct InodeStats {
     pub by_kind: BTreeMap<&'static str, usize>,
 }
 
+/// Which transport carried the requests.
+#[derive(Debug, Serialize)]
+pub struct TransportInfo {
+    /// "uring" (every ring queue registered) or "dev" (/dev/fuse).
+    pub mode: &'static str,
+    /// `--io-uring` was asked for.
+    pub io_uring_requested: bool,
+    pub queues: usize,
+    pub queues_registered: usize,
+    /// Requests that came through ring entries (the rest came on /dev/fuse:
+    /// INIT, FORGET, INTERRUPT, and everything before the ring was ready).
+    pub ring_requests: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ProcessStats {
     pub fds: usize,
@@ -60,6 +74,7 @@ pub struct Stats {
     pub backing: BackingStats,
     /// Per op that can pass through: served by the daemon vs registered.
     pub passthrough_ops: BTreeMap<&'static str, OpSplit>,
+    pub transport: TransportInfo,
     pub process: ProcessStats,
 }
 
@@ -122,10 +137,31 @@ pub fn collect(fs: &PassthroughFs) -> Stats {
         lock_waiters: fs.lock_waiters(),
         backing: fs.backing().stats(),
         passthrough_ops,
+        transport: transport_info(fs),
         process: ProcessStats {
             fds: sys::count_open_fds(),
             rss_kib: rss_kib(),
         },
+    }
+}
+
+fn transport_info(fs: &PassthroughFs) -> TransportInfo {
+    let Some(c) = fs.connection() else {
+        return TransportInfo {
+            mode: "dev",
+            io_uring_requested: false,
+            queues: 0,
+            queues_registered: 0,
+            ring_requests: 0,
+        };
+    };
+    let t = &c.transport;
+    TransportInfo {
+        mode: t.mode(),
+        io_uring_requested: t.requested.load(Ordering::Relaxed),
+        queues: t.queues.load(Ordering::Relaxed),
+        queues_registered: t.queues_registered.load(Ordering::Relaxed),
+        ring_requests: t.ring_requests.load(Ordering::Relaxed),
     }
 }
 

@@ -10,6 +10,37 @@ use std::time::Duration;
 use passthroughfs::fuse::abi::{self, Attr};
 use passthroughfs::fuse::{self, *};
 
+mod common;
+
+/// Session options for the transport under test (PTFS_TRANSPORT=uring: the
+/// io_uring queues, with enable_uring on while the guard lives).
+fn transport_opts(threads: usize) -> (SessionOptions, Option<common::EnableUring>) {
+    let guard = common::transport_uring().then(common::enable_uring);
+    let opts = SessionOptions {
+        threads,
+        uring_depth: if guard.is_some() {
+            uring::DEFAULT_DEPTH
+        } else {
+            0
+        },
+        ..Default::default()
+    };
+    (opts, guard)
+}
+
+/// Over io_uring: waits until every queue registered (the kernel then
+/// sends requests over the ring); fails if it never does.
+fn wait_ring_ready(conn: &Connection) {
+    let t = &conn.transport;
+    for _ in 0..1000 {
+        if t.mode() == "uring" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("io_uring transport never came up: {}", t.mode());
+}
+
 const HELLO: &[u8] = b"hello from the wire layer\n";
 
 /// root (1) holds "hello" (2, a file) and "sub" (3, an empty directory).
@@ -137,15 +168,17 @@ fn stat_ls_cat_through_four_workers() {
         subtype: "hellofs".into(),
         ..Default::default()
     };
-    let sopts = SessionOptions {
-        threads: 4,
-        ..Default::default()
-    };
+    let (sopts, uring) = transport_opts(4);
     let session = Session::mount(Arc::new(HelloFs), &mnt, &mopts, sopts)
         .unwrap()
         .spawn()
         .unwrap();
     assert!(is_mounted(&mnt));
+    if uring.is_some() {
+        // INIT first (it travels over /dev/fuse), then the queues register.
+        std::fs::metadata(&mnt).unwrap();
+        wait_ring_ready(session.connection());
+    }
 
     let m = mnt.to_str().unwrap().to_string();
     let hello = format!("{m}/hello");
@@ -172,9 +205,19 @@ fn stat_ls_cat_through_four_workers() {
     assert!(counters.get(abi::Opcode::Lookup) > 0);
     assert!(counters.get(abi::Opcode::Read) > 0);
     assert!(counters.get(abi::Opcode::Readdir) > 0);
-    let per_worker = session.requests_per_worker();
-    let busy = per_worker.iter().filter(|&&n| n > 0).count();
-    assert!(busy > 1, "only one worker served requests: {per_worker:?}");
+    if uring.is_some() {
+        // The lookups, reads and readdirs came through the ring entries.
+        let ring = session
+            .connection()
+            .transport
+            .ring_requests
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(ring >= 60, "only {ring} requests came through the ring");
+    } else {
+        let per_worker = session.requests_per_worker();
+        let busy = per_worker.iter().filter(|&&n| n > 0).count();
+        assert!(busy > 1, "only one worker served requests: {per_worker:?}");
+    }
 
     session.unmount().unwrap();
     assert!(
@@ -193,15 +236,15 @@ fn dropping_a_session_unmounts() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let session = Session::mount(
-        Arc::new(HelloFs),
-        &mnt,
-        &MountOptions::default(),
-        SessionOptions::default(),
-    )
-    .unwrap()
-    .spawn()
-    .unwrap();
+    let (sopts, uring) = transport_opts(2);
+    let session = Session::mount(Arc::new(HelloFs), &mnt, &MountOptions::default(), sopts)
+        .unwrap()
+        .spawn()
+        .unwrap();
+    if uring.is_some() {
+        std::fs::metadata(&mnt).unwrap();
+        wait_ring_ready(session.connection());
+    }
     assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), HELLO);
     drop(session);
     assert!(!is_mounted(&mnt));

@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::abi::{self, InitFlags, Opcode};
 use super::request::ParseConfig;
+use super::uring::{EntrySink, TransportStats};
 
 /// What INIT settled on; fixed for the life of the connection.
 #[derive(Clone, Debug)]
@@ -118,6 +119,8 @@ pub struct Connection {
     dev: OwnedFd,
     negotiated: OnceLock<Negotiated>,
     pub counters: RequestCounters,
+    /// Which transport carries the requests (/dev/fuse or io_uring).
+    pub transport: TransportStats,
 }
 
 impl Connection {
@@ -126,6 +129,7 @@ impl Connection {
             dev,
             negotiated: OnceLock::new(),
             counters: RequestCounters::default(),
+            transport: TransportStats::default(),
         })
     }
 
@@ -167,7 +171,7 @@ impl Connection {
             return Err(io::Error::last_os_error());
         }
         Ok(Channel {
-            fd,
+            sink: Sink::Dev(fd),
             conn: self.clone(),
         })
     }
@@ -175,7 +179,7 @@ impl Connection {
     /// A channel on the master fd itself (single-threaded mode, tests).
     pub(crate) fn master_channel(self: &Arc<Self>) -> io::Result<Channel> {
         Ok(Channel {
-            fd: self.dev.try_clone()?,
+            sink: Sink::Dev(self.dev.try_clone()?),
             conn: self.clone(),
         })
     }
@@ -212,26 +216,49 @@ impl Connection {
     }
 }
 
-/// One /dev/fuse fd served by one worker.
+/// Where a worker reads requests and writes replies: one /dev/fuse fd, or
+/// (FUSE-over-io_uring) the one ring entry a request arrived in.
 pub struct Channel {
-    fd: OwnedFd,
+    sink: Sink,
     conn: Arc<Connection>,
 }
 
+enum Sink {
+    /// A /dev/fuse fd (the master or a clone).
+    Dev(OwnedFd),
+    /// A ring entry of an io_uring queue.
+    Ring(EntrySink),
+}
+
 impl Channel {
+    pub(crate) fn ring(conn: Arc<Connection>, entry: EntrySink) -> Channel {
+        Channel {
+            sink: Sink::Ring(entry),
+            conn,
+        }
+    }
+
     pub fn connection(&self) -> &Arc<Connection> {
         &self.conn
     }
 
-    pub(crate) fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// The /dev/fuse fd a READ reply may be spliced into (none for a ring
+    /// entry: its reply is copied into the entry's buffer).
+    pub(crate) fn splice_fd(&self) -> Option<RawFd> {
+        match &self.sink {
+            Sink::Dev(fd) => Some(fd.as_raw_fd()),
+            Sink::Ring(_) => None,
+        }
     }
 
     /// Reads one request. The kernel returns exactly one whole request per
     /// read, or fails if the buffer is too small for it.
     pub(crate) fn receive(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let Sink::Dev(fd) = &self.sink else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -239,8 +266,13 @@ impl Channel {
         }
     }
 
-    /// Sends a reply: header plus payload in one writev.
+    /// Sends a reply: header plus payload in one writev, or into the ring
+    /// entry the request came in (committed by its queue thread).
     pub(crate) fn send(&self, unique: u64, error: i32, payload: &[IoSlice<'_>]) -> io::Result<()> {
+        let fd = match &self.sink {
+            Sink::Dev(fd) => fd,
+            Sink::Ring(entry) => return entry.send(unique, error, payload),
+        };
         let len =
             std::mem::size_of::<abi::OutHeader>() + payload.iter().map(|s| s.len()).sum::<usize>();
         let header = abi::OutHeader {
@@ -248,7 +280,7 @@ impl Channel {
             error,
             unique,
         };
-        write_message(self.fd.as_raw_fd(), &header, payload)
+        write_message(fd.as_raw_fd(), &header, payload)
     }
 
     /// Sends a READ reply of up to `len` bytes of `file` from `offset`,
@@ -261,7 +293,9 @@ impl Channel {
         offset: u64,
         len: usize,
     ) -> Option<io::Result<()>> {
-        match super::splice::send_read_reply(self.raw_fd(), unique, file, offset, len) {
+        // A ring entry's reply is copied into the entry's buffer.
+        let fd = self.splice_fd()?;
+        match super::splice::send_read_reply(fd, unique, file, offset, len) {
             super::splice::Spliced::Unavailable => None,
             super::splice::Spliced::Sent(r) => Some(r),
         }

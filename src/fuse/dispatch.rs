@@ -28,6 +28,8 @@ pub(crate) struct DispatchState {
     pub initialized: AtomicBool,
     /// Set when DESTROY came.
     pub destroyed: AtomicBool,
+    /// Ask for FUSE_OVER_IO_URING in INIT (`--io-uring`).
+    pub want_io_uring: bool,
 }
 
 impl DispatchState {
@@ -37,6 +39,7 @@ impl DispatchState {
             debug,
             initialized: AtomicBool::new(false),
             destroyed: AtomicBool::new(false),
+            want_io_uring: false,
         }
     }
 }
@@ -275,7 +278,11 @@ fn do_init<F: Filesystem>(fs: &F, mut r: Reply, arg: &abi::InitIn, state: &Dispa
         let _ = r.ok(&[IoSlice::new(out.as_bytes())]);
         return;
     }
-    let wants = fs.wants();
+    let mut wants = fs.wants();
+    if state.want_io_uring {
+        // The session's transport, not the filesystem, asks for the ring.
+        super::uring::want_in_init(offered_flags(arg), &mut wants.flags);
+    }
     let (negotiated, out) = negotiate(&wants, arg, state.buffer_max_write, crate::sys::page_size());
     info!(
         "FUSE {}.{} (kernel 7.{}), max_write {}, flags {:#x}",
@@ -299,6 +306,15 @@ fn do_init<F: Filesystem>(fs: &F, mut r: Reply, arg: &abi::InitIn, state: &Dispa
     }
 }
 
+/// The flags the kernel offered in INIT (both halves).
+fn offered_flags(arg: &abi::InitIn) -> InitFlags {
+    let mut offered = arg.flags as u64;
+    if offered & InitFlags::INIT_EXT.bits() != 0 {
+        offered |= (arg.flags2 as u64) << 32;
+    }
+    InitFlags::from_bits_retain(offered)
+}
+
 /// The one INIT negotiation: what the filesystem wants, cut to what the
 /// kernel offered and to what the session's buffers take.
 pub(crate) fn negotiate(
@@ -307,11 +323,7 @@ pub(crate) fn negotiate(
     buffer_max_write: u32,
     page: u32,
 ) -> (Negotiated, abi::InitOut) {
-    let mut offered = arg.flags as u64;
-    if offered & InitFlags::INIT_EXT.bits() != 0 {
-        offered |= (arg.flags2 as u64) << 32;
-    }
-    let offered = InitFlags::from_bits_retain(offered);
+    let offered = offered_flags(arg);
     // Only what the kernel offered, and only bits we know.
     let mut flags = (wants.flags & offered) & InitFlags::all();
     for &group in &wants.together {

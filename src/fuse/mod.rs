@@ -6,6 +6,7 @@
 //!   that sends it (EIO if dropped unsent).
 //! - [`channel`]: the connection, its per-worker /dev/fuse clones, counters.
 //! - [`dispatch`]: INIT, then opcode -> [`Filesystem`] method.
+//! - [`uring`]: the FUSE-over-io_uring transport (per-CPU ring queues).
 //! - [`session`]: worker threads and an orderly end; [`mount`]: mount(2) or fusermount3.
 
 pub mod abi;
@@ -19,6 +20,7 @@ pub mod session;
 pub mod splice;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod uring;
 
 pub use channel::{Connection, Negotiated, RequestCounters};
 pub use filesystem::{Context, Filesystem, OpResult, Wants};

@@ -23,6 +23,7 @@ use super::channel::{Channel, Connection};
 use super::dispatch::{dispatch, DispatchState};
 use super::filesystem::Filesystem;
 use super::mount::{self, Mount, MountOptions};
+use super::uring;
 
 /// How a session runs.
 #[derive(Clone, Debug)]
@@ -36,6 +37,10 @@ pub struct SessionOptions {
     pub max_write: u32,
     /// Log every request.
     pub debug: bool,
+    /// FUSE-over-io_uring: ring entries per queue (one queue per possible
+    /// CPU); 0 serves /dev/fuse only. Falls back to /dev/fuse when the
+    /// kernel does not offer it.
+    pub uring_depth: usize,
 }
 
 impl Default for SessionOptions {
@@ -45,6 +50,7 @@ impl Default for SessionOptions {
             clone_fd: true,
             max_write: 1 << 20,
             debug: false,
+            uring_depth: 0,
         }
     }
 }
@@ -153,7 +159,9 @@ impl<F: Filesystem> Session<F> {
     /// Starts the workers.
     pub fn spawn(mut self) -> io::Result<RunningSession<F>> {
         install_wakeup_handler();
-        let state = Arc::new(DispatchState::new(self.opts.max_write, self.opts.debug));
+        let mut state = DispatchState::new(self.opts.max_write, self.opts.debug);
+        state.want_io_uring = self.opts.uring_depth > 0;
+        let state = Arc::new(state);
         let stop = Arc::new(AtomicBool::new(false));
         let threads = self.opts.threads.max(1);
         let served: Arc<Vec<AtomicU64>> =
@@ -177,6 +185,9 @@ impl<F: Filesystem> Session<F> {
                 .spawn(move || worker_loop(&*fs, &ch, &state, &stop, &served[i], bufsize))?;
             workers.push(h);
         }
+        if self.opts.uring_depth > 0 {
+            workers.extend(self.spawn_ring_queues(&state, &stop)?);
+        }
         Ok(RunningSession {
             fs: self.fs,
             conn: self.conn,
@@ -186,6 +197,39 @@ impl<F: Filesystem> Session<F> {
             served,
             destroyed: false,
         })
+    }
+}
+
+impl<F: Filesystem> Session<F> {
+    /// One thread per kernel ring queue; each waits for INIT and registers
+    /// its entries if io_uring was negotiated, or ends at once.
+    fn spawn_ring_queues(
+        &self,
+        state: &Arc<DispatchState>,
+        stop: &Arc<AtomicBool>,
+    ) -> io::Result<Vec<JoinHandle<WorkerExit>>> {
+        let queues = uring::nr_queues();
+        let t = &self.conn.transport;
+        t.requested.store(true, Ordering::Relaxed);
+        t.queues.store(queues, Ordering::Relaxed);
+        let mut handles = Vec::with_capacity(queues);
+        for qid in 0..queues {
+            let (fs, conn, state, stop) = (
+                self.fs.clone(),
+                self.conn.clone(),
+                state.clone(),
+                stop.clone(),
+            );
+            let depth = self.opts.uring_depth;
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("fuse-ring-{qid}"))
+                    .spawn(move || {
+                        uring::queue_loop(&*fs, &conn, &state, &stop, qid as u16, depth)
+                    })?,
+            );
+        }
+        Ok(handles)
     }
 }
 

@@ -149,7 +149,6 @@ mod pressure {
     use std::sync::mpsc;
     use std::time::Duration;
 
-
     /// Rename within one directory takes the directory's fd twice. With a
     /// guard that held the slot's read lock, a reopen queued between the
     /// two (parking_lot's RwLock is task-fair: a queued writer blocks new

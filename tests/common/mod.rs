@@ -61,6 +61,8 @@ pub struct Mount {
     pub stats_path: PathBuf,
     pub log_path: PathBuf,
     child: Option<Child>,
+    /// Set when the mount runs over io_uring (PTFS_TRANSPORT=uring).
+    uring: Option<EnableUring>,
 }
 
 impl Mount {
@@ -127,6 +129,13 @@ impl Mount {
         let log = std::fs::File::create(&log_path).unwrap();
         // PTFS_BIN: another build of the daemon (e.g. the one before a fix).
         let mut cmd = Command::new(std::env::var_os("PTFS_BIN").unwrap_or_else(|| BIN.into()));
+        let uring = transport_uring().then(enable_uring);
+        // The transport under test, whatever enable_uring says.
+        cmd.arg(if uring.is_some() {
+            "--io-uring"
+        } else {
+            "--no-io-uring"
+        });
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs
@@ -168,6 +177,7 @@ impl Mount {
             stats_path,
             log_path,
             child: Some(child),
+            uring,
         };
         m.wait_ready();
         m
@@ -267,7 +277,13 @@ impl Mount {
     }
 
     fn teardown(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
+        let Some(mut child) = self.child.take() else {
+            // The daemon already ended (wait_exit): a dead mount may remain.
+            if is_mounted(&self.mnt) {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+            return None;
+        };
         if is_mounted(&self.mnt) {
             let _ = Command::new("umount")
                 .arg(&self.mnt)
@@ -279,6 +295,9 @@ impl Mount {
             if let Ok(Some(st)) = child.try_wait() {
                 if is_mounted(&self.mnt) {
                     let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                }
+                if self.uring.is_some() {
+                    check_served_by_ring(&self.stats_path, &self.log());
                 }
                 return Some(st);
             }
@@ -403,4 +422,77 @@ pub fn thread_as_groups<T: Send + 'static>(
         }
         f()
     })
+}
+
+// ---- transport (PTFS_TRANSPORT=uring) ------------------------------------
+
+/// True when the suites run over FUSE-over-io_uring (`PTFS_TRANSPORT=uring`,
+/// set by scripts/test.sh for its second pass).
+pub fn transport_uring() -> bool {
+    std::env::var("PTFS_TRANSPORT").is_ok_and(|v| v == "uring")
+}
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// (holders, value of enable_uring before the first holder)
+static URING_PARAM: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
+
+/// Keeps `/sys/module/fuse/parameters/enable_uring` on while alive; the last
+/// one dropped (also while unwinding from a failed test) puts the original
+/// value back.
+pub struct EnableUring(());
+
+/// Switches enable_uring on (as root). Panics, failing the test, when the
+/// kernel has no FUSE-over-io_uring: a test meant for io_uring must not
+/// pass on /dev/fuse.
+pub fn enable_uring() -> EnableUring {
+    let mut g = URING_PARAM.lock().unwrap_or_else(|e| e.into_inner());
+    if g.0 == 0 {
+        let orig = std::fs::read_to_string(ENABLE_URING)
+            .unwrap_or_else(|e| panic!("PTFS_TRANSPORT=uring: cannot read {ENABLE_URING}: {e} (kernel without FUSE-over-io_uring?)"));
+        let orig = orig.trim().to_string();
+        if orig != "Y" {
+            std::fs::write(ENABLE_URING, "Y").unwrap_or_else(|e| {
+                panic!("PTFS_TRANSPORT=uring: cannot switch {ENABLE_URING} on: {e} (needs root)")
+            });
+        }
+        g.1 = Some(orig);
+    }
+    g.0 += 1;
+    EnableUring(())
+}
+
+impl Drop for EnableUring {
+    fn drop(&mut self) {
+        let mut g = URING_PARAM.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 -= 1;
+        if g.0 == 0 {
+            if let Some(orig) = g.1.take() {
+                if orig != "Y" {
+                    let _ = std::fs::write(ENABLE_URING, &orig);
+                }
+            }
+        }
+    }
+}
+
+/// After an io_uring mount ended: its stats must say the transport was the
+/// ring and that the ring served requests (not only /dev/fuse).
+fn check_served_by_ring(stats_path: &Path, log: &str) {
+    if std::thread::panicking() {
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(stats_path) else {
+        panic!("PTFS_TRANSPORT=uring: the daemon wrote no stats at unmount: {log}");
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
+    let t = &v["transport"];
+    assert_eq!(
+        t["mode"], "uring",
+        "PTFS_TRANSPORT=uring but the kernel did not take the io_uring transport: {t}\n{log}"
+    );
+    assert!(
+        t["ring_requests"].as_u64().unwrap_or(0) > 0,
+        "PTFS_TRANSPORT=uring but no request came through the ring: {t}\n{log}"
+    );
 }
