@@ -167,7 +167,10 @@ build_key() {
 		stat -c '%n %s %Y' "$TARBALL"
 		echo "$CONFIG_FRAGMENT"
 		if [ "$flavor" = patched ]; then
-			series_files | while read -r p; do sha256sum "$p"; done
+			# contents and names, not the checkout's path
+			series_files | while read -r p; do
+				echo "$(basename "$p") $(sha256sum < "$p")"
+			done
 		fi
 	} | sha256sum | cut -d' ' -f1
 }
@@ -310,7 +313,7 @@ cmd_test() {
 	log "building test/ptino_test.c with $(gcc --version | head -1)"
 	gcc -O2 -Wall -Wextra -Werror -o "$bin" "$SELF_DIR/test/ptino_test.c"
 
-	for run in "stock stock" "patched plain" "patched ino"; do
+	for run in "stock stock" "patched plain" "patched ino" "patched walk"; do
 		set -- $run
 		echo "=== $1 kernel, ptino_test $2 ==="
 		if PTFS_UML_RW="" cmd_run "$1" -- "$bin" "$2" /tmp/ptino; then

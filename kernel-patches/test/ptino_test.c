@@ -15,6 +15,9 @@
  *                               a stock and on a patched kernel alike
  *   ptino_test stock [WORKDIR]  plain, and check that the kernel is an
  *                               unpatched 7.46 that does not offer the flag
+ *   ptino_test walk  [WORKDIR]  ino with READDIRPLUS and
+ *                               FUSE_PASSTHROUGH_DIRENTPLUS: a cold walk
+ *                               reaches the server as READDIRPLUS only
  *
  * Needs root, /dev/fuse and a kernel with CONFIG_FUSE_PASSTHROUGH.  Prints one
  * line per check; exits 0 only if every check holds.  WORKDIR (default
@@ -69,6 +72,8 @@ enum {
 #define FUSE_MAX_PAGES		(1u << 22)
 #define FUSE_PASSTHROUGH	(1ULL << 37)
 #define FUSE_PASSTHROUGH_OPS	(1ULL << 44)
+#define FUSE_PASSTHROUGH_DIRENTPLUS (1ULL << 45)
+#define FUSE_DO_READDIRPLUS	(1u << 13)
 #define FOPEN_PASSTHROUGH	(1u << 7)
 #define FATTR_MODE		(1u << 0)
 #define FATTR_SIZE		(1u << 3)
@@ -137,6 +142,9 @@ struct fuse_batch_forget_in { uint32_t count, dummy; };
 struct fuse_dirent {
 	uint64_t ino, off; uint32_t namelen, type; char name[];
 };
+struct fuse_direntplus {
+	struct fuse_entry_out entry_out; struct fuse_dirent dirent;
+};
 struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t ops_mask; };
 
 #define FUSE_DEV_IOC_BACKING_OPEN  _IOW(229, 1, struct fuse_backing_map)
@@ -199,6 +207,10 @@ static const struct policy policies[] = {
 	{ "d/busy", 0, OP(GETATTR) | OP(READ) | OP(WRITE), 0, 0 },
 	/* atime of the backing file on noatime and read-only mounts */
 	{ "d/atime", 0, OP(GETATTR) | OP(OPEN) | OP(READ), 0, 3600 },
+	/* walk mode: READDIRPLUS left to the server, which attaches backings */
+	{ "w", 1, OP(GETATTR) | OP(STATX), 0, 3600 },
+	/* every entry of w (policy_of() maps w/NAME here) */
+	{ "w/*", 0, OP(GETATTR) | OP(STATX) | OP(OPEN) | OP(READ), 0, 3600 },
 };
 #define NPOL (sizeof(policies) / sizeof(policies[0]))
 
@@ -222,6 +234,8 @@ struct node {
 
 struct shared {
 	int ino_mode;
+	int walk_mode;			/* ino mode with READDIRPLUS */
+	int kernel_offers_dirplus, dirplus;	/* FUSE_PASSTHROUGH_DIRENTPLUS */
 	int stock;			/* expect an unpatched 7.46 kernel */
 	int init_done, probe_done;
 	uint32_t kernel_minor;
@@ -349,6 +363,8 @@ static int policy_of(int parent, const char *name)
 		return -1;
 	if (n < 0 || n >= (int)sizeof(path))
 		return -1;
+	if (!strncmp(path, "w/", 2))
+		snprintf(path, sizeof(path), "w/*");
 	for (i = 0; i < NPOL; i++)
 		if (!strcmp(policies[i].path, path))
 			return i;
@@ -367,13 +383,18 @@ static void handle_init(uint64_t unique, const struct fuse_init_in *in)
 	sh->kernel_minor = in->minor;
 	sh->kernel_offers_ino = !!(kflags & FUSE_PASSTHROUGH_OPS);
 	sh->kernel_offers_passthrough = !!(kflags & FUSE_PASSTHROUGH);
+	sh->kernel_offers_dirplus = !!(kflags & FUSE_PASSTHROUGH_DIRENTPLUS);
 
 	want = FUSE_INIT_EXT | FUSE_MAX_PAGES | FUSE_PASSTHROUGH;
 	/* a server that keeps locks, which it cannot do without RELEASE */
 	if (sh->ino_mode)
 		want |= FUSE_PASSTHROUGH_OPS | FUSE_POSIX_ACL |
 			FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS;
+	/* every readdir is a READDIRPLUS (no FUSE_READDIRPLUS_AUTO) */
+	if (sh->walk_mode)
+		want |= FUSE_DO_READDIRPLUS | FUSE_PASSTHROUGH_DIRENTPLUS;
 	want &= kflags;
+	sh->dirplus = !!(want & FUSE_PASSTHROUGH_DIRENTPLUS);
 
 	out.major = 7;
 	out.minor = sh->ino_mode ? 47 : 46;
@@ -700,6 +721,101 @@ static void handle_readdir(uint64_t unique, const struct fuse_read_in *in)
 	reply(unique, 0, obuf, used, NULL, 0, NULL, 0);
 }
 
+/*
+ * READDIRPLUS: every entry but . and .. is looked up (nlookup + 1) and, with
+ * FUSE_PASSTHROUGH_DIRENTPLUS, followed by its backing id.  The entry "bad"
+ * names a backing id that does not exist: the kernel must link it without a
+ * backing file, not fail.
+ */
+static void handle_readdirplus(uint64_t unique, uint64_t parent,
+			       const struct fuse_read_in *in)
+{
+	static char kbuf[32 * 1024], obuf[64 * 1024];
+	size_t size = in->size < sizeof(obuf) ? in->size : sizeof(obuf);
+	size_t used = 0, extra = sh->dirplus ? sizeof(struct fuse_entry_backing) : 0;
+	long n, pos;
+
+	if (lseek(in->fh, in->offset, SEEK_SET) < 0) {
+		reply_err(unique, errno);
+		return;
+	}
+	n = syscall(SYS_getdents64, (int)in->fh, kbuf, sizeof(kbuf));
+	if (n < 0) {
+		reply_err(unique, errno);
+		return;
+	}
+	for (pos = 0; pos < n;) {
+		struct {
+			uint64_t d_ino;
+			int64_t d_off;
+			unsigned short d_reclen;
+			unsigned char d_type;
+			char d_name[];
+		} *d = (void *)(kbuf + pos);
+		size_t namelen = strlen(d->d_name);
+		size_t rec = (sizeof(struct fuse_direntplus) + namelen + 7) & ~7UL;
+		struct fuse_direntplus *dp = (void *)(obuf + used);
+		struct fuse_entry_backing *eb = (void *)(obuf + used + rec);
+		int dot = !strcmp(d->d_name, ".") || !strcmp(d->d_name, "..");
+		struct stat st;
+		int fd, i, nid = -1;
+
+		if (used + rec + extra > size)
+			break;
+		memset(dp, 0, rec + extra);
+		dp->dirent.ino = d->d_ino;
+		dp->dirent.off = d->d_off;
+		dp->dirent.namelen = namelen;
+		dp->dirent.type = d->d_type;
+		memcpy(dp->dirent.name, d->d_name, namelen);
+		fd = dot ? -1 : openat(sh->nodes[parent].fd, d->d_name,
+				       O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0 && !fstat(fd, &st)) {
+			for (i = 2; i < MAXNODE; i++) {
+				struct node *o = &sh->nodes[i];
+
+				if (o->used && !o->forgotten &&
+				    o->dev == st.st_dev && o->ino == st.st_ino) {
+					nid = i;
+					close(fd);
+					break;
+				}
+			}
+			if (nid < 0)
+				nid = new_node(parent, fd, &st,
+					       policy_of(parent, d->d_name));
+			if (nid < 0)
+				close(fd);
+		} else if (fd >= 0) {
+			close(fd);
+		}
+		if (nid > 0) {
+			struct node *nd = &sh->nodes[nid];
+			const struct policy *pol = node_policy(nid);
+			uint64_t mask = pol ? pol->mask & sh->supported : 0;
+
+			nd->nlookup++;
+			dp->entry_out.nodeid = nid;
+			dp->entry_out.entry_valid = 3600;
+			fill_attr(&dp->entry_out.attr, &st);
+			if (extra && !strcmp(d->d_name, "bad")) {
+				eb->backing_id = 0x7ffffff0;
+			} else if (extra && mask) {
+				if (!nd->backing_id) {
+					int id = backing_open(nd->fd, mask);
+
+					if (id > 0)
+						nd->backing_id = id;
+				}
+				eb->backing_id = nd->backing_id;
+			}
+		}
+		used += rec + extra;
+		pos += d->d_reclen;
+	}
+	reply(unique, 0, obuf, used, NULL, 0, NULL, 0);
+}
+
 static void handle_getxattr(uint64_t unique, struct node *n, int list,
 			    const struct fuse_getxattr_in *in, const char *name)
 {
@@ -790,6 +906,9 @@ static void serve_one(char *buf, ssize_t len)
 		break;
 	case FUSE_READDIR:
 		handle_readdir(ih->unique, arg);
+		break;
+	case FUSE_READDIRPLUS:
+		handle_readdirplus(ih->unique, nid, arg);
 		break;
 	case FUSE_RELEASE:
 	case FUSE_RELEASEDIR: {
@@ -1796,20 +1915,86 @@ static void client_ino(void)
 	check_abort();
 }
 
+/*
+ * A cold walk of w (readdir, then lstat of every entry) reaches the server as
+ * READDIRPLUS only: the backing files arrive with the entries, the attributes
+ * come from them, and no entry is looked up or asked for its attributes.
+ */
+static void client_walk(void)
+{
+	unsigned int lookups, getattrs = 0, linked = 0, same = 0, names = 0;
+	struct dirent *de;
+	struct stat a, b;
+	int i, bad = -1;
+	ino_t bad_ino = 0;
+	DIR *d;
+
+	check(sh->kernel_offers_dirplus && sh->dirplus,
+	      "kernel offers FUSE_PASSTHROUGH_DIRENTPLUS (offered %d, negotiated %d)",
+	      sh->kernel_offers_dirplus, sh->dirplus);
+	d = opendir(m("w"));
+	if (!d) {
+		check(0, "opendir w: %s", strerror(errno));
+		return;
+	}
+	while ((de = readdir(d))) {
+		char rel[64];
+
+		if (de->d_name[0] == '.')
+			continue;
+		names++;
+		snprintf(rel, sizeof(rel), "w/%.32s", de->d_name);
+		if (!lstat(m(rel), &a) && !lstat(s(rel), &b) &&
+		    same_stat(&a, &b) && a.st_ino == b.st_ino)
+			same++;
+	}
+	closedir(d);
+	if (!lstat(s("w/bad"), &b))
+		bad_ino = b.st_ino;
+	lookups = cnt("w", FUSE_LOOKUP);
+	for (i = 2; i < MAXNODE; i++) {
+		struct node *n = &sh->nodes[i];
+
+		if (!n->used || n->pol < 0 ||
+		    strcmp(policies[n->pol].path, "w/*"))
+			continue;
+		linked++;
+		if (n->ino == bad_ino) {
+			bad = i;
+			continue;
+		}
+		getattrs += sh->count[i][FUSE_GETATTR] +
+			    sh->count[i][FUSE_STATX];
+	}
+	check(names == 21 && same == names,
+	      "cold walk of w: %u names, %u lstat equal to the source", names,
+	      same);
+	check(cnt("w", FUSE_READDIRPLUS) > 0 && lookups == 0 && getattrs == 0 &&
+	      linked == names,
+	      "cold walk of w: READDIRPLUS %u, LOOKUP %u, GETATTR/STATX %u of 20 entries with a backing id, %u entries linked",
+	      cnt("w", FUSE_READDIRPLUS), lookups, getattrs, linked);
+	check(bad > 0 && sh->count[bad][FUSE_GETATTR] > 0,
+	      "entry with an invalid backing id (w/bad): linked without a backing file, GETATTR %u at the server",
+	      bad > 0 ? sh->count[bad][FUSE_GETATTR] : 0);
+}
+
 static void client(void)
 {
 	wait_for(&sh->init_done);
 	/* the first access waits for INIT; the probe runs right after it */
 	access(mntdir, F_OK);
 	wait_for(&sh->probe_done);
-	if (sh->ino_mode) {
+	if (sh->walk_mode) {
+		client_walk();
+	} else if (sh->ino_mode) {
 		client_ino();
 	} else {
 		client_plain();
 		check_release();
 	}
 	printf("RESULT: %s mode: %d checks, %d failed, %d skipped\n",
-	       sh->ino_mode ? "ino" : sh->stock ? "stock" : "plain", checks,
+	       sh->walk_mode ? "walk" : sh->ino_mode ? "ino" :
+	       sh->stock ? "stock" : "plain", checks,
 	       failures, skips);
 	fflush(stdout);
 	exit(failures || (skips && !allow_missing) ? 1 : 0);
@@ -1863,6 +2048,14 @@ static void make_tree(void)
 	put("d/lck", "content of lck\n");
 	put("d/busy", "content of busy\n");
 	put("d/atime", "content of atime\n");
+	mkdir(s("w"), 0755);
+	for (i = 0; i < 20; i++) {
+		char rel[16];
+
+		snprintf(rel, sizeof(rel), "w/e%02zu", i);
+		put(rel, "walk\n");
+	}
+	put("w/bad", "walk\n");
 	if (set_acl(s("d/aclc"), 4, 1234, 4))
 		die("set ACL of d/aclc");
 	chmod(s("d/aclc"), 0640);
@@ -1905,8 +2098,9 @@ int main(int argc, char **argv)
 	int status, rootfd;
 
 	if (argc < 2 || (strcmp(argv[1], "ino") && strcmp(argv[1], "plain") &&
-			 strcmp(argv[1], "stock"))) {
-		fprintf(stderr, "usage: %s ino|plain|stock [WORKDIR]\n", argv[0]);
+			 strcmp(argv[1], "stock") && strcmp(argv[1], "walk"))) {
+		fprintf(stderr, "usage: %s ino|plain|stock|walk [WORKDIR]\n",
+			argv[0]);
 		return 2;
 	}
 	allow_missing = getenv("PTINO_ALLOW_MISSING") != NULL;
@@ -1916,7 +2110,8 @@ int main(int argc, char **argv)
 		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (sh == MAP_FAILED)
 		die("mmap");
-	sh->ino_mode = !strcmp(argv[1], "ino");
+	sh->walk_mode = !strcmp(argv[1], "walk");
+	sh->ino_mode = !strcmp(argv[1], "ino") || sh->walk_mode;
 	sh->stock = !strcmp(argv[1], "stock");
 
 	if (mkdir(work, 0755) && errno != EEXIST)
