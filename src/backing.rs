@@ -9,10 +9,12 @@
 //!   open, registered on its first open, shared by every later open (two ids
 //!   for one open inode make the second open fail with EIO), closed when the
 //!   last open is released.
-//! - *Inode passthrough* (our kernel series, FUSE_PASSTHROUGH_INO): one id
+//! - *Inode passthrough* (our kernel series, FUSE_PASSTHROUGH_OPS): one id
 //!   per inode for its whole life in the table, registered at lookup with an
 //!   ops mask, sent on every entry reply naming the inode, closed at FORGET.
-//!   Opens of such an inode reuse the same id.
+//!   Opens of such an inode reuse the same id. The kernel requires GETATTR in
+//!   every non-zero mask: an inode whose policy keeps GETATTR in the daemon
+//!   gets no inode backing at all.
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -220,7 +222,7 @@ impl Backing {
             return 0;
         }
         let usable = self.usable_mask(fd, mask);
-        if usable == 0 {
+        if usable & GETATTR_OP == 0 {
             return 0;
         }
         let mut slot = inode.backing.lock();
@@ -279,6 +281,8 @@ impl Backing {
         if self.probed.load(Ordering::Acquire) {
             return;
         }
+        // GETATTR goes with every other bit: the kernel refuses a mask
+        // without it (EINVAL), and an older series accepted it alone too.
         let mut ok = 0u64;
         let mut refused = Vec::new();
         for &op in Opcode::ALL {
@@ -286,7 +290,7 @@ impl Backing {
             if wanted & bit == 0 {
                 continue;
             }
-            match self.ioctl_open(fd, bit) {
+            match self.ioctl_open(fd, bit | GETATTR_OP) {
                 Ok(id) => {
                     ok |= bit;
                     self.ioctl_close(id);
@@ -341,6 +345,8 @@ impl Backing {
 
 /// The bits that make an open do read/write passthrough.
 pub const IO_OPS: u64 = abi::passthrough_op(Opcode::Read) | abi::passthrough_op(Opcode::Write);
+/// The bit every inode backing mask must have.
+const GETATTR_OP: u64 = abi::passthrough_op(Opcode::Getattr);
 
 /// Names of the ops in a mask.
 pub fn mask_names(mask: u64) -> Vec<&'static str> {

@@ -1,6 +1,6 @@
 //! The FUSE kernel ABI, protocol 7.46 (Linux 7.3 `include/uapi/linux/fuse.h`),
 //! plus the inode-passthrough extension of our kernel series (7.47, see
-//! `kernel-patches/` and [`INIT_PASSTHROUGH_INO`]).
+//! `kernel-patches/` and [`INIT_PASSTHROUGH_OPS`]).
 //!
 //! Every struct is `#[repr(C)]`, has a compile-time size assert equal to the
 //! kernel's, and derives `zerocopy` traits so requests are parsed by copying
@@ -86,7 +86,7 @@ abi_struct!(
 abi_struct!(
     /// `struct fuse_entry_backing` (7.47, inode passthrough): follows
     /// [`EntryOut`] in LOOKUP, MKNOD, MKDIR, SYMLINK, LINK, CREATE and TMPFILE
-    /// replies when [`INIT_PASSTHROUGH_INO`] was negotiated. READDIRPLUS keeps
+    /// replies when [`INIT_PASSTHROUGH_OPS`] was negotiated. READDIRPLUS keeps
     /// the legacy layout, because `fuse_direntplus` embeds `fuse_entry_out`.
     EntryBacking, 8, { backing_id: i32, flags: u32 });
 
@@ -176,7 +176,7 @@ abi_struct!(
     /// `struct fuse_backing_map`, the argument of [`DEV_IOC_BACKING_OPEN`].
     /// Linux 7.3 calls the last field `padding` and requires 0; our series
     /// renames it `ops_mask` (see [`passthrough_op`]), valid only after
-    /// [`INIT_PASSTHROUGH_INO`] was negotiated.
+    /// [`INIT_PASSTHROUGH_OPS`] was negotiated.
     BackingMap, 16, { fd: i32, flags: u32, ops_mask: u64 });
 abi_struct!(LseekIn, 24, { fh: u64, offset: u64, whence: u32, padding: u32 });
 abi_struct!(LseekOut, 8, { offset: u64 });
@@ -349,15 +349,20 @@ bitflags! {
         const OVER_IO_URING = 1 << 41;
         const REQUEST_TIMEOUT = 1 << 42;
         const HAS_IO_URING_BUFPOOL = 1 << 43;
-        /// Our series (7.47): backing ids on entry replies, ops masks on backing maps.
-        const PASSTHROUGH_INO = INIT_PASSTHROUGH_INO;
+        /// Our series (7.47), `FUSE_PASSTHROUGH_OPS`: backing ids on entry
+        /// replies, ops masks on backing maps.
+        const PASSTHROUGH_OPS = INIT_PASSTHROUGH_OPS;
+        /// The same bit under the series' former name (`FUSE_PASSTHROUGH_INO`,
+        /// renamed because upstream's inode passthrough uses that name).
+        const PASSTHROUGH_INO = INIT_PASSTHROUGH_OPS;
         // Bits a newer kernel sets are kept as unknown, never echoed back.
         const _ = !0;
     }
 }
 
-/// `FUSE_PASSTHROUGH_INO`, bit 12 of `flags2`.
-pub const INIT_PASSTHROUGH_INO: u64 = 1 << 44;
+/// `FUSE_PASSTHROUGH_OPS` (formerly `FUSE_PASSTHROUGH_INO`), bit 12 of
+/// `flags2`. Upstream's `FUSE_PASSTHROUGH_INO` is another flag.
+pub const INIT_PASSTHROUGH_OPS: u64 = 1 << 44;
 
 bitflags! {
     /// `fuse_open_out.open_flags` (FOPEN_*).
