@@ -335,8 +335,11 @@ pub(crate) fn negotiate(
             flags.remove(InitFlags::WRITEBACK_CACHE);
         }
     }
+    if !flags.contains(InitFlags::PASSTHROUGH_INO) {
+        flags.remove(InitFlags::PASSTHROUGH_DIRENTPLUS);
+    }
     if !flags.contains(InitFlags::PASSTHROUGH) {
-        flags.remove(InitFlags::PASSTHROUGH_INO);
+        flags.remove(InitFlags::PASSTHROUGH_INO | InitFlags::PASSTHROUGH_DIRENTPLUS);
         max_stack_depth = 0;
     }
     if flags.bits() >> 32 == 0 {
