@@ -238,9 +238,16 @@ impl Backing {
         ) {
             return 0;
         }
-        let usable = self.usable_mask(fd, mask);
+        let mut usable = self.usable_mask(fd, mask);
         if usable & GETATTR_OP == 0 {
             return 0;
+        }
+        if self.dirplus() && inode.kind == crate::inode_table::Kind::Directory {
+            // A directory that passes READDIR (or its open) through never
+            // sends READDIRPLUS, whose replies bring its entries with their
+            // backing ids: keep its listing in the daemon. (After the probe,
+            // which learns the kernel's ops from the first mask it sees.)
+            usable &= !(abi::passthrough_op(Opcode::Readdir) | abi::passthrough_op(Opcode::Open));
         }
         let mut slot = inode.backing.lock();
         if slot.for_inode {

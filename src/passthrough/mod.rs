@@ -332,13 +332,6 @@ impl PassthroughFs {
     fn mask_of(&self, inode: &Inode) -> u64 {
         let d = inode.backing.lock().decision;
         let mask = self.cfg.policy.mask(d, inode.kind);
-        if inode.kind == Kind::Directory && self.backing.dirplus() {
-            // A directory that passes READDIR (or its open) through never
-            // sends READDIRPLUS, whose replies now bring its entries with
-            // their backing ids: keep its listing in the daemon.
-            return mask
-                & !(abi::passthrough_op(Opcode::Readdir) | abi::passthrough_op(Opcode::Open));
-        }
         if self.cfg.direct_io
             && inode.kind == Kind::Regular
             && self.backing.mode() == backing::Mode::Inode
