@@ -5,7 +5,7 @@ Inode passthrough is about metadata: with the ops mask, stat, readdir and
 xattrs of a looked-up entry are served by the kernel from the backing inode.
 This measures, side by side in one UML boot, `stat` of 100k files (the
 bench_tool walk: readdir + lstat of every entry) and `ls -lR`, warm and after
-drop_caches, for:
+drop_caches, and a cold `find` (readdir only), for:
 
   native        the tmpfs SOURCE itself
   masks         passthroughfs, --passthrough-ops all (inode passthrough)
@@ -110,7 +110,11 @@ def inside(args):
 
     # (name, preparation, measured run): warm runs follow a priming run,
     # cold ones drop the dentry and inode caches first.
+    def find(root):
+        return timed(["find", root])
+
     workloads = [
+        ("find_cold", lambda r: drop_caches(), find),
         ("stat_warm", stat_walk, stat_walk),
         ("stat_cold", lambda r: drop_caches(), stat_walk),
         ("ls_lR_warm", ls_lr, ls_lr),
@@ -159,7 +163,7 @@ def inside(args):
 
 
 def report(out, folder):
-    ws = ["stat_warm", "stat_cold", "ls_lR_warm", "ls_lR_cold"]
+    ws = ["find_cold", "stat_warm", "stat_cold", "ls_lR_warm", "ls_lR_cold"]
     lines = [f"# Metadata on the patched kernel (UML), {out['date']}", "",
              f"Kernel {out['kernel']} (User-Mode Linux, one CPU), SOURCE on tmpfs, "
              f"{out['files']} files in {out['files'] // 1000} dirs, median of {out['reps']} runs; "

@@ -52,6 +52,8 @@ pub struct Backing {
     /// Mask bits the kernel accepted (inode mode), learned by probing.
     supported_ops: AtomicU64,
     probed: AtomicBool,
+    /// READDIRPLUS entries carry backing ids (FUSE_PASSTHROUGH_DIRENTPLUS).
+    dirplus: AtomicBool,
     /// Entries registered, per ops mask.
     per_mask: Mutex<BTreeMap<u64, u64>>,
     /// Entries registered with each op's bit set, per opcode.
@@ -68,6 +70,7 @@ impl Default for Backing {
             failures: AtomicU64::new(0),
             supported_ops: AtomicU64::new(0),
             probed: AtomicBool::new(false),
+            dirplus: AtomicBool::new(false),
             per_mask: Mutex::new(BTreeMap::new()),
             per_op: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -81,6 +84,8 @@ pub struct BackingStats {
     pub open_ids: u64,
     pub registered_total: u64,
     pub failures: u64,
+    /// READDIRPLUS entries carry backing ids (FUSE_PASSTHROUGH_DIRENTPLUS).
+    pub dirplus: bool,
     /// Inode mode: the ops the kernel agreed to pass through.
     pub supported_ops: Vec<&'static str>,
     /// Inode mode: how many entries were registered with each mask.
@@ -92,6 +97,18 @@ impl Backing {
     pub fn start(&self, conn: &Arc<Connection>, mode: Mode) {
         let _ = self.conn.set(conn.clone());
         self.mode.store(mode as u8, Ordering::Release);
+        // The layout is the kernel's from INIT on, even if passthrough is
+        // disabled later (the ids are 0 then).
+        let dirplus = conn
+            .negotiated()
+            .is_some_and(|n| n.has(abi::InitFlags::PASSTHROUGH_DIRENTPLUS));
+        self.dirplus.store(dirplus, Ordering::Release);
+    }
+
+    /// READDIRPLUS records carry each entry's backing id
+    /// (FUSE_PASSTHROUGH_DIRENTPLUS negotiated, kernel patch 0013).
+    pub fn dirplus(&self) -> bool {
+        self.dirplus.load(Ordering::Acquire)
     }
 
     pub fn mode(&self) -> Mode {
@@ -221,9 +238,16 @@ impl Backing {
         ) {
             return 0;
         }
-        let usable = self.usable_mask(fd, mask);
+        let mut usable = self.usable_mask(fd, mask);
         if usable & GETATTR_OP == 0 {
             return 0;
+        }
+        if self.dirplus() && inode.kind == crate::inode_table::Kind::Directory {
+            // A directory that passes READDIR (or its open) through never
+            // sends READDIRPLUS, whose replies bring its entries with their
+            // backing ids: keep its listing in the daemon. (After the probe,
+            // which learns the kernel's ops from the first mask it sees.)
+            usable &= !(abi::passthrough_op(Opcode::Readdir) | abi::passthrough_op(Opcode::Open));
         }
         let mut slot = inode.backing.lock();
         if slot.for_inode {
@@ -332,6 +356,7 @@ impl Backing {
             open_ids: self.open_ids.load(Ordering::Relaxed),
             registered_total: self.registered.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            dirplus: self.dirplus(),
             supported_ops: mask_names(self.supported_ops()),
             entries_per_mask: self
                 .per_mask

@@ -87,7 +87,9 @@ abi_struct!(
     /// `struct fuse_entry_backing` (7.47, inode passthrough): follows
     /// [`EntryOut`] in LOOKUP, MKNOD, MKDIR, SYMLINK, LINK, CREATE and TMPFILE
     /// replies when [`INIT_PASSTHROUGH_OPS`] was negotiated. READDIRPLUS keeps
-    /// the legacy layout, because `fuse_direntplus` embeds `fuse_entry_out`.
+    /// the legacy layout, because `fuse_direntplus` embeds `fuse_entry_out`,
+    /// unless [`INIT_PASSTHROUGH_DIRENTPLUS`] was negotiated too: then one
+    /// follows each (padded) `fuse_direntplus` record.
     EntryBacking, 8, { backing_id: i32, flags: u32 });
 
 abi_struct!(ForgetIn, 8, { nlookup: u64 });
@@ -355,6 +357,9 @@ bitflags! {
         /// The same bit under the series' former name (`FUSE_PASSTHROUGH_INO`,
         /// renamed because upstream's inode passthrough uses that name).
         const PASSTHROUGH_INO = INIT_PASSTHROUGH_OPS;
+        /// Our series (patch 0013), `FUSE_PASSTHROUGH_DIRENTPLUS`: READDIRPLUS
+        /// entries carry a `fuse_entry_backing` (only with PASSTHROUGH_OPS).
+        const PASSTHROUGH_DIRENTPLUS = INIT_PASSTHROUGH_DIRENTPLUS;
         // Bits a newer kernel sets are kept as unknown, never echoed back.
         const _ = !0;
     }
@@ -363,6 +368,10 @@ bitflags! {
 /// `FUSE_PASSTHROUGH_OPS` (formerly `FUSE_PASSTHROUGH_INO`), bit 12 of
 /// `flags2`. Upstream's `FUSE_PASSTHROUGH_INO` is another flag.
 pub const INIT_PASSTHROUGH_OPS: u64 = 1 << 44;
+
+/// `FUSE_PASSTHROUGH_DIRENTPLUS`, bit 13 of `flags2`: each READDIRPLUS record
+/// is followed by an [`EntryBacking`].
+pub const INIT_PASSTHROUGH_DIRENTPLUS: u64 = 1 << 45;
 
 bitflags! {
     /// `fuse_open_out.open_flags` (FOPEN_*).

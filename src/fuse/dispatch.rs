@@ -347,8 +347,11 @@ pub(crate) fn negotiate(
             flags.remove(InitFlags::WRITEBACK_CACHE);
         }
     }
+    if !flags.contains(InitFlags::PASSTHROUGH_INO) {
+        flags.remove(InitFlags::PASSTHROUGH_DIRENTPLUS);
+    }
     if !flags.contains(InitFlags::PASSTHROUGH) {
-        flags.remove(InitFlags::PASSTHROUGH_INO);
+        flags.remove(InitFlags::PASSTHROUGH_INO | InitFlags::PASSTHROUGH_DIRENTPLUS);
         max_stack_depth = 0;
     }
     if flags.bits() >> 32 == 0 {
@@ -458,5 +461,44 @@ mod tests {
             negotiate(&big, &offer(offered), 1 << 18, 4096).0.max_write,
             1 << 18
         );
+    }
+
+    /// The passthrough filesystem's READDIRPLUS on a stock kernel, on kernel
+    /// series v2 (entry backing ids only) and with patch 0013 (backing ids
+    /// in READDIRPLUS too).
+    #[test]
+    fn readdirplus_with_inode_passthrough() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::passthrough::Config::for_source(dir.path().into());
+        let fs = crate::passthrough::PassthroughFs::new(cfg).unwrap();
+        let wants = fs.wants();
+        let plus = InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO;
+        let stock = plus | InitFlags::PASSTHROUGH | InitFlags::MAX_PAGES | InitFlags::INIT_EXT;
+        let (n, _) = negotiate(&wants, &offer(stock), 1 << 20, 4096);
+        assert!(n.has(plus) && n.has(InitFlags::PASSTHROUGH));
+        // v2: READDIRPLUS entries would have no backing: LOOKUP instead.
+        let v2 = stock | InitFlags::PASSTHROUGH_OPS;
+        let (n, _) = negotiate(&wants, &offer(v2), 1 << 20, 4096);
+        assert!(n.has(InitFlags::PASSTHROUGH_OPS));
+        assert!(!n.has(InitFlags::DO_READDIRPLUS) && !n.has(InitFlags::READDIRPLUS_AUTO));
+        assert!(!n.has(InitFlags::PASSTHROUGH_DIRENTPLUS));
+        // 0013: every listing a READDIRPLUS with backing ids.
+        let (n, out) = negotiate(
+            &wants,
+            &offer(v2 | InitFlags::PASSTHROUGH_DIRENTPLUS),
+            1 << 20,
+            4096,
+        );
+        assert!(n.has(InitFlags::PASSTHROUGH_DIRENTPLUS | InitFlags::DO_READDIRPLUS));
+        assert!(!n.has(InitFlags::READDIRPLUS_AUTO));
+        assert_eq!(out.flags2 & (1 << 13), 1 << 13);
+        // The flag alone (no PASSTHROUGH_OPS) is never granted.
+        let (n, _) = negotiate(
+            &wants,
+            &offer(stock | InitFlags::PASSTHROUGH_DIRENTPLUS),
+            1 << 20,
+            4096,
+        );
+        assert!(!n.has(InitFlags::PASSTHROUGH_DIRENTPLUS));
     }
 }

@@ -550,6 +550,9 @@ pub struct DirBuffer {
     max: usize,
     /// Nodeids of READDIRPLUS entries, one lookup count each.
     lookups: Vec<u64>,
+    /// READDIRPLUS records end with a `fuse_entry_backing`
+    /// (FUSE_PASSTHROUGH_DIRENTPLUS negotiated).
+    backing: bool,
 }
 
 impl DirBuffer {
@@ -558,6 +561,15 @@ impl DirBuffer {
             buf: Vec::with_capacity(max.min(1 << 20)),
             max,
             lookups: Vec::new(),
+            backing: false,
+        }
+    }
+
+    /// A READDIRPLUS buffer whose records carry the entries' backing ids.
+    pub fn with_backing(max: usize) -> DirBuffer {
+        DirBuffer {
+            backing: true,
+            ..DirBuffer::new(max)
         }
     }
 
@@ -573,7 +585,7 @@ impl DirBuffer {
             namelen: name.len() as u32,
             typ,
         };
-        self.append(d.as_bytes(), name)
+        self.append(d.as_bytes(), name, &[])
     }
 
     /// Appends a READDIRPLUS record; `false` (and nothing appended) when full.
@@ -589,7 +601,9 @@ impl DirBuffer {
                 typ,
             },
         };
-        if !self.append(d.as_bytes(), name) {
+        let bk = entry.backing();
+        let tail: &[u8] = if self.backing { bk.as_bytes() } else { &[] };
+        if !self.append(d.as_bytes(), name, tail) {
             return false;
         }
         if entry.nodeid != 0 {
@@ -598,15 +612,18 @@ impl DirBuffer {
         true
     }
 
-    fn append(&mut self, head: &[u8], name: &[u8]) -> bool {
+    /// One record: `head` and `name` padded to 8 bytes, then `tail` (a
+    /// multiple of 8 bytes), all or nothing.
+    fn append(&mut self, head: &[u8], name: &[u8], tail: &[u8]) -> bool {
         let len = abi::dirent_align(head.len() + name.len());
-        if self.buf.len() + len > self.max {
+        if self.buf.len() + len + tail.len() > self.max {
             return false;
         }
         let start = self.buf.len();
         self.buf.extend_from_slice(head);
         self.buf.extend_from_slice(name);
         self.buf.resize(start + len, 0);
+        self.buf.extend_from_slice(tail);
         true
     }
 
@@ -650,6 +667,31 @@ mod tests {
         assert_eq!(d.entry_out.nodeid, 9);
         assert_eq!(d.dirent.ino, 77);
         assert_eq!(d.dirent.namelen, 4);
+    }
+
+    /// FUSE_PASSTHROUGH_DIRENTPLUS: the backing id follows the padded
+    /// record, and a record that does not fit with it is not appended.
+    #[test]
+    fn dirbuffer_plus_record_with_backing() {
+        let rec = abi::dirent_align(152 + 5);
+        let mut b = DirBuffer::with_backing(2 * rec + 8 + 8);
+        let e = Entry {
+            nodeid: 9,
+            backing_id: 42,
+            ..Default::default()
+        };
+        assert!(b.push_plus(&e, 1, 8, b"file1"));
+        assert_eq!(b.as_bytes().len(), rec + 8);
+        let (bk, _) = abi::EntryBacking::read_from_prefix(&b.as_bytes()[rec..]).unwrap();
+        assert_eq!((bk.backing_id, bk.flags), (42, 0));
+        assert!(b.push_plus(&e, 2, 8, b"file2"));
+        // the second record starts 8-aligned after the first one's backing
+        let (d, _) = abi::DirentPlus::read_from_prefix(&b.as_bytes()[rec + 8..]).unwrap();
+        assert_eq!(d.dirent.off, 2);
+        // 8 bytes left: not enough for a third record
+        assert!(!b.push_plus(&e, 3, 8, b"file3"));
+        assert_eq!(b.as_bytes().len(), 2 * (rec + 8));
+        assert_eq!(b.lookups, vec![9, 9]);
     }
 
     #[test]

@@ -127,7 +127,11 @@ impl PassthroughFs {
             st.offset = arg.offset;
         }
         let media_rel = self.media_dir_rel(&inode);
-        let mut out = DirBuffer::new(arg.size as usize);
+        let mut out = if plus && self.backing.dirplus() {
+            DirBuffer::with_backing(arg.size as usize)
+        } else {
+            DirBuffer::new(arg.size as usize)
+        };
         loop {
             if st.pos >= st.len {
                 let DirStream { buf, .. } = &mut *st;
