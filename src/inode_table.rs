@@ -14,7 +14,6 @@
 //! waits for its removal and inserts a fresh inode).
 
 use std::collections::VecDeque;
-use std::marker::PhantomData;
 use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -108,11 +107,16 @@ pub struct Inode {
     pub key: InodeKey,
     pub kind: Kind,
     handle: Option<FileHandle>,
-    /// The O_PATH fd, if cached. A request takes a clone of the `Arc` and
-    /// holds no lock while it works (so one request may take the fd of the
-    /// same inode twice, e.g. rename within a directory); eviction skips
-    /// fds in use and the fd closes when its last user is done.
-    fd: RwLock<Option<Arc<OwnedFd>>>,
+    /// The O_PATH fd, if cached. A request raises `users` under the read
+    /// lock and then holds no lock while it works (so one request may take
+    /// the fd of the same inode twice, e.g. rename within a directory);
+    /// eviction closes the fd only under the write lock with `users` at 0.
+    /// (Not an `Arc<OwnedFd>`: one more small allocation per cached fd
+    /// fragmented the heap enough that memory did not come back after the
+    /// kernel forgot, tests/resources.rs.)
+    fd: RwLock<Option<OwnedFd>>,
+    /// Requests using the cached fd right now (live [`InodeFd`]s).
+    users: AtomicU32,
     nlookup: AtomicU64,
     /// Clock bit: used since the last sweep.
     referenced: AtomicBool,
@@ -188,26 +192,39 @@ impl Inode {
 /// thread reopens the slot) can never deadlock. Eviction leaves an fd in
 /// use alone, and it stays open until the last reference is dropped.
 pub struct InodeFd<'a> {
-    fd: Arc<OwnedFd>,
-    _inode: PhantomData<&'a Inode>,
+    inode: &'a Inode,
+    fd: BorrowedFd<'a>,
 }
 
-impl InodeFd<'_> {
-    fn new(fd: Arc<OwnedFd>) -> Self {
-        InodeFd {
-            fd,
-            _inode: PhantomData,
-        }
+impl<'a> InodeFd<'a> {
+    /// Marks `inode`'s cached `fd` in use. Call with the slot's lock held
+    /// (read or write), so eviction, which checks `users` under the write
+    /// lock, either closed the fd before or sees this use.
+    fn in_use(inode: &'a Inode, fd: &OwnedFd) -> Self {
+        inode.users.fetch_add(1, Ordering::AcqRel);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+        // SAFETY: the slot's fd is closed only by `InodeTable::evict`, under
+        // the write lock and only while `users` is 0, or when the inode is
+        // dropped; `users` stays raised until this value is dropped, and the
+        // inode outlives 'a. So `raw` stays open for 'a.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        InodeFd { inode, fd }
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd
     }
 }
 
-impl Deref for InodeFd<'_> {
-    type Target = OwnedFd;
-    fn deref(&self) -> &OwnedFd {
+impl Drop for InodeFd<'_> {
+    fn drop(&mut self) {
+        self.inode.users.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<'a> Deref for InodeFd<'a> {
+    type Target = BorrowedFd<'a>;
+    fn deref(&self) -> &BorrowedFd<'a> {
         &self.fd
     }
 }
@@ -230,7 +247,6 @@ fn fd_path(fd: BorrowedFd<'_>) -> Option<String> {
 /// pinned (see [`InodeTable::hold_victim`]).
 pub struct Victim {
     inode: Arc<Inode>,
-    fd: Arc<OwnedFd>,
 }
 
 /// The result of looking a name up.
@@ -283,7 +299,8 @@ impl InodeTable {
             key,
             kind: Kind::Directory,
             handle,
-            fd: RwLock::new(Some(Arc::new(root))),
+            fd: RwLock::new(Some(root)),
+            users: AtomicU32::new(0),
             // The kernel never forgets the root; a count it cannot reach.
             nlookup: AtomicU64::new(1 << 62),
             referenced: AtomicBool::new(true),
@@ -408,7 +425,7 @@ impl InodeTable {
     pub fn fd<'a>(&self, inode: &'a Inode) -> Result<InodeFd<'a>, Errno> {
         inode.referenced.store(true, Ordering::Relaxed);
         if let Some(f) = inode.fd.read().as_ref() {
-            return Ok(InodeFd::new(f.clone()));
+            return Ok(InodeFd::in_use(inode, f));
         }
         if inode.unlinked.load(Ordering::Acquire) {
             // Never reopened by handle (it would be ESTALE, or on some
@@ -419,7 +436,7 @@ impl InodeTable {
         let mut w = inode.fd.write();
         if let Some(f) = w.as_ref() {
             // Reopened by another request meanwhile.
-            return Ok(InodeFd::new(f.clone()));
+            return Ok(InodeFd::in_use(inode, f));
         }
         let fd = self
             .with_fd_headroom(|| self.mounts.open(handle))
@@ -429,14 +446,13 @@ impl InodeTable {
                     "reopening from the file handle failed: {e}"
                 )
             })?;
-        let fd = Arc::new(fd);
-        *w = Some(fd.clone());
+        let held = InodeFd::in_use(inode, w.insert(fd));
         self.budget.open.fetch_add(1, Ordering::Relaxed);
         self.budget.reopens.fetch_add(1, Ordering::Relaxed);
         drop(w);
         self.queue_for_eviction(inode.nodeid);
         self.maybe_evict();
-        Ok(InodeFd::new(fd))
+        Ok(held)
     }
 
     /// Before an operation that may remove the last name of `dir/name`
@@ -452,11 +468,9 @@ impl InodeTable {
         }
         // Pinned first, so eviction cannot take the fd once we have it.
         inode.pin();
-        match self.fd(&inode) {
-            Ok(fd) => {
-                let fd = fd.fd.clone();
-                Some(Victim { inode, fd })
-            }
+        // Pinned, it keeps its fd once it has one.
+        match self.fd(&inode).map(drop) {
+            Ok(()) => Some(Victim { inode }),
             Err(_) => {
                 inode.unpin();
                 None
@@ -468,7 +482,9 @@ impl InodeTable {
     /// its pin until FORGET (writeback may still send SETATTR or WRITE for
     /// it, and a handle cannot reopen it); any other is unpinned.
     pub fn settle_victim(&self, v: Victim) {
-        let gone = sys::statx(v.fd.as_fd(), libc::STATX_NLINK).is_ok_and(|st| st.stx_nlink == 0);
+        let gone = self.fd(&v.inode).is_ok_and(|fd| {
+            sys::statx(fd.fd(), libc::STATX_NLINK).is_ok_and(|st| st.stx_nlink == 0)
+        });
         if gone && !v.inode.unlinked.swap(true, Ordering::AcqRel) {
             // The pin stays with the inode.
             return;
@@ -551,7 +567,8 @@ impl InodeTable {
                         key,
                         kind,
                         handle,
-                        fd: RwLock::new(Some(Arc::new(f))),
+                        fd: RwLock::new(Some(f)),
+                        users: AtomicU32::new(0),
                         nlookup: AtomicU64::new(1),
                         referenced: AtomicBool::new(true),
                         pins: AtomicU32::new(0),
@@ -604,7 +621,7 @@ impl InodeTable {
         }
         let mut w = inode.fd.write();
         if w.is_none() {
-            *w = Some(Arc::new(fd));
+            *w = Some(fd);
             self.budget.open.fetch_add(1, Ordering::Relaxed);
             drop(w);
             self.queue_for_eviction(inode.nodeid);
@@ -728,7 +745,7 @@ impl InodeTable {
                     q.push_back(id);
                     continue;
                 };
-                if w.as_ref().is_some_and(|f| Arc::strong_count(f) > 1) {
+                if inode.users.load(Ordering::Acquire) > 0 {
                     // In use by a request right now.
                     q.push_back(id);
                     continue;

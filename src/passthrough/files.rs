@@ -227,6 +227,7 @@ impl PassthroughFs {
         let fd = self
             .table
             .with_fd_headroom(|| sys::reopen(proc, ipath.fd(), mode | libc::O_NOCTTY))?;
+        drop(ipath);
         let dir =
             (inode.kind == Kind::Directory).then(|| Mutex::new(super::dirs::DirStream::new()));
         Ok(Arc::new(OpenFile {
