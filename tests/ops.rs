@@ -674,26 +674,52 @@ fn flock_and_posix_locks() {
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
+/// Whether /proc/locks shows `pid` blocked waiting for a lock (a `->` line
+/// naming it): the kernel's own view, independent of the daemon.
+fn kernel_lock_waiter(pid: libc::pid_t) -> bool {
+    let pid = pid.to_string();
+    fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .any(|t| t.get(1) == Some(&"->") && t.get(5) == Some(&pid.as_str()))
+}
+
 #[test]
 fn blocking_lock_wait_is_interruptible() {
     require_root!();
     let m = Mount::with_source(|s| fs::write(s.join("f"), b"x").unwrap(), &[]);
-    // Hold the lock natively on SOURCE, then block on it through the mount
-    // in a child: a signal makes its wait return EINTR, and a child that we
-    // kill does not keep a worker stuck.
-    let native = OpenOptions::new()
+    // Hold the lock, then block on it through the mount in a child: a
+    // signal makes its wait return EINTR, and a child that we kill leaves
+    // no wait behind (no worker stuck in the daemon, no waiter in the
+    // kernel). Where locks reach the daemon, the lock is held natively on
+    // SOURCE (host arbitration) and the daemon's queued waits are the
+    // synchronisation point. On the patched kernel with open passthrough
+    // (tests/uml.rs sets PTFS_KERNEL_LOCKS=1) the kernel keeps the locks of
+    // the files it opens itself: a SOURCE lock does not conflict there and
+    // the daemon never sees the wait, so the lock is held through the mount
+    // and /proc/locks (the blocked waiter) is the synchronisation point.
+    let kernel_locks = std::env::var("PTFS_KERNEL_LOCKS").as_deref() == Ok("1");
+    let holder = OpenOptions::new()
         .read(true)
         .write(true)
-        .open(m.s("f"))
+        .open(if kernel_locks { m.m("f") } else { m.s("f") })
         .unwrap();
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_WRLCK as i16;
     fl.l_whence = libc::SEEK_SET as i16;
     assert_eq!(
-        unsafe { libc::fcntl(native.as_raw_fd(), libc::F_OFD_SETLK, &fl) },
+        unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_OFD_SETLK, &fl) },
         0
     );
     let path = cpath(&m.m("f"));
+    let queued = |pid: libc::pid_t| {
+        if kernel_locks {
+            kernel_lock_waiter(pid)
+        } else {
+            m.stats()["lock_waiters"] == 1
+        }
+    };
     // Exits 0 if its SETLKW returned EINTR, 1 if it returned anything else.
     let waiter = || {
         let pid = unsafe { libc::fork() };
@@ -708,12 +734,12 @@ fn blocking_lock_wait_is_interruptible() {
                 libc::_exit(if r == -1 && e == libc::EINTR { 0 } else { 1 });
             }
         }
-        // Signal it only once its wait is queued in the daemon.
+        // Signal it only once its wait is queued.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while m.stats()["lock_waiters"] != 1 {
+        while !queued(pid) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the wait never queued"
+                "the wait never queued (kernel_locks={kernel_locks})"
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -725,11 +751,23 @@ fn blocking_lock_wait_is_interruptible() {
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "the interrupted SETLKW returned EINTR (status {status:#x})"
+        "the interrupted SETLKW returned EINTR (status {status:#x}, kernel_locks={kernel_locks})"
+    );
+    assert!(
+        !kernel_lock_waiter(pid),
+        "the interrupted wait left the kernel"
     );
     let pid = waiter();
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        "the second waiter died of SIGKILL, still waiting (status {status:#x})"
+    );
+    assert!(
+        !kernel_lock_waiter(pid),
+        "a killed wait stayed in the kernel"
+    );
     // The mount still answers on every worker, and no wait is left.
     for _ in 0..20 {
         assert_eq!(fs::read(m.m("f")).unwrap(), b"x");
@@ -742,7 +780,29 @@ fn blocking_lock_wait_is_interruptible() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    drop(native);
+    // Nothing left behind holds the lock: once the holder goes, the file
+    // can be locked through the mount again (RELEASE may be asynchronous).
+    drop(holder);
+    let again = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.m("f"))
+        .unwrap();
+    let mut r = -1;
+    for _ in 0..200 {
+        r = unsafe { libc::fcntl(again.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+        if r == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        r,
+        0,
+        "the lock is free once its holder went (errno {})",
+        errno()
+    );
+    drop(again);
     assert!(m.unmount().success());
 }
 
