@@ -94,7 +94,7 @@ fn passes_on_retry(conf: &Path, m: &Mount, name: &str) -> bool {
             .arg(conf)
             .arg("-p")
             .arg(&m.mnt)
-            .arg("-e")
+            // A pattern (`-e` matches no case by this name).
             .arg(name)
             .output()
             .unwrap();
