@@ -499,6 +499,50 @@ struct Plan {
     media: Option<Arc<MediaProvider>>,
 }
 
+/// Process set-up shared by both ways of serving: per-thread credentials,
+/// umask 0 (the kernel, or with DONT_MASK the per-thread umask, masks
+/// modes; the process umask must not mask them a second time), the fd limit.
+/// Returns the fd limit, the fd cache size and the backing stack depth.
+fn prepare_process(cli: &Cli, src: &Path) -> (u64, usize, u32) {
+    credentials::init();
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0) };
+    let limit = sys::raise_fd_limit();
+    let fd_cache = cli.fd_cache.unwrap_or((limit as usize / 2).max(64));
+    let depth = cli
+        .max_stack_depth
+        .unwrap_or_else(|| detect_stack_depth(src));
+    (limit, fd_cache, depth)
+}
+
+/// The filesystem's configuration from the command line; `source` is the
+/// path the daemon opens SOURCE by ("/" inside the sandbox).
+fn daemon_config(
+    cli: &Cli,
+    source: PathBuf,
+    parsed: &ParsedOptions,
+    max_stack_depth: u32,
+    fd_cache: usize,
+    policy: Policy,
+    media: Option<Arc<MediaProvider>>,
+) -> Config {
+    let (timeout, nocache) = cache_settings(cli.cache, cli.nocache, cli.timeout);
+    Config {
+        source,
+        timeout,
+        nocache,
+        passthrough: !cli.nopassthrough,
+        direct_io: cli.direct_io,
+        splice: !cli.nosplice,
+        default_permissions: parsed.mount.default_permissions,
+        max_stack_depth,
+        readdirplus: !cli.no_readdirplus,
+        fd_cache,
+        policy: Arc::new(policy),
+        media,
+    }
+}
+
 fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Result<(), Fatal> {
     if cli.sandbox {
         return serve_sandboxed(cli, plan, ready, foreground);
@@ -510,31 +554,8 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
         policy: pol,
         media,
     } = plan;
-    credentials::init();
-    // The kernel (or, with DONT_MASK, the per-thread umask) masks modes:
-    // the process umask must not mask them a second time.
-    // SAFETY: umask has no preconditions.
-    unsafe { libc::umask(0) };
-    let limit = sys::raise_fd_limit();
-    let fd_cache = cli.fd_cache.unwrap_or((limit as usize / 2).max(64));
-    let depth = cli
-        .max_stack_depth
-        .unwrap_or_else(|| detect_stack_depth(&src));
-    let (timeout, nocache) = cache_settings(cli.cache, cli.nocache, cli.timeout);
-    let cfg = Config {
-        source: src.clone(),
-        timeout,
-        nocache,
-        passthrough: !cli.nopassthrough,
-        direct_io: cli.direct_io,
-        splice: !cli.nosplice,
-        default_permissions: parsed.mount.default_permissions,
-        max_stack_depth: depth,
-        readdirplus: !cli.no_readdirplus,
-        fd_cache,
-        policy: Arc::new(pol),
-        media,
-    };
+    let (limit, fd_cache, depth) = prepare_process(cli, &src);
+    let cfg = daemon_config(cli, src.clone(), &parsed, depth, fd_cache, pol, media);
     let fs = Arc::new(PassthroughFs::new(cfg).or_else(|e| fatal(format!("SOURCE {e}")))?);
     let threads = worker_count(cli);
     let sopts = SessionOptions {
@@ -650,14 +671,7 @@ fn serve_sandboxed(
         policy: pol,
         media,
     } = plan;
-    credentials::init();
-    // SAFETY: umask has no preconditions.
-    unsafe { libc::umask(0) };
-    let limit = sys::raise_fd_limit();
-    let fd_cache = cli.fd_cache.unwrap_or((limit as usize / 2).max(64));
-    let depth = cli
-        .max_stack_depth
-        .unwrap_or_else(|| detect_stack_depth(&src));
+    let (limit, fd_cache, depth) = prepare_process(cli, &src);
     let threads = worker_count(cli);
     block_daemon_signals();
     let (dev, mount) = passthroughfs::fuse::mount::mount(&mnt, &parsed.mount)
@@ -736,21 +750,15 @@ fn serve_sandboxed(
         .or_else(|e| fatal(format!("cannot open /dev/fuse channels: {e}")))?;
     sandbox::enter_namespace(&src).or_else(|e| fatal(format!("--sandbox: {e}")))?;
     sandbox::close_inherited_dirs();
-    let (timeout, nocache) = cache_settings(cli.cache, cli.nocache, cli.timeout);
-    let cfg = Config {
-        source: PathBuf::from("/"),
-        timeout,
-        nocache,
-        passthrough: !cli.nopassthrough,
-        direct_io: cli.direct_io,
-        splice: !cli.nosplice,
-        default_permissions: parsed.mount.default_permissions,
-        max_stack_depth: depth,
-        readdirplus: !cli.no_readdirplus,
+    let cfg = daemon_config(
+        cli,
+        PathBuf::from("/"),
+        &parsed,
+        depth,
         fd_cache,
-        policy: Arc::new(pol),
+        pol,
         media,
-    };
+    );
     let fs = Arc::new(PassthroughFs::new(cfg).or_else(|e| fatal(format!("SOURCE {e}")))?);
     let keep: Vec<u32> = sandbox::kept_capabilities(!cli.nopassthrough)
         .iter()
