@@ -16,17 +16,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use passthroughfs::fuse::{
-    self, Context, Entry, Errno, Filesystem, MountOptions, OpResult, Session, SessionOptions,
+    self, AttrOps, Context, DirOps, Entry, EntryOps, Errno, Fh, FileOps, Filesystem, LockOps,
+    MountOptions, NodeId, OpResult, Session, SessionOptions, XattrOps,
 };
 
 const WORKERS: usize = 2;
 
 struct Ours;
 
-impl Filesystem for Ours {
-    fn getattr(&self, _: &Context, nodeid: u64, _: Option<u64>) -> OpResult<fuse::Attr> {
+impl Filesystem for Ours {}
+impl FileOps for Ours {}
+impl DirOps for Ours {}
+impl XattrOps for Ours {}
+impl LockOps for Ours {}
+
+impl AttrOps for Ours {
+    fn getattr(&self, _: &Context, nodeid: NodeId, _: Option<Fh>) -> OpResult<fuse::Attr> {
         let attr = fuse::abi::Attr {
-            ino: nodeid,
+            ino: nodeid.raw(),
             mode: libc::S_IFDIR | 0o755,
             nlink: 2,
             blksize: 4096,
@@ -37,7 +44,10 @@ impl Filesystem for Ours {
             ttl: Duration::ZERO,
         })
     }
-    fn lookup(&self, _: &Context, _: u64, _: &std::ffi::CStr) -> OpResult<Entry> {
+}
+
+impl EntryOps for Ours {
+    fn lookup(&self, _: &Context, _: NodeId, _: &std::ffi::CStr) -> OpResult<Entry> {
         Err(Errno::ENOENT)
     }
 }

@@ -37,7 +37,7 @@ fn main() {
     let start = Instant::now();
     for i in 0..reads {
         let arg = abi::ReadIn {
-            fh: abi::NO_FH,
+            fh: abi::Fh::NONE,
             offset: (i * block as u64) % (size - block as u64),
             size: block,
             ..Default::default()

@@ -73,7 +73,7 @@ fn main() {
                 len: 0,
                 opcode: op,
                 unique: i + 10,
-                nodeid,
+                nodeid: abi::NodeId::from_raw(nodeid),
                 uid,
                 gid: uid,
                 pid: 1,
@@ -152,7 +152,7 @@ fn main() {
             }
             for &id in &nodes {
                 let rel = abi::ReleaseIn {
-                    fh,
+                    fh: abi::Fh::from_raw(fh),
                     ..Default::default()
                 };
                 let _ = h.request(Opcode::Release as u32, 1, id, rel.as_bytes());

@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 
 use crate::fuse::abi::{self, BackingMap, Opcode};
-use crate::fuse::{Connection, Errno};
+use crate::fuse::{BackingId, Connection, Errno, NodeId};
 use crate::inode_table::Inode;
 use crate::sys;
 
@@ -126,7 +126,7 @@ impl Backing {
         }
     }
 
-    fn ioctl_open(&self, fd: BorrowedFd<'_>, ops_mask: u64) -> Result<i32, Errno> {
+    fn ioctl_open(&self, fd: BorrowedFd<'_>, ops_mask: u64) -> Result<BackingId, Errno> {
         let conn = self.conn.get().ok_or(Errno::ENOSYS)?;
         let mut map = BackingMap {
             fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
@@ -137,12 +137,12 @@ impl Backing {
         let id = unsafe { sys::ioctl_ptr(conn.dev_fd(), abi::DEV_IOC_BACKING_OPEN, &mut map) }?;
         self.open_ids.fetch_add(1, Ordering::Relaxed);
         self.registered.fetch_add(1, Ordering::Relaxed);
-        Ok(id)
+        Ok(BackingId::from_raw(id))
     }
 
-    fn ioctl_close(&self, id: i32) {
+    fn ioctl_close(&self, id: BackingId) {
         let Some(conn) = self.conn.get() else { return };
-        let mut v = id as u32;
+        let mut v = id.raw() as u32;
         // SAFETY: BACKING_CLOSE reads one u32, which `v` is.
         match unsafe { sys::ioctl_ptr(conn.dev_fd(), abi::DEV_IOC_BACKING_CLOSE, &mut v) } {
             Ok(_) => {
@@ -164,7 +164,7 @@ impl Backing {
         opath: BorrowedFd<'_>,
         file: BorrowedFd<'_>,
         mask: u64,
-    ) -> Option<i32> {
+    ) -> Option<BackingId> {
         if self.mode() == Mode::Off || mask & IO_OPS == 0 {
             return None;
         }
@@ -178,7 +178,7 @@ impl Backing {
             slot.opens += 1;
             return Some(slot.id);
         }
-        if slot.id == 0 {
+        if slot.id.is_none() {
             let r = match self.ioctl_open(opath, 0) {
                 Err(e) if e.0 == libc::EBADF || e.0 == libc::EINVAL => self.ioctl_open(file, 0),
                 r => r,
@@ -210,7 +210,7 @@ impl Backing {
     pub fn release_open(&self, inode: &Inode) {
         let mut slot = inode.backing.lock();
         slot.opens = slot.opens.saturating_sub(1);
-        if slot.opens == 0 && !slot.for_inode && slot.id != 0 {
+        if slot.opens == 0 && !slot.for_inode && !slot.id.is_none() {
             let id = std::mem::take(&mut slot.id);
             drop(slot);
             self.ioctl_close(id);
@@ -218,9 +218,9 @@ impl Backing {
     }
 
     /// Inode mode: the id for an entry reply naming `inode` (whose policy
-    /// mask is `mask`), registering it on first use. 0 means "no backing"
-    /// (masked out, an unsupported type, or refused).
-    pub fn for_entry(&self, inode: &Inode, fd: BorrowedFd<'_>, mask: u64) -> i32 {
+    /// mask is `mask`), registering it on first use. [`BackingId::NONE`]
+    /// means "no backing" (masked out, an unsupported type, or refused).
+    pub fn for_entry(&self, inode: &Inode, fd: BorrowedFd<'_>, mask: u64) -> BackingId {
         if let Some(id) = {
             let slot = inode.backing.lock();
             slot.for_inode.then_some(slot.id)
@@ -230,17 +230,17 @@ impl Backing {
         // Nothing beyond read/write: per-open backing ids do that, without
         // tying the inode's every open to passthrough.
         if self.mode() != Mode::Inode || mask & !IO_OPS == 0 {
-            return 0;
+            return BackingId::NONE;
         }
         if !matches!(
             inode.kind,
             crate::inode_table::Kind::Regular | crate::inode_table::Kind::Directory
         ) {
-            return 0;
+            return BackingId::NONE;
         }
         let mut usable = self.usable_mask(fd, mask);
         if usable & GETATTR_OP == 0 {
-            return 0;
+            return BackingId::NONE;
         }
         if self.dirplus() && inode.kind == crate::inode_table::Kind::Directory {
             // A directory that passes READDIR (or its open) through never
@@ -253,10 +253,10 @@ impl Backing {
         if slot.for_inode {
             return slot.id;
         }
-        if slot.id != 0 {
+        if !slot.id.is_none() {
             // Open for I/O since before: the kernel refuses a second,
             // different backing on the inode, so it stays in I/O mode.
-            return 0;
+            return BackingId::NONE;
         }
         match self.ioctl_open(fd, usable) {
             Ok(id) => {
@@ -273,7 +273,7 @@ impl Backing {
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 warn_once_per_errno(e, inode.nodeid);
-                0
+                BackingId::NONE
             }
         }
     }
@@ -283,7 +283,7 @@ impl Backing {
         let mut slot = inode.backing.lock();
         if slot.for_inode {
             slot.for_inode = false;
-            if slot.opens == 0 && slot.id != 0 {
+            if slot.opens == 0 && !slot.id.is_none() {
                 let id = std::mem::take(&mut slot.id);
                 drop(slot);
                 self.ioctl_close(id);
@@ -382,7 +382,7 @@ pub fn mask_names(mask: u64) -> Vec<&'static str> {
         .collect()
 }
 
-fn warn_once_per_errno(e: Errno, nodeid: u64) {
+fn warn_once_per_errno(e: Errno, nodeid: NodeId) {
     static SEEN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
     let mut seen = SEEN.lock();
     if !seen.contains(&e.0) {

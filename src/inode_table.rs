@@ -24,7 +24,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::file_handle::{FileHandle, MountFds};
-use crate::fuse::{abi, Errno};
+use crate::fuse::{abi, BackingId, Errno, NodeId};
 use crate::sys;
 
 /// Identity of a file in the source tree.
@@ -77,8 +77,8 @@ impl Kind {
 /// Backing-id state of an inode (see `backing.rs`).
 #[derive(Debug, Default)]
 pub struct BackingSlot {
-    /// Registered backing id, 0 if none.
-    pub id: i32,
+    /// Registered backing id, `BackingId::NONE` if none.
+    pub id: BackingId,
     /// Opens currently using `id` for I/O passthrough.
     pub opens: u32,
     /// The id was registered at lookup (inode passthrough) and lives until
@@ -103,7 +103,7 @@ pub struct FdBudget {
 
 /// One inode of the source tree known to the kernel.
 pub struct Inode {
-    pub nodeid: u64,
+    pub nodeid: NodeId,
     pub key: InodeKey,
     pub kind: Kind,
     handle: Option<FileHandle>,
@@ -259,11 +259,11 @@ pub struct Looked {
 pub const STATX_MASK: u32 = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
 
 pub struct InodeTable {
-    by_id: DashMap<u64, Arc<Inode>>,
-    by_key: DashMap<InodeKey, u64>,
+    by_id: DashMap<NodeId, Arc<Inode>>,
+    by_key: DashMap<InodeKey, NodeId>,
     next_id: AtomicU64,
     /// Clock queue of nodeids whose inode holds an fd.
-    clock: Mutex<VecDeque<u64>>,
+    clock: Mutex<VecDeque<NodeId>>,
     budget: &'static FdBudget,
     mounts: MountFds,
     root_dev: u64,
@@ -295,7 +295,7 @@ impl InodeTable {
             .unwrap_or_default();
         budget.open.fetch_add(1, Ordering::Relaxed);
         let root = Arc::new(Inode {
-            nodeid: abi::ROOT_ID,
+            nodeid: NodeId::ROOT,
             key,
             kind: Kind::Directory,
             handle,
@@ -323,8 +323,8 @@ impl InodeTable {
             source_prefix,
             high_water: AtomicUsize::new(1),
         };
-        t.by_id.insert(abi::ROOT_ID, root);
-        t.by_key.insert(key, abi::ROOT_ID);
+        t.by_id.insert(NodeId::ROOT, root);
+        t.by_key.insert(key, NodeId::ROOT);
         Ok(t)
     }
 
@@ -351,7 +351,7 @@ impl InodeTable {
 
     /// The inode of `nodeid`. An id the kernel never got (or already
     /// forgot) is ESTALE, never a crash.
-    pub fn get(&self, nodeid: u64) -> Result<Arc<Inode>, Errno> {
+    pub fn get(&self, nodeid: NodeId) -> Result<Arc<Inode>, Errno> {
         self.by_id
             .get(&nodeid)
             .map(|r| r.value().clone())
@@ -409,7 +409,7 @@ impl InodeTable {
     /// /proc link says now (so it follows renames). `None` if the inode is
     /// no longer reachable (unlinked, or moved out of SOURCE).
     pub fn relative_path(&self, inode: &Inode) -> Option<String> {
-        if inode.nodeid == abi::ROOT_ID {
+        if inode.nodeid == NodeId::ROOT {
             return Some(String::new());
         }
         let fd = self.fd(inode).ok()?;
@@ -442,7 +442,7 @@ impl InodeTable {
             .with_fd_headroom(|| self.mounts.open(handle))
             .inspect_err(|e| {
                 tracing::debug!(
-                    nodeid = inode.nodeid,
+                    nodeid = %inode.nodeid,
                     "reopening from the file handle failed: {e}"
                 )
             })?;
@@ -561,7 +561,7 @@ impl InodeTable {
                     continue;
                 }
                 MapEntry::Vacant(v) => {
-                    let nodeid = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let nodeid = NodeId::from_raw(self.next_id.fetch_add(1, Ordering::Relaxed));
                     let inode = Arc::new(Inode {
                         nodeid,
                         key,
@@ -632,7 +632,7 @@ impl InodeTable {
     /// Puts an inode that just got an fd on the clock queue. Forgotten
     /// inodes leave stale ids behind; compact when they dominate, so a
     /// million lookup/forget cycles do not grow the queue.
-    fn queue_for_eviction(&self, nodeid: u64) {
+    fn queue_for_eviction(&self, nodeid: NodeId) {
         let mut q = self.clock.lock();
         q.push_back(nodeid);
         let open = self.budget.open.load(Ordering::Relaxed);
@@ -644,8 +644,8 @@ impl InodeTable {
     /// FORGET: drops `n` lookups; at 0 the inode leaves the table (its fd
     /// closes once the last request using it is done). Returns the removed
     /// inode, so the caller can release what hangs off it (backing ids).
-    pub fn forget(&self, nodeid: u64, n: u64) -> Option<Arc<Inode>> {
-        if nodeid == abi::ROOT_ID {
+    pub fn forget(&self, nodeid: NodeId, n: u64) -> Option<Arc<Inode>> {
+        if nodeid == NodeId::ROOT {
             return None;
         }
         let inode = self.get(nodeid).ok()?;

@@ -117,7 +117,7 @@ proptest! {
                 len: 0,
                 opcode,
                 unique,
-                nodeid,
+                nodeid: abi::NodeId::from_raw(nodeid),
                 uid,
                 gid: uid,
                 pid: 1,
@@ -150,7 +150,7 @@ proptest! {
             let _ = s.h.request(Opcode::Forget as u32, 0, id, f.as_bytes());
         }
         for fh in 0..200u64 {
-            let r = abi::ReleaseIn { fh, ..Default::default() };
+            let r = abi::ReleaseIn { fh: abi::Fh::from_raw(fh), ..Default::default() };
             for id in 1..64u64 {
                 if fs.open_files() == 0 {
                     break;
@@ -217,7 +217,7 @@ fn specific_hostile_requests() {
     );
     // RELEASE of an unknown fh: answered, harmless.
     let rel = abi::ReleaseIn {
-        fh: 777,
+        fh: abi::Fh::from_raw(777),
         ..Default::default()
     };
     assert_eq!(
@@ -226,7 +226,7 @@ fn specific_hostile_requests() {
     );
     // READ and WRITE with a handle that does not exist.
     let rd = abi::ReadIn {
-        fh: 12345,
+        fh: abi::Fh::from_raw(12345),
         size: 4096,
         ..Default::default()
     };
@@ -236,7 +236,7 @@ fn specific_hostile_requests() {
     );
     // A WRITE whose size says more than the payload: malformed.
     let wr = abi::WriteIn {
-        fh: 1,
+        fh: abi::Fh::from_raw(1),
         size: 1 << 20,
         ..Default::default()
     };
@@ -264,7 +264,7 @@ fn specific_hostile_requests() {
     .to_vec();
     bf.extend_from_slice(
         abi::ForgetOne {
-            nodeid: 99999,
+            nodeid: abi::NodeId::from_raw(99999),
             nlookup: 1,
         }
         .as_bytes(),
@@ -301,7 +301,7 @@ fn specific_hostile_requests() {
         .unwrap();
     assert_eq!(o.error, 0);
     let rd = abi::ReadIn {
-        fh: u64::from_ne_bytes(out[..8].try_into().unwrap()),
+        fh: abi::Fh::from_raw(u64::from_ne_bytes(out[..8].try_into().unwrap())),
         size: u32::MAX,
         ..Default::default()
     };

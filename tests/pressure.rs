@@ -455,7 +455,7 @@ fn kernel_opened_files_share_one_open_per_mode_until_forget() {
     assert_eq!(real_opens_of(&f), 0);
     let read = |unique: u64, off: u64| {
         let arg = abi::ReadIn {
-            fh: abi::NO_FH,
+            fh: abi::Fh::NONE,
             offset: off,
             size: 4096,
             ..Default::default()
@@ -471,7 +471,7 @@ fn kernel_opened_files_share_one_open_per_mode_until_forget() {
     }
     assert_eq!(real_opens_of(&f), 1, "one shared read-only open is kept");
     let arg = abi::WriteIn {
-        fh: abi::NO_FH,
+        fh: abi::Fh::NONE,
         offset: 0,
         size: 3,
         ..Default::default()

@@ -63,63 +63,77 @@ fn attr(ino: u64) -> Option<Attr> {
     })
 }
 
-impl Filesystem for HelloFs {
-    fn lookup(&self, _: &Context, parent: u64, name: &CStr) -> OpResult<Entry> {
-        let ino = match (parent, name.to_bytes()) {
+impl Filesystem for HelloFs {}
+impl XattrOps for HelloFs {}
+impl LockOps for HelloFs {}
+
+impl EntryOps for HelloFs {
+    fn lookup(&self, _: &Context, parent: NodeId, name: &CStr) -> OpResult<Entry> {
+        let ino = match (parent.raw(), name.to_bytes()) {
             (1, b"hello") => 2,
             (1, b"sub") => 3,
             _ => return Err(Errno::ENOENT),
         };
         Ok(Entry {
-            nodeid: ino,
+            nodeid: NodeId::from_raw(ino),
             attr: attr(ino).unwrap(),
             entry_ttl: Duration::ZERO,
             attr_ttl: Duration::ZERO,
             ..Default::default()
         })
     }
-    fn getattr(&self, _: &Context, nodeid: u64, _: Option<u64>) -> OpResult<fuse::Attr> {
-        let attr = attr(nodeid).ok_or(Errno::ENOENT)?;
+}
+
+impl AttrOps for HelloFs {
+    fn getattr(&self, _: &Context, nodeid: NodeId, _: Option<Fh>) -> OpResult<fuse::Attr> {
+        let attr = attr(nodeid.raw()).ok_or(Errno::ENOENT)?;
         Ok(fuse::Attr {
             attr,
             ttl: Duration::ZERO,
         })
     }
-    fn open(&self, _: &Context, nodeid: u64, _: &abi::OpenIn) -> OpResult<Open> {
-        if nodeid != 2 {
+}
+
+impl FileOps for HelloFs {
+    fn open(&self, _: &Context, nodeid: NodeId, _: &abi::OpenIn) -> OpResult<Open> {
+        if nodeid.raw() != 2 {
             return Err(Errno::EISDIR);
         }
         Ok(Open {
-            fh: 42,
+            fh: Fh::from_raw(42),
             ..Default::default()
         })
     }
-    fn read(&self, _: &Context, _: u64, arg: &abi::ReadIn) -> OpResult<Data> {
-        assert_eq!(arg.fh, 42);
+    fn read(&self, _: &Context, _: NodeId, arg: &abi::ReadIn) -> OpResult<Data> {
+        assert_eq!(arg.fh, Fh::from_raw(42));
         let start = (arg.offset as usize).min(HELLO.len());
         let end = (start + arg.size as usize).min(HELLO.len());
         Ok(Data::Bytes(HELLO[start..end].to_vec()))
     }
-    fn release(&self, _: &Context, _: u64, _: &abi::ReleaseIn) -> OpResult<()> {
+    fn release(&self, _: &Context, _: NodeId, _: &abi::ReleaseIn) -> OpResult<()> {
         Ok(())
     }
-    fn opendir(&self, _: &Context, nodeid: u64, _: &abi::OpenIn) -> OpResult<Open> {
-        if nodeid == 2 {
+}
+
+impl DirOps for HelloFs {
+    fn opendir(&self, _: &Context, nodeid: NodeId, _: &abi::OpenIn) -> OpResult<Open> {
+        if nodeid.raw() == 2 {
             return Err(Errno::ENOTDIR);
         }
         Ok(Open {
-            fh: nodeid,
+            fh: Fh::from_raw(nodeid.raw()),
             ..Default::default()
         })
     }
     fn readdir(
         &self,
         _: &Context,
-        nodeid: u64,
+        nodeid: NodeId,
         arg: &abi::ReadIn,
         plus: bool,
     ) -> OpResult<DirBuffer> {
         assert!(!plus, "readdirplus was not negotiated");
+        let nodeid = nodeid.raw();
         let mut entries = vec![(nodeid, ".", libc::DT_DIR), (1, "..", libc::DT_DIR)];
         if nodeid == 1 {
             entries.push((2, "hello", libc::DT_REG));
@@ -133,7 +147,7 @@ impl Filesystem for HelloFs {
         }
         Ok(buf)
     }
-    fn releasedir(&self, _: &Context, _: u64, _: &abi::ReleaseIn) -> OpResult<()> {
+    fn releasedir(&self, _: &Context, _: NodeId, _: &abi::ReleaseIn) -> OpResult<()> {
         Ok(())
     }
 }

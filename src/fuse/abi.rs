@@ -26,6 +26,76 @@ pub const ROOT_ID: u64 = 1;
 /// The `fh` of a request on a file the server never opened (no OPEN sent:
 /// `FUSE_NO_OPEN_SUPPORT`, or OPEN served from an inode backing file).
 pub const NO_FH: u64 = 0;
+
+macro_rules! wire_id {
+    ($(#[$m:meta])* $name:ident, $ty:ty) => {
+        $(#[$m])*
+        #[repr(transparent)]
+        #[derive(
+            Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord,
+            FromBytes, IntoBytes, Immutable, KnownLayout,
+        )]
+        pub struct $name($ty);
+
+        impl $name {
+            /// From its number: where the number is made (the wire's
+            /// structs, the allocator that hands them out), nowhere else.
+            pub const fn from_raw(v: $ty) -> Self {
+                $name(v)
+            }
+            /// Its number, for the wire (and logs).
+            pub const fn raw(self) -> $ty {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+// The numbers of the protocol that are easy to mix up, each a type of its
+// own: the wire structs below carry them typed, so a request's nodeid can
+// never be passed where a file handle or a lock owner is expected.
+wire_id!(
+    /// A nodeid: the kernel's name for an inode the daemon told it about.
+    NodeId, u64);
+wire_id!(
+    /// A file handle (`fh`): the daemon's name for one OPEN/OPENDIR.
+    Fh, u64);
+wire_id!(
+    /// A backing id from `FUSE_DEV_IOC_BACKING_OPEN` (0: none).
+    BackingId, i32);
+wire_id!(
+    /// The kernel's lock owner (one per process and file table, or per
+    /// open file description for OFD locks and flock).
+    LockOwner, u64);
+
+impl NodeId {
+    /// The root directory ([`ROOT_ID`]).
+    pub const ROOT: NodeId = NodeId(ROOT_ID);
+    /// "No inode" (a negative entry, an entry the kernel does not link).
+    pub const NONE: NodeId = NodeId(0);
+    pub const fn is_none(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl Fh {
+    /// [`NO_FH`]: a request on a file the daemon never opened.
+    pub const NONE: Fh = Fh(NO_FH);
+}
+
+impl BackingId {
+    /// No backing.
+    pub const NONE: BackingId = BackingId(0);
+    pub const fn is_none(self) -> bool {
+        self.0 == 0
+    }
+}
 /// The device refuses reads into buffers smaller than this.
 pub const MIN_READ_BUFFER: usize = 8192;
 /// Value of in_header.uid/gid when an idmapped mount has no mapping.
@@ -79,7 +149,7 @@ abi_struct!(
 abi_struct!(
     /// `struct fuse_entry_out`: the reply to every request that names an inode.
     EntryOut, 128, {
-    nodeid: u64, generation: u64, entry_valid: u64, attr_valid: u64,
+    nodeid: NodeId, generation: u64, entry_valid: u64, attr_valid: u64,
     entry_valid_nsec: u32, attr_valid_nsec: u32, attr: Attr,
 });
 
@@ -90,48 +160,48 @@ abi_struct!(
     /// the legacy layout, because `fuse_direntplus` embeds `fuse_entry_out`,
     /// unless [`INIT_PASSTHROUGH_DIRENTPLUS`] was negotiated too: then one
     /// follows each (padded) `fuse_direntplus` record.
-    EntryBacking, 8, { backing_id: i32, flags: u32 });
+    EntryBacking, 8, { backing_id: BackingId, flags: u32 });
 
 abi_struct!(ForgetIn, 8, { nlookup: u64 });
-abi_struct!(ForgetOne, 16, { nodeid: u64, nlookup: u64 });
+abi_struct!(ForgetOne, 16, { nodeid: NodeId, nlookup: u64 });
 abi_struct!(BatchForgetIn, 8, { count: u32, dummy: u32 });
-abi_struct!(GetattrIn, 16, { getattr_flags: u32, dummy: u32, fh: u64 });
+abi_struct!(GetattrIn, 16, { getattr_flags: u32, dummy: u32, fh: Fh });
 abi_struct!(AttrOut, 104, { attr_valid: u64, attr_valid_nsec: u32, dummy: u32, attr: Attr });
-abi_struct!(StatxIn, 24, { getattr_flags: u32, reserved: u32, fh: u64, sx_flags: u32, sx_mask: u32 });
+abi_struct!(StatxIn, 24, { getattr_flags: u32, reserved: u32, fh: Fh, sx_flags: u32, sx_mask: u32 });
 abi_struct!(StatxOut, 288, { attr_valid: u64, attr_valid_nsec: u32, flags: u32, spare: [u64; 2], stat: Statx });
 abi_struct!(MknodIn, 16, { mode: u32, rdev: u32, umask: u32, padding: u32 });
 abi_struct!(MkdirIn, 8, { mode: u32, umask: u32 });
-abi_struct!(RenameIn, 8, { newdir: u64 });
-abi_struct!(Rename2In, 16, { newdir: u64, flags: u32, padding: u32 });
-abi_struct!(LinkIn, 8, { oldnodeid: u64 });
+abi_struct!(RenameIn, 8, { newdir: NodeId });
+abi_struct!(Rename2In, 16, { newdir: NodeId, flags: u32, padding: u32 });
+abi_struct!(LinkIn, 8, { oldnodeid: NodeId });
 abi_struct!(
     /// `struct fuse_setattr_in`; `valid` holds [`SetattrValid`] bits.
     SetattrIn, 88, {
-    valid: u32, padding: u32, fh: u64, size: u64, lock_owner: u64,
+    valid: u32, padding: u32, fh: Fh, size: u64, lock_owner: LockOwner,
     atime: u64, mtime: u64, ctime: u64, atimensec: u32, mtimensec: u32, ctimensec: u32,
     mode: u32, unused4: u32, uid: u32, gid: u32, unused5: u32,
 });
 abi_struct!(OpenIn, 8, { flags: u32, open_flags: u32 });
 abi_struct!(CreateIn, 16, { flags: u32, mode: u32, umask: u32, open_flags: u32 });
-abi_struct!(OpenOut, 16, { fh: u64, open_flags: u32, backing_id: i32 });
-abi_struct!(ReleaseIn, 24, { fh: u64, flags: u32, release_flags: u32, lock_owner: u64 });
-abi_struct!(FlushIn, 24, { fh: u64, unused: u32, padding: u32, lock_owner: u64 });
+abi_struct!(OpenOut, 16, { fh: Fh, open_flags: u32, backing_id: BackingId });
+abi_struct!(ReleaseIn, 24, { fh: Fh, flags: u32, release_flags: u32, lock_owner: LockOwner });
+abi_struct!(FlushIn, 24, { fh: Fh, unused: u32, padding: u32, lock_owner: LockOwner });
 abi_struct!(ReadIn, 40, {
-    fh: u64, offset: u64, size: u32, read_flags: u32, lock_owner: u64, flags: u32, padding: u32,
+    fh: Fh, offset: u64, size: u32, read_flags: u32, lock_owner: LockOwner, flags: u32, padding: u32,
 });
 abi_struct!(WriteIn, 40, {
-    fh: u64, offset: u64, size: u32, write_flags: u32, lock_owner: u64, flags: u32, padding: u32,
+    fh: Fh, offset: u64, size: u32, write_flags: u32, lock_owner: LockOwner, flags: u32, padding: u32,
 });
 abi_struct!(WriteOut, 8, { size: u32, padding: u32 });
 abi_struct!(StatfsOut, 80, { st: Kstatfs });
-abi_struct!(FsyncIn, 16, { fh: u64, fsync_flags: u32, padding: u32 });
+abi_struct!(FsyncIn, 16, { fh: Fh, fsync_flags: u32, padding: u32 });
 abi_struct!(SetxattrIn, 16, { size: u32, flags: u32, setxattr_flags: u32, padding: u32 });
 abi_struct!(
     /// The 8-byte `fuse_setxattr_in` used unless FUSE_SETXATTR_EXT was negotiated.
     SetxattrInCompat, 8, { size: u32, flags: u32 });
 abi_struct!(GetxattrIn, 8, { size: u32, padding: u32 });
 abi_struct!(GetxattrOut, 8, { size: u32, padding: u32 });
-abi_struct!(LkIn, 48, { fh: u64, owner: u64, lk: FileLock, lk_flags: u32, padding: u32 });
+abi_struct!(LkIn, 48, { fh: Fh, owner: LockOwner, lk: FileLock, lk_flags: u32, padding: u32 });
 abi_struct!(LkOut, 24, { lk: FileLock });
 abi_struct!(AccessIn, 8, { mask: u32, padding: u32 });
 abi_struct!(InitIn, 64, {
@@ -150,15 +220,15 @@ abi_struct!(InterruptIn, 8, { unique: u64 });
 abi_struct!(BmapIn, 16, { block: u64, blocksize: u32, padding: u32 });
 abi_struct!(BmapOut, 8, { block: u64 });
 abi_struct!(IoctlIn, 32, {
-    fh: u64, flags: u32, cmd: u32, arg: u64, in_size: u32, out_size: u32,
+    fh: Fh, flags: u32, cmd: u32, arg: u64, in_size: u32, out_size: u32,
 });
-abi_struct!(PollIn, 24, { fh: u64, kh: u64, flags: u32, events: u32 });
+abi_struct!(PollIn, 24, { fh: Fh, kh: u64, flags: u32, events: u32 });
 abi_struct!(PollOut, 8, { revents: u32, padding: u32 });
-abi_struct!(FallocateIn, 32, { fh: u64, offset: u64, length: u64, mode: u32, padding: u32 });
+abi_struct!(FallocateIn, 32, { fh: Fh, offset: u64, length: u64, mode: u32, padding: u32 });
 abi_struct!(
     /// `struct fuse_in_header`: starts every request.
     InHeader, 40, {
-    len: u32, opcode: u32, unique: u64, nodeid: u64, uid: u32, gid: u32, pid: u32,
+    len: u32, opcode: u32, unique: u64, nodeid: NodeId, uid: u32, gid: u32, pid: u32,
     /// Length of the extensions at the end of the request, in 8-byte units.
     total_extlen: u16, padding: u16,
 });
@@ -171,7 +241,7 @@ abi_struct!(
 abi_struct!(
     /// `struct fuse_direntplus` without its trailing name.
     DirentPlus, 152, { entry_out: EntryOut, dirent: Dirent });
-abi_struct!(NotifyInvalInodeOut, 24, { ino: u64, off: i64, len: i64 });
+abi_struct!(NotifyInvalInodeOut, 24, { ino: NodeId, off: i64, len: i64 });
 abi_struct!(NotifyInvalEntryOut, 16, { parent: u64, namelen: u32, flags: u32 });
 abi_struct!(NotifyDeleteOut, 24, { parent: u64, child: u64, namelen: u32, padding: u32 });
 abi_struct!(
@@ -180,10 +250,10 @@ abi_struct!(
     /// renames it `ops_mask` (see [`passthrough_op`]), valid only after
     /// [`INIT_PASSTHROUGH_OPS`] was negotiated.
     BackingMap, 16, { fd: i32, flags: u32, ops_mask: u64 });
-abi_struct!(LseekIn, 24, { fh: u64, offset: u64, whence: u32, padding: u32 });
+abi_struct!(LseekIn, 24, { fh: Fh, offset: u64, whence: u32, padding: u32 });
 abi_struct!(LseekOut, 8, { offset: u64 });
 abi_struct!(CopyFileRangeIn, 56, {
-    fh_in: u64, off_in: u64, nodeid_out: u64, fh_out: u64, off_out: u64, len: u64, flags: u64,
+    fh_in: Fh, off_in: u64, nodeid_out: NodeId, fh_out: Fh, off_out: u64, len: u64, flags: u64,
 });
 abi_struct!(CopyFileRangeOut, 8, { bytes_copied: u64 });
 abi_struct!(SyncfsIn, 8, { padding: u64 });

@@ -187,7 +187,7 @@ impl Connection {
     /// Tells the kernel its cached attributes of `nodeid` are stale (and,
     /// with `offset >= 0`, its cached pages from there). ENOENT (the kernel
     /// has no such inode cached) is success.
-    pub fn notify_inval_inode(&self, nodeid: u64, offset: i64, len: i64) -> io::Result<()> {
+    pub fn notify_inval_inode(&self, nodeid: abi::NodeId, offset: i64, len: i64) -> io::Result<()> {
         use zerocopy::IntoBytes;
         let out = abi::NotifyInvalInodeOut {
             ino: nodeid,

@@ -66,7 +66,7 @@ pub(crate) fn dispatch<F: Filesystem>(
     if state.debug {
         debug!(
             unique = h.unique,
-            nodeid = h.nodeid,
+            nodeid = %h.nodeid,
             uid = h.uid,
             pid = h.pid,
             "{op:?}"

@@ -4,13 +4,19 @@
 //! [`reply`](super::reply)); the dispatcher sends it. Every one defaults to
 //! ENOSYS so an implementation can add operations one by one.
 //!
-//! Adding an op: its method here, its implementation, and its line in the
+//! The ops are grouped by kind in sub-traits ([`EntryOps`], [`AttrOps`],
+//! [`FileOps`], [`DirOps`], [`XattrOps`], [`LockOps`]), so an implementation
+//! can write each kind in a module of its own; [`Filesystem`] is all of them
+//! plus the session's hooks (INIT, DESTROY, INTERRUPT, lost replies).
+//!
+//! Adding an op: its method in the sub-trait of its kind here, its
+//! implementation (in the `impl` of that sub-trait), and its line in the
 //! dispatcher's table (`dispatch.rs`).
 
 use std::ffi::CStr;
 use std::sync::Arc;
 
-use super::abi::{self, InitFlags, Opcode};
+use super::abi::{self, Fh, InitFlags, NodeId, Opcode};
 use super::channel::Connection;
 use super::reply::*;
 use super::Errno;
@@ -20,7 +26,7 @@ use super::Errno;
 pub struct Context {
     pub unique: u64,
     pub opcode: Opcode,
-    pub nodeid: u64,
+    pub nodeid: NodeId,
     /// Caller's fsuid/fsgid in the daemon's user namespace.
     pub uid: u32,
     pub gid: u32,
@@ -74,9 +80,12 @@ impl Default for Wants {
 /// Shorthand for an op's outcome.
 pub type OpResult<T> = Result<T, Errno>;
 
-/// A filesystem served through the wire layer.
+/// A filesystem served through the wire layer: every kind of op, plus the
+/// session's hooks.
 #[allow(unused_variables)]
-pub trait Filesystem: Send + Sync + 'static {
+pub trait Filesystem:
+    EntryOps + AttrOps + FileOps + DirOps + XattrOps + LockOps + Send + Sync + 'static
+{
     /// What to ask of INIT; the session negotiates it with the kernel.
     fn wants(&self) -> Wants {
         Wants::default()
@@ -103,34 +112,26 @@ pub trait Filesystem: Send + Sync + 'static {
             self.forget(n, 1);
         }
     }
+}
 
-    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<Entry> {
+/// Names: lookup counts, and the ops that make or remove a name.
+#[allow(unused_variables)]
+pub trait EntryOps {
+    fn lookup(&self, ctx: &Context, parent: NodeId, name: &CStr) -> OpResult<Entry> {
         Err(Errno::ENOSYS)
     }
     /// Drops `nlookup` references; takes no reply.
-    fn forget(&self, nodeid: u64, nlookup: u64) {}
+    fn forget(&self, nodeid: NodeId, nlookup: u64) {}
     /// Many forgets at once; takes no reply.
     fn batch_forget(&self, nodes: &[abi::ForgetOne]) {
         for n in nodes {
             self.forget(n.nodeid, n.nlookup);
         }
     }
-    fn getattr(&self, ctx: &Context, nodeid: u64, fh: Option<u64>) -> OpResult<Attr> {
-        Err(Errno::ENOSYS)
-    }
-    fn setattr(&self, ctx: &Context, nodeid: u64, arg: &abi::SetattrIn) -> OpResult<Attr> {
-        Err(Errno::ENOSYS)
-    }
-    fn statx(&self, ctx: &Context, nodeid: u64, arg: &abi::StatxIn) -> OpResult<Statx> {
-        Err(Errno::ENOSYS)
-    }
-    fn readlink(&self, ctx: &Context, nodeid: u64) -> OpResult<Data> {
-        Err(Errno::ENOSYS)
-    }
     fn mknod(
         &self,
         ctx: &Context,
-        parent: u64,
+        parent: NodeId,
         name: &CStr,
         arg: &abi::MknodIn,
     ) -> OpResult<Entry> {
@@ -139,133 +140,116 @@ pub trait Filesystem: Send + Sync + 'static {
     fn mkdir(
         &self,
         ctx: &Context,
-        parent: u64,
+        parent: NodeId,
         name: &CStr,
         arg: &abi::MkdirIn,
     ) -> OpResult<Entry> {
         Err(Errno::ENOSYS)
     }
-    fn symlink(&self, ctx: &Context, parent: u64, name: &CStr, target: &CStr) -> OpResult<Entry> {
+    fn symlink(
+        &self,
+        ctx: &Context,
+        parent: NodeId,
+        name: &CStr,
+        target: &CStr,
+    ) -> OpResult<Entry> {
         Err(Errno::ENOSYS)
     }
-    fn link(&self, ctx: &Context, nodeid: u64, newparent: u64, newname: &CStr) -> OpResult<Entry> {
+    fn link(
+        &self,
+        ctx: &Context,
+        nodeid: NodeId,
+        newparent: NodeId,
+        newname: &CStr,
+    ) -> OpResult<Entry> {
         Err(Errno::ENOSYS)
     }
-    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<()> {
+    fn unlink(&self, ctx: &Context, parent: NodeId, name: &CStr) -> OpResult<()> {
         Err(Errno::ENOSYS)
     }
-    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<()> {
+    fn rmdir(&self, ctx: &Context, parent: NodeId, name: &CStr) -> OpResult<()> {
         Err(Errno::ENOSYS)
     }
     /// RENAME and RENAME2; `flags` are renameat2(2) flags.
     fn rename(
         &self,
         ctx: &Context,
-        parent: u64,
+        parent: NodeId,
         name: &CStr,
-        newparent: u64,
+        newparent: NodeId,
         newname: &CStr,
         flags: u32,
     ) -> OpResult<()> {
         Err(Errno::ENOSYS)
     }
-    fn open(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn) -> OpResult<Open> {
-        Err(Errno::ENOSYS)
-    }
     fn create(
         &self,
         ctx: &Context,
-        parent: u64,
+        parent: NodeId,
         name: &CStr,
         arg: &abi::CreateIn,
     ) -> OpResult<Created> {
         Err(Errno::ENOSYS)
     }
-    fn tmpfile(&self, ctx: &Context, parent: u64, arg: &abi::CreateIn) -> OpResult<Created> {
+    fn tmpfile(&self, ctx: &Context, parent: NodeId, arg: &abi::CreateIn) -> OpResult<Created> {
         Err(Errno::ENOSYS)
     }
-    fn read(&self, ctx: &Context, nodeid: u64, arg: &abi::ReadIn) -> OpResult<Data> {
+}
+
+/// Attributes and other questions about one inode.
+#[allow(unused_variables)]
+pub trait AttrOps {
+    fn getattr(&self, ctx: &Context, nodeid: NodeId, fh: Option<Fh>) -> OpResult<Attr> {
+        Err(Errno::ENOSYS)
+    }
+    fn setattr(&self, ctx: &Context, nodeid: NodeId, arg: &abi::SetattrIn) -> OpResult<Attr> {
+        Err(Errno::ENOSYS)
+    }
+    fn statx(&self, ctx: &Context, nodeid: NodeId, arg: &abi::StatxIn) -> OpResult<Statx> {
+        Err(Errno::ENOSYS)
+    }
+    fn readlink(&self, ctx: &Context, nodeid: NodeId) -> OpResult<Data> {
+        Err(Errno::ENOSYS)
+    }
+    fn access(&self, ctx: &Context, nodeid: NodeId, mask: u32) -> OpResult<()> {
+        Err(Errno::ENOSYS)
+    }
+    fn statfs(&self, ctx: &Context, nodeid: NodeId) -> OpResult<abi::Kstatfs> {
+        Err(Errno::ENOSYS)
+    }
+}
+
+/// Open files and their I/O.
+#[allow(unused_variables)]
+pub trait FileOps {
+    fn open(&self, ctx: &Context, nodeid: NodeId, arg: &abi::OpenIn) -> OpResult<Open> {
+        Err(Errno::ENOSYS)
+    }
+    fn read(&self, ctx: &Context, nodeid: NodeId, arg: &abi::ReadIn) -> OpResult<Data> {
         Err(Errno::ENOSYS)
     }
     fn write(
         &self,
         ctx: &Context,
-        nodeid: u64,
+        nodeid: NodeId,
         arg: &abi::WriteIn,
         data: &[u8],
     ) -> OpResult<Written> {
         Err(Errno::ENOSYS)
     }
-    fn flush(&self, ctx: &Context, nodeid: u64, arg: &abi::FlushIn) -> OpResult<()> {
+    fn flush(&self, ctx: &Context, nodeid: NodeId, arg: &abi::FlushIn) -> OpResult<()> {
         Err(Errno::ENOSYS)
     }
-    fn release(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn) -> OpResult<()> {
+    fn release(&self, ctx: &Context, nodeid: NodeId, arg: &abi::ReleaseIn) -> OpResult<()> {
         Err(Errno::ENOSYS)
     }
-    fn fsync(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn) -> OpResult<()> {
+    fn fsync(&self, ctx: &Context, nodeid: NodeId, arg: &abi::FsyncIn) -> OpResult<()> {
         Err(Errno::ENOSYS)
     }
-    fn opendir(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn) -> OpResult<Open> {
+    fn fallocate(&self, ctx: &Context, nodeid: NodeId, arg: &abi::FallocateIn) -> OpResult<()> {
         Err(Errno::ENOSYS)
     }
-    /// READDIR (`plus == false`) and READDIRPLUS (`plus == true`).
-    fn readdir(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        arg: &abi::ReadIn,
-        plus: bool,
-    ) -> OpResult<DirBuffer> {
-        Err(Errno::ENOSYS)
-    }
-    fn releasedir(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn) -> OpResult<()> {
-        Err(Errno::ENOSYS)
-    }
-    fn fsyncdir(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn) -> OpResult<()> {
-        Err(Errno::ENOSYS)
-    }
-    fn statfs(&self, ctx: &Context, nodeid: u64) -> OpResult<abi::Kstatfs> {
-        Err(Errno::ENOSYS)
-    }
-    fn setxattr(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        name: &CStr,
-        value: &[u8],
-        arg: &abi::SetxattrIn,
-    ) -> OpResult<()> {
-        Err(Errno::ENOSYS)
-    }
-    fn getxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, size: u32) -> OpResult<Xattr> {
-        Err(Errno::ENOSYS)
-    }
-    fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32) -> OpResult<Xattr> {
-        Err(Errno::ENOSYS)
-    }
-    fn removexattr(&self, ctx: &Context, nodeid: u64, name: &CStr) -> OpResult<()> {
-        Err(Errno::ENOSYS)
-    }
-    fn access(&self, ctx: &Context, nodeid: u64, mask: u32) -> OpResult<()> {
-        Err(Errno::ENOSYS)
-    }
-    fn getlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn) -> OpResult<abi::FileLock> {
-        Err(Errno::ENOSYS)
-    }
-    /// SETLK: take or drop a lock without waiting.
-    fn setlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn) -> OpResult<()> {
-        Err(Errno::ENOSYS)
-    }
-    /// SETLKW: take a lock, waiting for it. The only op that answers later:
-    /// `reply` may be finished from another thread once the lock is granted
-    /// (or the wait interrupted). Never block the calling worker here.
-    fn setlkw(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn, reply: Deferred) {
-        reply.finish(Err(Errno::ENOSYS))
-    }
-    fn fallocate(&self, ctx: &Context, nodeid: u64, arg: &abi::FallocateIn) -> OpResult<()> {
-        Err(Errno::ENOSYS)
-    }
-    fn lseek(&self, ctx: &Context, nodeid: u64, arg: &abi::LseekIn) -> OpResult<Offset> {
+    fn lseek(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LseekIn) -> OpResult<Offset> {
         Err(Errno::ENOSYS)
     }
     /// COPY_FILE_RANGE(_64); counts above [`Copied::MAX_NARROW`] are cut
@@ -273,16 +257,82 @@ pub trait Filesystem: Send + Sync + 'static {
     fn copy_file_range(
         &self,
         ctx: &Context,
-        nodeid: u64,
+        nodeid: NodeId,
         arg: &abi::CopyFileRangeIn,
         wide: bool,
     ) -> OpResult<Copied> {
         Err(Errno::ENOSYS)
     }
-    fn bmap(&self, ctx: &Context, nodeid: u64, arg: &abi::BmapIn) -> OpResult<Block> {
+    fn bmap(&self, ctx: &Context, nodeid: NodeId, arg: &abi::BmapIn) -> OpResult<Block> {
         Err(Errno::ENOSYS)
     }
-    fn syncfs(&self, ctx: &Context, nodeid: u64) -> OpResult<()> {
+    fn syncfs(&self, ctx: &Context, nodeid: NodeId) -> OpResult<()> {
         Err(Errno::ENOSYS)
+    }
+}
+
+/// Open directories and their listings.
+#[allow(unused_variables)]
+pub trait DirOps {
+    fn opendir(&self, ctx: &Context, nodeid: NodeId, arg: &abi::OpenIn) -> OpResult<Open> {
+        Err(Errno::ENOSYS)
+    }
+    /// READDIR (`plus == false`) and READDIRPLUS (`plus == true`).
+    fn readdir(
+        &self,
+        ctx: &Context,
+        nodeid: NodeId,
+        arg: &abi::ReadIn,
+        plus: bool,
+    ) -> OpResult<DirBuffer> {
+        Err(Errno::ENOSYS)
+    }
+    fn releasedir(&self, ctx: &Context, nodeid: NodeId, arg: &abi::ReleaseIn) -> OpResult<()> {
+        Err(Errno::ENOSYS)
+    }
+    fn fsyncdir(&self, ctx: &Context, nodeid: NodeId, arg: &abi::FsyncIn) -> OpResult<()> {
+        Err(Errno::ENOSYS)
+    }
+}
+
+/// Extended attributes.
+#[allow(unused_variables)]
+pub trait XattrOps {
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        nodeid: NodeId,
+        name: &CStr,
+        value: &[u8],
+        arg: &abi::SetxattrIn,
+    ) -> OpResult<()> {
+        Err(Errno::ENOSYS)
+    }
+    fn getxattr(&self, ctx: &Context, nodeid: NodeId, name: &CStr, size: u32) -> OpResult<Xattr> {
+        Err(Errno::ENOSYS)
+    }
+    fn listxattr(&self, ctx: &Context, nodeid: NodeId, size: u32) -> OpResult<Xattr> {
+        Err(Errno::ENOSYS)
+    }
+    fn removexattr(&self, ctx: &Context, nodeid: NodeId, name: &CStr) -> OpResult<()> {
+        Err(Errno::ENOSYS)
+    }
+}
+
+/// POSIX, OFD and flock locks.
+#[allow(unused_variables)]
+pub trait LockOps {
+    fn getlk(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn) -> OpResult<abi::FileLock> {
+        Err(Errno::ENOSYS)
+    }
+    /// SETLK: take or drop a lock without waiting.
+    fn setlk(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn) -> OpResult<()> {
+        Err(Errno::ENOSYS)
+    }
+    /// SETLKW: take a lock, waiting for it. The only op that answers later:
+    /// `reply` may be finished from another thread once the lock is granted
+    /// (or the wait interrupted). Never block the calling worker here.
+    fn setlkw(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn, reply: Deferred) {
+        reply.finish(Err(Errno::ENOSYS))
     }
 }

@@ -22,8 +22,11 @@ pub mod splice;
 pub mod testing;
 pub mod uring;
 
+pub use abi::{BackingId, Fh, LockOwner, NodeId};
 pub use channel::{Connection, Negotiated, RequestCounters};
-pub use filesystem::{Context, Filesystem, OpResult, Wants};
+pub use filesystem::{
+    AttrOps, Context, DirOps, EntryOps, FileOps, Filesystem, LockOps, OpResult, Wants, XattrOps,
+};
 pub use mount::MountOptions;
 pub use reply::*;
 pub use session::{Channels, RunningSession, Session, SessionOptions};

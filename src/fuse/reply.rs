@@ -23,7 +23,7 @@ use std::time::Duration;
 use tracing::{error, warn};
 use zerocopy::IntoBytes;
 
-use super::abi::{self, Opcode};
+use super::abi::{self, BackingId, Fh, NodeId, Opcode};
 use super::channel::Channel;
 use super::Errno;
 
@@ -178,9 +178,9 @@ impl Deferred {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Lost<'a> {
     /// Nodeids that each got one lookup count.
-    pub lookups: &'a [u64],
+    pub lookups: &'a [NodeId],
     /// An open handle the kernel will never RELEASE.
-    pub fh: Option<u64>,
+    pub fh: Option<Fh>,
 }
 
 /// A successful answer of one kind.
@@ -215,14 +215,14 @@ fn split_duration(d: Duration) -> (u64, u32) {
 /// Everything an entry reply says about an inode.
 #[derive(Clone, Debug, Default)]
 pub struct Entry {
-    pub nodeid: u64,
+    pub nodeid: NodeId,
     pub generation: u64,
     pub attr: abi::Attr,
     pub entry_ttl: Duration,
     pub attr_ttl: Duration,
     /// Backing id for inode passthrough (0 = none); sent only when the kernel
     /// negotiated FUSE_PASSTHROUGH_INO.
-    pub backing_id: i32,
+    pub backing_id: BackingId,
 }
 
 impl Entry {
@@ -259,10 +259,10 @@ impl Entry {
 /// The open half of OPEN, OPENDIR, CREATE and TMPFILE replies.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Open {
-    pub fh: u64,
+    pub fh: Fh,
     pub flags: abi::OpenOutFlags,
     /// With `OpenOutFlags::PASSTHROUGH`: the backing id for I/O passthrough.
-    pub backing_id: i32,
+    pub backing_id: BackingId,
 }
 
 impl Open {
@@ -303,7 +303,7 @@ impl Payload for Entry {
     }
     fn lost(&self) -> Lost<'_> {
         Lost {
-            lookups: if self.nodeid != 0 {
+            lookups: if !self.nodeid.is_none() {
                 std::slice::from_ref(&self.nodeid)
             } else {
                 &[]
@@ -549,7 +549,7 @@ pub struct DirBuffer {
     buf: Vec<u8>,
     max: usize,
     /// Nodeids of READDIRPLUS entries, one lookup count each.
-    lookups: Vec<u64>,
+    lookups: Vec<NodeId>,
     /// READDIRPLUS records end with a `fuse_entry_backing`
     /// (FUSE_PASSTHROUGH_DIRENTPLUS negotiated).
     backing: bool,
@@ -606,7 +606,7 @@ impl DirBuffer {
         if !self.append(d.as_bytes(), name, tail) {
             return false;
         }
-        if entry.nodeid != 0 {
+        if !entry.nodeid.is_none() {
             self.lookups.push(entry.nodeid);
         }
         true
@@ -654,7 +654,7 @@ mod tests {
     fn dirbuffer_plus_record() {
         let mut b = DirBuffer::new(4096);
         let e = Entry {
-            nodeid: 9,
+            nodeid: NodeId::from_raw(9),
             attr: abi::Attr {
                 ino: 77,
                 ..Default::default()
@@ -664,7 +664,7 @@ mod tests {
         assert!(b.push_plus(&e, 5, 8, b"file"));
         assert_eq!(b.as_bytes().len(), abi::dirent_align(152 + 4));
         let (d, _) = abi::DirentPlus::read_from_prefix(b.as_bytes()).unwrap();
-        assert_eq!(d.entry_out.nodeid, 9);
+        assert_eq!(d.entry_out.nodeid, NodeId::from_raw(9));
         assert_eq!(d.dirent.ino, 77);
         assert_eq!(d.dirent.namelen, 4);
     }
@@ -676,14 +676,14 @@ mod tests {
         let rec = abi::dirent_align(152 + 5);
         let mut b = DirBuffer::with_backing(2 * rec + 8 + 8);
         let e = Entry {
-            nodeid: 9,
-            backing_id: 42,
+            nodeid: NodeId::from_raw(9),
+            backing_id: BackingId::from_raw(42),
             ..Default::default()
         };
         assert!(b.push_plus(&e, 1, 8, b"file1"));
         assert_eq!(b.as_bytes().len(), rec + 8);
         let (bk, _) = abi::EntryBacking::read_from_prefix(&b.as_bytes()[rec..]).unwrap();
-        assert_eq!((bk.backing_id, bk.flags), (42, 0));
+        assert_eq!((bk.backing_id, bk.flags), (BackingId::from_raw(42), 0));
         assert!(b.push_plus(&e, 2, 8, b"file2"));
         // the second record starts 8-aligned after the first one's backing
         let (d, _) = abi::DirentPlus::read_from_prefix(&b.as_bytes()[rec + 8..]).unwrap();
@@ -691,7 +691,7 @@ mod tests {
         // 8 bytes left: not enough for a third record
         assert!(!b.push_plus(&e, 3, 8, b"file3"));
         assert_eq!(b.as_bytes().len(), 2 * (rec + 8));
-        assert_eq!(b.lookups, vec![9, 9]);
+        assert_eq!(b.lookups, vec![NodeId::from_raw(9), NodeId::from_raw(9)]);
     }
 
     #[test]
@@ -774,7 +774,7 @@ mod round_trip {
 
     fn entry() -> Entry {
         Entry {
-            nodeid: 42,
+            nodeid: NodeId::from_raw(42),
             generation: 7,
             attr: abi::Attr {
                 ino: 99,
@@ -784,7 +784,7 @@ mod round_trip {
             },
             entry_ttl: Duration::from_secs(2),
             attr_ttl: Duration::from_millis(3),
-            backing_id: 5,
+            backing_id: BackingId::from_raw(5),
         }
     }
 
@@ -803,7 +803,7 @@ mod round_trip {
                 e.entry_valid,
                 e.attr_valid_nsec
             ),
-            (42, 7, 99, 2, 3_000_000)
+            (NodeId::from_raw(42), 7, 99, 2, 3_000_000)
         );
 
         let (ch, rx) = channel(true);
@@ -811,15 +811,15 @@ mod round_trip {
         let (_, p) = recv(&rx);
         assert_eq!(p.len(), 136, "fuse_entry_out + fuse_entry_backing");
         let b = abi::EntryBacking::read_from_bytes(&p[128..]).unwrap();
-        assert_eq!((b.backing_id, b.flags), (5, 0));
+        assert_eq!((b.backing_id, b.flags), (BackingId::from_raw(5), 0));
     }
 
     #[test]
     fn create_layouts() {
         let open = Open {
-            fh: 77,
+            fh: Fh::from_raw(77),
             flags: abi::OpenOutFlags::PASSTHROUGH,
-            backing_id: 3,
+            backing_id: BackingId::from_raw(3),
         };
         let (ch, rx) = channel(false);
         let created = Created {
@@ -832,12 +832,18 @@ mod round_trip {
         let (_, p) = recv(&rx);
         assert_eq!(p.len(), 128 + 16);
         let o = abi::OpenOut::read_from_bytes(&p[128..]).unwrap();
-        assert_eq!((o.fh, o.open_flags, o.backing_id), (77, 1 << 7, 3));
+        assert_eq!(
+            (o.fh, o.open_flags, o.backing_id),
+            (Fh::from_raw(77), 1 << 7, BackingId::from_raw(3))
+        );
         let (ch, rx) = channel(true);
         assert!(reply(&ch, 4, Opcode::Create).answer(Ok(created)).is_none());
         let (_, p) = recv(&rx);
         assert_eq!(p.len(), 128 + 8 + 16, "entry, entry_backing, open_out");
-        assert_eq!(abi::OpenOut::read_from_bytes(&p[136..]).unwrap().fh, 77);
+        assert_eq!(
+            abi::OpenOut::read_from_bytes(&p[136..]).unwrap().fh,
+            Fh::from_raw(77)
+        );
     }
 
     #[test]
@@ -869,10 +875,13 @@ mod round_trip {
         assert_eq!(abi::StatxOut::read_from_bytes(&p).unwrap().stat.size, 9);
 
         reply(&ch, 7, Opcode::Open).answer(Ok(Open {
-            fh: 9,
+            fh: Fh::from_raw(9),
             ..Default::default()
         }));
-        assert_eq!(abi::OpenOut::read_from_bytes(&recv(&rx).1).unwrap().fh, 9);
+        assert_eq!(
+            abi::OpenOut::read_from_bytes(&recv(&rx).1).unwrap().fh,
+            Fh::from_raw(9)
+        );
 
         reply(&ch, 8, Opcode::Read).answer(Ok(Data::Bytes(b"payload".to_vec())));
         assert_eq!(recv(&rx).1, b"payload");
@@ -975,13 +984,13 @@ mod round_trip {
     #[test]
     fn lost_replies_name_what_to_undo() {
         let open = Open {
-            fh: 5,
+            fh: Fh::from_raw(5),
             ..Default::default()
         };
         assert_eq!(
             entry().lost(),
             Lost {
-                lookups: &[42],
+                lookups: &[NodeId::from_raw(42)],
                 fh: None
             }
         );
@@ -990,7 +999,7 @@ mod round_trip {
             open.lost(),
             Lost {
                 lookups: &[],
-                fh: Some(5)
+                fh: Some(Fh::from_raw(5))
             }
         );
         let c = Created {
@@ -1000,14 +1009,14 @@ mod round_trip {
         assert_eq!(
             c.lost(),
             Lost {
-                lookups: &[42],
-                fh: Some(5)
+                lookups: &[NodeId::from_raw(42)],
+                fh: Some(Fh::from_raw(5))
             }
         );
         let mut d = DirBuffer::new(4096);
         assert!(d.push_plus(&entry(), 1, 8, b"a"));
         assert!(d.push_plus(&Entry::negative(Duration::ZERO), 2, 4, b"."));
-        assert_eq!(d.lost().lookups, &[42]);
+        assert_eq!(d.lost().lookups, &[NodeId::from_raw(42)]);
     }
 
     #[test]

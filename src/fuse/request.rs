@@ -412,13 +412,13 @@ pub enum Operation<'a> {
         name: &'a CStr,
     },
     Rename {
-        newdir: u64,
+        newdir: NodeId,
         flags: u32,
         name: &'a CStr,
         newname: &'a CStr,
     },
     Link {
-        oldnodeid: u64,
+        oldnodeid: NodeId,
         newname: &'a CStr,
     },
     Open(OpenIn),
@@ -492,7 +492,7 @@ mod tests {
             len: len as u32,
             opcode,
             unique: 7,
-            nodeid: 1,
+            nodeid: NodeId::from_raw(1),
             total_extlen: (ext.len() / 8) as u16,
             ..Default::default()
         };
@@ -583,7 +583,7 @@ mod tests {
         let mut body = head.as_bytes().to_vec();
         body.extend_from_slice(
             ForgetOne {
-                nodeid: 5,
+                nodeid: NodeId::from_raw(5),
                 nlookup: 2,
             }
             .as_bytes(),
@@ -596,7 +596,7 @@ mod tests {
                 assert_eq!(
                     v,
                     vec![ForgetOne {
-                        nodeid: 5,
+                        nodeid: NodeId::from_raw(5),
                         nlookup: 2
                     }]
                 );
@@ -659,7 +659,7 @@ mod fuzz {
         fn random_bodies(opcode in 0u32..60, body in proptest::collection::vec(any::<u8>(), 0..300), extlen in 0u16..4) {
             use zerocopy::IntoBytes;
             let len = 40 + body.len();
-            let h = InHeader { len: len as u32, opcode, unique: 1, nodeid: 1, total_extlen: extlen, ..Default::default() };
+            let h = InHeader { len: len as u32, opcode, unique: 1, nodeid: NodeId::from_raw(1), total_extlen: extlen, ..Default::default() };
             let mut v = h.as_bytes().to_vec();
             v.extend_from_slice(&body);
             if let Ok(r) = Request::parse(&v) {

@@ -112,7 +112,7 @@ impl<F: Filesystem> Harness<F> {
             len: (std::mem::size_of::<InHeader>() + body.len()) as u32,
             opcode,
             unique,
-            nodeid,
+            nodeid: abi::NodeId::from_raw(nodeid),
             ..Default::default()
         };
         let mut v = h.as_bytes().to_vec();

@@ -27,7 +27,7 @@ fn name(s: &str) -> std::ffi::CString {
 }
 
 fn lookup(t: &InodeTable, s: &str) -> Arc<Inode> {
-    let root = t.get(abi::ROOT_ID).unwrap();
+    let root = t.get(NodeId::ROOT).unwrap();
     t.lookup(&root, &name(s)).unwrap().inode
 }
 
@@ -65,8 +65,8 @@ fn forget_drops_counts_and_the_inode_at_zero() {
         "a second forget is harmless"
     );
     // The root is never forgotten; a new lookup gets a new nodeid.
-    assert!(t.forget(abi::ROOT_ID, u64::MAX).is_none());
-    assert!(t.get(abi::ROOT_ID).is_ok());
+    assert!(t.forget(NodeId::ROOT, u64::MAX).is_none());
+    assert!(t.get(NodeId::ROOT).is_ok());
     assert_ne!(lookup(&t, "d").nodeid, d.nodeid, "nodeids are never reused");
     assert_eq!(t.len(), 2);
 }
@@ -158,7 +158,7 @@ mod pressure {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("d")).unwrap();
         let t = Arc::new(table(dir.path()));
-        let root = t.get(abi::ROOT_ID).unwrap();
+        let root = t.get(NodeId::ROOT).unwrap();
         let d = t.lookup(&root, c"d").unwrap().inode;
         let (tx, rx) = mpsc::channel();
         let (t2, d2) = (t.clone(), d.clone());
@@ -227,7 +227,7 @@ mod pressure {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"x").unwrap();
         let t = table(dir.path());
-        let root = t.get(abi::ROOT_ID).unwrap();
+        let root = t.get(NodeId::ROOT).unwrap();
         let f = t.lookup(&root, c"f").unwrap().inode;
         let held = t.fd(&f).unwrap();
         for _ in 0..4 {

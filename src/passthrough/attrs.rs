@@ -36,7 +36,7 @@ impl PassthroughFs {
     /// statx of an inode through an open file handle if the kernel named
     /// one (works for unlinked files whose handle can no longer be decoded),
     /// else through its O_PATH fd.
-    fn stat_inode(&self, inode: &Inode, fh: Option<u64>, mask: u32) -> Result<libc::statx, Errno> {
+    fn stat_inode(&self, inode: &Inode, fh: Option<Fh>, mask: u32) -> Result<libc::statx, Errno> {
         if let Some(f) = fh.and_then(|fh| self.files.get(&fh).map(|f| f.value().clone())) {
             if f.inode.nodeid == inode.nodeid {
                 return sys::statx(f.fd.as_fd(), mask).map_err(Errno::from);
@@ -45,24 +45,16 @@ impl PassthroughFs {
         let fd = self.table.fd(inode)?;
         sys::statx(fd.fd(), mask).map_err(Errno::from)
     }
+}
 
-    pub(super) fn do_getattr(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        fh: Option<u64>,
-    ) -> Result<abi::Attr, Errno> {
+impl AttrOps for PassthroughFs {
+    fn getattr(&self, ctx: &Context, nodeid: NodeId, fh: Option<Fh>) -> OpResult<Attr> {
         let inode = self.inode(nodeid, ctx.opcode)?;
         let st = self.stat_inode(&inode, fh, STATX_MASK)?;
-        Ok(self.attr_of(&st, &inode))
+        Ok(self.attr_reply(self.attr_of(&st, &inode)))
     }
 
-    pub(super) fn do_statx(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        arg: &abi::StatxIn,
-    ) -> Result<abi::Statx, Errno> {
+    fn statx(&self, ctx: &Context, nodeid: NodeId, arg: &abi::StatxIn) -> OpResult<Statx> {
         let inode = self.inode(nodeid, ctx.opcode)?;
         let fh = (arg.getattr_flags & abi::GETATTR_FH != 0).then_some(arg.fh);
         let st = self.stat_inode(&inode, fh, arg.sx_mask | STATX_MASK)?;
@@ -71,7 +63,7 @@ impl PassthroughFs {
             tv_nsec: t.tv_nsec,
             reserved: 0,
         };
-        Ok(abi::Statx {
+        let stat = abi::Statx {
             // Only what the host actually filled in: the kernel trusts it.
             mask: st.stx_mask & (libc::STATX_BASIC_STATS | libc::STATX_BTIME),
             blksize: st.stx_blksize,
@@ -94,15 +86,14 @@ impl PassthroughFs {
             dev_major: 0,
             dev_minor: 0,
             spare2: [0; 14],
+        };
+        Ok(Statx {
+            stat,
+            ttl: self.entry_ttl(),
         })
     }
 
-    pub(super) fn do_setattr(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        arg: &abi::SetattrIn,
-    ) -> Result<abi::Attr, Errno> {
+    fn setattr(&self, ctx: &Context, nodeid: NodeId, arg: &abi::SetattrIn) -> OpResult<Attr> {
         use abi::SetattrValid as V;
         let inode = self.inode(nodeid, ctx.opcode)?;
         let valid = V::from_bits_retain(arg.valid);
@@ -176,19 +167,19 @@ impl PassthroughFs {
             Some(f) => sys::statx(f.fd.as_fd(), STATX_MASK)?,
             None => sys::statx(fd.fd(), STATX_MASK)?,
         };
-        Ok(self.attr_of(&st, &inode))
+        Ok(self.attr_reply(self.attr_of(&st, &inode)))
     }
 
-    pub(super) fn do_readlink(&self, ctx: &Context, nodeid: u64) -> Result<Vec<u8>, Errno> {
+    fn readlink(&self, ctx: &Context, nodeid: NodeId) -> OpResult<Data> {
         let inode = self.inode(nodeid, ctx.opcode)?;
         if inode.kind != Kind::Symlink {
             return Err(Errno::EINVAL);
         }
         let fd = self.table.fd(&inode)?;
-        sys::readlink(fd.fd()).map_err(Errno::from)
+        Ok(Data::Bytes(sys::readlink(fd.fd())?))
     }
 
-    pub(super) fn do_access(&self, ctx: &Context, nodeid: u64, mask: u32) -> Result<(), Errno> {
+    fn access(&self, ctx: &Context, nodeid: NodeId, mask: u32) -> Result<(), Errno> {
         let inode = self.inode(nodeid, ctx.opcode)?;
         let fd = self.table.fd(&inode)?;
         // ACCESS checks the caller's rights whatever default_permissions says.
@@ -204,7 +195,7 @@ impl PassthroughFs {
         sys::access_empty(fd.fd(), mask as i32).map_err(Errno::from)
     }
 
-    pub(super) fn do_statfs(&self, ctx: &Context, nodeid: u64) -> Result<abi::Kstatfs, Errno> {
+    fn statfs(&self, ctx: &Context, nodeid: NodeId) -> Result<abi::Kstatfs, Errno> {
         let inode = self.inode(nodeid, ctx.opcode)?;
         let fd = self.table.fd(&inode)?;
         let s = sys::fstatfs(fd.fd())?;

@@ -60,12 +60,63 @@ fn parse_dirent(b: &[u8]) -> Option<RawDirent<'_>> {
 }
 
 impl PassthroughFs {
-    pub(super) fn do_opendir(&self, ctx: &Context, nodeid: u64, flags: i32) -> Result<Open, Errno> {
+    /// Appends the READDIRPLUS record of one name; `Ok(false)` when full (its
+    /// lookup given back at once). A record that fits hands its lookup to
+    /// the reply.
+    #[allow(clippy::too_many_arguments)]
+    fn push_plus(
+        &self,
+        out: &mut DirBuffer,
+        dir: &Inode,
+        name: &[u8],
+        ino: u64,
+        typ: u32,
+        off: u64,
+        volatile: bool,
+    ) -> Result<bool, Errno> {
+        let mut e = self.dirent_plus(dir, name, ino, typ)?;
+        if volatile {
+            e.entry_ttl = std::time::Duration::ZERO;
+        }
+        if out.push_plus(&e, off, typ, name) {
+            return Ok(true);
+        }
+        if !e.nodeid.is_none() {
+            self.forget_one(e.nodeid, 1);
+        }
+        Ok(false)
+    }
+
+    /// The READDIRPLUS record of one name: a full entry (one lookup) for
+    /// real children; "." and "..", and names that vanished meanwhile, go
+    /// without entry information (nodeid 0), which the kernel does not link.
+    fn dirent_plus(&self, dir: &Inode, name: &[u8], ino: u64, typ: u32) -> Result<Entry, Errno> {
+        let bare = || Entry {
+            attr: abi::Attr {
+                ino,
+                mode: typ << 12,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        if name == b"." || name == b".." {
+            return Ok(bare());
+        }
+        let cname = std::ffi::CString::new(name).map_err(|_| Errno::EIO)?;
+        match self.table.lookup(dir, &cname) {
+            Ok(looked) => Ok(self.make_entry(&looked, dir, &cname)),
+            Err(Errno::ENOENT) => Ok(bare()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl DirOps for PassthroughFs {
+    fn opendir(&self, ctx: &Context, nodeid: NodeId, _arg: &abi::OpenIn) -> OpResult<Open> {
         let inode = self.inode(nodeid, ctx.opcode)?;
         if inode.kind != Kind::Directory {
             return Err(Errno::ENOTDIR);
         }
-        let _ = flags;
         let dir = {
             let fd = self.table.fd(&inode)?;
             let _g = self.as_caller(ctx, false)?;
@@ -93,14 +144,14 @@ impl PassthroughFs {
         Ok(Open {
             fh,
             flags: out,
-            backing_id: 0,
+            backing_id: BackingId::NONE,
         })
     }
 
-    pub(super) fn do_readdir(
+    fn readdir(
         &self,
         ctx: &Context,
-        nodeid: u64,
+        nodeid: NodeId,
         arg: &abi::ReadIn,
         plus: bool,
     ) -> Result<DirBuffer, Errno> {
@@ -108,7 +159,7 @@ impl PassthroughFs {
         // fh 0: a directory the kernel opened from its backing directory
         // (OPEN in its mask, READDIR not): list it through a fresh stream,
         // positioned at the offset the kernel asks for.
-        let f = if arg.fh == abi::NO_FH {
+        let f = if arg.fh == Fh::NONE {
             self.unhandled_open(nodeid, libc::O_RDONLY)?
         } else {
             match self.file(arg.fh) {
@@ -193,53 +244,13 @@ impl PassthroughFs {
         Ok(out)
     }
 
-    /// Appends the READDIRPLUS record of one name; `Ok(false)` when full (its
-    /// lookup given back at once). A record that fits hands its lookup to
-    /// the reply.
-    #[allow(clippy::too_many_arguments)]
-    fn push_plus(
-        &self,
-        out: &mut DirBuffer,
-        dir: &Inode,
-        name: &[u8],
-        ino: u64,
-        typ: u32,
-        off: u64,
-        volatile: bool,
-    ) -> Result<bool, Errno> {
-        let mut e = self.dirent_plus(dir, name, ino, typ)?;
-        if volatile {
-            e.entry_ttl = std::time::Duration::ZERO;
-        }
-        if out.push_plus(&e, off, typ, name) {
-            return Ok(true);
-        }
-        if e.nodeid != 0 {
-            self.forget_one(e.nodeid, 1);
-        }
-        Ok(false)
+    /// RELEASEDIR is RELEASE of a directory's handle.
+    fn releasedir(&self, ctx: &Context, nodeid: NodeId, arg: &abi::ReleaseIn) -> OpResult<()> {
+        FileOps::release(self, ctx, nodeid, arg)
     }
 
-    /// The READDIRPLUS record of one name: a full entry (one lookup) for
-    /// real children; "." and "..", and names that vanished meanwhile, go
-    /// without entry information (nodeid 0), which the kernel does not link.
-    fn dirent_plus(&self, dir: &Inode, name: &[u8], ino: u64, typ: u32) -> Result<Entry, Errno> {
-        let bare = || Entry {
-            attr: abi::Attr {
-                ino,
-                mode: typ << 12,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        if name == b"." || name == b".." {
-            return Ok(bare());
-        }
-        let cname = std::ffi::CString::new(name).map_err(|_| Errno::EIO)?;
-        match self.table.lookup(dir, &cname) {
-            Ok(looked) => Ok(self.make_entry(&looked, dir, &cname)),
-            Err(Errno::ENOENT) => Ok(bare()),
-            Err(e) => Err(e),
-        }
+    /// FSYNCDIR is FSYNC of a directory's handle.
+    fn fsyncdir(&self, ctx: &Context, nodeid: NodeId, arg: &abi::FsyncIn) -> OpResult<()> {
+        FileOps::fsync(self, ctx, nodeid, arg)
     }
 }

@@ -14,7 +14,7 @@ use crate::credentials::UmaskGuard;
 use crate::media;
 
 impl PassthroughFs {
-    fn dir_inode(&self, nodeid: u64, op: Opcode) -> Result<Arc<Inode>, Errno> {
+    fn dir_inode(&self, nodeid: NodeId, op: Opcode) -> Result<Arc<Inode>, Errno> {
         let p = self.inode(nodeid, op)?;
         if p.kind != Kind::Directory {
             return Err(Errno::ENOTDIR);
@@ -22,12 +22,94 @@ impl PassthroughFs {
         Ok(p)
     }
 
-    pub(super) fn do_lookup(
+    /// Looks up a name just created in `parent` (as root: the caller has
+    /// already been allowed to create it).
+    fn lookup_created(&self, parent: &Inode, name: &CStr) -> Result<Entry, Errno> {
+        let looked = self.table.lookup(parent, name)?;
+        Ok(self.make_entry(&looked, parent, name))
+    }
+
+    /// The flow shared by MKNOD, MKDIR and SYMLINK: make the node in
+    /// `parent` as the caller (with the request's umask), then look it up.
+    fn make_node(
         &self,
         ctx: &Context,
-        parent: u64,
+        parent: NodeId,
         name: &CStr,
+        umask: Option<u32>,
+        make: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> sys::Result<()>,
     ) -> Result<Entry, Errno> {
+        check_name(name)?;
+        let p = self.dir_inode(parent, ctx.opcode)?;
+        self.media_may_create(ctx, &p, name)?;
+        {
+            let pfd = self.table.fd(&p)?;
+            let _u = UmaskGuard::set(umask.and_then(|m| self.umask(m)));
+            let _g = self.as_caller(ctx, true)?;
+            make(pfd.fd())?;
+        }
+        self.media_event(ctx, "create", &p, name, None);
+        self.lookup_created(&p, name)
+    }
+
+    /// Registers the inode of a file just created and opened, and builds
+    /// the CREATE/TMPFILE reply.
+    fn finish_create(
+        &self,
+        parent: &Inode,
+        name: &CStr,
+        file: OwnedFd,
+        flags: i32,
+    ) -> Result<Created, Errno> {
+        // The O_PATH fd comes from the open file itself, so it is certainly
+        // the inode we created, whatever happened to the name meanwhile.
+        let opath = self.table.with_fd_headroom(|| {
+            sys::reopen(self.table.proc_self_fd(), file.as_fd(), libc::O_PATH)
+        })?;
+        let looked = self.table.insert_fd(opath)?;
+        let entry = self.make_entry(&looked, parent, name);
+        match self.finish_open(looked.inode, file, flags, None) {
+            Ok(open) => Ok(Created { entry, open }),
+            Err(e) => {
+                self.forget_one(entry.nodeid, 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// UNLINK (`flags` 0) and RMDIR (`AT_REMOVEDIR`).
+    fn remove_name(
+        &self,
+        ctx: &Context,
+        parent: NodeId,
+        name: &CStr,
+        flags: i32,
+    ) -> Result<(), Errno> {
+        check_name(name)?;
+        let p = self.dir_inode(parent, ctx.opcode)?;
+        let pfd = self.table.fd(&p)?;
+        let stored = self.media_stored_name(pfd.fd(), name)?;
+        let name = stored.as_deref().unwrap_or(name);
+        self.media_check_visible(ctx, &p, pfd.fd(), name)?;
+        // The inode keeps its O_PATH fd until the kernel's FORGET when this
+        // is its last name: a racing open that already found it must still
+        // succeed, as it would natively, and the kernel's writeback may
+        // still send SETATTR for it (a handle cannot reopen it then).
+        let victim = self.table.hold_victim(pfd.fd(), name);
+        let r = self
+            .as_caller(ctx, false)
+            .and_then(|_g| sys::unlinkat(pfd.fd(), name, flags).map_err(Errno::from));
+        if let Some(v) = victim {
+            self.table.settle_victim(v);
+        }
+        r?;
+        self.media_event(ctx, "delete", &p, name, None);
+        Ok(())
+    }
+}
+
+impl EntryOps for PassthroughFs {
+    fn lookup(&self, ctx: &Context, parent: NodeId, name: &CStr) -> Result<Entry, Errno> {
         check_name(name)?;
         let p = self.dir_inode(parent, ctx.opcode)?;
         let media_rel = self.media_dir_rel(&p);
@@ -78,40 +160,10 @@ impl PassthroughFs {
         Ok(e)
     }
 
-    /// Looks up a name just created in `parent` (as root: the caller has
-    /// already been allowed to create it).
-    fn lookup_created(&self, parent: &Inode, name: &CStr) -> Result<Entry, Errno> {
-        let looked = self.table.lookup(parent, name)?;
-        Ok(self.make_entry(&looked, parent, name))
-    }
-
-    /// The flow shared by MKNOD, MKDIR and SYMLINK: make the node in
-    /// `parent` as the caller (with the request's umask), then look it up.
-    fn make_node(
+    fn mknod(
         &self,
         ctx: &Context,
-        parent: u64,
-        name: &CStr,
-        umask: Option<u32>,
-        make: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> sys::Result<()>,
-    ) -> Result<Entry, Errno> {
-        check_name(name)?;
-        let p = self.dir_inode(parent, ctx.opcode)?;
-        self.media_may_create(ctx, &p, name)?;
-        {
-            let pfd = self.table.fd(&p)?;
-            let _u = UmaskGuard::set(umask.and_then(|m| self.umask(m)));
-            let _g = self.as_caller(ctx, true)?;
-            make(pfd.fd())?;
-        }
-        self.media_event(ctx, "create", &p, name, None);
-        self.lookup_created(&p, name)
-    }
-
-    pub(super) fn do_mknod(
-        &self,
-        ctx: &Context,
-        parent: u64,
+        parent: NodeId,
         name: &CStr,
         arg: &abi::MknodIn,
     ) -> Result<Entry, Errno> {
@@ -120,10 +172,10 @@ impl PassthroughFs {
         })
     }
 
-    pub(super) fn do_mkdir(
+    fn mkdir(
         &self,
         ctx: &Context,
-        parent: u64,
+        parent: NodeId,
         name: &CStr,
         arg: &abi::MkdirIn,
     ) -> Result<Entry, Errno> {
@@ -132,10 +184,10 @@ impl PassthroughFs {
         })
     }
 
-    pub(super) fn do_symlink(
+    fn symlink(
         &self,
         ctx: &Context,
-        parent: u64,
+        parent: NodeId,
         name: &CStr,
         target: &CStr,
     ) -> Result<Entry, Errno> {
@@ -145,11 +197,11 @@ impl PassthroughFs {
         })
     }
 
-    pub(super) fn do_link(
+    fn link(
         &self,
         ctx: &Context,
-        nodeid: u64,
-        newparent: u64,
+        nodeid: NodeId,
+        newparent: NodeId,
         newname: &CStr,
     ) -> Result<Entry, Errno> {
         check_name(newname)?;
@@ -183,42 +235,24 @@ impl PassthroughFs {
         self.lookup_created(&np, newname)
     }
 
-    /// UNLINK (`flags` 0) and RMDIR (`AT_REMOVEDIR`).
-    pub(super) fn do_remove(
-        &self,
-        ctx: &Context,
-        parent: u64,
-        name: &CStr,
-        flags: i32,
-    ) -> Result<(), Errno> {
-        check_name(name)?;
-        let p = self.dir_inode(parent, ctx.opcode)?;
-        let pfd = self.table.fd(&p)?;
-        let stored = self.media_stored_name(pfd.fd(), name)?;
-        let name = stored.as_deref().unwrap_or(name);
-        self.media_check_visible(ctx, &p, pfd.fd(), name)?;
-        // The inode keeps its O_PATH fd until the kernel's FORGET when this
-        // is its last name: a racing open that already found it must still
-        // succeed, as it would natively, and the kernel's writeback may
-        // still send SETATTR for it (a handle cannot reopen it then).
-        let victim = self.table.hold_victim(pfd.fd(), name);
-        let r = self
-            .as_caller(ctx, false)
-            .and_then(|_g| sys::unlinkat(pfd.fd(), name, flags).map_err(Errno::from));
-        if let Some(v) = victim {
-            self.table.settle_victim(v);
-        }
-        r?;
-        self.media_event(ctx, "delete", &p, name, None);
-        Ok(())
+    fn unlink(&self, ctx: &Context, parent: NodeId, name: &CStr) -> OpResult<()> {
+        self.remove_name(ctx, parent, name, 0)
     }
 
-    pub(super) fn do_rename(
+    fn rmdir(&self, ctx: &Context, parent: NodeId, name: &CStr) -> OpResult<()> {
+        self.remove_name(ctx, parent, name, libc::AT_REMOVEDIR)
+    }
+
+    fn forget(&self, nodeid: NodeId, nlookup: u64) {
+        self.forget_one(nodeid, nlookup)
+    }
+
+    fn rename(
         &self,
         ctx: &Context,
-        parent: u64,
+        parent: NodeId,
         name: &CStr,
-        newparent: u64,
+        newparent: NodeId,
         newname: &CStr,
         flags: u32,
     ) -> Result<(), Errno> {
@@ -245,7 +279,7 @@ impl PassthroughFs {
             }
             self.media_may_create(ctx, &np, newname)?;
         }
-        // A target replaced by the rename loses a name (see do_remove).
+        // A target replaced by the rename loses a name (see remove_name).
         let victim = if flags & (libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) == 0 {
             self.table.hold_victim(npfd.fd(), newname)
         } else {
@@ -265,13 +299,13 @@ impl PassthroughFs {
         Ok(())
     }
 
-    pub(super) fn do_create(
+    fn create(
         &self,
         ctx: &Context,
-        parent: u64,
+        parent: NodeId,
         name: &CStr,
         arg: &abi::CreateIn,
-    ) -> Result<(Entry, Open), Errno> {
+    ) -> OpResult<Created> {
         check_name(name)?;
         let p = self.dir_inode(parent, ctx.opcode)?;
         self.media_may_create(ctx, &p, name)?;
@@ -291,12 +325,7 @@ impl PassthroughFs {
         self.finish_create(&p, name, file, arg.flags as i32)
     }
 
-    pub(super) fn do_tmpfile(
-        &self,
-        ctx: &Context,
-        parent: u64,
-        arg: &abi::CreateIn,
-    ) -> Result<(Entry, Open), Errno> {
+    fn tmpfile(&self, ctx: &Context, parent: NodeId, arg: &abi::CreateIn) -> OpResult<Created> {
         let p = self.dir_inode(parent, ctx.opcode)?;
         let flags = self.host_open_flags(arg.flags as i32) | libc::O_TMPFILE;
         let file = {
@@ -307,30 +336,5 @@ impl PassthroughFs {
                 .with_fd_headroom(|| sys::openat(pfd.fd(), c".", flags, arg.mode & 0o7777))?
         };
         self.finish_create(&p, c"", file, arg.flags as i32)
-    }
-
-    /// Registers the inode of a file just created and opened, and builds
-    /// the CREATE/TMPFILE reply.
-    fn finish_create(
-        &self,
-        parent: &Inode,
-        name: &CStr,
-        file: OwnedFd,
-        flags: i32,
-    ) -> Result<(Entry, Open), Errno> {
-        // The O_PATH fd comes from the open file itself, so it is certainly
-        // the inode we created, whatever happened to the name meanwhile.
-        let opath = self.table.with_fd_headroom(|| {
-            sys::reopen(self.table.proc_self_fd(), file.as_fd(), libc::O_PATH)
-        })?;
-        let looked = self.table.insert_fd(opath)?;
-        let entry = self.make_entry(&looked, parent, name);
-        match self.finish_open(looked.inode, file, flags, None) {
-            Ok(open) => Ok((entry, open)),
-            Err(e) => {
-                self.forget_one(entry.nodeid, 1);
-                Err(e)
-            }
-        }
     }
 }

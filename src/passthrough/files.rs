@@ -33,29 +33,6 @@ impl PassthroughFs {
         f
     }
 
-    pub(super) fn do_open(&self, ctx: &Context, nodeid: u64, flags: i32) -> Result<Open, Errno> {
-        let inode = self.inode(nodeid, ctx.opcode)?;
-        match inode.kind {
-            Kind::Regular => {}
-            Kind::Directory => return Err(Errno::EISDIR),
-            // FIFOs and devices are opened by the kernel itself, never here.
-            _ => return Err(Errno::EINVAL),
-        }
-        let file = {
-            let fd = self.table.fd(&inode)?;
-            let _g = self.as_caller(ctx, false)?;
-            self.table.with_fd_headroom(|| {
-                sys::reopen(
-                    self.table.proc_self_fd(),
-                    fd.fd(),
-                    self.host_open_flags(flags),
-                )
-            })?
-        };
-        let redact = self.media_redaction(ctx, &inode, file.as_fd())?;
-        self.finish_open(inode, file, flags, redact)
-    }
-
     /// Registers an open file and decides how the kernel does its I/O.
     /// A redacted open is served by the daemon, never passed through.
     pub(super) fn finish_open(
@@ -67,7 +44,7 @@ impl PassthroughFs {
     ) -> Result<Open, Errno> {
         type F = abi::OpenOutFlags;
         let mut out = F::empty();
-        let mut backing_id = 0;
+        let mut backing_id = BackingId::NONE;
         if redact.is_some() {
             // The kernel lets no plain open next to a passthrough one, and
             // passthrough would bypass the redaction: refuse until they close.
@@ -85,7 +62,7 @@ impl PassthroughFs {
             return Ok(Open {
                 fh,
                 flags: F::DIRECT_IO,
-                backing_id: 0,
+                backing_id: BackingId::NONE,
             });
         }
         if inode.kind == Kind::Regular {
@@ -99,7 +76,7 @@ impl PassthroughFs {
                 backing_id = id;
             }
         }
-        let passthrough = backing_id != 0;
+        let passthrough = !backing_id.is_none();
         // O_DIRECT and --direct-io opens send read/write to the daemon
         // (with passthrough, mmap still goes to the backing file).
         if self.cfg.direct_io || flags & libc::O_DIRECT != 0 {
@@ -132,8 +109,8 @@ impl PassthroughFs {
     /// of ours) is a file the kernel opened from the inode's backing file
     /// without asking us (OPEN in its ops mask): the request acts on the
     /// inode through a short-lived fd of our own.
-    fn open_file(&self, nodeid: u64, fh: u64) -> Result<Arc<OpenFile>, Errno> {
-        if fh == abi::NO_FH {
+    fn open_file(&self, nodeid: NodeId, fh: Fh) -> Result<Arc<OpenFile>, Errno> {
+        if fh == Fh::NONE {
             return self.unhandled_open(nodeid, libc::O_RDWR);
         }
         let f = self.file(fh)?;
@@ -153,7 +130,11 @@ impl PassthroughFs {
     /// handle-less request (they use explicit offsets) and closed at
     /// FORGET; it counts in the fd budget. Directories get one per request
     /// (a directory stream has a position).
-    pub(super) fn unhandled_open(&self, nodeid: u64, access: i32) -> Result<Arc<OpenFile>, Errno> {
+    pub(super) fn unhandled_open(
+        &self,
+        nodeid: NodeId,
+        access: i32,
+    ) -> Result<Arc<OpenFile>, Errno> {
         let inode = self.table.get(nodeid)?;
         let modes: &[i32] = match inode.kind {
             Kind::Regular if access == libc::O_RDONLY => &[libc::O_RDONLY],
@@ -206,7 +187,7 @@ impl PassthroughFs {
 
     /// FORGET: closes the inode's kernel-opened files (once the requests
     /// using them are done).
-    pub(super) fn forget_kernel_files(&self, nodeid: u64) {
+    pub(super) fn forget_kernel_files(&self, nodeid: NodeId) {
         for m in [libc::O_RDONLY, libc::O_RDWR] {
             if self.kernel_files.remove(&(nodeid, m)).is_some() {
                 self.table.budget().open.fetch_sub(1, Ordering::Relaxed);
@@ -240,43 +221,15 @@ impl PassthroughFs {
         }))
     }
 
-    pub(super) fn do_read(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        arg: &abi::ReadIn,
-    ) -> Result<Data, Errno> {
-        if let Ok(inode) = self.table.get(nodeid) {
-            self.kinds.count(inode.kind, ctx.opcode);
-        }
-        let f = self.open_file_for_read(ctx, nodeid, arg.fh)?;
-        let size = (arg.size as usize).min(self.max_io());
-        // Zero copy unless the bytes must be changed on the way (redaction).
-        if self.cfg.splice && f.redact.is_none() {
-            return Ok(Data::File {
-                file: f,
-                offset: arg.offset,
-                len: size,
-            });
-        }
-        let mut buf = vec![0u8; size];
-        let done = sys::pread_full(f.fd.as_fd(), &mut buf, arg.offset)?;
-        buf.truncate(done);
-        if let Some(r) = &f.redact {
-            crate::media::redact(&mut buf, arg.offset, r);
-        }
-        Ok(Data::Bytes(buf))
-    }
-
     /// [`Self::open_file`] for READ: a handle-less read still honours the
     /// media provider's redaction for its caller.
     fn open_file_for_read(
         &self,
         ctx: &Context,
-        nodeid: u64,
-        fh: u64,
+        nodeid: NodeId,
+        fh: Fh,
     ) -> Result<Arc<OpenFile>, Errno> {
-        if fh != abi::NO_FH {
+        if fh != Fh::NONE {
             return self.open_file(nodeid, fh);
         }
         let f = self.unhandled_open(nodeid, libc::O_RDONLY)?;
@@ -301,13 +254,69 @@ impl PassthroughFs {
             .max(128 << 10)
     }
 
-    pub(super) fn do_write(
+    fn any_writable_open(&self, inode: &Inode) -> Option<Arc<OpenFile>> {
+        self.files
+            .iter()
+            .find(|f| f.inode.nodeid == inode.nodeid && f.flags & libc::O_ACCMODE != libc::O_RDONLY)
+            .map(|f| f.value().clone())
+    }
+}
+
+impl FileOps for PassthroughFs {
+    fn open(&self, ctx: &Context, nodeid: NodeId, arg: &abi::OpenIn) -> OpResult<Open> {
+        let flags = arg.flags as i32;
+        let inode = self.inode(nodeid, ctx.opcode)?;
+        match inode.kind {
+            Kind::Regular => {}
+            Kind::Directory => return Err(Errno::EISDIR),
+            // FIFOs and devices are opened by the kernel itself, never here.
+            _ => return Err(Errno::EINVAL),
+        }
+        let file = {
+            let fd = self.table.fd(&inode)?;
+            let _g = self.as_caller(ctx, false)?;
+            self.table.with_fd_headroom(|| {
+                sys::reopen(
+                    self.table.proc_self_fd(),
+                    fd.fd(),
+                    self.host_open_flags(flags),
+                )
+            })?
+        };
+        let redact = self.media_redaction(ctx, &inode, file.as_fd())?;
+        self.finish_open(inode, file, flags, redact)
+    }
+
+    fn read(&self, ctx: &Context, nodeid: NodeId, arg: &abi::ReadIn) -> Result<Data, Errno> {
+        if let Ok(inode) = self.table.get(nodeid) {
+            self.kinds.count(inode.kind, ctx.opcode);
+        }
+        let f = self.open_file_for_read(ctx, nodeid, arg.fh)?;
+        let size = (arg.size as usize).min(self.max_io());
+        // Zero copy unless the bytes must be changed on the way (redaction).
+        if self.cfg.splice && f.redact.is_none() {
+            return Ok(Data::File {
+                file: f,
+                offset: arg.offset,
+                len: size,
+            });
+        }
+        let mut buf = vec![0u8; size];
+        let done = sys::pread_full(f.fd.as_fd(), &mut buf, arg.offset)?;
+        buf.truncate(done);
+        if let Some(r) = &f.redact {
+            crate::media::redact(&mut buf, arg.offset, r);
+        }
+        Ok(Data::Bytes(buf))
+    }
+
+    fn write(
         &self,
         ctx: &Context,
-        nodeid: u64,
+        nodeid: NodeId,
         arg: &abi::WriteIn,
         data: &[u8],
-    ) -> Result<usize, Errno> {
+    ) -> OpResult<Written> {
         let inode = self.inode(nodeid, ctx.opcode)?;
         let cached = arg.write_flags & abi::WRITE_CACHE != 0;
         // Writeback-cache writes carry a guessed fh: any open of the inode
@@ -351,22 +360,10 @@ impl PassthroughFs {
                 Err(_) => break,
             }
         }
-        Ok(done)
+        Ok(Written(done as u32))
     }
 
-    fn any_writable_open(&self, inode: &Inode) -> Option<Arc<OpenFile>> {
-        self.files
-            .iter()
-            .find(|f| f.inode.nodeid == inode.nodeid && f.flags & libc::O_ACCMODE != libc::O_RDONLY)
-            .map(|f| f.value().clone())
-    }
-
-    pub(super) fn do_flush(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        arg: &abi::FlushIn,
-    ) -> Result<(), Errno> {
+    fn flush(&self, ctx: &Context, nodeid: NodeId, arg: &abi::FlushIn) -> Result<(), Errno> {
         let _ = ctx;
         let f = self.open_file(nodeid, arg.fh)?;
         // close(2) by a lock owner drops its POSIX locks.
@@ -383,14 +380,15 @@ impl PassthroughFs {
         r
     }
 
-    /// RELEASE and RELEASEDIR.
-    pub(super) fn do_release(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn) {
+    /// RELEASE (and RELEASEDIR, see `dirs.rs`): the handle goes, with the
+    /// locks that were last taken through it. Never fails.
+    fn release(&self, ctx: &Context, nodeid: NodeId, arg: &abi::ReleaseIn) -> OpResult<()> {
         if let Ok(inode) = self.table.get(nodeid) {
             self.kinds.count(inode.kind, ctx.opcode);
         }
         if let Some(f) = self.files.get(&arg.fh).map(|f| f.value().clone()) {
             if f.inode.nodeid != nodeid {
-                return;
+                return Ok(());
             }
             if arg.release_flags & abi::RELEASE_FLOCK_UNLOCK != 0 {
                 let _ = sys::flock(f.fd.as_fd(), libc::LOCK_UN);
@@ -398,24 +396,20 @@ impl PassthroughFs {
             self.locks.release_fh(nodeid, arg.fh);
             self.remove_file(arg.fh);
         }
+        Ok(())
     }
 
-    /// FSYNC and FSYNCDIR.
-    pub(super) fn do_fsync(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        arg: &abi::FsyncIn,
-    ) -> Result<(), Errno> {
+    /// FSYNC (and FSYNCDIR, see `dirs.rs`).
+    fn fsync(&self, ctx: &Context, nodeid: NodeId, arg: &abi::FsyncIn) -> Result<(), Errno> {
         let _ = self.inode(nodeid, ctx.opcode)?;
         let f = self.open_file(nodeid, arg.fh)?;
         sys::fsync(f.fd.as_fd(), arg.fsync_flags & abi::FSYNC_FDATASYNC != 0).map_err(Errno::from)
     }
 
-    pub(super) fn do_fallocate(
+    fn fallocate(
         &self,
         ctx: &Context,
-        nodeid: u64,
+        nodeid: NodeId,
         arg: &abi::FallocateIn,
     ) -> Result<(), Errno> {
         let _ = self.inode(nodeid, ctx.opcode)?;
@@ -424,12 +418,7 @@ impl PassthroughFs {
         sys::fallocate(f.fd.as_fd(), arg.mode as i32, arg.offset, arg.length).map_err(Errno::from)
     }
 
-    pub(super) fn do_lseek(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        arg: &abi::LseekIn,
-    ) -> Result<u64, Errno> {
+    fn lseek(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LseekIn) -> OpResult<Offset> {
         let _ = self.inode(nodeid, ctx.opcode)?;
         let f = self.open_file(nodeid, arg.fh)?;
         match arg.whence as i32 {
@@ -437,16 +426,21 @@ impl PassthroughFs {
             // The kernel handles the others itself.
             _ => return Err(Errno::EINVAL),
         }
-        sys::lseek(f.fd.as_fd(), arg.offset, arg.whence as i32).map_err(Errno::from)
+        Ok(Offset(sys::lseek(
+            f.fd.as_fd(),
+            arg.offset,
+            arg.whence as i32,
+        )?))
     }
 
-    pub(super) fn do_copy_file_range(
+    fn copy_file_range(
         &self,
         ctx: &Context,
-        nodeid: u64,
+        nodeid: NodeId,
         arg: &abi::CopyFileRangeIn,
-        max: u64,
-    ) -> Result<u64, Errno> {
+        wide: bool,
+    ) -> OpResult<Copied> {
+        let max = if wide { u64::MAX } else { Copied::MAX_NARROW };
         let _ = self.inode(nodeid, ctx.opcode)?;
         let fin = self.open_file(nodeid, arg.fh_in)?;
         let fout = self.open_file(arg.nodeid_out, arg.fh_out)?;
@@ -462,19 +456,19 @@ impl PassthroughFs {
             arg.off_out,
             len,
         )
-        .map(|n| n as u64)
+        .map(|n| Copied(n as u64))
         .map_err(Errno::from)
     }
 
     /// SYNCFS: syncs the filesystem the inode is on.
-    pub(super) fn do_syncfs(&self, ctx: &Context, nodeid: u64) -> Result<(), Errno> {
+    fn syncfs(&self, ctx: &Context, nodeid: NodeId) -> Result<(), Errno> {
         // Only a directory or regular file is ever reopened: opening a
         // FIFO would block, a device would see an open. The root is on
         // the filesystem to sync unless the inode is on a submount.
         let inode = self.inode(nodeid, ctx.opcode)?;
         let inode = match inode.kind {
             Kind::Directory | Kind::Regular => inode,
-            _ => self.table.get(abi::ROOT_ID)?,
+            _ => self.table.get(NodeId::ROOT)?,
         };
         let fd = self.table.fd(&inode)?;
         let f = sys::reopen(

@@ -55,7 +55,7 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 struct OwnerLocks {
     fd: Arc<OwnedFd>,
     /// The fh the owner last locked through (its OFD, for OFD locks).
-    fh: u64,
+    fh: Fh,
 }
 
 /// One blocked wait: what to retry, and the reply it owes.
@@ -79,9 +79,9 @@ struct WaitQueue {
 
 pub struct LockTable {
     /// (nodeid, lock owner) -> the owner's open file description.
-    owners: DashMap<(u64, u64), OwnerLocks>,
+    owners: DashMap<(NodeId, LockOwner), OwnerLocks>,
     /// Last pid seen locking each inode, per owner (for GETLK's answer).
-    pids: DashMap<(u64, u64), u32>,
+    pids: DashMap<(NodeId, LockOwner), u32>,
     queue: Mutex<WaitQueue>,
     wake: Condvar,
     /// Waits queued (read without the lock, to skip kicks when none).
@@ -126,14 +126,14 @@ impl LockTable {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    pub fn forget_inode(&self, nodeid: u64) {
+    pub fn forget_inode(&self, nodeid: NodeId) {
         self.owners.retain(|k, _| k.0 != nodeid);
         self.pids.retain(|k, _| k.0 != nodeid);
         self.kick();
     }
 
     /// A lock owner closed the file: its POSIX locks on the inode go.
-    pub fn release_owner(&self, nodeid: u64, owner: u64) {
+    pub fn release_owner(&self, nodeid: NodeId, owner: LockOwner) {
         self.owners.remove(&(nodeid, owner));
         self.pids.remove(&(nodeid, owner));
         self.kick();
@@ -141,8 +141,8 @@ impl LockTable {
 
     /// The open file `fh` of `nodeid` was released: the owners that last
     /// locked through it (OFD locks) lose their locks.
-    pub fn release_fh(&self, nodeid: u64, fh: u64) {
-        let gone: Vec<(u64, u64)> = self
+    pub fn release_fh(&self, nodeid: NodeId, fh: Fh) {
+        let gone: Vec<(NodeId, LockOwner)> = self
             .owners
             .iter()
             .filter(|e| e.key().0 == nodeid && e.value().fh == fh)
@@ -306,7 +306,7 @@ impl PassthroughFs {
     /// use. Opened by the daemon for reading and writing when it can: the
     /// kernel has already checked the caller's file was open in the mode
     /// the lock type needs.
-    fn owner_fd(&self, inode: &Inode, owner: u64, fh: u64) -> Result<Arc<OwnedFd>, Errno> {
+    fn owner_fd(&self, inode: &Inode, owner: LockOwner, fh: Fh) -> Result<Arc<OwnedFd>, Errno> {
         // Locks come only on open files; never reopen a FIFO or a device.
         if !matches!(inode.kind, Kind::Regular | Kind::Directory) {
             return Err(Errno::EBADF);
@@ -333,10 +333,33 @@ impl PassthroughFs {
             .clone())
     }
 
-    pub(super) fn do_getlk(
+    /// The lock a SETLK(W) asks for, on the fd that will hold it.
+    fn lock_of(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn) -> Result<Lock, Errno> {
+        let inode = self.inode(nodeid, ctx.opcode)?;
+        if arg.lk_flags & abi::LK_FLOCK != 0 {
+            let f = self.file(arg.fh)?;
+            let op = match arg.lk.typ as i32 {
+                libc::F_RDLCK => libc::LOCK_SH,
+                libc::F_WRLCK => libc::LOCK_EX,
+                libc::F_UNLCK => libc::LOCK_UN,
+                _ => return Err(Errno::EINVAL),
+            };
+            return Ok(Lock::Flock(f, op));
+        }
+        let fl = to_flock(&arg.lk)?;
+        let fd = self.owner_fd(&inode, arg.owner, arg.fh)?;
+        if fl.l_type as i32 != libc::F_UNLCK {
+            self.locks.pids.insert((nodeid, arg.owner), arg.lk.pid);
+        }
+        Ok(Lock::Posix(fd, fl))
+    }
+}
+
+impl LockOps for PassthroughFs {
+    fn getlk(
         &self,
         ctx: &Context,
-        nodeid: u64,
+        nodeid: NodeId,
         arg: &abi::LkIn,
     ) -> Result<abi::FileLock, Errno> {
         let inode = self.inode(nodeid, ctx.opcode)?;
@@ -370,41 +393,15 @@ impl PassthroughFs {
         })
     }
 
-    /// The lock a SETLK(W) asks for, on the fd that will hold it.
-    fn lock_of(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn) -> Result<Lock, Errno> {
-        let inode = self.inode(nodeid, ctx.opcode)?;
-        if arg.lk_flags & abi::LK_FLOCK != 0 {
-            let f = self.file(arg.fh)?;
-            let op = match arg.lk.typ as i32 {
-                libc::F_RDLCK => libc::LOCK_SH,
-                libc::F_WRLCK => libc::LOCK_EX,
-                libc::F_UNLCK => libc::LOCK_UN,
-                _ => return Err(Errno::EINVAL),
-            };
-            return Ok(Lock::Flock(f, op));
-        }
-        let fl = to_flock(&arg.lk)?;
-        let fd = self.owner_fd(&inode, arg.owner, arg.fh)?;
-        if fl.l_type as i32 != libc::F_UNLCK {
-            self.locks.pids.insert((nodeid, arg.owner), arg.lk.pid);
-        }
-        Ok(Lock::Posix(fd, fl))
-    }
-
     /// SETLK: one non-blocking try. Any change may free a queued wait.
-    pub(super) fn do_setlk(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        arg: &abi::LkIn,
-    ) -> Result<(), Errno> {
+    fn setlk(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn) -> Result<(), Errno> {
         let r = self.lock_of(ctx, nodeid, arg)?.attempt();
         self.locks.kick();
         r
     }
 
     /// SETLKW: granted now, or queued (see [`LockTable`]); never blocks.
-    pub(super) fn do_setlkw(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn, reply: Deferred) {
+    fn setlkw(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn, reply: Deferred) {
         match self.lock_of(ctx, nodeid, arg) {
             Ok(lock) => self.locks.wait_for(lock, reply),
             Err(e) => reply.finish(Err(e)),

@@ -1,10 +1,13 @@
 //! The passthrough filesystem: every operation of the FUSE protocol served
 //! by the same operation on SOURCE, relative to O_PATH fds.
 //!
-//! One readable flow per op, split by kind: [`entries`] (names: lookup,
-//! create, link, rename ...), [`attrs`] (getattr, setattr, statx ...),
-//! [`files`] (open and I/O), [`dirs`] (readdir), [`xattrs`], [`locks`].
-//! Shared state lives here: the inode table, open files, backing ids.
+//! One readable flow per op, split by kind, each module implementing the
+//! sub-trait of its kind: [`entries`] ([`EntryOps`]: lookup, create, link,
+//! rename ...), [`attrs`] ([`AttrOps`]: getattr, setattr, statx ...),
+//! [`files`] ([`FileOps`]: open and I/O), [`dirs`] ([`DirOps`]: readdir),
+//! [`xattrs`] ([`XattrOps`]), [`locks`] ([`LockOps`]). This module holds the
+//! shared state (the inode table, open files, backing ids) and the session
+//! hooks of [`Filesystem`].
 
 mod attrs;
 mod dirs;
@@ -139,7 +142,7 @@ impl KindCounters {
 pub struct PassthroughFs {
     cfg: Config,
     table: InodeTable,
-    files: DashMap<u64, Arc<OpenFile>>,
+    files: DashMap<Fh, Arc<OpenFile>>,
     next_fh: AtomicU64,
     backing: Backing,
     conn: OnceLock<Arc<Connection>>,
@@ -152,7 +155,7 @@ pub struct PassthroughFs {
     kinds: KindCounters,
     /// Files the kernel opened without us (fh 0): one shared open per
     /// (nodeid, access mode), closed at FORGET (see `files.rs`).
-    kernel_files: DashMap<(u64, i32), Arc<OpenFile>>,
+    kernel_files: DashMap<(NodeId, i32), Arc<OpenFile>>,
 }
 
 impl PassthroughFs {
@@ -170,7 +173,7 @@ impl PassthroughFs {
         let table = InodeTable::new(root, proc, cfg.fd_cache)
             .map_err(|e| format!("{}: {e}", src.display()))?;
         if !table
-            .get(abi::ROOT_ID)
+            .get(NodeId::ROOT)
             .map(|r| r.has_handle())
             .unwrap_or(false)
         {
@@ -234,21 +237,21 @@ impl PassthroughFs {
         }
     }
 
-    fn inode(&self, nodeid: u64, op: Opcode) -> Result<Arc<Inode>, Errno> {
+    fn inode(&self, nodeid: NodeId, op: Opcode) -> Result<Arc<Inode>, Errno> {
         let inode = self.table.get(nodeid)?;
         self.kinds.count(inode.kind, op);
         Ok(inode)
     }
 
-    fn file(&self, fh: u64) -> Result<Arc<OpenFile>, Errno> {
+    fn file(&self, fh: Fh) -> Result<Arc<OpenFile>, Errno> {
         self.files
             .get(&fh)
             .map(|f| f.value().clone())
             .ok_or(Errno::EBADF)
     }
 
-    fn add_file(&self, f: OpenFile) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+    fn add_file(&self, f: OpenFile) -> Fh {
+        let fh = Fh::from_raw(self.next_fh.fetch_add(1, Ordering::Relaxed));
         f.inode.pin();
         self.files.insert(fh, Arc::new(f));
         fh
@@ -256,7 +259,7 @@ impl PassthroughFs {
 
     /// Removes an open file; the fd closes when the last request using it
     /// is done.
-    fn remove_file(&self, fh: u64) -> Option<Arc<OpenFile>> {
+    fn remove_file(&self, fh: Fh) -> Option<Arc<OpenFile>> {
         let (_, f) = self.files.remove(&fh)?;
         f.inode.unpin();
         if f.backing {
@@ -298,10 +301,10 @@ impl PassthroughFs {
             let mask = self.mask_of(&looked.inode);
             match self.table.fd(&looked.inode) {
                 Ok(fd) => self.backing.for_entry(&looked.inode, fd.fd(), mask),
-                Err(_) => 0,
+                Err(_) => BackingId::NONE,
             }
         } else {
-            0
+            BackingId::NONE
         };
         Entry {
             nodeid: looked.inode.nodeid,
@@ -354,7 +357,7 @@ impl PassthroughFs {
         }
     }
 
-    fn forget_one(&self, nodeid: u64, n: u64) {
+    fn forget_one(&self, nodeid: NodeId, n: u64) {
         if let Some(inode) = self.table.forget(nodeid, n) {
             self.forget_kernel_files(nodeid);
             self.backing.forget_inode(&inode);
@@ -494,222 +497,6 @@ impl Filesystem for PassthroughFs {
         for &n in lost.lookups {
             self.forget_one(n, 1);
         }
-    }
-
-    fn forget(&self, nodeid: u64, nlookup: u64) {
-        self.forget_one(nodeid, nlookup)
-    }
-
-    // Every op below is one call into the module of its kind.
-
-    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<Entry> {
-        self.do_lookup(ctx, parent, name)
-    }
-
-    fn getattr(&self, ctx: &Context, nodeid: u64, fh: Option<u64>) -> OpResult<Attr> {
-        self.do_getattr(ctx, nodeid, fh).map(|a| self.attr_reply(a))
-    }
-
-    fn setattr(&self, ctx: &Context, nodeid: u64, arg: &abi::SetattrIn) -> OpResult<Attr> {
-        self.do_setattr(ctx, nodeid, arg)
-            .map(|a| self.attr_reply(a))
-    }
-
-    fn statx(&self, ctx: &Context, nodeid: u64, arg: &abi::StatxIn) -> OpResult<Statx> {
-        let stat = self.do_statx(ctx, nodeid, arg)?;
-        Ok(Statx {
-            stat,
-            ttl: self.entry_ttl(),
-        })
-    }
-
-    fn readlink(&self, ctx: &Context, nodeid: u64) -> OpResult<Data> {
-        self.do_readlink(ctx, nodeid).map(Data::Bytes)
-    }
-
-    fn mknod(
-        &self,
-        ctx: &Context,
-        parent: u64,
-        name: &CStr,
-        arg: &abi::MknodIn,
-    ) -> OpResult<Entry> {
-        self.do_mknod(ctx, parent, name, arg)
-    }
-
-    fn mkdir(
-        &self,
-        ctx: &Context,
-        parent: u64,
-        name: &CStr,
-        arg: &abi::MkdirIn,
-    ) -> OpResult<Entry> {
-        self.do_mkdir(ctx, parent, name, arg)
-    }
-
-    fn symlink(&self, ctx: &Context, parent: u64, name: &CStr, target: &CStr) -> OpResult<Entry> {
-        self.do_symlink(ctx, parent, name, target)
-    }
-
-    fn link(&self, ctx: &Context, nodeid: u64, newparent: u64, newname: &CStr) -> OpResult<Entry> {
-        self.do_link(ctx, nodeid, newparent, newname)
-    }
-
-    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<()> {
-        self.do_remove(ctx, parent, name, 0)
-    }
-
-    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> OpResult<()> {
-        self.do_remove(ctx, parent, name, libc::AT_REMOVEDIR)
-    }
-
-    fn rename(
-        &self,
-        ctx: &Context,
-        parent: u64,
-        name: &CStr,
-        newparent: u64,
-        newname: &CStr,
-        flags: u32,
-    ) -> OpResult<()> {
-        self.do_rename(ctx, parent, name, newparent, newname, flags)
-    }
-
-    fn open(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn) -> OpResult<Open> {
-        self.do_open(ctx, nodeid, arg.flags as i32)
-    }
-
-    fn create(
-        &self,
-        ctx: &Context,
-        parent: u64,
-        name: &CStr,
-        arg: &abi::CreateIn,
-    ) -> OpResult<Created> {
-        self.do_create(ctx, parent, name, arg)
-            .map(|(entry, open)| Created { entry, open })
-    }
-
-    fn tmpfile(&self, ctx: &Context, parent: u64, arg: &abi::CreateIn) -> OpResult<Created> {
-        self.do_tmpfile(ctx, parent, arg)
-            .map(|(entry, open)| Created { entry, open })
-    }
-
-    fn read(&self, ctx: &Context, nodeid: u64, arg: &abi::ReadIn) -> OpResult<Data> {
-        self.do_read(ctx, nodeid, arg)
-    }
-
-    fn write(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        arg: &abi::WriteIn,
-        data: &[u8],
-    ) -> OpResult<Written> {
-        self.do_write(ctx, nodeid, arg, data)
-            .map(|n| Written(n as u32))
-    }
-
-    fn flush(&self, ctx: &Context, nodeid: u64, arg: &abi::FlushIn) -> OpResult<()> {
-        self.do_flush(ctx, nodeid, arg)
-    }
-
-    fn release(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn) -> OpResult<()> {
-        self.do_release(ctx, nodeid, arg);
-        Ok(())
-    }
-
-    fn fsync(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn) -> OpResult<()> {
-        self.do_fsync(ctx, nodeid, arg)
-    }
-
-    fn opendir(&self, ctx: &Context, nodeid: u64, arg: &abi::OpenIn) -> OpResult<Open> {
-        self.do_opendir(ctx, nodeid, arg.flags as i32)
-    }
-
-    fn readdir(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        arg: &abi::ReadIn,
-        plus: bool,
-    ) -> OpResult<DirBuffer> {
-        self.do_readdir(ctx, nodeid, arg, plus)
-    }
-
-    fn releasedir(&self, ctx: &Context, nodeid: u64, arg: &abi::ReleaseIn) -> OpResult<()> {
-        self.do_release(ctx, nodeid, arg);
-        Ok(())
-    }
-
-    fn fsyncdir(&self, ctx: &Context, nodeid: u64, arg: &abi::FsyncIn) -> OpResult<()> {
-        self.do_fsync(ctx, nodeid, arg)
-    }
-
-    fn statfs(&self, ctx: &Context, nodeid: u64) -> OpResult<abi::Kstatfs> {
-        self.do_statfs(ctx, nodeid)
-    }
-
-    fn setxattr(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        name: &CStr,
-        value: &[u8],
-        arg: &abi::SetxattrIn,
-    ) -> OpResult<()> {
-        self.do_setxattr(ctx, nodeid, name, value, arg)
-    }
-
-    fn getxattr(&self, ctx: &Context, nodeid: u64, name: &CStr, size: u32) -> OpResult<Xattr> {
-        self.do_getxattr(ctx, nodeid, name, size)
-    }
-
-    fn listxattr(&self, ctx: &Context, nodeid: u64, size: u32) -> OpResult<Xattr> {
-        self.do_listxattr(ctx, nodeid, size)
-    }
-
-    fn removexattr(&self, ctx: &Context, nodeid: u64, name: &CStr) -> OpResult<()> {
-        self.do_removexattr(ctx, nodeid, name)
-    }
-
-    fn access(&self, ctx: &Context, nodeid: u64, mask: u32) -> OpResult<()> {
-        self.do_access(ctx, nodeid, mask)
-    }
-
-    fn getlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn) -> OpResult<abi::FileLock> {
-        self.do_getlk(ctx, nodeid, arg)
-    }
-
-    fn setlk(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn) -> OpResult<()> {
-        self.do_setlk(ctx, nodeid, arg)
-    }
-
-    fn setlkw(&self, ctx: &Context, nodeid: u64, arg: &abi::LkIn, reply: Deferred) {
-        self.do_setlkw(ctx, nodeid, arg, reply)
-    }
-
-    fn fallocate(&self, ctx: &Context, nodeid: u64, arg: &abi::FallocateIn) -> OpResult<()> {
-        self.do_fallocate(ctx, nodeid, arg)
-    }
-
-    fn lseek(&self, ctx: &Context, nodeid: u64, arg: &abi::LseekIn) -> OpResult<Offset> {
-        self.do_lseek(ctx, nodeid, arg).map(Offset)
-    }
-
-    fn copy_file_range(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        arg: &abi::CopyFileRangeIn,
-        wide: bool,
-    ) -> OpResult<Copied> {
-        let max = if wide { u64::MAX } else { Copied::MAX_NARROW };
-        self.do_copy_file_range(ctx, nodeid, arg, max).map(Copied)
-    }
-
-    fn syncfs(&self, ctx: &Context, nodeid: u64) -> OpResult<()> {
-        self.do_syncfs(ctx, nodeid)
     }
 }
 

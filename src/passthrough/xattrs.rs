@@ -14,7 +14,7 @@ impl PassthroughFs {
     fn xattr_query(
         &self,
         ctx: &Context,
-        nodeid: u64,
+        nodeid: NodeId,
         size: u32,
         query: impl FnOnce(std::os::fd::BorrowedFd<'_>, &mut [u8]) -> sys::Result<usize>,
     ) -> Result<Xattr, Errno> {
@@ -32,11 +32,13 @@ impl PassthroughFs {
             Xattr::Data(buf)
         })
     }
+}
 
-    pub(super) fn do_getxattr(
+impl XattrOps for PassthroughFs {
+    fn getxattr(
         &self,
         ctx: &Context,
-        nodeid: u64,
+        nodeid: NodeId,
         name: &CStr,
         size: u32,
     ) -> Result<Xattr, Errno> {
@@ -46,12 +48,7 @@ impl PassthroughFs {
         })
     }
 
-    pub(super) fn do_listxattr(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        size: u32,
-    ) -> Result<Xattr, Errno> {
+    fn listxattr(&self, ctx: &Context, nodeid: NodeId, size: u32) -> Result<Xattr, Errno> {
         // The host lists trusted.* to whoever has CAP_SYS_ADMIN, which the
         // worker keeps as the caller's fsuid: drop those names for callers
         // other than root, who could not list them on SOURCE (overlayfs
@@ -67,10 +64,10 @@ impl PassthroughFs {
         })
     }
 
-    pub(super) fn do_setxattr(
+    fn setxattr(
         &self,
         ctx: &Context,
-        nodeid: u64,
+        nodeid: NodeId,
         name: &CStr,
         value: &[u8],
         arg: &abi::SetxattrIn,
@@ -96,12 +93,7 @@ impl PassthroughFs {
         Ok(())
     }
 
-    pub(super) fn do_removexattr(
-        &self,
-        ctx: &Context,
-        nodeid: u64,
-        name: &CStr,
-    ) -> Result<(), Errno> {
+    fn removexattr(&self, ctx: &Context, nodeid: NodeId, name: &CStr) -> Result<(), Errno> {
         let inode = self.inode(nodeid, ctx.opcode)?;
         let fd = self.table.fd(&inode)?;
         let _g = self.as_caller(ctx, false)?;
