@@ -8,6 +8,13 @@
 //! they are reopened with `open_by_handle_at` when next used. Inodes on a
 //! filesystem without handles keep their fd (and count against the limit).
 //!
+//! Where an inode is (its path relative to SOURCE, for the policy and the
+//! media provider) comes from the table itself: when asked to
+//! ([`InodeTable::track_names`]), every inode keeps a link to its parent's
+//! nodeid and its name, set at each lookup and moved by rename and unlink
+//! through the mount. A change made on SOURCE directly is seen at the next
+//! lookup of the name (the kernel revalidates its entries by lookups).
+//!
 //! nodeids come from a counter and are never reused, so the generation is
 //! always 0. Lookup counts follow the kernel's: +1 per entry reply, -n per
 //! FORGET; an inode whose count reached 0 is never revived (a racing lookup
@@ -126,7 +133,18 @@ pub struct Inode {
     /// one pin) until FORGET, since a handle cannot reopen it any more.
     unlinked: AtomicBool,
     pub backing: Mutex<BackingSlot>,
+    /// Its parent's nodeid and its name there (only while the table tracks
+    /// names; `None` for the root, an unnamed inode, or one whose name was
+    /// removed).
+    link: Mutex<Option<Link>>,
     budget: &'static FdBudget,
+}
+
+/// Where an inode was last seen: the entry `name` of directory `parent`.
+#[derive(Debug, PartialEq, Eq)]
+struct Link {
+    parent: NodeId,
+    name: Box<[u8]>,
 }
 
 impl Drop for Inode {
@@ -229,20 +247,6 @@ impl<'a> Deref for InodeFd<'a> {
     }
 }
 
-/// Where an fd points, from its /proc/self/fd link (" (deleted)" = gone).
-fn fd_path(fd: BorrowedFd<'_>) -> Option<String> {
-    let link = sys::proc_self(&format!("fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)));
-    let target = std::fs::read_link(link)
-        .ok()?
-        .into_os_string()
-        .into_string()
-        .ok()?;
-    if target.ends_with(" (deleted)") {
-        return None;
-    }
-    Some(target)
-}
-
 /// An inode whose last name an operation may remove, with its fd held and
 /// pinned (see [`InodeTable::hold_victim`]).
 pub struct Victim {
@@ -273,8 +277,8 @@ pub struct InodeTable {
     /// st_ino given to inode numbers that do not fit under a prefix.
     remap: DashMap<InodeKey, u64>,
     next_remap: AtomicU64,
-    /// SOURCE as the kernel names it in /proc/self/fd links.
-    source_prefix: String,
+    /// Inodes keep their parent link and name ([`InodeTable::track_names`]).
+    names: AtomicBool,
     /// Most inodes held since the last shrink.
     high_water: AtomicUsize,
 }
@@ -289,10 +293,6 @@ impl InodeTable {
         let key = InodeKey::of(&st);
         let mounts = MountFds::new(proc_self_fd);
         let handle = mounts.handle_of(root.as_fd(), true);
-        // "/" when SOURCE is the root (the sandbox): paths then start there.
-        let source_prefix = fd_path(root.as_fd())
-            .filter(|p| p != "/")
-            .unwrap_or_default();
         budget.open.fetch_add(1, Ordering::Relaxed);
         let root = Arc::new(Inode {
             nodeid: NodeId::ROOT,
@@ -307,6 +307,7 @@ impl InodeTable {
             pins: AtomicU32::new(1),
             unlinked: AtomicBool::new(false),
             backing: Mutex::new(BackingSlot::default()),
+            link: Mutex::new(None),
             budget,
         });
         let t = InodeTable {
@@ -320,7 +321,7 @@ impl InodeTable {
             devs: RwLock::new(vec![key.dev]),
             remap: DashMap::new(),
             next_remap: AtomicU64::new(0),
-            source_prefix,
+            names: AtomicBool::new(false),
             high_water: AtomicUsize::new(1),
         };
         t.by_id.insert(NodeId::ROOT, root);
@@ -405,20 +406,87 @@ impl InodeTable {
         Some(devs.len() - 1)
     }
 
-    /// Path of `inode` relative to SOURCE ("" for the root), as its fd's
-    /// /proc link says now (so it follows renames). `None` if the inode is
-    /// no longer reachable (unlinked, or moved out of SOURCE).
-    pub fn relative_path(&self, inode: &Inode) -> Option<String> {
-        if inode.nodeid == NodeId::ROOT {
-            return Some(String::new());
+    /// From now on inodes keep their parent link and name, so that
+    /// [`InodeTable::relative_path`] can answer (a policy with path rules,
+    /// the media provider). Call before the first lookup.
+    pub fn track_names(&self) {
+        self.names.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that `inode` is the entry `name` of `parent` (a lookup, a
+    /// create, a READDIRPLUS entry, a rename). An empty name (O_TMPFILE)
+    /// records nothing.
+    pub fn set_link(&self, inode: &Inode, parent: NodeId, name: &[u8]) {
+        if !self.names.load(Ordering::Relaxed) || name.is_empty() || inode.nodeid == NodeId::ROOT {
+            return;
         }
-        let fd = self.fd(inode).ok()?;
-        let path = fd_path(fd.fd())?;
-        let rest = path.strip_prefix(self.source_prefix.as_str())?;
-        if !rest.is_empty() && !rest.starts_with('/') {
+        let mut link = inode.link.lock();
+        if link
+            .as_ref()
+            .is_some_and(|l| l.parent == parent && *l.name == *name)
+        {
+            return;
+        }
+        *link = Some(Link {
+            parent,
+            name: name.into(),
+        });
+    }
+
+    /// The entry `name` of `parent` went away (unlink, rmdir, replaced by a
+    /// rename): `inode` loses its link if that was the name it had.
+    pub fn drop_link(&self, inode: &Inode, parent: NodeId, name: &[u8]) {
+        let mut link = inode.link.lock();
+        if link
+            .as_ref()
+            .is_some_and(|l| l.parent == parent && *l.name == *name)
+        {
+            *link = None;
+        }
+    }
+
+    /// The inode the kernel knows at `dir/name` right now, if any (before a
+    /// rename or unlink moves its link). Only while names are tracked.
+    pub fn known_at(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Option<Arc<Inode>> {
+        if !self.names.load(Ordering::Relaxed) {
             return None;
         }
-        Some(rest.trim_start_matches('/').to_string())
+        let st = sys::statx_at(dir, name, libc::STATX_INO | libc::STATX_TYPE).ok()?;
+        let nodeid = *self.by_key.get(&InodeKey::of(&st))?;
+        self.get(nodeid)
+            .ok()
+            .filter(|i| i.kind == Kind::of_mode(st.stx_mode as u32))
+    }
+
+    /// Path of `inode` relative to SOURCE ("" for the root), from the parent
+    /// links. `None` when the table does not track names, or the inode is
+    /// not reachable from the root through names it knows (unlinked, its
+    /// name never seen, a parent forgotten meanwhile, not UTF-8).
+    pub fn relative_path(&self, inode: &Inode) -> Option<String> {
+        // Deeper than PATH_MAX allows means a broken chain, not a path.
+        const MAX_DEPTH: usize = 2048;
+        let mut names: Vec<Box<[u8]>> = Vec::new();
+        let mut parent = {
+            if inode.nodeid == NodeId::ROOT {
+                return Some(String::new());
+            }
+            let link = inode.link.lock();
+            let l = link.as_ref()?;
+            names.push(l.name.clone());
+            l.parent
+        };
+        while parent != NodeId::ROOT {
+            if names.len() > MAX_DEPTH {
+                return None;
+            }
+            let p = self.get(parent).ok()?;
+            let link = p.link.lock();
+            let l = link.as_ref()?;
+            names.push(l.name.clone());
+            parent = l.parent;
+        }
+        names.reverse();
+        String::from_utf8(names.join(&b'/')).ok()
     }
 
     /// The inode's O_PATH fd, reopened from its handle if it was evicted.
@@ -574,6 +642,7 @@ impl InodeTable {
                         pins: AtomicU32::new(0),
                         unlinked: AtomicBool::new(false),
                         backing: Mutex::new(BackingSlot::default()),
+                        link: Mutex::new(None),
                         budget: self.budget,
                     });
                     self.budget.open.fetch_add(1, Ordering::Relaxed);

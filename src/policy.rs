@@ -293,6 +293,12 @@ impl Policy {
         Ok(())
     }
 
+    /// Do decisions depend on where an entry is (any rule)? Then the inode
+    /// table must keep names ([`InodeTable::track_names`]).
+    pub fn needs_paths(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
     /// Is any op beyond read/write asked for anywhere? (Then inode
     /// passthrough is worth negotiating.)
     pub fn wants_inode_passthrough(&self) -> bool {

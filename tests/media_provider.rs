@@ -479,3 +479,69 @@ fn changes_are_logged() {
     assert!(lines.iter().all(|v| v["uid"] == CAMERA));
     assert!(m.unmount().success());
 }
+
+/// The rules follow a rename made through the mount: a directory moved
+/// into a media dir takes its files with it (their paths come from the
+/// inode table's parent links, moved by the rename, not from the host).
+#[test]
+fn rules_follow_renames_through_the_mount() {
+    require_root!();
+    let (m, log) = media_mount();
+    let sample = m.dir.path().join("sample.jpg");
+    let original = sample_jpeg_with_gps(48, 11);
+    fs::write(&sample, &original).unwrap();
+    fs::set_permissions(&sample, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut expected = original.clone();
+    redact(&mut expected, 0, &exif_gps_ranges(&original));
+    let out = m.dir.path().join("copies");
+    fs::create_dir(&out).unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
+    let read_as = |uid: u32, p: &str, to: &str| {
+        let (ok, o) = sh_as(
+            uid,
+            uid,
+            &format!("cat {} > {}/{to}", m.m(p).display(), out.display()),
+        );
+        assert!(ok, "{o}");
+        fs::read(out.join(to)).unwrap()
+    };
+    let (ok, o) = sh_as(
+        GALLERY,
+        GALLERY,
+        &format!(
+            "mkdir {0}/shared/album && cp {1} {0}/shared/album/p.jpg && cp {1} {0}/shared/q.jpg",
+            m.mnt.display(),
+            sample.display()
+        ),
+    );
+    assert!(ok, "{o}");
+    // Outside the media dirs: intact, and visible to every app.
+    assert_eq!(read_as(GALLERY, "shared/album/p.jpg", "1.jpg"), original);
+    assert_eq!(ls(NOTES, &m.m("shared/album")), vec!["p.jpg"]);
+    let (ok, o) = sh_as(
+        GALLERY,
+        GALLERY,
+        &format!(
+            "mv {0}/shared/album {0}/Pictures/album && mv {0}/shared/q.jpg {0}/DCIM/Camera/q.jpg",
+            m.mnt.display()
+        ),
+    );
+    assert!(ok, "{o}");
+    // Now in Pictures (the directory moved) and DCIM (the file moved).
+    assert_eq!(read_as(GALLERY, "Pictures/album/p.jpg", "2.jpg"), expected);
+    assert_eq!(read_as(GALLERY, "DCIM/Camera/q.jpg", "3.jpg"), expected);
+    assert_eq!(read_as(CAMERA, "Pictures/album/p.jpg", "4.jpg"), original);
+    assert!(
+        ls(NOTES, &m.m("Pictures/album")).is_empty(),
+        "not its media"
+    );
+    assert_eq!(ls(GALLERY, &m.m("Pictures/album")), vec!["p.jpg"]);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"path\":\"shared/album\"")
+                && l.contains("\"to\":\"Pictures/album\"")),
+        "{text}"
+    );
+    assert!(m.unmount().success());
+}

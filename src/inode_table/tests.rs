@@ -247,3 +247,55 @@ mod pressure {
         }
     }
 }
+
+/// Paths come from parent links: set at lookup, moved by a rename (a
+/// directory's subtree follows without being touched), dropped by unlink.
+#[test]
+fn paths_come_from_parent_links() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+    std::fs::write(dir.path().join("a/b/f"), b"x").unwrap();
+    let t = table(dir.path());
+    let root = t.get(NodeId::ROOT).unwrap();
+    let a = lookup(&t, "a");
+    // Without track_names the table keeps no names and knows no paths.
+    t.set_link(&a, NodeId::ROOT, b"a");
+    assert_eq!(t.relative_path(&a), None);
+    assert_eq!(t.relative_path(&root).as_deref(), Some(""));
+
+    t.track_names();
+    let look = |parent: &Arc<Inode>, n: &str| {
+        let i = t.lookup(parent, &name(n)).unwrap().inode;
+        t.set_link(&i, parent.nodeid, n.as_bytes());
+        i
+    };
+    let a = look(&root, "a");
+    let b = look(&a, "b");
+    let f = look(&b, "f");
+    assert_eq!(t.relative_path(&f).as_deref(), Some("a/b/f"));
+    assert_eq!(t.relative_path(&b).as_deref(), Some("a/b"));
+
+    // known_at finds the inode behind a name (as before a rename).
+    let bfd = t.fd(&b).unwrap();
+    let known = t.known_at(bfd.fd(), &name("f")).unwrap();
+    assert_eq!(known.nodeid, f.nodeid);
+    assert!(t.known_at(bfd.fd(), &name("nope")).is_none());
+    drop(bfd);
+
+    // Rename a -> z: one link moves, the subtree follows.
+    t.set_link(&a, NodeId::ROOT, b"z");
+    assert_eq!(t.relative_path(&f).as_deref(), Some("z/b/f"));
+    // A name that is not the inode's link is not dropped...
+    t.drop_link(&f, b.nodeid, b"other");
+    assert_eq!(t.relative_path(&f).as_deref(), Some("z/b/f"));
+    // ...its own is: no path any more, nor for anything below.
+    t.drop_link(&b, a.nodeid, b"b");
+    assert_eq!(t.relative_path(&b), None);
+    assert_eq!(t.relative_path(&f), None);
+    // A later lookup names it again.
+    t.set_link(&b, a.nodeid, b"b");
+    assert_eq!(t.relative_path(&f).as_deref(), Some("z/b/f"));
+    // A parent the kernel forgot breaks the chain (no stale path).
+    assert!(t.forget(a.nodeid, u64::MAX).is_some());
+    assert_eq!(t.relative_path(&f), None);
+}

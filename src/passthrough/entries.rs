@@ -52,6 +52,35 @@ impl PassthroughFs {
         self.lookup_created(&p, name)
     }
 
+    /// After a rename of `from` to `to`: the moved inode's link follows it;
+    /// the inode it replaced loses its name, or, with RENAME_EXCHANGE, takes
+    /// `from`. (Renaming a name onto another name of the same inode changes
+    /// nothing, as rename(2) does.)
+    fn move_links(
+        &self,
+        moved: Option<Arc<Inode>>,
+        replaced: Option<Arc<Inode>>,
+        from: (&Inode, &CStr),
+        to: (&Inode, &CStr),
+        exchange: bool,
+    ) {
+        if let (Some(m), Some(r)) = (&moved, &replaced) {
+            if Arc::ptr_eq(m, r) {
+                return;
+            }
+        }
+        if let Some(r) = replaced {
+            if exchange {
+                self.table.set_link(&r, from.0.nodeid, from.1.to_bytes());
+            } else {
+                self.table.drop_link(&r, to.0.nodeid, to.1.to_bytes());
+            }
+        }
+        if let Some(m) = moved {
+            self.table.set_link(&m, to.0.nodeid, to.1.to_bytes());
+        }
+    }
+
     /// Registers the inode of a file just created and opened, and builds
     /// the CREATE/TMPFILE reply.
     fn finish_create(
@@ -96,6 +125,7 @@ impl PassthroughFs {
         // succeed, as it would natively, and the kernel's writeback may
         // still send SETATTR for it (a handle cannot reopen it then).
         let victim = self.table.hold_victim(pfd.fd(), name);
+        let gone = self.table.known_at(pfd.fd(), name);
         let r = self
             .as_caller(ctx, false)
             .and_then(|_g| sys::unlinkat(pfd.fd(), name, flags).map_err(Errno::from));
@@ -103,6 +133,9 @@ impl PassthroughFs {
             self.table.settle_victim(v);
         }
         r?;
+        if let Some(inode) = gone {
+            self.table.drop_link(&inode, p.nodeid, name.to_bytes());
+        }
         self.media_event(ctx, "delete", &p, name, None);
         Ok(())
     }
@@ -285,6 +318,8 @@ impl EntryOps for PassthroughFs {
         } else {
             None
         };
+        let moved = self.table.known_at(pfd.fd(), name);
+        let replaced = self.table.known_at(npfd.fd(), newname);
         // A whiteout is a new inode: it belongs to the caller.
         let r = self
             .as_caller(ctx, flags & libc::RENAME_WHITEOUT != 0)
@@ -295,6 +330,8 @@ impl EntryOps for PassthroughFs {
             self.table.settle_victim(v);
         }
         r?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        self.move_links(moved, replaced, (&p, name), (&np, newname), exchange);
         self.media_event(ctx, "rename", &p, name, Some((&np, newname)));
         Ok(())
     }

@@ -6,6 +6,11 @@
 //! bytes that its unit tests drive without a mount; this module applies
 //! those rules to `PassthroughFs` requests (inodes, fds, the caller), and
 //! needs the filesystem's private state, so it lives inside `passthrough`.
+//!
+//! Where an inode is relative to the storage root comes from the inode
+//! table's parent links (`InodeTable::relative_path`, kept by lookups,
+//! renames and unlinks through the mount), never from the host: no
+//! /proc/self/fd readlink per request.
 
 use std::ffi::{CStr, CString};
 use std::ops::Range;
@@ -20,7 +25,8 @@ impl PassthroughFs {
         self.cfg.media.as_deref()
     }
 
-    /// Path of a directory relative to SOURCE, in media mode only.
+    /// Path of a directory relative to SOURCE (from the inode table's parent
+    /// links), in media mode only.
     pub(super) fn media_dir_rel(&self, dir: &Inode) -> Option<String> {
         self.media()?;
         self.table.relative_path(dir)

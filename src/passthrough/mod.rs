@@ -183,6 +183,9 @@ impl PassthroughFs {
                 cfg.fd_cache
             );
         }
+        if cfg.media.is_some() || cfg.policy.needs_paths() {
+            table.track_names();
+        }
         Ok(PassthroughFs {
             cfg,
             table,
@@ -296,6 +299,8 @@ impl PassthroughFs {
     /// Builds the entry reply for a looked-up inode, with a backing id when
     /// the kernel does inode passthrough and the policy says so.
     fn make_entry(&self, looked: &Looked, parent: &Inode, name: &CStr) -> Entry {
+        self.table
+            .set_link(&looked.inode, parent.nodeid, name.to_bytes());
         self.decide(&looked.inode, parent, name);
         let backing_id = if self.backing.mode() == backing::Mode::Inode {
             let mask = self.mask_of(&looked.inode);
