@@ -58,6 +58,9 @@ pub struct Backing {
     per_mask: Mutex<BTreeMap<u64, u64>>,
     /// Entries registered with each op's bit set, per opcode.
     per_op: [AtomicU64; abi::MAX_OPCODE + 1],
+    /// Unit tests: ids from a stand-in for the FUSE device's ioctls.
+    #[cfg(test)]
+    fake: Mutex<Option<tests::FakeDevice>>,
 }
 
 impl Default for Backing {
@@ -73,6 +76,8 @@ impl Default for Backing {
             dirplus: AtomicBool::new(false),
             per_mask: Mutex::new(BTreeMap::new()),
             per_op: std::array::from_fn(|_| AtomicU64::new(0)),
+            #[cfg(test)]
+            fake: Mutex::new(None),
         }
     }
 }
@@ -127,6 +132,13 @@ impl Backing {
     }
 
     fn ioctl_open(&self, fd: BorrowedFd<'_>, ops_mask: u64) -> Result<BackingId, Errno> {
+        #[cfg(test)]
+        if let Some(dev) = &*self.fake.lock() {
+            let id = dev.open(ops_mask)?;
+            self.open_ids.fetch_add(1, Ordering::Relaxed);
+            self.registered.fetch_add(1, Ordering::Relaxed);
+            return Ok(id);
+        }
         let conn = self.conn.get().ok_or(Errno::ENOSYS)?;
         let mut map = BackingMap {
             fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
@@ -141,6 +153,12 @@ impl Backing {
     }
 
     fn ioctl_close(&self, id: BackingId) {
+        #[cfg(test)]
+        if let Some(dev) = &*self.fake.lock() {
+            dev.close(id);
+            self.open_ids.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
         let Some(conn) = self.conn.get() else { return };
         let mut v = id.raw() as u32;
         // SAFETY: BACKING_CLOSE reads one u32, which `v` is.
@@ -388,5 +406,122 @@ fn warn_once_per_errno(e: Errno, nodeid: NodeId) {
     if !seen.contains(&e.0) {
         seen.push(e.0);
         warn!("FUSE_DEV_IOC_BACKING_OPEN failed ({e}) for inode {nodeid}; such files are served by the daemon");
+    }
+}
+
+/// Backing-id lifetime without /dev/fuse: the ioctls go to [`FakeDevice`],
+/// which hands out ids and fails the test on a close of an id it does not
+/// hold (a double close, or one never opened).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuse::NodeId;
+    use crate::inode_table::InodeTable;
+    use std::collections::BTreeSet;
+    use std::os::fd::AsFd;
+
+    #[derive(Default)]
+    pub(super) struct FakeDevice {
+        next: std::sync::atomic::AtomicI32,
+        live: Mutex<BTreeSet<i32>>,
+    }
+
+    impl FakeDevice {
+        pub(super) fn open(&self, _mask: u64) -> Result<BackingId, Errno> {
+            let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+            self.live.lock().insert(id);
+            Ok(BackingId::from_raw(id))
+        }
+        pub(super) fn close(&self, id: BackingId) {
+            assert!(
+                self.live.lock().remove(&id.raw()),
+                "close of {id}: not open"
+            );
+        }
+    }
+
+    fn backing(mode: Mode) -> Backing {
+        let b = Backing::default();
+        *b.fake.lock() = Some(FakeDevice::default());
+        b.mode.store(mode as u8, Ordering::Release);
+        b
+    }
+
+    fn live(b: &Backing) -> Vec<i32> {
+        let dev = b.fake.lock();
+        let v = dev.as_ref().unwrap().live.lock().iter().copied().collect();
+        v
+    }
+
+    /// Two regular files of a table on a temporary directory.
+    fn files() -> (tempfile::TempDir, InodeTable, Vec<Arc<Inode>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = std::fs::File::open("/").unwrap();
+        let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        let o = libc::O_PATH | libc::O_DIRECTORY;
+        let root = sys::openat(cwd.as_fd(), &c, o, 0).unwrap();
+        let proc = sys::openat(cwd.as_fd(), c"/proc/self/fd", o, 0).unwrap();
+        let t = InodeTable::new(root, proc, 16).unwrap();
+        let r = t.get(NodeId::ROOT).unwrap();
+        let mut v = Vec::new();
+        for n in [c"a", c"b"] {
+            std::fs::write(dir.path().join(n.to_str().unwrap()), b"x").unwrap();
+            v.push(t.lookup(&r, n).unwrap().inode);
+        }
+        (dir, t, v)
+    }
+
+    #[test]
+    fn io_ids_live_while_an_open_uses_them() {
+        let (_d, t, f) = files();
+        let b = backing(Mode::Io);
+        let fd = t.fd(&f[0]).unwrap();
+        let id = b.acquire_for_open(&f[0], fd.fd(), fd.fd(), IO_OPS).unwrap();
+        // A second open of the inode shares the id.
+        assert_eq!(
+            b.acquire_for_open(&f[0], fd.fd(), fd.fd(), IO_OPS),
+            Some(id)
+        );
+        assert_eq!((b.stats().open_ids, b.stats().registered_total), (1, 1));
+        b.release_open(&f[0]);
+        assert_eq!(live(&b), vec![id.raw()], "one open still uses it");
+        b.release_open(&f[0]);
+        assert!(live(&b).is_empty(), "closed with the last open");
+        assert!(f[0].backing.lock().id.is_none());
+        // A release too many closes nothing twice.
+        b.release_open(&f[0]);
+        // No I/O in the mask, or passthrough off: no id at all.
+        assert_eq!(b.acquire_for_open(&f[0], fd.fd(), fd.fd(), 0), None);
+        let off = backing(Mode::Off);
+        assert_eq!(off.acquire_for_open(&f[0], fd.fd(), fd.fd(), IO_OPS), None);
+        assert_eq!(b.stats().open_ids, 0);
+    }
+
+    #[test]
+    fn inode_ids_live_until_forget_and_the_last_open() {
+        let (_d, t, f) = files();
+        let b = backing(Mode::Inode);
+        let all = crate::policy::all_ops();
+        let fd = t.fd(&f[0]).unwrap();
+        let id = b.for_entry(&f[0], fd.fd(), all);
+        assert!(!id.is_none());
+        assert_eq!(b.for_entry(&f[0], fd.fd(), all), id, "one per inode");
+        assert_eq!(live(&b), vec![id.raw()], "the probe's ids are closed");
+        // Opens reuse it; FORGET while open keeps it until the last RELEASE.
+        assert_eq!(b.acquire_for_open(&f[0], fd.fd(), fd.fd(), all), Some(id));
+        b.forget_inode(&f[0]);
+        assert_eq!(live(&b), vec![id.raw()]);
+        b.release_open(&f[0]);
+        assert!(live(&b).is_empty());
+        // Opened for I/O first: the entry gets no second, different backing,
+        // and the I/O id goes with its open.
+        let fd1 = t.fd(&f[1]).unwrap();
+        let io = b.acquire_for_open(&f[1], fd1.fd(), fd1.fd(), all).unwrap();
+        assert!(b.for_entry(&f[1], fd1.fd(), all).is_none());
+        b.release_open(&f[1]);
+        assert!(live(&b).is_empty(), "{io} closed");
+        // Nothing beyond read/write asked: no entry id.
+        assert!(b.for_entry(&f[1], fd1.fd(), IO_OPS).is_none());
+        assert_eq!(b.stats().open_ids, 0);
     }
 }

@@ -459,4 +459,66 @@ mod tests {
             .unwrap_err()
             .contains("policy file"));
     }
+
+    /// A table on `dir` that keeps names (as the daemon's does with rules).
+    fn table(dir: &Path) -> InodeTable {
+        use std::os::fd::AsFd;
+        let cwd = std::fs::File::open("/").unwrap();
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        let o = libc::O_PATH | libc::O_DIRECTORY;
+        let root = crate::sys::openat(cwd.as_fd(), &c, o, 0).unwrap();
+        let proc = crate::sys::openat(cwd.as_fd(), c"/proc/self/fd", o, 0).unwrap();
+        let t = InodeTable::new(root, proc, 16).unwrap();
+        t.track_names();
+        t
+    }
+
+    /// Decisions by path: a subtree rule matches whole components, the last
+    /// matching rule wins, and an entry no rule names (or whose path is not
+    /// known) inherits its directory's decision.
+    #[test]
+    fn decisions_by_path_last_rule_wins_else_inherited() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("private/sub")).unwrap();
+        let t = table(dir.path());
+        let p = Policy::parse(
+            r#"
+            [[rule]]
+            path = "private"
+            dirs = ["none"]
+            files = ["none"]
+            [[rule]]
+            glob = "**/*.jpg"
+            files = ["getattr"]
+            "#,
+            all_ops(),
+        )
+        .unwrap();
+        assert!(p.needs_paths());
+        let root = t.get(crate::fuse::NodeId::ROOT).unwrap();
+        assert_eq!(p.decide(&t, &root, c"private"), 2);
+        assert_eq!(p.decide(&t, &root, c"privateer"), 1, "not a component");
+        assert_eq!(p.decide(&t, &root, c"x.jpg"), 3);
+        assert_eq!(p.decide(&t, &root, c"x.jpeg"), 1);
+        // Below `private`, as the daemon would have it: named, decided.
+        let private = t.lookup(&root, c"private").unwrap().inode;
+        t.set_link(&private, root.nodeid, b"private");
+        private.backing.lock().decision = 2;
+        assert_eq!(p.decide(&t, &private, c"notes.txt"), 2);
+        assert_eq!(p.decide(&t, &private, c"p.jpg"), 3, "the later rule wins");
+        assert_eq!(p.mask(3, Kind::Regular), bit(Opcode::Getattr));
+        assert_eq!(p.mask(2, Kind::Directory), 0);
+        // A directory whose path is unknown: its entries inherit.
+        let sub = t.lookup(&private, c"sub").unwrap().inode;
+        sub.backing.lock().decision = 2;
+        assert_eq!(t.relative_path(&sub), None);
+        assert_eq!(p.decide(&t, &sub, c"y.jpg"), 2, "inherited");
+        // Once named, the path decides again.
+        t.set_link(&sub, private.nodeid, b"sub");
+        assert_eq!(p.decide(&t, &sub, c"y.jpg"), 3);
+        // No rules: one decision for all, no paths needed.
+        let u = Policy::uniform(all_ops());
+        assert!(!u.needs_paths());
+        assert_eq!(u.decide(&t, &sub, c"y.jpg"), 1);
+    }
 }

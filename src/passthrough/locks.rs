@@ -555,4 +555,70 @@ mod tests {
             Errno::EINVAL
         );
     }
+
+    /// Lock owners map to open file descriptions: each (inode, owner) its
+    /// own, shared by that owner's locks; FLUSH by the owner (close) drops
+    /// its locks, RELEASE of an fh drops the owners that last locked
+    /// through it, FORGET drops all of the inode's.
+    #[test]
+    fn each_lock_owner_holds_its_own_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"0123456789").unwrap();
+        let cfg = crate::passthrough::Config::for_source(dir.path().into());
+        let fs = PassthroughFs::new(cfg).unwrap();
+        let ctx = |op| Context {
+            unique: 1,
+            opcode: op,
+            nodeid: NodeId::ROOT,
+            uid: 0,
+            gid: 0,
+            pid: 1,
+            groups: Vec::new(),
+        };
+        let n = fs
+            .lookup(&ctx(Opcode::Lookup), NodeId::ROOT, c"f")
+            .unwrap()
+            .nodeid;
+        let (a, b) = (LockOwner::from_raw(0xa), LockOwner::from_raw(0xb));
+        let (fh_a, fh_b) = (Fh::from_raw(1), Fh::from_raw(2));
+        let lk = |owner, fh, start, end, typ: i32, pid| abi::LkIn {
+            fh,
+            owner,
+            lk: abi::FileLock {
+                start,
+                end,
+                typ: typ as u32,
+                pid,
+            },
+            ..Default::default()
+        };
+        let set = |arg: abi::LkIn| fs.setlk(&ctx(Opcode::Setlk), n, &arg);
+        let get = |arg: abi::LkIn| fs.getlk(&ctx(Opcode::Getlk), n, &arg).unwrap();
+        let busy = Err(Errno::EAGAIN);
+        assert_eq!(set(lk(a, fh_a, 0, 4, libc::F_WRLCK, 100)), Ok(()));
+        // The same owner's second lock joins the first; another owner
+        // conflicts, and GETLK names the holder's pid.
+        assert_eq!(set(lk(a, fh_a, 5, 9, libc::F_WRLCK, 100)), Ok(()));
+        assert_eq!(set(lk(b, fh_b, 3, 3, libc::F_RDLCK, 200)), busy);
+        let held = get(lk(b, fh_b, 0, 9, libc::F_WRLCK, 200));
+        assert_eq!((held.typ, held.pid), (libc::F_WRLCK as u32, 100));
+        assert_eq!(
+            get(lk(a, fh_a, 0, 9, libc::F_WRLCK, 100)).typ,
+            libc::F_UNLCK as u32
+        );
+        // FLUSH by owner a (its process closed the file): a's locks go.
+        fs.locks.release_owner(n, a);
+        assert_eq!(set(lk(b, fh_b, 3, 3, libc::F_WRLCK, 200)), Ok(()));
+        assert_eq!(set(lk(a, fh_a, 0, 9, libc::F_RDLCK, 100)), busy);
+        // RELEASE of fh 1 (not the one b locked through) leaves b's lock;
+        // RELEASE of fh 2 takes it.
+        fs.locks.release_fh(n, fh_a);
+        assert_eq!(set(lk(a, fh_a, 3, 3, libc::F_RDLCK, 100)), busy);
+        fs.locks.release_fh(n, fh_b);
+        assert_eq!(set(lk(a, fh_a, 0, 9, libc::F_WRLCK, 100)), Ok(()));
+        // FORGET: every owner of the inode goes.
+        fs.locks.forget_inode(n);
+        assert_eq!(set(lk(b, fh_b, 0, 9, libc::F_WRLCK, 200)), Ok(()));
+        assert!(fs.locks.owners.iter().all(|e| e.key().1 == b));
+    }
 }
