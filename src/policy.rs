@@ -406,21 +406,23 @@ mod tests {
         assert!(e.contains("unknown op 'frobnicate'"), "{e}");
     }
 
+    /// A subtree rule, then a glob rule for files only.
+    const TWO_RULES: &str = r#"
+        [[rule]]
+        path = "private/"
+        dirs = ["none"]
+        files = ["none"]
+        [[rule]]
+        glob = "**/*.jpg"
+        files = ["getattr"]
+    "#;
+
     #[test]
     fn file_rules_and_inheritance() {
         let p = Policy::parse(
-            r#"
-            [default]
-            dirs = ["getattr", "readdir"]
-            files = ["all"]
-            [[rule]]
-            path = "private/"
-            dirs = ["none"]
-            files = ["none"]
-            [[rule]]
-            glob = "**/*.jpg"
-            files = ["getattr"]
-            "#,
+            &format!(
+                "[default]\ndirs = [\"getattr\", \"readdir\"]\nfiles = [\"all\"]\n{TWO_RULES}"
+            ),
             0,
         )
         .unwrap();
@@ -481,19 +483,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("private/sub")).unwrap();
         let t = table(dir.path());
-        let p = Policy::parse(
-            r#"
-            [[rule]]
-            path = "private"
-            dirs = ["none"]
-            files = ["none"]
-            [[rule]]
-            glob = "**/*.jpg"
-            files = ["getattr"]
-            "#,
-            all_ops(),
-        )
-        .unwrap();
+        let p = Policy::parse(TWO_RULES, all_ops()).unwrap();
         assert!(p.needs_paths());
         let root = t.get(crate::fuse::NodeId::ROOT).unwrap();
         assert_eq!(p.decide(&t, &root, c"private"), 2);

@@ -117,17 +117,7 @@ impl DirOps for PassthroughFs {
         if inode.kind != Kind::Directory {
             return Err(Errno::ENOTDIR);
         }
-        let dir = {
-            let fd = self.table.fd(&inode)?;
-            let _g = self.as_caller(ctx, false)?;
-            self.table.with_fd_headroom(|| {
-                sys::reopen(
-                    self.table.proc_self_fd(),
-                    fd.fd(),
-                    libc::O_RDONLY | libc::O_DIRECTORY,
-                )
-            })?
-        };
+        let dir = self.reopen_as_caller(ctx, &inode, libc::O_RDONLY | libc::O_DIRECTORY)?;
         let fh = self.add_file(OpenFile {
             fd: dir,
             inode,

@@ -272,17 +272,7 @@ impl FileOps for PassthroughFs {
             // FIFOs and devices are opened by the kernel itself, never here.
             _ => return Err(Errno::EINVAL),
         }
-        let file = {
-            let fd = self.table.fd(&inode)?;
-            let _g = self.as_caller(ctx, false)?;
-            self.table.with_fd_headroom(|| {
-                sys::reopen(
-                    self.table.proc_self_fd(),
-                    fd.fd(),
-                    self.host_open_flags(flags),
-                )
-            })?
-        };
+        let file = self.reopen_as_caller(ctx, &inode, self.host_open_flags(flags))?;
         let redact = self.media_redaction(ctx, &inode, file.as_fd())?;
         self.finish_open(inode, file, flags, redact)
     }

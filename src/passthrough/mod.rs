@@ -290,6 +290,16 @@ impl PassthroughFs {
         credentials::become_caller(ctx.uid, ctx.gid, &groups)
     }
 
+    /// A real open of `inode` with `flags` (through /proc/self/fd from its
+    /// O_PATH fd), checked by the host as the caller when it must be
+    /// (OPEN, OPENDIR).
+    fn reopen_as_caller(&self, ctx: &Context, inode: &Inode, flags: i32) -> Result<OwnedFd, Errno> {
+        let fd = self.table.fd(inode)?;
+        let _g = self.as_caller(ctx, false)?;
+        self.table
+            .with_fd_headroom(|| sys::reopen(self.table.proc_self_fd(), fd.fd(), flags))
+    }
+
     /// The umask for a create: the request's when we negotiated DONT_MASK
     /// (so the host applies it, or ignores it under a default ACL).
     fn umask(&self, umask: u32) -> Option<u32> {
