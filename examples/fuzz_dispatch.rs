@@ -1,6 +1,7 @@
 //! Long-running fuzzer of the request parser and dispatcher with a real
 //! PassthroughFs behind it (no kernel): random opcodes, nodeids, argument
-//! bytes, names, lying lengths, truncations, random callers. A panic is a
+//! bytes, names, lying lengths, truncations, random callers; plain, with
+//! path rules, and as the media provider. A panic is a
 //! finding (the seed and request number are printed to replay it); every
 //! reply is checked for a sane errno and length; fds and inodes are checked
 //! for leaks at every round.
@@ -12,13 +13,38 @@ use std::time::{Duration, Instant};
 
 use passthroughfs::fuse::abi::{self, Opcode};
 use passthroughfs::fuse::testing::{Harness, Rng};
+use passthroughfs::media::MediaProvider;
 use passthroughfs::passthrough::{Config, PassthroughFs};
+use passthroughfs::policy::{all_ops, Policy};
 use zerocopy::IntoBytes;
 
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// Rounds cycle through three set-ups: plain; a policy with path rules
+/// (the inode table keeps parent links and names); the media provider
+/// (parent links, case-folded lookups, per-uid visibility, change checks).
+fn config(src: std::path::PathBuf, round: u64) -> Config {
+    let mut cfg = Config::for_source(src);
+    match round % 3 {
+        1 => {
+            let rules = "[[rule]]\npath = \"d\"\nfiles = [\"getattr\"]\n\
+                         [[rule]]\nglob = \"**/new\"\ndirs = [\"none\"]\n";
+            cfg.policy = Arc::new(Policy::parse(rules, all_ops()).unwrap());
+        }
+        2 => {
+            let conf = "[storage]\nmedia_dirs = [\"d\"]\napp_dirs = [\"d/e\"]\n\
+                        [[app]]\npackage = \"new\"\nuid = 1000\n";
+            let mp = MediaProvider::parse(conf).unwrap();
+            cfg.policy = Arc::new(mp.policy(all_ops()));
+            cfg.media = Some(Arc::new(mp));
+        }
+        _ => {}
+    }
+    cfg
 }
 
 fn main() {
@@ -46,7 +72,7 @@ fn main() {
         std::fs::create_dir_all(src.join("d/e")).unwrap();
         std::fs::write(src.join("f"), b"some data").unwrap();
         std::os::unix::fs::symlink("f", src.join("l")).unwrap();
-        let fs = Arc::new(PassthroughFs::new(Config::for_source(src)).unwrap());
+        let fs = Arc::new(PassthroughFs::new(config(src, rounds)).unwrap());
         let h = Harness::new(fs.clone()).unwrap();
         let mut nodes = vec![abi::ROOT_ID];
         for i in 0..2000u64 {
