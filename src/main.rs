@@ -723,7 +723,7 @@ fn serve_sandboxed(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: boo
     }
     let channels = Channels::open(dev, threads).context("cannot open /dev/fuse channels")?;
     sandbox::enter_namespace(&src).context("--sandbox")?;
-    sandbox::close_inherited_dirs();
+    sandbox::close_inherited_dirs().context("--sandbox")?;
     let cfg = daemon_config(
         cli,
         PathBuf::from("/"),

@@ -133,10 +133,11 @@ pub fn enter_namespace(source: &Path) -> io::Result<()> {
 /// Closes inherited fds through which a path walk could leave the sandbox
 /// (directories and O_PATH fds opened in the host's namespace). Call right
 /// after [`enter_namespace`], before SOURCE is opened.
-pub fn close_inherited_dirs() {
-    for fd in crate::sys::process::close_inherited_dir_fds("fd") {
-        warn!("sandbox: closing inherited directory fd {fd}");
+pub fn close_inherited_dirs() -> io::Result<()> {
+    for fd in crate::sys::process::close_inherited_dir_fds("fd")? {
+        warn!("sandbox: closed inherited directory fd {fd}");
     }
+    Ok(())
 }
 
 // Capability numbers (linux/capability.h).

@@ -683,6 +683,35 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn recv_fd_takes_the_fd_sent() {
+        use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage};
+        use nix::sys::socket::{MsgFlags, SockFlag, SockType};
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let fds = [f.as_raw_fd()];
+        let iov = [io::IoSlice::new(b"x")];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+        let got = recv_fd(b.as_fd()).unwrap().expect("an fd");
+        assert_ne!(got.as_raw_fd(), f.as_raw_fd());
+        let st = statx(got.as_fd(), libc::STATX_INO).unwrap();
+        let want = statx(f.as_fd(), libc::STATX_INO).unwrap();
+        assert_eq!(st.stx_ino, want.stx_ino, "the same file");
+        // A byte without an fd, then the peer gone.
+        nix::unistd::write(&a, b"y").unwrap();
+        assert!(recv_fd(b.as_fd()).unwrap().is_none());
+        drop(a);
+        assert!(recv_fd(b.as_fd()).unwrap().is_none());
+    }
 
     #[test]
     fn fd_names() {

@@ -39,15 +39,18 @@ pub fn fork() -> io::Result<Forked> {
 
 /// Closes the fds in `fd_dir` (a /proc/PID/fd listing) that are directories
 /// or O_PATH fds; returns their numbers. For the sandbox at start-up: call
-/// it single-threaded (refused otherwise: nothing is closed), while the
-/// process itself owns no directory or O_PATH fd, so whatever it closes
+/// it single-threaded (refused with EBUSY otherwise, nothing closed), while
+/// the process itself owns no directory or O_PATH fd, so whatever it closes
 /// was inherited and has no owner in this process.
-pub fn close_inherited_dir_fds(fd_dir: &str) -> Vec<RawFd> {
+pub fn close_inherited_dir_fds(fd_dir: &str) -> io::Result<Vec<RawFd>> {
     if thread_count().is_some_and(|n| n > 1) {
-        return Vec::new();
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            "closing inherited fds: the process is no longer single-threaded",
+        ));
     }
     let Ok(dir) = std::fs::read_dir(fd_dir) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let fds: Vec<RawFd> = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -69,7 +72,7 @@ pub fn close_inherited_dir_fds(fd_dir: &str) -> Vec<RawFd> {
             }
         }
     }
-    closed
+    Ok(closed)
 }
 
 /// Returns free heap memory to the system (glibc's malloc_trim; a no-op
@@ -79,5 +82,24 @@ pub fn malloc_trim() {
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fork_and_closing_fds_are_refused_once_threads_exist() {
+        // The test harness runs tests on threads of their own, and this
+        // one keeps a second thread alive while it checks.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert!(thread_count().is_some_and(|n| n > 1));
+        assert!(fork().is_err(), "fork must be refused");
+        let e = close_inherited_dir_fds(&super::super::proc_self("fd")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ResourceBusy);
+        drop(tx);
+        let _ = t.join();
     }
 }

@@ -31,3 +31,29 @@ pub fn sigtimedwait(set: &SigSet, timeout: Duration) -> Option<libc::c_int> {
     let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
     (sig > 0).then_some(sig)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::{pthread_sigmask, SigmaskHow};
+
+    #[test]
+    fn sigtimedwait_takes_a_pending_signal_or_times_out() {
+        // On a thread of its own: the mask and the pending signal are
+        // this thread's only.
+        std::thread::spawn(|| {
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGWINCH);
+            pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).unwrap();
+            assert_eq!(sigtimedwait(&set, Duration::ZERO), None);
+            let me = nix::sys::pthread::pthread_self();
+            nix::sys::pthread::pthread_kill(me, Signal::SIGWINCH).unwrap();
+            assert_eq!(
+                sigtimedwait(&set, Duration::from_secs(5)),
+                Some(libc::SIGWINCH)
+            );
+        })
+        .join()
+        .unwrap();
+    }
+}
