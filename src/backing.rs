@@ -145,8 +145,7 @@ impl Backing {
             flags: 0,
             ops_mask,
         };
-        // SAFETY: BACKING_OPEN reads one fuse_backing_map, which `map` is.
-        let id = unsafe { sys::ioctl_ptr(conn.dev_fd(), abi::DEV_IOC_BACKING_OPEN, &mut map) }?;
+        let id = sys::fuse_dev::backing_open(conn.dev_fd(), &mut map)?;
         self.open_ids.fetch_add(1, Ordering::Relaxed);
         self.registered.fetch_add(1, Ordering::Relaxed);
         Ok(BackingId::from_raw(id))
@@ -160,9 +159,7 @@ impl Backing {
             return;
         }
         let Some(conn) = self.conn.get() else { return };
-        let mut v = id.raw() as u32;
-        // SAFETY: BACKING_CLOSE reads one u32, which `v` is.
-        match unsafe { sys::ioctl_ptr(conn.dev_fd(), abi::DEV_IOC_BACKING_CLOSE, &mut v) } {
+        match sys::fuse_dev::backing_close(conn.dev_fd(), id.raw() as u32) {
             Ok(_) => {
                 self.open_ids.fetch_sub(1, Ordering::Relaxed);
             }

@@ -769,11 +769,7 @@ impl InodeTable {
             q.retain(|id| self.by_id.contains_key(id));
             q.shrink_to_fit();
         }
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only returns free heap memory to the system.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        sys::malloc_trim();
     }
 
     fn maybe_evict(&self) {

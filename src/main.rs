@@ -2,13 +2,16 @@
 //! MOUNTPOINT through FUSE, with kernel passthrough where the kernel has it.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
 use tracing::{error, info, warn};
 
 use passthroughfs::fuse::session::{block_daemon_signals, default_threads};
@@ -16,6 +19,7 @@ use passthroughfs::fuse::{MountOptions, Session, SessionOptions};
 use passthroughfs::media::MediaProvider;
 use passthroughfs::passthrough::{Config, PassthroughFs};
 use passthroughfs::policy::{self, Policy};
+use passthroughfs::sys::process::{fork, Forked};
 use passthroughfs::{credentials, stats, sys};
 
 const EXAMPLES: &str = "\
@@ -165,7 +169,10 @@ struct ParsedOptions {
     io_uring: Option<bool>,
 }
 
-fn parse_mount_options(opts: &[String], source: &Path) -> Result<ParsedOptions, String> {
+fn parse_mount_options(
+    opts: &[String],
+    source: &Path,
+) -> std::result::Result<ParsedOptions, String> {
     let mut m = MountOptions {
         fsname: source.display().to_string(),
         ..Default::default()
@@ -248,47 +255,44 @@ fn split_opts(s: &str) -> Vec<String> {
     out
 }
 
-/// A start-up failure: printed as one line, exit status 1.
-struct Fatal(String);
+/// A start-up failure the waiting parent already printed (the daemon's
+/// own exit then says nothing more).
+#[derive(Debug)]
+struct Reported;
 
-fn fatal<T>(msg: impl Into<String>) -> Result<T, Fatal> {
-    Err(Fatal(msg.into()))
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reported by the daemon")
+    }
 }
 
-fn check_paths(cli: &Cli) -> Result<(PathBuf, PathBuf), Fatal> {
-    let src = match std::fs::canonicalize(&cli.source) {
-        Ok(p) => p,
-        Err(e) => return fatal(format!("SOURCE {}: {e}", cli.source.display())),
-    };
+impl std::error::Error for Reported {}
+
+fn check_paths(cli: &Cli) -> Result<(PathBuf, PathBuf)> {
+    let src = std::fs::canonicalize(&cli.source)
+        .with_context(|| format!("SOURCE {}", cli.source.display()))?;
     if !src.is_dir() {
-        return fatal(format!("SOURCE {}: not a directory", cli.source.display()));
+        bail!("SOURCE {}: not a directory", cli.source.display());
     }
-    let mnt = match std::fs::canonicalize(&cli.mountpoint) {
-        Ok(p) => p,
-        Err(e) => return fatal(format!("MOUNTPOINT {}: {e}", cli.mountpoint.display())),
-    };
+    let mnt = std::fs::canonicalize(&cli.mountpoint)
+        .with_context(|| format!("MOUNTPOINT {}", cli.mountpoint.display()))?;
     if !mnt.is_dir() {
-        return fatal(format!(
-            "MOUNTPOINT {}: not a directory",
-            cli.mountpoint.display()
-        ));
+        bail!("MOUNTPOINT {}: not a directory", cli.mountpoint.display());
     }
     if mnt.starts_with(&src) {
-        return fatal(format!(
+        bail!(
             "MOUNTPOINT {} is inside SOURCE {}: the mount would contain itself",
             mnt.display(),
             src.display()
-        ));
+        );
     }
-    match passthroughfs::fuse::mount::is_mountpoint(&mnt) {
-        Ok(true) => {
-            return fatal(format!(
-                "MOUNTPOINT {}: busy (something is already mounted there)",
-                mnt.display()
-            ))
-        }
-        Ok(false) => {}
-        Err(e) => return fatal(format!("MOUNTPOINT {}: {e}", mnt.display())),
+    let busy = passthroughfs::fuse::mount::is_mountpoint(&mnt)
+        .with_context(|| format!("MOUNTPOINT {}", mnt.display()))?;
+    if busy {
+        bail!(
+            "MOUNTPOINT {}: busy (something is already mounted there)",
+            mnt.display()
+        );
     }
     Ok((src, mnt))
 }
@@ -298,16 +302,13 @@ fn detect_stack_depth(src: &Path) -> u32 {
     const OVERLAYFS: i64 = 0x794c_7630;
     const FUSE: i64 = 0x6573_5546;
     const ECRYPTFS: i64 = 0xf15f;
-    let Ok(c) = std::ffi::CString::new(src.as_os_str().as_encoded_bytes()) else {
+    let Ok(st) = nix::sys::statfs::statfs(src) else {
         return 1;
     };
-    // SAFETY: statfs is plain old data; valid path and buffer for the call.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return 1;
-    }
-    match st.f_type as i64 {
+    // The type of f_type differs between targets.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.filesystem_type().0 as i64;
+    match magic {
         OVERLAYFS | FUSE | ECRYPTFS => 2,
         _ => 1,
     }
@@ -340,11 +341,9 @@ struct Readiness {
 }
 
 impl Readiness {
-    fn report(&mut self, r: Result<(), &str>) {
+    fn report(&mut self, r: std::result::Result<(), &str>) {
         if let Some(fd) = self.write.take() {
-            // SAFETY: `fd` is our pipe's write end; ownership moves into File.
-            let mut f = unsafe { std::fs::File::from_raw_fd(fd.as_raw_fd()) };
-            std::mem::forget(fd);
+            let mut f = std::fs::File::from(fd);
             let _ = match r {
                 Ok(()) => f.write_all(&[0]),
                 Err(m) => f.write_all(m.as_bytes()),
@@ -354,24 +353,18 @@ impl Readiness {
 }
 
 /// Forks; the parent waits for the child's readiness and exits with it.
-fn daemonize() -> Result<Readiness, Fatal> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return fatal(format!("pipe: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: both fds are fresh and ours.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: no other thread exists yet (called before any is spawned).
-    match unsafe { libc::fork() } {
-        -1 => fatal(format!("fork: {}", std::io::Error::last_os_error())),
-        0 => {
+fn daemonize() -> Result<Readiness> {
+    let (r, w) = pipe2(OFlag::O_CLOEXEC)
+        .map_err(std::io::Error::from)
+        .context("pipe")?;
+    // Called before any thread is spawned.
+    match fork().context("fork")? {
+        Forked::Child => {
             drop(r);
-            // SAFETY: plain syscall in the child.
-            unsafe { libc::setsid() };
+            let _ = nix::unistd::setsid();
             Ok(Readiness { write: Some(w) })
         }
-        _ => {
+        Forked::Parent(_) => {
             drop(w);
             let mut f = std::fs::File::from(r);
             let mut msg = Vec::new();
@@ -400,10 +393,9 @@ fn open_null() -> Option<std::fs::File> {
 /// Points stdio at `null` (in the sandbox, /dev/null is opened before).
 fn stdio_to(null: Option<&std::fs::File>) {
     if let Some(null) = null {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard fds.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
+        let _ = nix::unistd::dup2_stdin(null);
+        let _ = nix::unistd::dup2_stdout(null);
+        let _ = nix::unistd::dup2_stderr(null);
     }
 }
 
@@ -413,18 +405,20 @@ fn detach_stdio() {
     let _ = std::env::set_current_dir("/");
 }
 
-fn run(cli: Cli) -> Result<(), Fatal> {
+fn run(cli: Cli) -> Result<()> {
     let foreground = cli.foreground || cli.debug || cli.debug_fuse;
     let (src, mnt) = check_paths(&cli)?;
-    let parsed = parse_mount_options(&cli.options, &src).or_else(fatal)?;
-    let ops = policy::parse_ops(&cli.passthrough_ops)
-        .or_else(|e| fatal(format!("--passthrough-ops: {e}")))?;
+    let parsed = parse_mount_options(&cli.options, &src).map_err(anyhow::Error::msg)?;
+    let ops =
+        policy::parse_ops(&cli.passthrough_ops).map_err(|e| anyhow!("--passthrough-ops: {e}"))?;
     let media = match &cli.media_provider {
-        Some(p) => Some(Arc::new(MediaProvider::from_file(p).or_else(fatal)?)),
+        Some(p) => Some(Arc::new(
+            MediaProvider::from_file(p).map_err(anyhow::Error::msg)?,
+        )),
         None => None,
     };
     let pol = match (&cli.policy, &media) {
-        (Some(p), _) => Policy::from_file(p, ops).or_else(fatal)?,
+        (Some(p), _) => Policy::from_file(p, ops).map_err(anyhow::Error::msg)?,
         (None, Some(mp)) => mp.policy(ops),
         (None, None) => Policy::uniform(ops),
     };
@@ -435,14 +429,14 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         && !parsed.mount.default_permissions
         && sys::thread_creds::euid() != 0
     {
-        return fatal(
+        bail!(
             "-o allow_other with nodefault_permissions needs a root daemon \
-             (an unprivileged one cannot check permissions as its callers)",
+             (an unprivileged one cannot check permissions as its callers)"
         );
     }
     if cli.sandbox {
         if let Some(why) = passthroughfs::sandbox::unsupported() {
-            return fatal(why);
+            bail!(why);
         }
     }
     if cli.test_forbidden_syscall {
@@ -452,7 +446,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         eprintln!("passthroughfs: warning: --media-provider without -o allow_other: only the mounting user can reach the mount");
     }
     if !Path::new("/dev/fuse").exists() {
-        return fatal("/dev/fuse does not exist (is the fuse module loaded?)");
+        bail!("/dev/fuse does not exist (is the fuse module loaded?)");
     }
     let log_file = match &cli.log {
         Some(p) => Some(
@@ -460,7 +454,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
                 .create(true)
                 .append(true)
                 .open(p)
-                .or_else(|e| fatal(format!("--log {}: {e}", p.display())))?,
+                .with_context(|| format!("--log {}", p.display()))?,
         ),
         None => None,
     };
@@ -481,10 +475,11 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     let result = serve(&cli, plan, &mut ready, foreground);
     match result {
         // In the background, the waiting parent prints the error.
-        Err(Fatal(m)) if ready.write.is_some() => {
+        Err(e) if ready.write.is_some() => {
+            let m = format!("{e:#}");
             error!("{m}");
             ready.report(Err(&m));
-            Err(Fatal(String::new()))
+            Err(Reported.into())
         }
         r => r,
     }
@@ -505,8 +500,7 @@ struct Plan {
 /// Returns the fd limit, the fd cache size and the backing stack depth.
 fn prepare_process(cli: &Cli, src: &Path) -> (u64, usize, u32) {
     credentials::init();
-    // SAFETY: umask has no preconditions.
-    unsafe { libc::umask(0) };
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let limit = sys::raise_fd_limit();
     let fd_cache = cli.fd_cache.unwrap_or((limit as usize / 2).max(64));
     let depth = cli
@@ -543,7 +537,7 @@ fn daemon_config(
     }
 }
 
-fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Result<(), Fatal> {
+fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Result<()> {
     if cli.sandbox {
         return serve_sandboxed(cli, plan, ready, foreground);
     }
@@ -556,7 +550,7 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
     } = plan;
     let (limit, fd_cache, depth) = prepare_process(cli, &src);
     let cfg = daemon_config(cli, src.clone(), &parsed, depth, fd_cache, pol, media);
-    let fs = Arc::new(PassthroughFs::new(cfg).or_else(|e| fatal(format!("SOURCE {e}")))?);
+    let fs = Arc::new(PassthroughFs::new(cfg).map_err(|e| anyhow!("SOURCE {e}"))?);
     let threads = worker_count(cli);
     let sopts = SessionOptions {
         threads,
@@ -575,11 +569,9 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
     // Workers inherit the blocked set: only the main thread takes signals.
     block_daemon_signals();
     let session = Session::mount(fs.clone(), &mnt, &parsed.mount, sopts)
-        .or_else(|e| mount_failed(&mnt, e))?;
+        .map_err(|e| mount_failed(&mnt, e))?;
     let conn = session.connection().clone();
-    let running = session
-        .spawn()
-        .or_else(|e| fatal(format!("cannot start workers: {e}")))?;
+    let running = session.spawn().context("cannot start workers")?;
     wait_init(&conn, &running)?;
     if sopts_uring {
         // The queues register right after INIT: say which transport won.
@@ -613,7 +605,7 @@ fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Resu
     let fs2 = fs.clone();
     running
         .run_until_signal(move || stats::write(&fs2, stats_path.as_deref()))
-        .or_else(|e| fatal(format!("session: {e}")))?;
+        .context("session")?;
     stats::write(&fs, cli.stats.as_deref());
     Ok(())
 }
@@ -626,7 +618,7 @@ fn worker_count(cli: &Cli) -> usize {
     }
 }
 
-fn mount_failed<T>(mnt: &Path, e: std::io::Error) -> Result<T, Fatal> {
+fn mount_failed(mnt: &Path, e: std::io::Error) -> anyhow::Error {
     let hint = match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => {
             " (mounting needs root, or fusermount3 from package fuse3)"
@@ -634,21 +626,21 @@ fn mount_failed<T>(mnt: &Path, e: std::io::Error) -> Result<T, Fatal> {
         Some(libc::ENODEV) => " (no fuse filesystem in this kernel)",
         _ => "",
     };
-    fatal(format!("cannot mount {}: {e}{hint}", mnt.display()))
+    anyhow!("cannot mount {}: {e}{hint}", mnt.display())
 }
 
 /// Usable once the kernel's INIT was answered.
 fn wait_init(
     conn: &Arc<passthroughfs::fuse::Connection>,
     running: &passthroughfs::fuse::RunningSession<PassthroughFs>,
-) -> Result<(), Fatal> {
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while conn.negotiated().is_none() && Instant::now() < deadline && !running.is_finished() {
         std::thread::sleep(Duration::from_millis(2));
     }
     if conn.negotiated().is_none() {
         let _ = running.unmount();
-        return fatal("the kernel never sent INIT; unmounted");
+        bail!("the kernel never sent INIT; unmounted");
     }
     Ok(())
 }
@@ -656,12 +648,7 @@ fn wait_init(
 /// `--sandbox`: mounts here, then forks. The parent supervises from the
 /// host's namespace (see `sandbox.rs`); the child enters the sandbox and
 /// serves.
-fn serve_sandboxed(
-    cli: &Cli,
-    plan: Plan,
-    ready: &mut Readiness,
-    foreground: bool,
-) -> Result<(), Fatal> {
+fn serve_sandboxed(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Result<()> {
     use passthroughfs::fuse::session::Channels;
     use passthroughfs::sandbox;
     let Plan {
@@ -675,37 +662,34 @@ fn serve_sandboxed(
     let threads = worker_count(cli);
     block_daemon_signals();
     let (dev, mount) = passthroughfs::fuse::mount::mount(&mnt, &parsed.mount)
-        .or_else(|e| mount_failed(&mnt, e))?;
+        .map_err(|e| mount_failed(&mnt, e))?;
     let null = if foreground { None } else { open_null() };
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        let e = std::io::Error::last_os_error();
-        let _ = mount.unmount(true);
-        return fatal(format!("pipe: {e}"));
-    }
-    // SAFETY: both fds are fresh and ours.
-    let (stats_rx, stats_tx) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (stats_rx, stats_tx): (OwnedFd, OwnedFd) = match pipe2(OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = mount.unmount(true);
+            return Err(std::io::Error::from(e)).context("pipe");
+        }
+    };
     // Callers' groups (without default_permissions) come from the
     // supervisor, which can still read /proc/PID/status.
     let (groups_here, groups_there) = match std::os::unix::net::UnixStream::pair() {
         Ok(p) => p,
         Err(e) => {
             let _ = mount.unmount(true);
-            return fatal(format!("socketpair: {e}"));
+            return Err(e).context("socketpair");
         }
     };
-    // SAFETY: still single-threaded (no worker exists yet).
-    let supervisor = unsafe { libc::getpid() };
-    // SAFETY: as above.
-    let child = unsafe { libc::fork() };
-    if child < 0 {
-        let e = std::io::Error::last_os_error();
-        let _ = mount.unmount(true);
-        return fatal(format!("fork: {e}"));
-    }
-    if child > 0 {
+    let supervisor = nix::unistd::getpid();
+    // Still single-threaded (no worker exists yet).
+    let forked = match fork() {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = mount.unmount(true);
+            return Err(e).context("fork");
+        }
+    };
+    if let Forked::Parent(child) = forked {
         // The supervisor: holds no /dev/fuse fd (the kernel ends the
         // session when the sandboxed process dies) and no write end.
         drop(dev);
@@ -733,23 +717,13 @@ fn serve_sandboxed(
     drop(groups_here);
     credentials::groups_from_supervisor(groups_there);
     std::mem::forget(mount); // the supervisor unmounts
-                             // SAFETY: plain prctl; getppid has no preconditions.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        if libc::getppid() != supervisor {
-            std::process::exit(1);
-        }
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid() != supervisor {
+        std::process::exit(1);
     }
-    let channels = Channels::open(dev, threads)
-        .or_else(|e| fatal(format!("cannot open /dev/fuse channels: {e}")))?;
-    sandbox::enter_namespace(&src).or_else(|e| fatal(format!("--sandbox: {e}")))?;
-    sandbox::close_inherited_dirs();
+    let channels = Channels::open(dev, threads).context("cannot open /dev/fuse channels")?;
+    sandbox::enter_namespace(&src).context("--sandbox")?;
+    sandbox::close_inherited_dirs().context("--sandbox")?;
     let cfg = daemon_config(
         cli,
         PathBuf::from("/"),
@@ -759,14 +733,13 @@ fn serve_sandboxed(
         pol,
         media,
     );
-    let fs = Arc::new(PassthroughFs::new(cfg).or_else(|e| fatal(format!("SOURCE {e}")))?);
+    let fs = Arc::new(PassthroughFs::new(cfg).map_err(|e| anyhow!("SOURCE {e}"))?);
     let keep: Vec<u32> = sandbox::kept_capabilities(!cli.nopassthrough)
         .iter()
         .map(|c| c.0)
         .collect();
-    let caps = sandbox::drop_capabilities(&keep)
-        .or_else(|e| fatal(format!("--sandbox: dropping capabilities: {e}")))?;
-    let insns = sandbox::install_seccomp().or_else(|e| fatal(format!("--sandbox: {e}")))?;
+    let caps = sandbox::drop_capabilities(&keep).context("--sandbox: dropping capabilities")?;
+    let insns = sandbox::install_seccomp().context("--sandbox")?;
     info!(
         "sandbox: root {}, capabilities {caps:#x}, seccomp allowlist of {} syscalls ({insns} BPF instructions, others kill the process)",
         src.display(),
@@ -787,9 +760,7 @@ fn serve_sandboxed(
     }
     let session = Session::from_channels(fs.clone(), channels, sopts);
     let conn = session.connection().clone();
-    let running = session
-        .spawn()
-        .or_else(|e| fatal(format!("cannot start workers: {e}")))?;
+    let running = session.spawn().context("cannot start workers")?;
     wait_init(&conn, &running)?;
     info!(
         "{} mounted at {} ({} workers, fd limit {}, fd cache {}, sandboxed)",
@@ -808,9 +779,7 @@ fn serve_sandboxed(
         }
     };
     let fs2 = fs.clone();
-    running
-        .run_until_signal(|| send(&fs2))
-        .or_else(|e| fatal(format!("session: {e}")))?;
+    running.run_until_signal(|| send(&fs2)).context("session")?;
     send(&fs);
     Ok(())
 }
@@ -831,9 +800,9 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Fatal(m)) => {
-            if !m.is_empty() {
-                eprintln!("passthroughfs: {m}");
+        Err(e) => {
+            if !e.is::<Reported>() {
+                eprintln!("passthroughfs: {e:#}");
             }
             ExitCode::from(1)
         }

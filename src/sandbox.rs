@@ -26,21 +26,28 @@
 
 use std::ffi::{CStr, CString};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{chroot, fchdir, pivot_root, Pid};
 use tracing::{error, info, warn};
 
 use crate::fuse::mount::Mount;
+use crate::sys::caps;
 
-fn check(r: libc::c_int, what: &str) -> io::Result<()> {
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
-    } else {
-        Ok(())
-    }
+/// `what: error`, keeping the error's kind.
+fn context(e: impl Into<io::Error>, what: &str) -> io::Error {
+    let e = e.into();
+    io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 fn cstr(p: &Path) -> io::Result<CString> {
@@ -49,16 +56,9 @@ fn cstr(p: &Path) -> io::Result<CString> {
 }
 
 fn open_path(p: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: NUL-terminated path; the result is checked before use.
-    let fd = unsafe {
-        libc::open(
-            p.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    check(fd, &format!("open {}", p.to_string_lossy()))?;
-    // SAFETY: a fresh fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    nix::fcntl::open(p, flags, Mode::empty())
+        .map_err(|e| context(e, &format!("open {}", p.to_string_lossy())))
 }
 
 fn mount_call(
@@ -67,18 +67,18 @@ fn mount_call(
     fstype: Option<&CStr>,
     flags: libc::c_ulong,
 ) -> io::Result<()> {
-    let p = |c: Option<&CStr>| c.map(|c| c.as_ptr()).unwrap_or(std::ptr::null());
-    // SAFETY: NUL-terminated strings or null; no data argument.
-    let r = unsafe { libc::mount(p(src), target.as_ptr(), p(fstype), flags, std::ptr::null()) };
-    check(
-        r,
-        &format!(
-            "mount {} on {}",
-            src.map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            target.to_string_lossy()
-        ),
-    )
+    let flags = MsFlags::from_bits_retain(flags);
+    nix::mount::mount(src, target, fstype, flags, None::<&CStr>).map_err(|e| {
+        context(
+            e,
+            &format!(
+                "mount {} on {}",
+                src.map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                target.to_string_lossy()
+            ),
+        )
+    })
 }
 
 /// Why `--sandbox` cannot be used here, if it cannot.
@@ -86,8 +86,7 @@ pub fn unsupported() -> Option<String> {
     if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
         return Some("--sandbox: the seccomp filter exists for x86_64 and aarch64 only".into());
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Some(
             "--sandbox needs a root daemon (mount namespaces, pivot_root, dropping capabilities)"
                 .into(),
@@ -101,8 +100,7 @@ pub fn unsupported() -> Option<String> {
 /// before anything on SOURCE is opened: an fd opened before would lead
 /// back into the host's tree (`..` of it is not stopped by the new root).
 pub fn enter_namespace(source: &Path) -> io::Result<()> {
-    // SAFETY: plain syscall; CLONE_NEWNS on a single-threaded process.
-    check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "unshare")?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| context(e, "unshare"))?;
     // Nothing we mount or unmount propagates back to the host; mounts the
     // host makes under SOURCE still reach us (slave, not private).
     mount_call(None, c"/", None, libc::MS_REC | libc::MS_SLAVE)?;
@@ -115,28 +113,16 @@ pub fn enter_namespace(source: &Path) -> io::Result<()> {
     mount_call(Some(&src), &src, None, libc::MS_BIND | libc::MS_REC)?;
     let new_root = open_path(&src)?;
     let old_root = open_path(c"/")?;
-    // SAFETY: fchdir/pivot_root/umount2 on fds and "." we own.
-    unsafe {
-        check(libc::fchdir(new_root.as_raw_fd()), "fchdir")?;
-        check(
-            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
-            "pivot_root",
-        )?;
-        // The old root now sits on top of the new one: detach it (and
-        // every host mount under it) from this namespace.
-        check(libc::fchdir(old_root.as_raw_fd()), "fchdir")?;
-    }
+    fchdir(&new_root).map_err(|e| context(e, "fchdir"))?;
+    pivot_root(c".", c".").map_err(|e| context(e, "pivot_root"))?;
+    // The old root now sits on top of the new one: detach it (and
+    // every host mount under it) from this namespace.
+    fchdir(&old_root).map_err(|e| context(e, "fchdir"))?;
     mount_call(None, c".", None, libc::MS_REC | libc::MS_SLAVE)?;
-    // SAFETY: as above.
-    unsafe {
-        check(
-            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
-            "umount old root",
-        )?;
-        check(libc::fchdir(new_root.as_raw_fd()), "fchdir")?;
-        check(libc::chroot(c".".as_ptr()), "chroot")?;
-        check(libc::fchdir(proc_self.as_raw_fd()), "fchdir /proc/self")?;
-    }
+    umount2(c".", MntFlags::MNT_DETACH).map_err(|e| context(e, "umount old root"))?;
+    fchdir(&new_root).map_err(|e| context(e, "fchdir"))?;
+    chroot(c".").map_err(|e| context(e, "chroot"))?;
+    fchdir(&proc_self).map_err(|e| context(e, "fchdir /proc/self"))?;
     crate::sys::set_proc_self_is_cwd();
     // Sanity: /proc/self is where the daemon will look for it.
     std::fs::metadata("status")
@@ -147,28 +133,11 @@ pub fn enter_namespace(source: &Path) -> io::Result<()> {
 /// Closes inherited fds through which a path walk could leave the sandbox
 /// (directories and O_PATH fds opened in the host's namespace). Call right
 /// after [`enter_namespace`], before SOURCE is opened.
-pub fn close_inherited_dirs() {
-    let Ok(dir) = std::fs::read_dir("fd") else {
-        return;
-    };
-    let fds: Vec<RawFd> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in fds {
-        // SAFETY: fcntl/fstat on a number that may no longer be open
-        // (the read_dir fd itself) only fail with EBADF.
-        unsafe {
-            let fl = libc::fcntl(fd, libc::F_GETFL);
-            let mut st: libc::stat = std::mem::zeroed();
-            if fl < 0 || libc::fstat(fd, &mut st) != 0 {
-                continue;
-            }
-            if fl & libc::O_PATH != 0 || st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                warn!("sandbox: closing inherited directory fd {fd}");
-                libc::close(fd);
-            }
-        }
+pub fn close_inherited_dirs() -> io::Result<()> {
+    for fd in crate::sys::process::close_inherited_dir_fds("fd")? {
+        warn!("sandbox: closed inherited directory fd {fd}");
     }
+    Ok(())
 }
 
 // Capability numbers (linux/capability.h).
@@ -224,22 +193,6 @@ pub fn kept_capabilities(passthrough: bool) -> Vec<(u32, &'static str)> {
     v
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
 /// Keeps only `keep` in the calling thread's capability sets and removes
 /// everything else from the bounding set (threads spawned later inherit
 /// both). Returns the mask kept.
@@ -250,39 +203,16 @@ pub fn drop_capabilities(keep: &[u32]) -> io::Result<u64> {
         if mask & (1 << cap) != 0 {
             continue;
         }
-        // SAFETY: plain prctl; EINVAL past the last capability.
-        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-        if r != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-            return Err(io::Error::other(format!(
-                "PR_CAPBSET_DROP {cap}: {}",
-                io::Error::last_os_error()
-            )));
+        // EINVAL past the last capability.
+        match caps::bounding_set_drop(cap) {
+            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
+                return Err(io::Error::other(format!("PR_CAPBSET_DROP {cap}: {e}")));
+            }
+            _ => {}
         }
     }
-    // SAFETY: plain prctl.
-    let r = unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    check(r, "PR_CAP_AMBIENT_CLEAR_ALL")?;
-    let mut data = [CapData::default(); 2];
-    for (i, d) in data.iter_mut().enumerate() {
-        let m = (mask >> (32 * i)) as u32;
-        d.effective = m;
-        d.permitted = m;
-    }
-    let mut hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    // SAFETY: header and a two-element data array, as version 3 requires.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
-    check(r as libc::c_int, "capset")?;
+    caps::ambient_clear_all().map_err(|e| context(e, "PR_CAP_AMBIENT_CLEAR_ALL"))?;
+    caps::set_effective_permitted(mask).map_err(|e| context(e, "capset"))?;
     Ok(mask)
 }
 
@@ -356,8 +286,7 @@ const CLONE_FORBIDDEN: u32 = (libc::CLONE_NEWNS
 /// bpf, module, reboot, socket or keyring call is in it.
 fn allowlist() -> Vec<Rule> {
     use libc::*;
-    // SAFETY: getpid has no preconditions.
-    let getpid = || unsafe { libc::getpid() };
+    let getpid = || nix::unistd::getpid().as_raw();
     use Rule::*;
     let mut v = vec![
         // I/O on open files, /dev/fuse and splice pipes.
@@ -554,33 +483,8 @@ fn filter_program() -> Vec<libc::sock_filter> {
 /// process (TSYNC; call it before the workers start anyway).
 pub fn install_seccomp() -> io::Result<usize> {
     let prog = filter_program();
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: plain prctl.
-    check(
-        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
-        "PR_SET_NO_NEW_PRIVS",
-    )?;
-    // SAFETY: `fprog` points at `prog`, alive for the call; the kernel
-    // copies the program.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_TSYNC,
-            &fprog,
-        )
-    };
-    if r != 0 {
-        let e = if r < 0 {
-            io::Error::last_os_error()
-        } else {
-            io::Error::other(format!("thread {r} could not be synchronised"))
-        };
-        return Err(io::Error::new(e.kind(), format!("seccomp: {e}")));
-    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| context(e, "PR_SET_NO_NEW_PRIVS"))?;
+    caps::install_filter_all_threads(&prog).map_err(|e| context(e, "seccomp"))?;
     Ok(prog.len())
 }
 
@@ -606,10 +510,9 @@ pub fn forbidden_syscall_hook(name: &CStr, buf: &mut [u8]) -> Option<io::Result<
     {
         return None;
     }
-    // SAFETY: personality(0xffffffff) only reads the persona.
-    let r = unsafe { libc::syscall(libc::SYS_personality, 0xffff_ffffu64) };
-    if r < 0 {
-        return Some(Err(io::Error::last_os_error()));
+    // personality(0xffffffff) only reads the persona.
+    if let Err(e) = nix::sys::personality::get() {
+        return Some(Err(e.into()));
     }
     const VALUE: &[u8] = b"survived";
     if buf.is_empty() {
@@ -664,7 +567,7 @@ fn unmount(m: &Mount) {
 /// The supervisor's loop (see the module doc). Returns the worker
 /// process's exit code (128 + signal if it was killed).
 pub fn supervise(
-    child: libc::pid_t,
+    child: Pid,
     m: Mount,
     stats_rx: OwnedFd,
     groups: std::os::unix::net::UnixStream,
@@ -672,97 +575,99 @@ pub fn supervise(
 ) -> i32 {
     let mut groups = Some(groups);
     let mut rx = std::fs::File::from(stats_rx);
-    // SAFETY: fcntl on our own fd.
-    unsafe {
-        let fl = libc::fcntl(rx.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(rx.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-    }
+    set_nonblocking(&rx, true);
     let mut buf: Vec<u8> = Vec::new();
     let mut open = true;
     let set = crate::fuse::session::daemon_signal_set();
     let status = loop {
-        let mut pfd = [
-            libc::pollfd {
-                fd: if open { rx.as_raw_fd() } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: groups.as_ref().map(|g| g.as_raw_fd()).unwrap_or(-1),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfds (negative fds are ignored).
-        unsafe { libc::poll(pfd.as_mut_ptr(), 2, 50) };
+        let [_, groups_ready] = poll_readable(
+            [open.then(|| rx.as_fd()), groups.as_ref().map(|g| g.as_fd())],
+            50,
+        );
         if open {
             open = drain(&mut rx, &mut buf);
             write_frames(&mut buf, stats.as_deref());
         }
-        if pfd[1].revents != 0 {
+        if groups_ready {
             if let Some(g) = groups.as_mut() {
                 if !answer_groups(g) {
                     groups = None;
                 }
             }
         }
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid sigset; null siginfo allowed.
-        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-        match sig {
-            libc::SIGUSR1 => {
-                // SAFETY: our own child.
-                unsafe { libc::kill(child, libc::SIGUSR1) };
+        match crate::sys::signal::sigtimedwait(&set, Duration::ZERO) {
+            Some(libc::SIGUSR1) => {
+                let _ = kill(child, Signal::SIGUSR1);
             }
-            libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT => {
+            Some(sig @ (libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT)) => {
                 // As the unsandboxed daemon does: unmount (lazily if
                 // busy), then stop the workers without waiting for the
                 // last user of a lazy unmount.
                 info!("signal {sig}: unmounting");
                 unmount(&m);
-                // SAFETY: our own child.
-                unsafe { libc::kill(child, libc::SIGTERM) };
+                let _ = kill(child, Signal::SIGTERM);
             }
             _ => {}
         }
-        let mut st = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let r = unsafe { libc::waitpid(child, &mut st, libc::WNOHANG) };
-        if r == child {
-            break st;
-        }
-        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            error!("waitpid: {}", io::Error::last_os_error());
-            break 1 << 8;
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => break Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => break Err(sig as i32),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                error!("waitpid: {}", io::Error::from(e));
+                break Ok(1);
+            }
         }
     };
     // The last stats come before the worker's exit.
     if open {
-        // SAFETY: fcntl on our own fd.
-        unsafe {
-            let fl = libc::fcntl(rx.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(rx.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
-        }
+        set_nonblocking(&rx, false);
         drain(&mut rx, &mut buf);
         write_frames(&mut buf, stats.as_deref());
     }
     if mounted(m.mountpoint()) {
         unmount(&m);
     }
-    if libc::WIFSIGNALED(status) {
-        let s = libc::WTERMSIG(status);
-        if s == libc::SIGSYS {
-            error!("the sandboxed daemon (pid {child}) made a syscall outside its seccomp allowlist and was killed (SIGSYS); unmounted");
-        } else {
-            error!("the sandboxed daemon (pid {child}) was killed by signal {s}; unmounted");
+    match status {
+        Err(s) => {
+            if s == libc::SIGSYS {
+                error!("the sandboxed daemon (pid {child}) made a syscall outside its seccomp allowlist and was killed (SIGSYS); unmounted");
+            } else {
+                error!("the sandboxed daemon (pid {child}) was killed by signal {s}; unmounted");
+            }
+            128 + s
         }
-        128 + s
-    } else {
-        libc::WEXITSTATUS(status)
+        Ok(code) => code,
     }
+}
+
+/// O_NONBLOCK on or off (best effort: a failure only makes a read block).
+fn set_nonblocking(f: &std::fs::File, on: bool) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    if let Ok(fl) = fcntl(f, FcntlArg::F_GETFL) {
+        let mut fl = OFlag::from_bits_retain(fl);
+        fl.set(OFlag::O_NONBLOCK, on);
+        let _ = fcntl(f, FcntlArg::F_SETFL(fl));
+    }
+}
+
+/// Waits up to `ms` for the given fds (None: skipped) to become readable;
+/// which ones are (or hung up).
+fn poll_readable<const N: usize>(fds: [Option<BorrowedFd<'_>>; N], ms: u16) -> [bool; N] {
+    use nix::poll::{poll, PollFd, PollFlags};
+    let which: Vec<usize> = (0..N).filter(|&i| fds[i].is_some()).collect();
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .flatten()
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
+    let mut out = [false; N];
+    if poll(&mut pfds, ms).is_ok() {
+        for (k, p) in pfds.iter().enumerate() {
+            out[which[k]] = p.revents().is_some_and(|r| !r.is_empty());
+        }
+    }
+    out
 }
 
 /// Answers one group query of the sandboxed process (see

@@ -8,7 +8,7 @@
 //! looks the `unique` up in that fd's own processing queue.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -149,27 +149,8 @@ impl Connection {
 
     /// Opens a new /dev/fuse fd attached to this connection.
     pub(crate) fn clone_channel(self: &Arc<Self>) -> io::Result<Channel> {
-        // SAFETY: the path is a valid NUL-terminated string; open has no
-        // memory-safety preconditions.
-        let fd = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by open and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let master: u32 = self.dev.as_raw_fd() as u32;
-        // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the master fd) through
-        // the pointer, which is valid for the duration of the call.
-        let r = unsafe {
-            libc::ioctl(
-                fd.as_raw_fd(),
-                abi::DEV_IOC_CLONE as _,
-                &master as *const u32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = crate::sys::fuse_dev::open()?;
+        crate::sys::fuse_dev::clone_channel(fd.as_fd(), self.dev.as_fd())?;
         Ok(Channel {
             sink: Sink::Dev(fd),
             conn: self.clone(),
@@ -212,7 +193,7 @@ impl Connection {
             error: code as i32,
             unique: 0,
         };
-        write_message(self.dev.as_raw_fd(), &header, payload)
+        write_message(self.dev.as_fd(), &header, payload)
     }
 }
 
@@ -244,9 +225,9 @@ impl Channel {
 
     /// The /dev/fuse fd a READ reply may be spliced into (none for a ring
     /// entry: its reply is copied into the entry's buffer).
-    pub(crate) fn splice_fd(&self) -> Option<RawFd> {
+    pub(crate) fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.sink {
-            Sink::Dev(fd) => Some(fd.as_raw_fd()),
+            Sink::Dev(fd) => Some(fd.as_fd()),
             Sink::Ring(_) => None,
         }
     }
@@ -257,13 +238,7 @@ impl Channel {
         let Sink::Dev(fd) = &self.sink else {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         };
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        nix::unistd::read(fd, buf).map_err(io::Error::from)
     }
 
     /// Sends a reply: header plus payload in one writev, or into the ring
@@ -280,7 +255,7 @@ impl Channel {
             error,
             unique,
         };
-        write_message(fd.as_raw_fd(), &header, payload)
+        write_message(fd.as_fd(), &header, payload)
     }
 
     /// Sends a READ reply of up to `len` bytes of `file` from `offset`,
@@ -302,7 +277,11 @@ impl Channel {
     }
 }
 
-fn write_message(fd: RawFd, header: &abi::OutHeader, payload: &[IoSlice<'_>]) -> io::Result<()> {
+fn write_message(
+    fd: BorrowedFd<'_>,
+    header: &abi::OutHeader,
+    payload: &[IoSlice<'_>],
+) -> io::Result<()> {
     use zerocopy::IntoBytes;
     const MAX_IOV: usize = 8;
     let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
@@ -312,12 +291,7 @@ fn write_message(fd: RawFd, header: &abi::OutHeader, payload: &[IoSlice<'_>]) ->
     }
     iov[1..=payload.len()].copy_from_slice(payload);
     let count = payload.len() + 1;
-    // SAFETY: IoSlice is ABI-compatible with struct iovec and every slice
-    // outlives the call.
-    let n = unsafe { libc::writev(fd, iov.as_ptr().cast(), count as libc::c_int) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let n = nix::sys::uio::writev(fd, &iov[..count])?;
     if n as u32 != header.len {
         return Err(io::Error::new(
             io::ErrorKind::WriteZero,

@@ -6,7 +6,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -143,14 +143,13 @@ impl Mount {
     pub fn unmount(&self, lazy: bool) -> io::Result<()> {
         match self.method {
             Method::Direct => {
-                let p = cstring(self.mountpoint.as_os_str())?;
-                let flags = if lazy { libc::MNT_DETACH } else { 0 };
-                // SAFETY: `p` is a valid NUL-terminated path.
-                if unsafe { libc::umount2(p.as_ptr(), flags) } == 0 {
-                    Ok(())
+                use nix::mount::MntFlags;
+                let flags = if lazy {
+                    MntFlags::MNT_DETACH
                 } else {
-                    Err(io::Error::last_os_error())
-                }
+                    MntFlags::empty()
+                };
+                nix::mount::umount2(&self.mountpoint, flags).map_err(io::Error::from)
             }
             Method::Fusermount => {
                 let mut cmd = Command::new(fusermount_bin());
@@ -188,8 +187,7 @@ fn fusermount_bin() -> &'static str {
 
 /// Mounts a FUSE filesystem at `mountpoint`; returns the /dev/fuse fd.
 pub fn mount(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, Mount)> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     if root {
         mount_direct(mountpoint, opts)
     } else {
@@ -199,15 +197,8 @@ pub fn mount(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, Mou
 
 fn mount_direct(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, Mount)> {
     let meta = std::fs::metadata(mountpoint)?;
-    // SAFETY: the path is NUL-terminated; open has no memory preconditions.
-    let fd = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: getuid/getgid have no preconditions.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let fd = crate::sys::fuse_dev::open()?;
+    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
     let mut data = format!(
         "fd={},rootmode={:o},user_id={},group_id={}",
         fd.as_raw_fd(),
@@ -242,19 +233,13 @@ fn mount_direct(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, 
         opts.flags(),
         data
     );
-    // SAFETY: all pointers are valid NUL-terminated strings for the call.
-    let r = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            opts.flags(),
-            cdata.as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    nix::mount::mount(
+        Some(source.as_c_str()),
+        target.as_c_str(),
+        Some(fstype.as_c_str()),
+        nix::mount::MsFlags::from_bits_retain(opts.flags()),
+        Some(cdata.as_c_str()),
+    )?;
     Ok((
         fd,
         Mount {
@@ -265,15 +250,15 @@ fn mount_direct(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, 
 }
 
 fn mount_fusermount(mountpoint: &Path, opts: &MountOptions) -> io::Result<(OwnedFd, Mount)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` has room for the two fds socketpair writes.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds are fresh and owned by us.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    set_cloexec(ours.as_raw_fd(), true)?;
-    set_cloexec(theirs.as_raw_fd(), false)?;
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::empty(),
+    )?;
+    set_cloexec(ours.as_fd(), true)?;
+    set_cloexec(theirs.as_fd(), false)?;
     let status = Command::new(fusermount_bin())
         .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
         .arg("-o")
@@ -291,8 +276,9 @@ fn mount_fusermount(mountpoint: &Path, opts: &MountOptions) -> io::Result<(Owned
     if !status.success() {
         return Err(io::Error::other(format!("fusermount3 failed ({status})")));
     }
-    let fd = receive_fd(ours.as_raw_fd())?;
-    set_cloexec(fd.as_raw_fd(), true)?;
+    let fd = crate::sys::recv_fd(ours.as_fd())?
+        .ok_or_else(|| io::Error::other("fusermount3 sent no file descriptor"))?;
+    set_cloexec(fd.as_fd(), true)?;
     Ok((
         fd,
         Mount {
@@ -302,70 +288,12 @@ fn mount_fusermount(mountpoint: &Path, opts: &MountOptions) -> io::Result<(Owned
     ))
 }
 
-fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we own.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let flags = if on {
-        flags | libc::FD_CLOEXEC
-    } else {
-        flags & !libc::FD_CLOEXEC
-    };
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let mut flags = FdFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFD)?);
+    flags.set(FdFlag::FD_CLOEXEC, on);
+    fcntl(fd, FcntlArg::F_SETFD(flags))?;
     Ok(())
-}
-
-/// Receives one fd sent with SCM_RIGHTS.
-fn receive_fd(sock: RawFd) -> io::Result<OwnedFd> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // Room for one cmsghdr carrying one int, 8-byte aligned.
-    let mut cbuf = [0u64; 8];
-    // SAFETY: msghdr is plain old data; all-zero is a valid value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
-    loop {
-        // SAFETY: msg points at buffers valid for the call.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::other("fusermount3 sent no file descriptor"));
-        }
-        break;
-    }
-    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/CMSG_DATA stay within
-    // the control buffer we provided, and the kernel wrote a full cmsghdr.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null()
-            || (*cmsg).cmsg_level != libc::SOL_SOCKET
-            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-        {
-            return Err(io::Error::other("fusermount3 sent no file descriptor"));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
-        if fd < 0 {
-            return Err(io::Error::other("fusermount3 sent a bad file descriptor"));
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
 }
 
 /// Is `path` the root of a mount? (Its mount id differs from its parent's,
@@ -381,21 +309,7 @@ pub fn is_mountpoint(path: &Path) -> io::Result<bool> {
 
 fn mount_id(path: &Path) -> io::Result<u64> {
     let c = cstring(path.as_os_str())?;
-    // SAFETY: statx is plain old data; all-zero is valid.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: valid path and output buffer for the call.
-    let r = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_MNT_ID,
-            &mut stx,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let stx = crate::sys::statx_path(&c, libc::STATX_MNT_ID)?;
     if stx.stx_mask & libc::STATX_MNT_ID == 0 {
         warn!(
             "statx gives no mount id; cannot tell whether {} is a mountpoint",

@@ -713,20 +713,20 @@ mod round_trip {
     use super::*;
     use crate::fuse::abi::{InitFlags, OutHeader};
     use crate::fuse::channel::{Connection, Negotiated};
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
     use zerocopy::FromBytes;
 
     /// A channel whose "device" is one end of a SEQPACKET socketpair: each
     /// reply arrives as one message at the other end.
     fn channel(ino: bool) -> (Arc<Channel>, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for two fds.
-        assert_eq!(
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) },
-            0
-        );
-        // SAFETY: fresh fds, owned here.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::empty(),
+        )
+        .unwrap();
         let conn = Connection::new(a);
         let flags = if ino {
             InitFlags::PASSTHROUGH | InitFlags::PASSTHROUGH_INO
@@ -748,17 +748,14 @@ mod round_trip {
     /// Reads one reply: (header, payload).
     fn recv(fd: &OwnedFd) -> (OutHeader, Vec<u8>) {
         let mut buf = vec![0u8; 1 << 16];
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe {
-            libc::recv(
-                std::os::fd::AsRawFd::as_raw_fd(fd),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-            )
-        };
+        let n = nix::sys::socket::recv(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            &mut buf,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap_or(0);
         assert!(n >= 16, "no reply");
-        buf.truncate(n as usize);
+        buf.truncate(n);
         let (h, rest) = OutHeader::read_from_prefix(&buf).unwrap();
         assert_eq!(
             h.len as usize,

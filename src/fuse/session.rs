@@ -17,6 +17,7 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 use tracing::{error, info, warn};
 
 use super::channel::{Channel, Connection};
@@ -269,20 +270,12 @@ fn worker_loop<F: Filesystem>(
     }
 }
 
-extern "C" fn wakeup_handler(_: libc::c_int) {}
-
 /// SIGUSR2 interrupts a worker's blocking read (no SA_RESTART).
 fn install_wakeup_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        // SAFETY: sigaction is plain old data; the handler is an
-        // async-signal-safe no-op.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = wakeup_handler as *const () as usize;
-            sa.sa_flags = 0;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+        if let Err(e) = crate::sys::signal::install_noop_handler(Signal::SIGUSR2) {
+            warn!("SIGUSR2 handler: {e}");
         }
     });
 }
@@ -341,9 +334,9 @@ impl<F: Filesystem> RunningSession<F> {
         while !self.is_finished() && Instant::now() < deadline {
             for w in &self.workers {
                 if !w.is_finished() {
-                    // SAFETY: the thread is alive (not finished, not joined),
-                    // so its pthread_t is valid; SIGUSR2 has a no-op handler.
-                    unsafe { libc::pthread_kill(w.as_pthread_t(), libc::SIGUSR2) };
+                    // The thread is alive (not finished, not joined), so its
+                    // pthread_t is valid; SIGUSR2 has a no-op handler.
+                    let _ = nix::sys::pthread::pthread_kill(w.as_pthread_t(), Signal::SIGUSR2);
                 }
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -386,15 +379,10 @@ impl<F: Filesystem> RunningSession<F> {
     pub fn run_until_signal(mut self, on_usr1: impl Fn()) -> io::Result<()> {
         let set = daemon_signal_set();
         loop {
-            let ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 100_000_000,
-            };
-            // SAFETY: `set` is an initialised sigset_t; a null siginfo is allowed.
-            let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+            let sig = crate::sys::signal::sigtimedwait(&set, Duration::from_millis(100));
             match sig {
-                libc::SIGUSR1 => on_usr1(),
-                libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT => {
+                Some(libc::SIGUSR1) => on_usr1(),
+                Some(sig @ (libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT)) => {
                     info!("signal {sig}: unmounting");
                     if let Err(e) = self.unmount() {
                         warn!("unmount failed: {e}");
@@ -426,28 +414,25 @@ impl<F: Filesystem> Drop for RunningSession<F> {
 }
 
 /// The signals the daemon's main thread takes (see [`block_daemon_signals`]).
-pub fn daemon_signal_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain old data, initialised by sigemptyset.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [
-            libc::SIGINT,
-            libc::SIGTERM,
-            libc::SIGHUP,
-            libc::SIGQUIT,
-            libc::SIGUSR1,
-        ] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
+pub fn daemon_signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+    ] {
+        set.add(s);
     }
+    set
 }
 
 /// Blocks the daemon's signals in the calling thread (and so in every thread
 /// it spawns afterwards); [`RunningSession::run_until_signal`] takes them.
 pub fn block_daemon_signals() {
     let set = daemon_signal_set();
-    // SAFETY: valid sigset_t; a null old-set pointer is allowed.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if let Err(e) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None) {
+        warn!("blocking signals: {e}");
+    }
 }

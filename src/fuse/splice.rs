@@ -10,7 +10,11 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::unistd::{pipe2, read, write};
 
 use zerocopy::IntoBytes;
 
@@ -31,17 +35,10 @@ thread_local! {
 const HEADER: usize = std::mem::size_of::<OutHeader>();
 
 fn make_pipe(want: usize) -> io::Result<Pipe> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds are fresh and ours.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fcntl on our own fd.
-    let cap = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want as libc::c_int) };
-    if cap < 0 || (cap as usize) < want {
-        return Err(io::Error::last_os_error());
+    let (r, w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    let cap = fcntl(&w, FcntlArg::F_SETPIPE_SZ(want as libc::c_int))?;
+    if (cap as usize) < want {
+        return Err(io::Error::from_raw_os_error(libc::ENOMEM));
     }
     Ok(Pipe {
         r,
@@ -54,9 +51,7 @@ fn make_pipe(want: usize) -> io::Result<Pipe> {
 fn drain(p: &Pipe) {
     let mut buf = [0u8; 8192];
     loop {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::read(p.r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
+        if !matches!(read(&p.r, &mut buf), Ok(n) if n > 0) {
             break;
         }
     }
@@ -73,7 +68,7 @@ pub enum Spliced {
 /// Sends the reply to READ `unique`: up to `len` bytes of `file` from
 /// `offset`, spliced. `dev` is the channel the request came from.
 pub fn send_read_reply(
-    dev: RawFd,
+    dev: BorrowedFd<'_>,
     unique: u64,
     file: BorrowedFd<'_>,
     offset: u64,
@@ -103,7 +98,7 @@ pub fn send_read_reply(
 
 fn splice_reply(
     p: &Pipe,
-    dev: RawFd,
+    dev: BorrowedFd<'_>,
     unique: u64,
     file: BorrowedFd<'_>,
     offset: u64,
@@ -114,38 +109,23 @@ fn splice_reply(
         error: 0,
         unique,
     };
-    // SAFETY: writing 16 bytes from a live struct into our pipe.
-    let n = unsafe { libc::write(p.w.as_raw_fd(), header.as_bytes().as_ptr().cast(), HEADER) };
-    if n != HEADER as isize {
+    if write(&p.w, header.as_bytes()) != Ok(HEADER) {
         drain(p);
         return Err(io::Error::other("pipe write"));
     }
     let mut got = 0usize;
     let mut off = offset as libc::loff_t;
     while got < len {
-        // SAFETY: splice between our fds with an explicit file offset.
-        let n = unsafe {
-            libc::splice(
-                file.as_raw_fd(),
-                &mut off,
-                p.w.as_raw_fd(),
-                std::ptr::null_mut(),
-                len - got,
-                libc::SPLICE_F_MOVE,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
+        let flags = SpliceFFlags::SPLICE_F_MOVE;
+        match splice(file, Some(&mut off), &p.w, None, len - got, flags) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                drain(p);
+                return fallback_error(dev, unique, e.into());
             }
-            drain(p);
-            return fallback_error(dev, unique, e);
         }
-        if n == 0 {
-            break;
-        }
-        got += n as usize;
     }
     if got < len {
         return short_read(p, dev, unique, got);
@@ -153,26 +133,21 @@ fn splice_reply(
     let total = HEADER + len;
     let mut moved = 0;
     while moved < total {
-        // SAFETY: splice from our pipe into the device fd.
-        let n = unsafe {
-            libc::splice(
-                p.r.as_raw_fd(),
-                std::ptr::null_mut(),
-                dev,
-                std::ptr::null_mut(),
-                total - moved,
-                libc::SPLICE_F_MOVE,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            drain(p);
-            return Err(e);
+        match splice(
+            &p.r,
+            None,
+            dev,
+            None,
+            total - moved,
+            SpliceFFlags::SPLICE_F_MOVE,
+        ) {
+            Ok(0) => break,
+            Ok(n) => moved += n,
+            Err(e) => {
+                drain(p);
+                return Err(e.into());
+            }
         }
-        if n == 0 {
-            break;
-        }
-        moved += n as usize;
     }
     if moved != total {
         drain(p);
@@ -186,23 +161,17 @@ fn splice_reply(
 
 /// Fewer bytes than asked (end of file): take the data back out of the
 /// pipe and send an ordinary reply with the right length.
-fn short_read(p: &Pipe, dev: RawFd, unique: u64, got: usize) -> io::Result<()> {
+fn short_read(p: &Pipe, dev: BorrowedFd<'_>, unique: u64, got: usize) -> io::Result<()> {
     let mut buf = vec![0u8; HEADER + got];
     let mut have = 0;
     while have < buf.len() {
-        // SAFETY: reading into the unfilled part of `buf`.
-        let n = unsafe {
-            libc::read(
-                p.r.as_raw_fd(),
-                buf[have..].as_mut_ptr().cast(),
-                buf.len() - have,
-            )
-        };
-        if n <= 0 {
-            drain(p);
-            return Err(io::Error::other("pipe read back"));
+        match read(&p.r, &mut buf[have..]) {
+            Ok(n) if n > 0 => have += n,
+            _ => {
+                drain(p);
+                return Err(io::Error::other("pipe read back"));
+            }
         }
-        have += n as usize;
     }
     let header = OutHeader {
         len: (HEADER + got) as u32,
@@ -210,16 +179,17 @@ fn short_read(p: &Pipe, dev: RawFd, unique: u64, got: usize) -> io::Result<()> {
         unique,
     };
     buf[..HEADER].copy_from_slice(header.as_bytes());
-    // SAFETY: writing a live buffer to the device.
-    let n = unsafe { libc::write(dev, buf.as_ptr().cast(), buf.len()) };
-    if n != buf.len() as isize {
-        return Err(io::Error::last_os_error());
+    if write(dev, &buf)? != buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short write to /dev/fuse",
+        ));
     }
     Ok(())
 }
 
 /// The file read failed before anything was sent: answer with its errno.
-fn fallback_error(dev: RawFd, unique: u64, e: io::Error) -> io::Result<()> {
+fn fallback_error(dev: BorrowedFd<'_>, unique: u64, e: io::Error) -> io::Result<()> {
     let errno = e
         .raw_os_error()
         .filter(|n| (1..=511).contains(n))
@@ -229,10 +199,11 @@ fn fallback_error(dev: RawFd, unique: u64, e: io::Error) -> io::Result<()> {
         error: -errno,
         unique,
     };
-    // SAFETY: writing a live 16-byte header to the device.
-    let n = unsafe { libc::write(dev, header.as_bytes().as_ptr().cast(), HEADER) };
-    if n != HEADER as isize {
-        return Err(io::Error::last_os_error());
+    if write(dev, header.as_bytes())? != HEADER {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short write to /dev/fuse",
+        ));
     }
     Ok(())
 }

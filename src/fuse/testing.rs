@@ -7,7 +7,7 @@
 //! offered flags (no passthrough: a socket takes no backing ioctls).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use zerocopy::{FromBytes, IntoBytes};
@@ -46,21 +46,13 @@ pub fn typical_offered() -> InitFlags {
 
 impl<F: Filesystem> Harness<F> {
     pub fn new(fs: Arc<F>) -> io::Result<Harness<F>> {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for two fds.
-        if unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh fds, owned here.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
         let conn = Connection::new(a);
         let ch = Arc::new(conn.master_channel()?);
         let h = Harness {
@@ -124,19 +116,16 @@ impl<F: Filesystem> Harness<F> {
     /// arrive later, from their own threads).
     pub fn try_reply(&self) -> Option<(OutHeader, Vec<u8>)> {
         let mut buf = vec![0u8; (1 << 20) + 4096];
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe {
-            libc::recv(
-                self.peer.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < std::mem::size_of::<OutHeader>() as isize {
+        let n = nix::sys::socket::recv(
+            self.peer.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        )
+        .unwrap_or(0);
+        if n < std::mem::size_of::<OutHeader>() {
             return None;
         }
-        buf.truncate(n as usize);
+        buf.truncate(n);
         let (h, rest) = OutHeader::read_from_prefix(&buf).ok()?;
         Some((h, rest.to_vec()))
     }

@@ -32,15 +32,17 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use parking_lot::Mutex;
 use tracing::{debug, error, info, warn};
+use zerocopy::FromZeros;
 
 use super::abi::{self, InitFlags};
 use super::channel::{Channel, Connection};
@@ -61,7 +63,7 @@ const WAKE: u64 = u64::MAX;
 
 /// `struct fuse_uring_ent_in_out`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, FromZeros)]
 struct EntInOut {
     flags: u64,
     commit_id: u64,
@@ -72,6 +74,7 @@ struct EntInOut {
 
 /// `struct fuse_uring_req_header`.
 #[repr(C)]
+#[derive(FromZeros)]
 struct ReqHeader {
     in_out: [u8; IN_OUT_HEADER_SZ],
     op_in: [u8; OP_IN_OUT_SZ],
@@ -113,8 +116,7 @@ unsafe impl Sync for RingEntry {}
 
 impl RingEntry {
     fn new(payload_len: usize) -> RingEntry {
-        // SAFETY: ReqHeader is plain bytes and integers; all-zero is valid.
-        let header: Box<UnsafeCell<ReqHeader>> = Box::new(unsafe { std::mem::zeroed() });
+        let header: Box<UnsafeCell<ReqHeader>> = Box::new(UnsafeCell::new(ReqHeader::new_zeroed()));
         let payload: Box<[UnsafeCell<u8>]> = (0..payload_len).map(|_| UnsafeCell::new(0)).collect();
         let iov = Box::new(UnsafeCell::new([
             libc::iovec {
@@ -221,14 +223,10 @@ impl EntrySink {
         }
         self.queue.pending.lock().push(self.idx);
         let here = CURRENT_QUEUE.with(|c| c.get());
-        if !std::ptr::eq(here, Arc::as_ptr(&self.queue)) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-            let n =
-                unsafe { libc::write(self.queue.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-            if n != 8 {
-                warn!("waking ring queue {} failed", self.queue.qid);
-            }
+        if !std::ptr::eq(here, Arc::as_ptr(&self.queue))
+            && nix::unistd::write(&self.queue.wake, &1u64.to_ne_bytes()) != Ok(8)
+        {
+            warn!("waking ring queue {} failed", self.queue.qid);
         }
         Ok(())
     }
@@ -273,9 +271,9 @@ pub fn nr_queues() -> usize {
         .and_then(|s| parse_cpu_list_max(s.trim()))
         .map(|m| m + 1)
         .unwrap_or_else(|| {
-            // SAFETY: sysconf has no preconditions.
-            let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
-            n.max(1) as usize
+            use nix::unistd::{sysconf, SysconfVar};
+            let n = sysconf(SysconfVar::_NPROCESSORS_CONF).ok().flatten();
+            n.unwrap_or(1).max(1) as usize
         })
 }
 
@@ -322,19 +320,19 @@ pub(crate) fn queue_loop<F: Filesystem>(
     let payload_len = abi::MIN_READ_BUFFER
         .max(negotiated.max_write as usize)
         .max(negotiated.max_pages as usize * page);
-    // SAFETY: eventfd has no memory-safety preconditions.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if efd < 0 {
-        error!("ring queue {qid}: eventfd: {}", io::Error::last_os_error());
-        conn.transport.failed.store(true, Ordering::Relaxed);
-        return WorkerExit::Failed;
-    }
+    let efd = match EventFd::from_flags(EfdFlags::EFD_CLOEXEC) {
+        Ok(e) => OwnedFd::from(e),
+        Err(e) => {
+            error!("ring queue {qid}: eventfd: {}", io::Error::from(e));
+            conn.transport.failed.store(true, Ordering::Relaxed);
+            return WorkerExit::Failed;
+        }
+    };
     let queue = Arc::new(QueueShared {
         qid,
         entries: (0..depth).map(|_| RingEntry::new(payload_len)).collect(),
         pending: Mutex::new(Vec::with_capacity(depth)),
-        // SAFETY: `efd` was just created and is owned by nobody else.
-        wake: unsafe { OwnedFd::from_raw_fd(efd) },
+        wake: efd,
         wake_buf: Box::new(UnsafeCell::new(0)),
     });
     let channels: Vec<Arc<Channel>> = (0..depth)
@@ -385,20 +383,17 @@ fn build_ring(depth: usize) -> io::Result<IoUring<squeue::Entry128, cqueue::Entr
 }
 
 fn pin_to_cpu(cpu: usize) {
-    // SAFETY: cpu_set_t is plain old data; CPU_SET stays in bounds for
-    // cpu < CPU_SETSIZE, checked first.
-    unsafe {
-        if cpu >= libc::CPU_SETSIZE as usize {
-            return;
-        }
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            debug!(
-                "pinning ring queue thread to CPU {cpu}: {}",
-                io::Error::last_os_error()
-            );
-        }
+    use nix::sched::{sched_setaffinity, CpuSet};
+    let mut set = CpuSet::new();
+    // Out of range (cpu >= CPU_SETSIZE): left unpinned.
+    if set.set(cpu).is_err() {
+        return;
+    }
+    if let Err(e) = sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+        debug!(
+            "pinning ring queue thread to CPU {cpu}: {}",
+            io::Error::from(e)
+        );
     }
 }
 
@@ -419,12 +414,7 @@ fn register_sqe(dev: RawFd, queue: &QueueShared, idx: u16) -> squeue::Entry128 {
         .user_data(idx as u64);
     // The kernel wants sqe->len == 2 (header and payload iovecs), which the
     // crate's builder has no setter for.
-    // SAFETY: Entry128 is repr(C), 128 bytes (asserted above), and starts
-    // with `struct io_uring_sqe`, whose `len` (u32) is at byte offset 24.
-    unsafe {
-        let p = (&mut sqe as *mut squeue::Entry128).cast::<u8>();
-        std::ptr::write_unaligned(p.add(24).cast::<u32>(), 2);
-    }
+    crate::sys::uring::set_sqe_len(&mut sqe, 2);
     sqe
 }
 
@@ -699,13 +689,7 @@ mod tests {
 
     #[test]
     fn register_sqe_layout() {
-        let (r, w) = {
-            let mut fds = [0; 2];
-            // SAFETY: pipe writes two fds into the array.
-            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-            // SAFETY: both fds were just created and are owned here.
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-        };
+        let (r, w) = nix::unistd::pipe().unwrap();
         let q = QueueShared {
             qid: 3,
             entries: vec![RingEntry::new(8192)],
@@ -714,8 +698,7 @@ mod tests {
             wake_buf: Box::new(UnsafeCell::new(0)),
         };
         let sqe = register_sqe(r.as_raw_fd(), &q, 0);
-        // SAFETY: Entry128 is 128 plain bytes.
-        let b: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+        let b = crate::sys::uring::sqe_bytes(&sqe);
         assert_eq!(b[0], 46, "IORING_OP_URING_CMD");
         assert_eq!(
             u32::from_ne_bytes(b[8..12].try_into().unwrap()),

@@ -291,8 +291,7 @@ fn to_flock(lk: &abi::FileLock) -> Result<libc::flock, Errno> {
             .and_then(|d| d.checked_add(1))
             .ok_or(Errno::EINVAL)?
     };
-    // SAFETY: flock is plain old data; zero is valid for every field.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    let mut fl = crate::sys::empty_flock();
     fl.l_type = typ as i16;
     fl.l_whence = libc::SEEK_SET as i16;
     fl.l_start = start;

@@ -1,7 +1,13 @@
 //! Thin, safe wrappers over the syscalls the daemon uses.
 //!
-//! All `unsafe` of the filesystem side lives here, one call per function,
-//! each with the reason it is sound. Everything works relative to file
+//! The project calls syscalls through `nix` wherever nix has the call; what
+//! nix lacks (or offers only as `unsafe`) is wrapped here, by job:
+//! file-system calls in this file, /dev/fuse ioctls in [`fuse_dev`], fork
+//! and start-up clean-up in [`process`], signal handlers in [`signal`],
+//! capabilities and seccomp in [`caps`], the io_uring SQE field in
+//! [`uring`]. Every `unsafe` of the daemon outside the wire layer's buffer
+//! handling lives in this directory, one call per function, each with the
+//! reason it is sound. Everything works relative to file
 //! descriptors: names are single path components checked by the caller, and
 //! `AT_EMPTY_PATH` forms act on the fd itself, so no path string from a
 //! request ever reaches the kernel as a path.
@@ -11,6 +17,17 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
+
+pub mod caps;
+pub mod fuse_dev;
+pub mod process;
+pub mod signal;
+pub mod uring;
+
+pub use process::malloc_trim;
 
 pub type Result<T> = std::result::Result<T, io::Error>;
 
@@ -30,6 +47,11 @@ fn check_size(r: isize) -> Result<usize> {
     }
 }
 
+/// A nix result as an io result (same errno).
+fn io<T>(r: nix::Result<T>) -> Result<T> {
+    r.map_err(io::Error::from)
+}
+
 fn owned(fd: libc::c_int) -> Result<OwnedFd> {
     let fd = check(fd)?;
     // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
@@ -40,15 +62,13 @@ const EMPTY: &CStr = c"";
 
 /// openat(2) of one name relative to `dir`.
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> Result<OwnedFd> {
-    // SAFETY: `name` is NUL-terminated; the returned fd is checked.
-    owned(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode,
-        )
-    })
+    let flags = OFlag::from_bits_retain(flags | libc::O_CLOEXEC);
+    io(nix::fcntl::openat(
+        dir,
+        name,
+        flags,
+        Mode::from_bits_retain(mode),
+    ))
 }
 
 /// statx(2) of the fd itself (`AT_EMPTY_PATH`), never following a symlink.
@@ -67,6 +87,24 @@ pub fn statx_at(dir: BorrowedFd<'_>, name: &CStr, mask: u32) -> Result<libc::sta
     let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT;
     // SAFETY: `st` is a valid output buffer; `name` is NUL-terminated.
     check(unsafe { libc::statx(dir.as_raw_fd(), name.as_ptr(), flags, mask, st.as_mut_ptr()) })?;
+    // SAFETY: zero-initialised and then filled by the kernel.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// statx(2) of a path (relative to the cwd), never following a final
+/// symlink: for start-up checks of the mount point, not for requests.
+pub fn statx_path(path: &CStr, mask: u32) -> Result<libc::statx> {
+    let mut st = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `st` is a valid output buffer; `path` is NUL-terminated.
+    check(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            mask,
+            st.as_mut_ptr(),
+        )
+    })?;
     // SAFETY: zero-initialised and then filled by the kernel.
     Ok(unsafe { st.assume_init() })
 }
@@ -150,14 +188,12 @@ pub fn open_by_handle(
 pub fn reopen(proc_self_fd: BorrowedFd<'_>, fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd> {
     let name = fd_name(fd.as_raw_fd());
     let flags = flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
-    // SAFETY: `name` is NUL-terminated; result checked.
-    owned(unsafe {
-        libc::openat(
-            proc_self_fd.as_raw_fd(),
-            name.as_ptr().cast(),
-            flags | libc::O_CLOEXEC,
-        )
-    })
+    openat(proc_self_fd, fd_cstr(&name), flags, 0)
+}
+
+/// The C string in a buffer of [`fd_name`].
+fn fd_cstr(name: &[u8; 12]) -> &CStr {
+    CStr::from_bytes_until_nul(name).unwrap_or(c"")
 }
 
 /// "N\0" for a file descriptor number, without allocating.
@@ -182,48 +218,37 @@ pub fn fd_name(fd: RawFd) -> [u8; 12] {
 
 /// readlinkat(fd, "").
 pub fn readlink(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: `buf` is valid for `buf.len()` bytes.
-    let n = check_size(unsafe {
-        libc::readlinkat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })?;
-    buf.truncate(n);
-    Ok(buf)
+    use std::os::unix::ffi::OsStringExt;
+    io(nix::fcntl::readlinkat(fd, EMPTY)).map(|t| t.into_vec())
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<()> {
-    // SAFETY: NUL-terminated name.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+    io(nix::sys::stat::mkdirat(
+        dir,
+        name,
+        Mode::from_bits_retain(mode),
+    ))
 }
 
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> Result<()> {
-    // SAFETY: NUL-terminated name.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+    let kind = SFlag::from_bits_retain(mode & libc::S_IFMT);
+    let perm = Mode::from_bits_retain(mode & !libc::S_IFMT);
+    io(nix::sys::stat::mknodat(dir, name, kind, perm, rdev))
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
-    // SAFETY: NUL-terminated strings.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+    io(nix::unistd::symlinkat(target, dir, name))
 }
 
 /// linkat(fd, "", dir, name, AT_EMPTY_PATH): needs CAP_DAC_READ_SEARCH.
 pub fn link_empty_path(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
-    // SAFETY: NUL-terminated strings.
-    check(unsafe {
-        libc::linkat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    })
-    .map(drop)
+    io(nix::unistd::linkat(
+        fd,
+        EMPTY,
+        dir,
+        name,
+        AtFlags::AT_EMPTY_PATH,
+    ))
 }
 
 /// linkat through /proc/self/fd/N with AT_SYMLINK_FOLLOW: needs no
@@ -235,22 +260,24 @@ pub fn link_proc(
     name: &CStr,
 ) -> Result<()> {
     let src = fd_name(fd.as_raw_fd());
-    // SAFETY: NUL-terminated strings.
-    check(unsafe {
-        libc::linkat(
-            proc_self_fd.as_raw_fd(),
-            src.as_ptr().cast(),
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    })
-    .map(drop)
+    let flags = AtFlags::AT_SYMLINK_FOLLOW;
+    io(nix::unistd::linkat(
+        proc_self_fd,
+        fd_cstr(&src),
+        dir,
+        name,
+        flags,
+    ))
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<()> {
-    // SAFETY: NUL-terminated name.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+    use nix::unistd::UnlinkatFlags;
+    let flags = if flags & libc::AT_REMOVEDIR != 0 {
+        UnlinkatFlags::RemoveDir
+    } else {
+        UnlinkatFlags::NoRemoveDir
+    };
+    io(nix::unistd::unlinkat(dir, name, flags))
 }
 
 pub fn renameat2(
@@ -260,24 +287,17 @@ pub fn renameat2(
     new: &CStr,
     flags: u32,
 ) -> Result<()> {
-    // SAFETY: NUL-terminated names.
-    check(unsafe {
-        libc::renameat2(
-            olddir.as_raw_fd(),
-            old.as_ptr(),
-            newdir.as_raw_fd(),
-            new.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+    let flags = nix::fcntl::RenameFlags::from_bits_retain(flags);
+    io(nix::fcntl::renameat2(olddir, old, newdir, new, flags))
 }
 
 /// fchownat(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW); -1 keeps a field.
 pub fn fchown_empty(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<()> {
-    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
-    // SAFETY: empty NUL-terminated path.
-    check(unsafe { libc::fchownat(fd.as_raw_fd(), EMPTY.as_ptr(), uid, gid, flags) }).map(drop)
+    use nix::unistd::{Gid, Uid};
+    let uid = (uid != u32::MAX).then(|| Uid::from_raw(uid));
+    let gid = (gid != u32::MAX).then(|| Gid::from_raw(gid));
+    let flags = AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW;
+    io(nix::unistd::fchownat(fd, EMPTY, uid, gid, flags))
 }
 
 /// fchmodat2(fd, "", mode, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) (Linux 6.6+).
@@ -298,8 +318,7 @@ pub fn fchmod_empty(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
 
 /// fchmod(2) of an open (non-O_PATH) file.
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
-    // SAFETY: plain syscall on an fd.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+    io(nix::sys::stat::fchmod(fd, Mode::from_bits_retain(mode)))
 }
 
 /// utimensat(fd, "", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW).
@@ -311,37 +330,19 @@ pub fn utimens_empty(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> Result<
 }
 
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
-    // SAFETY: plain syscall.
-    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+    io(nix::unistd::ftruncate(fd, size as libc::off_t))
 }
 
 /// faccessat2(fd, "", mask, AT_EMPTY_PATH | AT_EACCESS): checks with the
 /// effective (switched) ids.
 pub fn access_empty(fd: BorrowedFd<'_>, mask: i32) -> Result<()> {
-    let flags = libc::AT_EMPTY_PATH | libc::AT_EACCESS | libc::AT_SYMLINK_NOFOLLOW;
-    // SAFETY: empty NUL-terminated path.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_faccessat2,
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            mask,
-            flags,
-        )
-    };
-    check(r as libc::c_int).map(drop)
+    let mask = nix::unistd::AccessFlags::from_bits_retain(mask);
+    let flags = AtFlags::AT_EMPTY_PATH | AtFlags::AT_EACCESS | AtFlags::AT_SYMLINK_NOFOLLOW;
+    io(nix::unistd::faccessat(fd, EMPTY, mask, flags))
 }
 
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> Result<usize> {
-    // SAFETY: `buf` is valid for writes of its length.
-    check_size(unsafe {
-        libc::pread(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            off as libc::off_t,
-        )
-    })
+    io(nix::sys::uio::pread(fd, buf, off as libc::off_t))
 }
 
 /// Reads like read(2) on a regular file: short only at end of file (or
@@ -376,31 +377,34 @@ pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64, append: bool) -> Result<
 }
 
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<()> {
-    // SAFETY: plain syscalls.
-    check(unsafe {
-        if datasync {
-            libc::fdatasync(fd.as_raw_fd())
-        } else {
-            libc::fsync(fd.as_raw_fd())
-        }
-    })
-    .map(drop)
+    if datasync {
+        io(nix::unistd::fdatasync(fd))
+    } else {
+        io(nix::unistd::fsync(fd))
+    }
 }
 
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, off: u64, len: u64) -> Result<()> {
-    // SAFETY: plain syscall.
-    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) })
-        .map(drop)
+    let mode = nix::fcntl::FallocateFlags::from_bits_retain(mode);
+    io(nix::fcntl::fallocate(
+        fd,
+        mode,
+        off as libc::off_t,
+        len as libc::off_t,
+    ))
 }
 
 pub fn lseek(fd: BorrowedFd<'_>, off: u64, whence: i32) -> Result<u64> {
-    // SAFETY: plain syscall.
-    let r = unsafe { libc::lseek(fd.as_raw_fd(), off as libc::off_t, whence) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as u64)
-    }
+    use nix::unistd::Whence;
+    let whence = match whence {
+        libc::SEEK_SET => Whence::SeekSet,
+        libc::SEEK_CUR => Whence::SeekCur,
+        libc::SEEK_END => Whence::SeekEnd,
+        libc::SEEK_DATA => Whence::SeekData,
+        libc::SEEK_HOLE => Whence::SeekHole,
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    io(nix::unistd::lseek(fd, off as libc::off_t, whence)).map(|r| r as u64)
 }
 
 pub fn copy_file_range(
@@ -412,17 +416,14 @@ pub fn copy_file_range(
 ) -> Result<usize> {
     let mut oi = off_in as libc::loff_t;
     let mut oo = off_out as libc::loff_t;
-    // SAFETY: explicit offsets (the fds' own positions are untouched).
-    check_size(unsafe {
-        libc::copy_file_range(
-            fd_in.as_raw_fd(),
-            &mut oi,
-            fd_out.as_raw_fd(),
-            &mut oo,
-            len,
-            0,
-        )
-    })
+    // Explicit offsets: the fds' own positions are untouched.
+    io(nix::fcntl::copy_file_range(
+        fd_in,
+        Some(&mut oi),
+        fd_out,
+        Some(&mut oo),
+        len,
+    ))
 }
 
 pub fn flock(fd: BorrowedFd<'_>, op: i32) -> Result<()> {
@@ -430,23 +431,32 @@ pub fn flock(fd: BorrowedFd<'_>, op: i32) -> Result<()> {
     check(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
 }
 
+/// A `struct flock` with every field 0 (l_pid must be 0 for OFD locks).
+pub fn empty_flock() -> libc::flock {
+    // SAFETY: flock is plain old data; zero is valid for every field.
+    unsafe { std::mem::zeroed() }
+}
+
 /// fcntl(F_OFD_GETLK / F_OFD_SETLK / F_OFD_SETLKW).
 pub fn ofd_lock(fd: BorrowedFd<'_>, cmd: i32, lk: &mut libc::flock) -> Result<()> {
-    // SAFETY: `lk` is a valid struct flock for the duration of the call.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, lk as *mut libc::flock) }).map(drop)
+    use nix::fcntl::{fcntl, FcntlArg};
+    let arg = match cmd {
+        libc::F_OFD_GETLK => FcntlArg::F_OFD_GETLK(lk),
+        libc::F_OFD_SETLK => FcntlArg::F_OFD_SETLK(lk),
+        libc::F_OFD_SETLKW => FcntlArg::F_OFD_SETLKW(lk),
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    io(fcntl(fd, arg)).map(drop)
 }
 
 /// close(dup(fd)): reports errors a close would (FLUSH semantics).
 pub fn flush(fd: BorrowedFd<'_>) -> Result<()> {
-    // SAFETY: dup of a live fd; the duplicate is closed exactly once here.
-    let d = check(unsafe { libc::dup(fd.as_raw_fd()) })?;
-    // SAFETY: `d` is ours.
-    check(unsafe { libc::close(d) }).map(drop)
+    let d = io(nix::unistd::dup(fd))?;
+    io(nix::unistd::close(d))
 }
 
 pub fn syncfs(fd: BorrowedFd<'_>) -> Result<()> {
-    // SAFETY: plain syscall.
-    check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+    io(nix::unistd::syncfs(fd))
 }
 
 /// getdents64 into `buf`; returns bytes filled (0 at the end).
@@ -486,15 +496,12 @@ pub fn proc_self(rest: &str) -> String {
 
 /// An O_PATH dirfd of /proc/self/fd (for [`reopen`]).
 pub fn open_proc_self_fd() -> Result<OwnedFd> {
-    let p = std::ffi::CString::new(proc_self("fd"))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: NUL-terminated path; result checked.
-    owned(unsafe {
-        libc::open(
-            p.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    })
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    io(nix::fcntl::open(
+        proc_self("fd").as_str(),
+        flags,
+        Mode::empty(),
+    ))
 }
 
 /// The `/proc/self/fd/N` path of an fd (`fd/N` in the sandbox),
@@ -584,69 +591,46 @@ pub mod thread_creds {
 
     /// The calling thread's supplementary groups.
     pub fn groups() -> Result<Vec<u32>> {
-        // SAFETY: size query with a null buffer.
-        let n = check(unsafe { libc::getgroups(0, std::ptr::null_mut()) })?;
-        let mut v = vec![0u32; n as usize];
-        // SAFETY: `v` has room for `n` gids.
-        let n = check(unsafe { libc::getgroups(n, v.as_mut_ptr()) })?;
-        v.truncate(n as usize);
-        Ok(v)
+        io(nix::unistd::getgroups()).map(|v| v.into_iter().map(|g| g.as_raw()).collect())
     }
 
     pub fn euid() -> u32 {
-        // SAFETY: no preconditions.
-        unsafe { libc::geteuid() }
+        nix::unistd::geteuid().as_raw()
     }
 
     pub fn egid() -> u32 {
-        // SAFETY: no preconditions.
-        unsafe { libc::getegid() }
+        nix::unistd::getegid().as_raw()
     }
 
     /// Sets this thread's umask (after `unshare(CLONE_FS)`, per thread).
     pub fn umask(mask: u32) -> u32 {
-        // SAFETY: no preconditions.
-        unsafe { libc::umask(mask as libc::mode_t) as u32 }
+        nix::sys::stat::umask(Mode::from_bits_retain(mask)).bits()
     }
 
     /// Gives the calling thread its own cwd/root/umask.
     pub fn unshare_fs() -> Result<()> {
-        // SAFETY: plain syscall.
-        check(unsafe { libc::unshare(libc::CLONE_FS) }).map(drop)
+        io(nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS))
     }
 }
 
 /// RLIMIT_NOFILE: raises the soft limit to the hard limit; returns it.
 pub fn raise_fd_limit() -> u64 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid rlimit buffer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((cur, max)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 1024;
+    };
+    if cur < max && setrlimit(Resource::RLIMIT_NOFILE, max, max).is_ok() {
+        return max;
     }
-    if rl.rlim_cur < rl.rlim_max {
-        let new = libc::rlimit {
-            rlim_cur: rl.rlim_max,
-            rlim_max: rl.rlim_max,
-        };
-        // SAFETY: valid rlimit.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
-            rl.rlim_cur = rl.rlim_max;
-        }
-    }
-    rl.rlim_cur
+    cur
 }
 
 /// The system's page size (4096 if it cannot be had).
 pub fn page_size() -> u32 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u32
-    } else {
-        4096
+    use nix::unistd::{sysconf, SysconfVar};
+    match sysconf(SysconfVar::PAGE_SIZE) {
+        Ok(Some(p)) if p > 0 => p as u32,
+        _ => 4096,
     }
 }
 
@@ -657,18 +641,77 @@ pub fn count_open_fds() -> usize {
         .unwrap_or(0)
 }
 
-/// `ioctl(fd, request, arg)` with a pointer argument.
-///
-/// # Safety
-/// `arg` must point at memory of the size and direction `request` encodes.
-pub unsafe fn ioctl_ptr<T>(fd: BorrowedFd<'_>, request: u64, arg: *mut T) -> Result<libc::c_int> {
-    // SAFETY: forwarded to the caller.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg) })
+/// Receives one byte and one fd sent with SCM_RIGHTS on `sock` (retrying
+/// on EINTR). `Ok(None)`: the peer closed or sent no fd.
+pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut cbuf = nix::cmsg_space!(RawFd);
+    loop {
+        let mut iov = [io::IoSliceMut::new(&mut byte)];
+        let msg = match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cbuf),
+            MsgFlags::empty(),
+        ) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if msg.bytes == 0 {
+            return Ok(None);
+        }
+        let mut fds: Vec<RawFd> = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                fds.extend(v);
+            }
+        }
+        let mut it = fds.into_iter().filter(|&fd| fd >= 0);
+        // SAFETY: fds received with SCM_RIGHTS were installed in this
+        // process by the kernel for us and are owned by nobody else.
+        let first = it.next().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+        for extra in it {
+            // SAFETY: as above; extra fds are closed, not leaked.
+            drop(unsafe { OwnedFd::from_raw_fd(extra) });
+        }
+        return Ok(first);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn recv_fd_takes_the_fd_sent() {
+        use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage};
+        use nix::sys::socket::{MsgFlags, SockFlag, SockType};
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let fds = [f.as_raw_fd()];
+        let iov = [io::IoSlice::new(b"x")];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+        let got = recv_fd(b.as_fd()).unwrap().expect("an fd");
+        assert_ne!(got.as_raw_fd(), f.as_raw_fd());
+        let st = statx(got.as_fd(), libc::STATX_INO).unwrap();
+        let want = statx(f.as_fd(), libc::STATX_INO).unwrap();
+        assert_eq!(st.stx_ino, want.stx_ino, "the same file");
+        // A byte without an fd, then the peer gone.
+        nix::unistd::write(&a, b"y").unwrap();
+        assert!(recv_fd(b.as_fd()).unwrap().is_none());
+        drop(a);
+        assert!(recv_fd(b.as_fd()).unwrap().is_none());
+    }
 
     #[test]
     fn fd_names() {
