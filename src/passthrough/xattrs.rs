@@ -1,5 +1,5 @@
 //! Extended attributes: getxattr, listxattr, setxattr, removexattr, on the
-//! inode's O_PATH fd (through its /proc/self/fd magic link, see `sys.rs`).
+//! inode's O_PATH fd (through its /proc/self/fd magic link, see `sys/mod.rs`).
 
 use std::ffi::CStr;
 
