@@ -115,6 +115,11 @@ def timed(cmd):
 
 
 def inside(args):
+    if args.nofile:
+        # The daemon sizes its fd cache from the hard limit (half of it);
+        # UML's init leaves 4,096, a systemd service gets 524,288.
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
     src = "/tmp/src"
     tree = f"{src}/tree"
     os.makedirs(src, exist_ok=True)
@@ -294,7 +299,8 @@ def host(args):
         r = subprocess.run(["bash", uml, "run", "patched", "--", sys.executable, os.path.abspath(__file__), "--inside",
                             "--out", os.path.abspath(out), "--reps", str(args.reps), "--files", str(args.files),
                             "--bin", os.path.abspath(args.bin)] + (["--targets", args.targets] if args.targets else [])
-                           + (["--cpu"] if args.cpu else []),
+                           + (["--cpu"] if args.cpu else [])
+                           + (["--nofile", str(args.nofile)] if args.nofile else []),
                            env=env, cwd=REPO, preexec_fn=watch.enter if watch else None)
     finally:
         if watch:
@@ -318,6 +324,8 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--targets", default=None, help="comma-separated targets besides native (default: all)")
     ap.add_argument("--bin", default=BIN, help="daemon binary (default: this checkout's release build)")
+    ap.add_argument("--nofile", type=int, default=0,
+                    help="RLIMIT_NOFILE (soft and hard) for the daemons inside (default: UML's)")
     ap.add_argument("--cpu", action="store_true",
                     help="also measure the CPU time of the UML instance per walk (host cpuacct cgroup)")
     args = ap.parse_args()
