@@ -14,7 +14,13 @@ drop_caches, and a cold `find` (readdir only), for:
   masks-nocache / io-nocache   the same with --nocache (entry and attribute
                 timeouts 0: every stat must be fresh)
 
-Run on the host as root:  python3 bench/uml_bench.py [--reps N] [--files N]
+With --cpu, the host also measures the CPU time that the whole UML instance
+(its kernel and every process inside, daemon included) spends in each
+measured walk, from a cpuacct cgroup: on a loaded machine the wall-clock
+times inside UML stretch with every context switch between the walker and
+the daemon, CPU time much less.
+
+Run on the host as root:  python3 bench/uml_bench.py [--reps N] [--files N] [--cpu]
 It builds bench_tool, boots the patched UML kernel built by
 `kernel-patches/uml.sh build patched` and writes results.json and report.md
 to bench/results/DATE-uml/. UML is a single slow CPU: compare ratios within
@@ -30,6 +36,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 BIN = os.path.join(REPO, "target/release/passthroughfs")
 TOOL = os.path.join(REPO, "target/release/examples/bench_tool")
+ARGS = None  # the command line, for the daemon binary
 
 TARGETS = [
     ("native", None),
@@ -55,7 +63,7 @@ class Daemon:
     def __init__(self, src, mnt, opts, stats):
         self.mnt, self.stats = mnt, stats
         os.makedirs(mnt, exist_ok=True)
-        self.p = subprocess.Popen([BIN, "--foreground", "--stats", stats, *opts, src, mnt],
+        self.p = subprocess.Popen([ARGS.bin, "--foreground", "--stats", stats, *opts, src, mnt],
                                   stdout=subprocess.DEVNULL, stderr=open("/tmp/daemon.log", "a"))
         for _ in range(200):
             if os.path.ismount(mnt):
@@ -87,6 +95,19 @@ class Daemon:
             self.p.wait()
 
 
+def cpu_mark(label):
+    """--cpu: tell the host (which polls for the file) where a measured
+    walk starts or stops, and wait until it has read its CPU counter."""
+    if not ARGS.cpu:
+        return
+    mark = os.path.join(ARGS.out, "cpu-mark")
+    with open(mark + ".tmp", "w") as f:
+        f.write(label)
+    os.rename(mark + ".tmp", mark)
+    while os.path.exists(mark):
+        time.sleep(0.005)
+
+
 def timed(cmd):
     t = time.monotonic()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -94,6 +115,11 @@ def timed(cmd):
 
 
 def inside(args):
+    if args.nofile:
+        # The daemon sizes its fd cache from the hard limit (half of it);
+        # UML's init leaves 4,096, a systemd service gets 524,288.
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
     src = "/tmp/src"
     tree = f"{src}/tree"
     os.makedirs(src, exist_ok=True)
@@ -134,7 +160,9 @@ def inside(args):
                 for wname, prep, fn in workloads:
                     prep(root)
                     before = d.requests() if d else {}
+                    cpu_mark(f"start {tname} {wname} {rep}")
                     secs = fn(root)
+                    cpu_mark("stop")
                     res[tname][wname].append(secs)
                     if d and rep == args.reps - 1:
                         after = d.requests()
@@ -158,8 +186,67 @@ def inside(args):
            "kernel": platform.release(), "files": nfiles, "reps": args.reps, "results": summary}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(out, f, indent=1)
-    report(out, args.out)
+    if not args.cpu:
+        report(out, args.out)
     return 0
+
+
+class CpuWatch(threading.Thread):
+    """--cpu, on the host: the UML instance runs in a cpuacct cgroup; at each
+    mark written by the inside, read the cgroup's CPU time."""
+
+    def __init__(self, folder):
+        super().__init__(daemon=True)
+        self.mark = os.path.join(folder, "cpu-mark")
+        self.cg = f"/sys/fs/cgroup/cpuacct/ptfs-uml-bench-{os.getpid()}"
+        os.makedirs(self.cg, exist_ok=True)
+        self.samples = {}  # (target, workload) -> [seconds]
+        self.stop = False
+
+    def enter(self):
+        """preexec_fn: the child (and UML, and all inside) in the cgroup."""
+        with open(os.path.join(self.cg, "tasks"), "w") as f:
+            f.write(str(os.getpid()))
+
+    def usage(self):
+        with open(os.path.join(self.cg, "cpuacct.usage")) as f:
+            return int(f.read()) / 1e9
+
+    def run(self):
+        start = None
+        while not self.stop:
+            try:
+                with open(self.mark) as f:
+                    label = f.read().split()
+            except OSError:
+                time.sleep(0.005)
+                continue
+            if label and label[0] == "start":
+                start = (label[1], label[2], self.usage())
+            elif label and label[0] == "stop" and start:
+                self.samples.setdefault(start[:2], []).append(self.usage() - start[2])
+                start = None
+            os.unlink(self.mark)
+
+    def close(self):
+        self.stop = True
+        self.join(timeout=2)
+        try:
+            os.rmdir(self.cg)
+        except OSError:
+            pass
+
+
+def add_cpu(out, samples):
+    for (t, w), xs in samples.items():
+        r = out["results"].get(t, {}).get(w)
+        if r is not None:
+            r["cpu_median_s"] = statistics.median(xs)
+    for t, rs in out["results"].items():
+        for w, r in rs.items():
+            nat = out["results"].get("native", {}).get(w, {}).get("cpu_median_s")
+            if "cpu_median_s" in r and nat:
+                r["cpu_ratio_to_native"] = r["cpu_median_s"] / nat
 
 
 def report(out, folder):
@@ -172,6 +259,14 @@ def report(out, folder):
     for t, r in out["results"].items():
         cells = [f"{r[w]['median_s']:.2f} s ({r[w]['ratio_to_native']:.2f}x)" for w in ws]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    if any("cpu_median_s" in r[w] for r in out["results"].values() for w in ws):
+        lines += ["", "CPU time of the whole UML instance during each walk (host cpuacct cgroup, median), "
+                  "and its ratio to native:", "",
+                  "| target | " + " | ".join(ws) + " |", "|---|" + "---|" * len(ws)]
+        for t, r in out["results"].items():
+            cells = [f"{r[w]['cpu_median_s']:.2f} s ({r[w]['cpu_ratio_to_native']:.2f}x)"
+                     if "cpu_ratio_to_native" in r[w] else "-" for w in ws]
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines += ["", "Requests the daemon received during the measured part of the last run of each workload:", ""]
     for t, r in out["results"].items():
         if t == "native":
@@ -197,9 +292,26 @@ def host(args):
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, PTFS_UML_MEM=os.environ.get("PTFS_UML_MEM", "3G"),
                PTFS_UML_TIMEOUT=os.environ.get("PTFS_UML_TIMEOUT", "3600"))
-    r = subprocess.run(["bash", uml, "run", "patched", "--", sys.executable, os.path.abspath(__file__), "--inside",
-                        "--out", os.path.abspath(out), "--reps", str(args.reps), "--files", str(args.files)] + (["--targets", args.targets] if args.targets else []),
-                       env=env, cwd=REPO)
+    watch = CpuWatch(os.path.abspath(out)) if args.cpu else None
+    if watch:
+        watch.start()
+    try:
+        r = subprocess.run(["bash", uml, "run", "patched", "--", sys.executable, os.path.abspath(__file__), "--inside",
+                            "--out", os.path.abspath(out), "--reps", str(args.reps), "--files", str(args.files),
+                            "--bin", os.path.abspath(args.bin)] + (["--targets", args.targets] if args.targets else [])
+                           + (["--cpu"] if args.cpu else [])
+                           + (["--nofile", str(args.nofile)] if args.nofile else []),
+                           env=env, cwd=REPO, preexec_fn=watch.enter if watch else None)
+    finally:
+        if watch:
+            watch.close()
+    if watch and r.returncode == 0:
+        with open(os.path.join(out, "results.json")) as f:
+            res = json.load(f)
+        add_cpu(res, watch.samples)
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        report(res, out)
     print(f"results: {out}")
     return r.returncode
 
@@ -211,7 +323,14 @@ def main():
     ap.add_argument("--files", type=int, default=100000)
     ap.add_argument("--out", default=None)
     ap.add_argument("--targets", default=None, help="comma-separated targets besides native (default: all)")
+    ap.add_argument("--bin", default=BIN, help="daemon binary (default: this checkout's release build)")
+    ap.add_argument("--nofile", type=int, default=0,
+                    help="RLIMIT_NOFILE (soft and hard) for the daemons inside (default: UML's)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="also measure the CPU time of the UML instance per walk (host cpuacct cgroup)")
     args = ap.parse_args()
+    global ARGS
+    ARGS = args
     sys.exit(inside(args) if args.inside else host(args))
 
 

@@ -258,11 +258,14 @@ impl Backing {
             return BackingId::NONE;
         }
         if self.dirplus() && inode.kind == crate::inode_table::Kind::Directory {
-            // A directory that passes READDIR (or its open) through never
-            // sends READDIRPLUS, whose replies bring its entries with their
-            // backing ids: keep its listing in the daemon. (After the probe,
-            // which learns the kernel's ops from the first mask it sees.)
-            usable &= !(abi::passthrough_op(Opcode::Readdir) | abi::passthrough_op(Opcode::Open));
+            // The kernel lists a directory that passes READDIR through
+            // itself, and sends READDIRPLUS (with the entries' backing ids)
+            // once the listed names are looked up (patch 0014), at the
+            // backing directory's offsets, which are ours. Its open stays
+            // here: READDIRPLUS on a handle, not on a fresh stream each.
+            // (After the probe, which learns the kernel's ops from the
+            // first mask it sees.)
+            usable &= !abi::passthrough_op(Opcode::Open);
         }
         let mut slot = inode.backing.lock();
         if slot.for_inode {

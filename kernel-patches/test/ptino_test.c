@@ -17,7 +17,9 @@
  *                               unpatched 7.46 that does not offer the flag
  *   ptino_test walk  [WORKDIR]  ino with READDIRPLUS and
  *                               FUSE_PASSTHROUGH_DIRENTPLUS: a cold walk
- *                               reaches the server as READDIRPLUS only
+ *                               reaches the server as READDIRPLUS only,
+ *                               and a directory passing READDIR through
+ *                               sends READDIRPLUS only for a stat walk
  *
  * Needs root, /dev/fuse and a kernel with CONFIG_FUSE_PASSTHROUGH.  Prints one
  * line per check; exits 0 only if every check holds.  WORKDIR (default
@@ -74,6 +76,7 @@ enum {
 #define FUSE_PASSTHROUGH_OPS	(1ULL << 44)
 #define FUSE_PASSTHROUGH_DIRENTPLUS (1ULL << 45)
 #define FUSE_DO_READDIRPLUS	(1u << 13)
+#define FUSE_READDIRPLUS_AUTO	(1u << 14)
 #define FOPEN_PASSTHROUGH	(1u << 7)
 #define FATTR_MODE		(1u << 0)
 #define FATTR_SIZE		(1u << 3)
@@ -211,12 +214,20 @@ static const struct policy policies[] = {
 	{ "w", 1, OP(GETATTR) | OP(STATX), 0, 3600 },
 	/* every entry of w (policy_of() maps w/NAME here) */
 	{ "w/*", 0, OP(GETATTR) | OP(STATX) | OP(OPEN) | OP(READ), 0, 3600 },
+	/* walk mode: a directory listed from its backing directory */
+	{ "v", 1, OP(GETATTR) | OP(STATX) | OP(READDIR), 0, 3600 },
+	{ "v/*", 0, OP(GETATTR) | OP(STATX), 0, 3600 },
+	/* walk mode: listed whole, then looked up (tar, scandir + stat) */
+	{ "x", 1, OP(GETATTR) | OP(STATX) | OP(READDIR), 0, 3600 },
+	{ "x/a", 1, OP(GETATTR) | OP(STATX) | OP(READDIR), 0, 3600 },
+	{ "x/b", 1, OP(GETATTR) | OP(STATX) | OP(READDIR), 0, 3600 },
+	{ "x/*/*", 0, OP(GETATTR) | OP(STATX), 0, 3600 },
 };
 #define NPOL (sizeof(policies) / sizeof(policies[0]))
 
 /* ---- state shared by the server (parent) and the client (child) */
 
-#define MAXNODE 64
+#define MAXNODE 128
 #define MAXOP 64
 
 struct node {
@@ -365,6 +376,10 @@ static int policy_of(int parent, const char *name)
 		return -1;
 	if (!strncmp(path, "w/", 2))
 		snprintf(path, sizeof(path), "w/*");
+	if (!strncmp(path, "v/", 2))
+		snprintf(path, sizeof(path), "v/*");
+	if (!strncmp(path, "x/a/", 4) || !strncmp(path, "x/b/", 4))
+		snprintf(path, sizeof(path), "x/*/*");
 	for (i = 0; i < NPOL; i++)
 		if (!strcmp(policies[i].path, path))
 			return i;
@@ -390,9 +405,13 @@ static void handle_init(uint64_t unique, const struct fuse_init_in *in)
 	if (sh->ino_mode)
 		want |= FUSE_PASSTHROUGH_OPS | FUSE_POSIX_ACL |
 			FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS;
-	/* every readdir is a READDIRPLUS (no FUSE_READDIRPLUS_AUTO) */
+	/*
+	 * READDIRPLUS when the kernel thinks it useful (w: at the start and
+	 * after lookups; v, which passes READDIR through: after lookups)
+	 */
 	if (sh->walk_mode)
-		want |= FUSE_DO_READDIRPLUS | FUSE_PASSTHROUGH_DIRENTPLUS;
+		want |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO |
+			FUSE_PASSTHROUGH_DIRENTPLUS;
 	want &= kflags;
 	sh->dirplus = !!(want & FUSE_PASSTHROUGH_DIRENTPLUS);
 
@@ -1978,6 +1997,138 @@ static void client_walk(void)
 	      bad > 0 ? sh->count[bad][FUSE_GETATTR] : 0);
 }
 
+/*
+ * v passes READDIR through.  A listing that does not look names up (find)
+ * is served from the backing directory: no READDIR, READDIRPLUS or LOOKUP.
+ * A listing that lstats each name (ls -l) looks up the first batch's names,
+ * then goes on with READDIRPLUS, whose entries come with their backing ids.
+ */
+static void client_walk_dir(void)
+{
+	unsigned int names = 0, same = 0, linked = 0, getattrs = 0;
+	unsigned int plus, lookups;
+	struct dirent *de;
+	struct stat a, b;
+	int i;
+	DIR *d;
+
+	d = opendir(m("v"));
+	if (!d) {
+		check(0, "opendir v: %s", strerror(errno));
+		return;
+	}
+	while ((de = readdir(d)))
+		names += de->d_name[0] != '.';
+	check(names == 40 && cnt("v", FUSE_READDIR) == 0 &&
+	      cnt("v", FUSE_READDIRPLUS) == 0 && cnt("v", FUSE_LOOKUP) == 0,
+	      "listing v without lookups: %u names, READDIR %u, READDIRPLUS %u, LOOKUP %u",
+	      names, cnt("v", FUSE_READDIR), cnt("v", FUSE_READDIRPLUS),
+	      cnt("v", FUSE_LOOKUP));
+
+	rewinddir(d);
+	names = 0;
+	while ((de = readdir(d))) {
+		char rel[64];
+
+		if (de->d_name[0] == '.')
+			continue;
+		names++;
+		snprintf(rel, sizeof(rel), "v/%.32s", de->d_name);
+		if (!lstat(m(rel), &a) && !lstat(s(rel), &b) &&
+		    same_stat(&a, &b) && a.st_ino == b.st_ino)
+			same++;
+	}
+	closedir(d);
+	plus = cnt("v", FUSE_READDIRPLUS);
+	lookups = cnt("v", FUSE_LOOKUP);
+	for (i = 2; i < MAXNODE; i++) {
+		struct node *n = &sh->nodes[i];
+
+		if (!n->used || n->pol < 0 ||
+		    strcmp(policies[n->pol].path, "v/*"))
+			continue;
+		linked++;
+		getattrs += sh->count[i][FUSE_GETATTR] +
+			    sh->count[i][FUSE_STATX];
+	}
+	check(names == 40 && same == names,
+	      "listing v with lstat: %u names, %u lstat equal to the source",
+	      names, same);
+	check(plus > 0 && lookups > 0 && lookups <= 6 && linked == names &&
+	      getattrs == 0,
+	      "listing v with lstat: LOOKUP %u (at most 6), then READDIRPLUS %u; %u entries linked, GETATTR/STATX %u",
+	      lookups, plus, linked, getattrs);
+	check(cnt("v", FUSE_READDIR) == 0,
+	      "listing v never sends READDIR (%u)", cnt("v", FUSE_READDIR));
+
+	/* warm: the entries are cached, v is listed from its backing dir */
+	d = opendir(m("v"));
+	names = 0;
+	while (d && (de = readdir(d))) {
+		char rel[64];
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(rel, sizeof(rel), "v/%.32s", de->d_name);
+		names += !lstat(m(rel), &a);
+	}
+	if (d)
+		closedir(d);
+	check(names == 40 && cnt("v", FUSE_READDIRPLUS) == plus &&
+	      cnt("v", FUSE_LOOKUP) == lookups,
+	      "listing v with lstat again (warm): %u names, READDIRPLUS %u, LOOKUP %u more",
+	      names, cnt("v", FUSE_READDIRPLUS) - plus,
+	      cnt("v", FUSE_LOOKUP) - lookups);
+}
+
+/* Lists DIR whole, then lstats each name; the names equal to the source */
+static unsigned int list_then_stat(const char *dir)
+{
+	char names[32][32], rel[80];
+	unsigned int n = 0, i, same = 0;
+	struct dirent *de;
+	struct stat a, b;
+	DIR *d = opendir(m(dir));
+
+	if (!d)
+		return 0;
+	while ((de = readdir(d)))
+		if (de->d_name[0] != '.' && n < 32)
+			snprintf(names[n++], sizeof(names[0]), "%.31s",
+				 de->d_name);
+	closedir(d);
+	for (i = 0; i < n; i++) {
+		snprintf(rel, sizeof(rel), "%.8s/%.31s", dir, names[i]);
+		if (!lstat(m(rel), &a) && !lstat(s(rel), &b) &&
+		    same_stat(&a, &b) && a.st_ino == b.st_ino)
+			same++;
+	}
+	return same == n ? n : 0;
+}
+
+/*
+ * A walk that lists a whole directory before it looks any name up gets
+ * no READDIRPLUS for it (LOOKUP per name), but the files it looked up mark
+ * the parent: the next sibling directory is listed with READDIRPLUS.
+ */
+static void client_walk_siblings(void)
+{
+	unsigned int n1, n2;
+
+	n1 = list_then_stat("x/a");
+	n2 = list_then_stat("x/b");
+	check(n1 == 20 && n2 == 20,
+	      "x/a, x/b listed whole, then lstat of each: %u and %u names equal to the source",
+	      n1, n2);
+	check(cnt("x/a", FUSE_LOOKUP) == 20 &&
+	      cnt("x/a", FUSE_READDIRPLUS) == 0,
+	      "x/a (the first directory of such a walk): LOOKUP %u, READDIRPLUS %u",
+	      cnt("x/a", FUSE_LOOKUP), cnt("x/a", FUSE_READDIRPLUS));
+	check(cnt("x/b", FUSE_LOOKUP) == 0 && cnt("x/b", FUSE_READDIRPLUS) > 0,
+	      "x/b (its sibling, listed next): LOOKUP %u, READDIRPLUS %u",
+	      cnt("x/b", FUSE_LOOKUP), cnt("x/b", FUSE_READDIRPLUS));
+}
+
 static void client(void)
 {
 	wait_for(&sh->init_done);
@@ -1986,6 +2137,8 @@ static void client(void)
 	wait_for(&sh->probe_done);
 	if (sh->walk_mode) {
 		client_walk();
+		client_walk_dir();
+		client_walk_siblings();
 	} else if (sh->ino_mode) {
 		client_ino();
 	} else {
@@ -2056,6 +2209,24 @@ static void make_tree(void)
 		put(rel, "walk\n");
 	}
 	put("w/bad", "walk\n");
+	mkdir(s("v"), 0755);
+	for (i = 0; i < 40; i++) {
+		char rel[16];
+
+		snprintf(rel, sizeof(rel), "v/f%02zu", i);
+		put(rel, "walk\n");
+	}
+	mkdir(s("x"), 0755);
+	mkdir(s("x/a"), 0755);
+	mkdir(s("x/b"), 0755);
+	for (i = 0; i < 20; i++) {
+		char rel[16];
+
+		snprintf(rel, sizeof(rel), "x/a/f%02zu", i);
+		put(rel, "walk\n");
+		snprintf(rel, sizeof(rel), "x/b/f%02zu", i);
+		put(rel, "walk\n");
+	}
 	if (set_acl(s("d/aclc"), 4, 1234, 4))
 		die("set ACL of d/aclc");
 	chmod(s("d/aclc"), 0640);

@@ -336,6 +336,11 @@ pub(crate) fn negotiate(
             flags.remove(drop);
         }
     }
+    for &(granted, missing, drop) in &wants.unless {
+        if flags.contains(granted) && !flags.contains(missing) {
+            flags.remove(drop);
+        }
+    }
     let mut max_stack_depth = wants.max_stack_depth;
     if flags.contains(InitFlags::PASSTHROUGH) {
         if max_stack_depth == 0 || max_stack_depth > 2 {
@@ -482,7 +487,9 @@ mod tests {
         assert!(n.has(InitFlags::PASSTHROUGH_OPS));
         assert!(!n.has(InitFlags::DO_READDIRPLUS) && !n.has(InitFlags::READDIRPLUS_AUTO));
         assert!(!n.has(InitFlags::PASSTHROUGH_DIRENTPLUS));
-        // 0013: every listing a READDIRPLUS with backing ids.
+        // 0013/0014: READDIRPLUS with backing ids, AUTO so that the kernel
+        // lists passthrough directories itself unless their names are
+        // looked up.
         let (n, out) = negotiate(
             &wants,
             &offer(v2 | InitFlags::PASSTHROUGH_DIRENTPLUS),
@@ -490,7 +497,7 @@ mod tests {
             4096,
         );
         assert!(n.has(InitFlags::PASSTHROUGH_DIRENTPLUS | InitFlags::DO_READDIRPLUS));
-        assert!(!n.has(InitFlags::READDIRPLUS_AUTO));
+        assert!(n.has(InitFlags::READDIRPLUS_AUTO));
         assert_eq!(out.flags2 & (1 << 13), 1 << 13);
         // The flag alone (no PASSTHROUGH_OPS) is never granted.
         let (n, _) = negotiate(

@@ -47,6 +47,9 @@ pub struct Wants {
     pub together: Vec<InitFlags>,
     /// `(a, b)`: when `a` is granted, `b` is not asked for.
     pub excludes: Vec<(InitFlags, InitFlags)>,
+    /// `(a, b, c)`: when `a` is granted but `b` is not, `c` is not asked
+    /// for (applied after `excludes`).
+    pub unless: Vec<(InitFlags, InitFlags, InitFlags)>,
     /// Largest WRITE (clamped to what the session's buffers take).
     pub max_write: u32,
     pub max_background: u16,
@@ -68,6 +71,7 @@ impl Default for Wants {
                 | InitFlags::INIT_EXT,
             together: Vec::new(),
             excludes: Vec::new(),
+            unless: Vec::new(),
             max_write: u32::MAX,
             max_background: 64,
             congestion_threshold: 48,

@@ -588,6 +588,19 @@ impl DirBuffer {
         self.append(d.as_bytes(), name, &[])
     }
 
+    /// Whether a READDIRPLUS record for `name` would still fit: checked
+    /// before the entry is looked up, so that the one that ends a full
+    /// reply costs no lookup (and backing id) given back at once.
+    pub fn fits_plus(&self, name: &[u8]) -> bool {
+        let tail = if self.backing {
+            std::mem::size_of::<abi::EntryBacking>()
+        } else {
+            0
+        };
+        let len = abi::dirent_align(std::mem::size_of::<abi::DirentPlus>() + name.len());
+        self.buf.len() + len + tail <= self.max
+    }
+
     /// Appends a READDIRPLUS record; `false` (and nothing appended) when full.
     /// An entry with a nodeid hands the kernel one lookup count (given back
     /// if the reply is lost).
@@ -663,6 +676,11 @@ mod tests {
         };
         assert!(b.push_plus(&e, 5, 8, b"file"));
         assert_eq!(b.as_bytes().len(), abi::dirent_align(152 + 4));
+        // without backing ids, exactly one more record of that size fits
+        let mut full = DirBuffer::new(2 * abi::dirent_align(152 + 4));
+        assert!(full.push_plus(&e, 5, 8, b"file"));
+        assert!(full.fits_plus(b"file") && full.push_plus(&e, 6, 8, b"file"));
+        assert!(!full.fits_plus(b"f"));
         let (d, _) = abi::DirentPlus::read_from_prefix(b.as_bytes()).unwrap();
         assert_eq!(d.entry_out.nodeid, NodeId::from_raw(9));
         assert_eq!(d.dirent.ino, 77);
@@ -680,6 +698,7 @@ mod tests {
             backing_id: BackingId::from_raw(42),
             ..Default::default()
         };
+        assert!(b.fits_plus(b"file1"));
         assert!(b.push_plus(&e, 1, 8, b"file1"));
         assert_eq!(b.as_bytes().len(), rec + 8);
         let (bk, _) = abi::EntryBacking::read_from_prefix(&b.as_bytes()[rec..]).unwrap();
@@ -688,7 +707,9 @@ mod tests {
         // the second record starts 8-aligned after the first one's backing
         let (d, _) = abi::DirentPlus::read_from_prefix(&b.as_bytes()[rec + 8..]).unwrap();
         assert_eq!(d.dirent.off, 2);
-        // 8 bytes left: not enough for a third record
+        // 8 bytes left: not enough for a third record, as fits_plus says
+        // before the entry is looked up
+        assert!(!b.fits_plus(b"file3"));
         assert!(!b.push_plus(&e, 3, 8, b"file3"));
         assert_eq!(b.as_bytes().len(), 2 * (rec + 8));
         assert_eq!(b.lookups, vec![NodeId::from_raw(9), NodeId::from_raw(9)]);

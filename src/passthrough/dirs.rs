@@ -74,6 +74,9 @@ impl PassthroughFs {
         off: u64,
         volatile: bool,
     ) -> Result<bool, Errno> {
+        if !out.fits_plus(name) {
+            return Ok(false);
+        }
         let mut e = self.dirent_plus(dir, name, ino, typ)?;
         if volatile {
             e.entry_ttl = std::time::Duration::ZERO;

@@ -428,24 +428,20 @@ impl Filesystem for PassthroughFs {
                 .push((InitFlags::PASSTHROUGH, InitFlags::WRITEBACK_CACHE));
             if self.cfg.policy.wants_inode_passthrough() {
                 w.flags |= InitFlags::PASSTHROUGH_INO;
-                // With FUSE_PASSTHROUGH_DIRENTPLUS (patch 0013) READDIRPLUS
-                // entries carry their backing ids: a cold walk is a few
-                // READDIRPLUS per directory. Every listing is then a
-                // READDIRPLUS (no AUTO: the kernel would switch to READDIR
-                // after the first batch, as no LOOKUP or GETATTR advises
-                // otherwise). Without it, READDIRPLUS entries would have no
-                // backing: let every entry come through LOOKUP instead. The
-                // excludes apply in order: AUTO is still granted here only if
-                // DIRENTPLUS is not.
+                // With FUSE_PASSTHROUGH_DIRENTPLUS (patches 0013, 0014)
+                // READDIRPLUS entries carry their backing ids, and with
+                // READDIRPLUS_AUTO the kernel lists a directory that passes
+                // READDIR through from its backing directory (no request per
+                // entry: `find`), and asks for READDIRPLUS only once the
+                // listed names are looked up (a stat walk: a few READDIRPLUS
+                // per directory). Without it, READDIRPLUS entries would have
+                // no backing: let every entry come through LOOKUP instead.
                 if self.cfg.readdirplus {
                     w.flags |= InitFlags::PASSTHROUGH_DIRENTPLUS;
                 }
-                w.excludes.push((
+                w.unless.push((
+                    InitFlags::PASSTHROUGH_INO,
                     InitFlags::PASSTHROUGH_DIRENTPLUS,
-                    InitFlags::READDIRPLUS_AUTO,
-                ));
-                w.excludes.push((
-                    InitFlags::PASSTHROUGH_INO | InitFlags::READDIRPLUS_AUTO,
                     InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO,
                 ));
                 // Files opened from their backing file have no handle here
