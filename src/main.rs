@@ -649,89 +649,117 @@ fn wait_init(
 /// host's namespace (see `sandbox.rs`); the child enters the sandbox and
 /// serves.
 fn serve_sandboxed(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Result<()> {
-    use passthroughfs::fuse::session::Channels;
-    use passthroughfs::sandbox;
-    let Plan {
-        src,
-        mnt,
-        parsed,
-        policy: pol,
-        media,
-    } = plan;
-    let (limit, fd_cache, depth) = prepare_process(cli, &src);
-    let threads = worker_count(cli);
+    let (limit, fd_cache, depth) = prepare_process(cli, &plan.src);
     block_daemon_signals();
-    let (dev, mount) = passthroughfs::fuse::mount::mount(&mnt, &parsed.mount)
-        .map_err(|e| mount_failed(&mnt, e))?;
-    let null = if foreground { None } else { open_null() };
+    let (dev, mount) = passthroughfs::fuse::mount::mount(&plan.mnt, &plan.parsed.mount)
+        .map_err(|e| mount_failed(&plan.mnt, e))?;
+    // Until the fork, a failure unmounts what was just mounted.
+    let fail = |mount: passthroughfs::fuse::mount::Mount, e: anyhow::Error| {
+        let _ = mount.unmount(true);
+        Err(e)
+    };
     let (stats_rx, stats_tx): (OwnedFd, OwnedFd) = match pipe2(OFlag::O_CLOEXEC) {
         Ok(p) => p,
-        Err(e) => {
-            let _ = mount.unmount(true);
-            return Err(std::io::Error::from(e)).context("pipe");
-        }
+        Err(e) => return fail(mount, anyhow::Error::from(e).context("pipe")),
     };
     // Callers' groups (without default_permissions) come from the
     // supervisor, which can still read /proc/PID/status.
     let (groups_here, groups_there) = match std::os::unix::net::UnixStream::pair() {
         Ok(p) => p,
-        Err(e) => {
-            let _ = mount.unmount(true);
-            return Err(e).context("socketpair");
-        }
+        Err(e) => return fail(mount, anyhow::Error::from(e).context("socketpair")),
     };
     let supervisor = nix::unistd::getpid();
     // Still single-threaded (no worker exists yet).
-    let forked = match fork() {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = mount.unmount(true);
-            return Err(e).context("fork");
+    match fork() {
+        Err(e) => fail(mount, anyhow::Error::from(e).context("fork")),
+        Ok(Forked::Parent(child)) => {
+            // The supervisor holds no /dev/fuse fd (the kernel ends the
+            // session when the sandboxed process dies) and no write end.
+            drop((dev, stats_tx, groups_there, ready.write.take()));
+            run_supervisor(cli, child, mount, stats_rx, groups_here, foreground)
         }
-    };
-    if let Forked::Parent(child) = forked {
-        // The supervisor: holds no /dev/fuse fd (the kernel ends the
-        // session when the sandboxed process dies) and no write end.
-        drop(dev);
-        drop(stats_tx);
-        drop(groups_there);
-        drop(ready.write.take());
-        // Absolute, so the supervisor can leave its cwd like any daemon.
-        let stats_path = cli.stats.as_ref().map(|p| {
-            std::env::current_dir()
-                .map(|d| d.join(p))
-                .unwrap_or_else(|_| p.clone())
-        });
-        if !foreground {
-            detach_stdio();
+        Ok(Forked::Child) => {
+            // The sandboxed process: dies with its supervisor (as a killed
+            // daemon); the supervisor unmounts.
+            drop((stats_rx, groups_here));
+            std::mem::forget(mount);
+            credentials::groups_from_supervisor(groups_there);
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            if nix::unistd::getppid() != supervisor {
+                std::process::exit(1);
+            }
+            let sandboxed = Sandboxed {
+                dev,
+                stats_tx,
+                limit,
+                fd_cache,
+                depth,
+            };
+            run_sandboxed_daemon(cli, plan, sandboxed, ready, foreground)
         }
-        info!("sandboxed daemon is pid {child}");
-        let code = sandbox::supervise(child, mount, stats_rx, groups_here, stats_path);
-        return match code {
-            0 => Ok(()),
-            _ => std::process::exit(code.clamp(1, 255)),
-        };
     }
-    // The sandboxed process: dies with its supervisor (as a killed daemon).
-    drop(stats_rx);
-    drop(groups_here);
-    credentials::groups_from_supervisor(groups_there);
-    std::mem::forget(mount); // the supervisor unmounts
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    if nix::unistd::getppid() != supervisor {
-        std::process::exit(1);
+}
+
+/// The supervisor's side of `--sandbox`: relays signals and stats, waits
+/// for the sandboxed daemon and unmounts.
+fn run_supervisor(
+    cli: &Cli,
+    child: nix::unistd::Pid,
+    mount: passthroughfs::fuse::mount::Mount,
+    stats_rx: OwnedFd,
+    groups_here: std::os::unix::net::UnixStream,
+    foreground: bool,
+) -> Result<()> {
+    // Absolute, so the supervisor can leave its cwd like any daemon.
+    let stats_path = cli.stats.as_ref().map(|p| {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.clone())
+    });
+    if !foreground {
+        detach_stdio();
     }
-    let channels = Channels::open(dev, threads).context("cannot open /dev/fuse channels")?;
-    sandbox::enter_namespace(&src).context("--sandbox")?;
+    info!("sandboxed daemon is pid {child}");
+    let code = passthroughfs::sandbox::supervise(child, mount, stats_rx, groups_here, stats_path);
+    match code {
+        0 => Ok(()),
+        _ => std::process::exit(code.clamp(1, 255)),
+    }
+}
+
+/// What the sandboxed process takes over from the set-up before the fork.
+struct Sandboxed {
+    dev: OwnedFd,
+    stats_tx: OwnedFd,
+    limit: u64,
+    fd_cache: usize,
+    depth: u32,
+}
+
+/// The sandboxed daemon: enters its namespace, drops capabilities, installs
+/// the seccomp filter, then serves /dev/fuse until unmounted or signalled.
+fn run_sandboxed_daemon(
+    cli: &Cli,
+    plan: Plan,
+    sb: Sandboxed,
+    ready: &mut Readiness,
+    foreground: bool,
+) -> Result<()> {
+    use passthroughfs::fuse::session::Channels;
+    use passthroughfs::sandbox;
+    let threads = worker_count(cli);
+    let null = if foreground { None } else { open_null() };
+    let channels = Channels::open(sb.dev, threads).context("cannot open /dev/fuse channels")?;
+    sandbox::enter_namespace(&plan.src).context("--sandbox")?;
     sandbox::close_inherited_dirs().context("--sandbox")?;
     let cfg = daemon_config(
         cli,
         PathBuf::from("/"),
-        &parsed,
-        depth,
-        fd_cache,
-        pol,
-        media,
+        &plan.parsed,
+        sb.depth,
+        sb.fd_cache,
+        plan.policy,
+        plan.media,
     );
     let fs = Arc::new(PassthroughFs::new(cfg).map_err(|e| anyhow!("SOURCE {e}"))?);
     let keep: Vec<u32> = sandbox::kept_capabilities(!cli.nopassthrough)
@@ -742,7 +770,7 @@ fn serve_sandboxed(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: boo
     let insns = sandbox::install_seccomp().context("--sandbox")?;
     info!(
         "sandbox: root {}, capabilities {caps:#x}, seccomp allowlist of {} syscalls ({insns} BPF instructions, others kill the process)",
-        src.display(),
+        plan.src.display(),
         sandbox::allowlist_len()
     );
     let sopts = SessionOptions {
@@ -755,7 +783,7 @@ fn serve_sandboxed(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: boo
         // sandboxed daemon serves /dev/fuse.
         uring_depth: 0,
     };
-    if parsed.io_uring == Some(true) || cli.io_uring {
+    if plan.parsed.io_uring == Some(true) || cli.io_uring {
         info!("--sandbox: io_uring is not allowed in the sandbox; serving /dev/fuse");
     }
     let session = Session::from_channels(fs.clone(), channels, sopts);
@@ -764,15 +792,15 @@ fn serve_sandboxed(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: boo
     wait_init(&conn, &running)?;
     info!(
         "{} mounted at {} ({} workers, fd limit {}, fd cache {}, sandboxed)",
-        src.display(),
-        mnt.display(),
+        plan.src.display(),
+        plan.mnt.display(),
         threads,
-        limit,
-        fd_cache
+        sb.limit,
+        sb.fd_cache
     );
     ready.report(Ok(()));
     stdio_to(null.as_ref());
-    let stats_tx = std::fs::File::from(stats_tx);
+    let stats_tx = std::fs::File::from(sb.stats_tx);
     let send = |fs: &PassthroughFs| {
         if let Some(j) = stats::json(fs) {
             sandbox::send_stats(&stats_tx, &j);

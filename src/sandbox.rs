@@ -285,10 +285,34 @@ const CLONE_FORBIDDEN: u32 = (libc::CLONE_NEWNS
 /// time and the /dev/fuse channels. No exec, mount, namespace, ptrace,
 /// bpf, module, reboot, socket or keyring call is in it.
 fn allowlist() -> Vec<Rule> {
+    let mut v = file_rules();
+    v.extend(process_rules());
+    // Legacy calls glibc and std still make on x86_64.
+    #[cfg(target_arch = "x86_64")]
+    {
+        use libc::*;
+        use Rule::*;
+        v.extend([
+            Any(SYS_open),
+            Any(SYS_stat),
+            Any(SYS_lstat),
+            Any(SYS_readlink),
+            Any(SYS_access),
+            Any(SYS_poll),
+            Any(SYS_getdents),
+            Any(SYS_arch_prctl),
+            Any(SYS_dup2),
+            Any(SYS_renameat),
+        ]);
+    }
+    v
+}
+
+/// The ops' calls: I/O, files by fd and single names, xattrs, FUSE ioctls.
+fn file_rules() -> Vec<Rule> {
     use libc::*;
-    let getpid = || nix::unistd::getpid().as_raw();
     use Rule::*;
-    let mut v = vec![
+    vec![
         // I/O on open files, /dev/fuse and splice pipes.
         Any(SYS_read),
         Any(SYS_write),
@@ -353,6 +377,15 @@ fn allowlist() -> Vec<Rule> {
         Any(SYS_lremovexattr),
         Any(SYS_fremovexattr),
         ArgIn(SYS_ioctl, 1, IOCTLS.to_vec()),
+    ]
+}
+
+/// Credentials, threads, memory, signals and time.
+fn process_rules() -> Vec<Rule> {
+    use libc::*;
+    use Rule::*;
+    let getpid = || nix::unistd::getpid().as_raw();
+    vec![
         // Credentials, per thread.
         Any(SYS_setresuid),
         Any(SYS_setresgid),
@@ -401,22 +434,7 @@ fn allowlist() -> Vec<Rule> {
         Any(SYS_ppoll),
         Any(SYS_prlimit64),
         ArgIn(SYS_prctl, 0, PRCTL_OPS.to_vec()),
-    ];
-    // Legacy calls glibc and std still make on x86_64.
-    #[cfg(target_arch = "x86_64")]
-    v.extend([
-        Any(SYS_open),
-        Any(SYS_stat),
-        Any(SYS_lstat),
-        Any(SYS_readlink),
-        Any(SYS_access),
-        Any(SYS_poll),
-        Any(SYS_getdents),
-        Any(SYS_arch_prctl),
-        Any(SYS_dup2),
-        Any(SYS_renameat),
-    ]);
-    v
+    ]
 }
 
 /// Number of syscalls the filter lets through (some with argument checks).

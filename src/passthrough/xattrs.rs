@@ -42,10 +42,19 @@ impl XattrOps for PassthroughFs {
         name: &CStr,
         size: u32,
     ) -> Result<Xattr, Errno> {
-        self.xattr_query(ctx, nodeid, size, |fd, buf| {
+        let acl = name.to_bytes().starts_with(b"system.posix_acl_");
+        match self.xattr_query(ctx, nodeid, size, |fd, buf| {
             crate::sandbox::forbidden_syscall_hook(name, buf)
                 .unwrap_or_else(|| sys::getxattr(fd, name, buf))
-        })
+        }) {
+            // With FUSE_POSIX_ACL the kernel asks for the ACL before it
+            // lets anyone but the owner in, and takes only ENODATA for "no
+            // ACL": a SOURCE (or submount) without ACL support answers
+            // EOPNOTSUPP, which would deny every such caller. Setting an
+            // ACL there still fails with EOPNOTSUPP.
+            Err(Errno::ENOTSUP) if acl => Err(Errno::ENODATA),
+            r => r,
+        }
     }
 
     fn listxattr(&self, ctx: &Context, nodeid: NodeId, size: u32) -> Result<Xattr, Errno> {
