@@ -481,6 +481,12 @@ echo
 echo "results: $results"
 echo "  $(count pass) pass, $(count fail) fail, $(count notrun) not run (of $(wc -l < "$results"))"
 [ -n "$failed" ] && echo "  first lines of each failure: $failures"
+# Which transport carried each mount, from the statistics each daemon logs at
+# unmount ("transport": {"mode": "uring"|"dev"}): FUSE-over-io_uring depends
+# on /sys/module/fuse/parameters/enable_uring, which anyone may flip mid-run.
+echo "  transport of the $(grep -c '"transport": {' "$PASSTHROUGHFS_LOG") daemons:" \
+    "$(awk '/"transport": \{/ { t = 1; next } t && /"mode":/ { gsub(/[",]/, "", $2); n[$2]++; t = 0 }
+            END { for (m in n) { printf "%s%d %s", sep, n[m], m; sep = ", " } }' "$PASSTHROUGHFS_LOG")"
 
 # --- compare with the expected list ---
 expected="$here/expected/$mode.txt"
