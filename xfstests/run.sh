@@ -177,12 +177,16 @@ if [ "$uml" = 1 ]; then
         export PTFS_UML_UBD="$img"
         args+=(--source-dev /dev/ubda)
     fi
+    # Read-write inside: the outputs, and fstests' own tree (a few tests,
+    # generic/035 ..., link their expected output in tests/ as they run).
     rw="${PTFS_UML_RW-$([ -d /work ] && echo /work)}"
-    covered=0
-    for d in $rw; do
-        case "$outdir/" in "${d%/}"/*) covered=1 ;; esac
+    for want in "$outdir" "$FSTESTS_DIR"; do
+        covered=0
+        for d in $rw; do
+            case "$want/" in "${d%/}"/*) covered=1 ;; esac
+        done
+        [ "$covered" = 1 ] || rw="${rw:+$rw }$want"
     done
-    [ "$covered" = 1 ] || rw="${rw:+$rw }$outdir"
     export PTFS_UML_RW="$rw"
     export PTFS_UML_PASSENV="${PTFS_UML_PASSENV:+$PTFS_UML_PASSENV }FSTESTS_DIR FSTESTS_COMMIT PASSTHROUGHFS_BIN PASSTHROUGHFS_MASKS"
     export PTFS_UML_MEM="${PTFS_UML_MEM:-4G}"
