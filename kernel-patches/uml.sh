@@ -27,6 +27,10 @@
 #                     spaces (default "/work" if it exists); the rest of the
 #                     host root is read-only
 #   PTFS_UML_PASSENV  names of environment variables passed to CMD
+#   PTFS_UML_UBD      disk image files attached as block devices (UML's
+#                     ubdN=FILE), separated by spaces: the first is /dev/ubda
+#                     inside, the second /dev/ubdb ... (at most 16; paths
+#                     without spaces, commas or colons)
 #   PTFS_UML_VERBOSE  1: show the UML console after each run
 #
 # Inside, CMD runs as root with /proc, /sys, /dev (devtmpfs, with /dev/fuse)
@@ -236,7 +240,8 @@ cmd_build() {
 
 # Boot a kernel and run a command inside; prints its output, returns its status
 cmd_run() {
-	local flavor=${1:-} kernel res init rw d v q pid status rc
+	local flavor=${1:-} kernel res init rw d v q pid status rc f
+	local -a ubd=()
 
 	shift || true
 	[ "${1:-}" = "--" ] && shift
@@ -251,6 +256,13 @@ cmd_run() {
 	init=$res/init.sh
 	rw=${PTFS_UML_RW-}
 	[ -z "${PTFS_UML_RW+x}" ] && [ -d /work ] && rw=/work
+	# Block devices: ubd0=FILE is /dev/ubda inside (the root stays hostfs)
+	for f in ${PTFS_UML_UBD:-}; do
+		case "$f" in *,*|*:*) die "PTFS_UML_UBD: '$f': no commas or colons (ubd separators)" ;; esac
+		[ -f "$f" ] || [ -b "$f" ] || die "PTFS_UML_UBD: '$f' is not a file or block device"
+		[ ${#ubd[@]} -lt 16 ] || die "PTFS_UML_UBD: at most 16 devices"
+		ubd+=("ubd${#ubd[@]}=$f")
+	done
 
 	{
 		echo '#!/bin/bash'
@@ -277,7 +289,7 @@ cmd_run() {
 
 	# The UML process and its helpers run in their own session
 	set +e
-	setsid -w timeout -k 10 "$TIMEOUT" "$kernel" mem="$MEM" rootfstype=hostfs \
+	setsid -w timeout -k 10 "$TIMEOUT" "$kernel" mem="$MEM" "${ubd[@]}" rootfstype=hostfs \
 		rootflags=/ ro init="$init" con=null con0=null,fd:1 \
 		< /dev/null > "$res/console" 2>&1 &
 	pid=$!
@@ -337,7 +349,7 @@ run) shift; cmd_run "$@" ;;
 test) cmd_test ;;
 clean) rm -rf "$CACHE" ;;
 *)
-	sed -n '3,35p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '3,39p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac

@@ -18,10 +18,13 @@
 #               on whatever holds the work directory
 #   -U          run inside the patched User-Mode Linux kernel
 #               (kernel-patches/uml.sh run patched): users and checks on the
-#               host, then this script again inside, with SOURCE on a tmpfs
-#               (default -S tmpfs:2G; dir also works, ext4/xfs do not: no
-#               loop devices) and the helper in a /sbin of its own. Outputs
-#               in $PASSTHROUGHFS_WORK/uml-MODE on the host.
+#               host, then this script again inside, and the helper in a
+#               /sbin of its own. SOURCE: -S ext4:SIZE (the default,
+#               ext4:8G) is an image made on the host (mkfs.ext4) and
+#               attached to UML as the block device /dev/ubda, mounted inside
+#               (no loop devices in UML; no XFS in its kernel); tmpfs:SIZE
+#               and dir also work. Outputs (and source.img) in
+#               $PASSTHROUGHFS_WORK/uml-MODE on the host.
 #
 # Environment: FSTESTS_DIR (required), PASSTHROUGHFS_BIN (default: this
 # repository's target/release/passthroughfs), PASSTHROUGHFS_WORK (default
@@ -48,6 +51,7 @@ keep=0
 source_fs="${PASSTHROUGHFS_SOURCE_FS:-}"
 uml=0          # -U: on the host, run inside the patched UML kernel
 inside=""      # --in-uml DIR (given by -U): inside UML, outputs to DIR
+source_dev=""  # --source-dev DEV (given by -U): inside UML, SOURCE's block device
 while [ $# -gt 0 ]; do
     case "$1" in
         -O) [ $# -ge 2 ] || usage; extra_opts="$2"; shift 2 ;;
@@ -56,6 +60,7 @@ while [ $# -gt 0 ]; do
         -S) [ $# -ge 2 ] || usage; source_fs="$2"; shift 2 ;;
         -U) uml=1; shift ;;
         --in-uml) [ $# -ge 2 ] || usage; inside="$2"; shift 2 ;;
+        --source-dev) [ $# -ge 2 ] || usage; source_dev="$2"; shift 2 ;;
         -h|--help) usage 0 ;;
         --) shift; break ;;
         -*) die "unknown option $1 (options go before MODE)" ;;
@@ -74,14 +79,21 @@ case "$mode" in
     masks)         mode_opts="--passthrough-ops ${PASSTHROUGHFS_MASKS:-all}" ;;
     *) die "unknown mode '$mode' (default, nopassthrough, direct-io, nocache, masks)" ;;
 esac
+source_fs="${source_fs:-ext4:8G}"
 if [ "$uml" = 1 ] || [ -n "$inside" ]; then
-    source_fs="${source_fs:-tmpfs:2G}"
     case "$source_fs" in
-        ext4:*|xfs:*) die "-S $source_fs: no loop devices inside UML (-S tmpfs:SIZE or dir)" ;;
+        xfs:*) die "-S $source_fs: the UML kernel has no XFS (-S ext4:SIZE, tmpfs:SIZE or dir)" ;;
     esac
     [ "$keep" = 0 ] || die "-k: nothing is kept from one UML run to the next"
 fi
-source_fs="${source_fs:-ext4:8G}"
+if [ -n "$inside" ]; then
+    case "$source_fs" in
+        ext4:*) [ -b "$source_dev" ] || die "-S $source_fs inside UML: no block device (--source-dev '$source_dev')" ;;
+        *) [ -z "$source_dev" ] || die "--source-dev is for -S ext4:SIZE" ;;
+    esac
+elif [ -n "$source_dev" ]; then
+    die "--source-dev is for run.sh -U, inside UML"
+fi
 case "$source_fs" in
     dir|tmpfs:[0-9]*) ;;
     ext4:[0-9]*|xfs:[0-9]*) command -v "mkfs.${source_fs%%:*}" >/dev/null || die "mkfs.${source_fs%%:*} missing" ;;
@@ -93,6 +105,24 @@ if [ -n "$inside" ]; then
 fi
 
 [ "$(id -u)" = 0 ] || die "fstests needs root"
+
+# What fstests' tests run (its README's list, less the build-only packages;
+# fstests itself is built beforehand, see README.md). Inside UML /usr is the
+# host's: the host side of -U installs them.
+if [ -z "$inside" ]; then
+    need=""
+    for p in acl attr bc dbench e2fsprogs fio gawk libcap2-bin psmisc python3 quota \
+             util-linux uuid-runtime xfsprogs; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need="$need $p"
+    done
+    if [ -n "$need" ]; then
+        command -v apt-get >/dev/null || die "missing packages:$need (not Debian: install them)"
+        echo "$prog: installing$need"
+        apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null ||
+            die "cannot install$need"
+    fi
+fi
 FSTESTS_DIR="${FSTESTS_DIR:-}"
 [ -n "$FSTESTS_DIR" ] || die "set FSTESTS_DIR to an fstests checkout you have built (make)"
 FSTESTS_DIR="$(cd "$FSTESTS_DIR" 2>/dev/null && pwd)" || die "FSTESTS_DIR: no such directory"
@@ -132,22 +162,37 @@ if [ "$uml" = 1 ]; then
     exec 9>"$outdir/.lock" || die "cannot open $outdir/.lock"
     flock -n 9 || die "another run.sh -U $mode is running (lock $outdir/.lock)"
     rm -rf "$outdir/fstests-results"
-    rm -f "$outdir"/{run.info,check.out,results.txt,failures.txt,expected-candidate.txt,daemon.log,passthroughfs}
+    rm -f "$outdir"/{run.info,check.out,results.txt,failures.txt,expected-candidate.txt,daemon.log,passthroughfs,source.img}
     # The binary is copied for the run, as below.
     cp "$bin" "$outdir/passthroughfs" || die "cannot copy $bin"
+    args=(--in-uml "$outdir" -S "$source_fs")
+    # SOURCE on ext4: a fresh image, made here (the host's mkfs.ext4) and
+    # attached to UML as its first block device, /dev/ubda (uml.sh's
+    # PTFS_UML_UBD); run.sh mounts it inside. It stays in $outdir after the
+    # run (e2fsck -fn can check it) and is replaced by the next one.
+    if [ "${source_fs%%:*}" = ext4 ]; then
+        img="$outdir/source.img"
+        truncate -s "${source_fs#*:}" "$img" || die "cannot create $img"
+        mkfs.ext4 -q -F "$img" || die "mkfs.ext4 $img failed"
+        export PTFS_UML_UBD="$img"
+        args+=(--source-dev /dev/ubda)
+    fi
+    # Read-write inside: the outputs, and fstests' own tree (a few tests,
+    # generic/035 ..., link their expected output in tests/ as they run).
     rw="${PTFS_UML_RW-$([ -d /work ] && echo /work)}"
-    covered=0
-    for d in $rw; do
-        case "$outdir/" in "${d%/}"/*) covered=1 ;; esac
+    for want in "$outdir" "$FSTESTS_DIR"; do
+        covered=0
+        for d in $rw; do
+            case "$want/" in "${d%/}"/*) covered=1 ;; esac
+        done
+        [ "$covered" = 1 ] || rw="${rw:+$rw }$want"
     done
-    [ "$covered" = 1 ] || rw="${rw:+$rw }$outdir"
     export PTFS_UML_RW="$rw"
     export PTFS_UML_PASSENV="${PTFS_UML_PASSENV:+$PTFS_UML_PASSENV }FSTESTS_DIR FSTESTS_COMMIT PASSTHROUGHFS_BIN PASSTHROUGHFS_MASKS"
     export PTFS_UML_MEM="${PTFS_UML_MEM:-4G}"
     export PTFS_UML_TIMEOUT="${PTFS_UML_TIMEOUT:-10800}"
     export FSTESTS_DIR PASSTHROUGHFS_BIN="$outdir/passthroughfs"
     export FSTESTS_COMMIT="${FSTESTS_COMMIT:-$(git -C "$FSTESTS_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
-    args=(--in-uml "$outdir" -S "$source_fs")
     [ -n "$extra_opts" ] && args+=(-O "$extra_opts")
     echo "$prog: inside the patched UML kernel $kernel (mem $PTFS_UML_MEM, timeout $PTFS_UML_TIMEOUT s)"
     echo "$prog: outputs in $outdir (progress: tail -f $outdir/check.out); the rest prints at the end"
@@ -321,6 +366,9 @@ if [ "$source_fs" != dir ]; then
         [ "$keep" = 0 ] || echo "$prog: -k: a new tmpfs has nothing to keep" >&2
         mount -t tmpfs -o "size=${source_fs#*:},mode=755" passthroughfs-source "$srcfs" ||
             die "cannot mount a tmpfs on $srcfs"
+    elif [ -n "$source_dev" ]; then
+        # Inside UML: the image -U made on the host, as a ubd block device.
+        mount -t "$fs" "$source_dev" "$srcfs" || die "cannot mount $source_dev ($fs) on $srcfs"
     else
         if [ "$keep" = 0 ] || [ ! -f "$img" ]; then
             rm -f "$img"
@@ -387,6 +435,8 @@ out="$outdir/check.out"
         echo "source:   directories on $(findmnt -rn -o FSTYPE -T "$test_src") ($(findmnt -rn -o SOURCE -T "$test_src"))"
     elif [ "${source_fs%%:*}" = tmpfs ]; then
         echo "source:   $source_fs on $srcfs"
+    elif [ -n "$source_dev" ]; then
+        echo "source:   $source_fs image $outdir/source.img (host), block device $source_dev in UML, on $srcfs ($(findmnt -rn -o OPTIONS --mountpoint "$srcfs"))"
     else
         echo "source:   $source_fs image $img on $srcfs"
     fi
@@ -435,6 +485,12 @@ echo
 echo "results: $results"
 echo "  $(count pass) pass, $(count fail) fail, $(count notrun) not run (of $(wc -l < "$results"))"
 [ -n "$failed" ] && echo "  first lines of each failure: $failures"
+# Which transport carried each mount, from the statistics each daemon logs at
+# unmount ("transport": {"mode": "uring"|"dev"}): FUSE-over-io_uring depends
+# on /sys/module/fuse/parameters/enable_uring, which anyone may flip mid-run.
+echo "  transport of the $(grep -c '"transport": {' "$PASSTHROUGHFS_LOG") daemons:" \
+    "$(awk '/"transport": \{/ { t = 1; next } t && /"mode":/ { gsub(/[",]/, "", $2); n[$2]++; t = 0 }
+            END { for (m in n) { printf "%s%d %s", sep, n[m], m; sep = ", " } }' "$PASSTHROUGHFS_LOG")"
 
 # --- compare with the expected list ---
 expected="$here/expected/$mode.txt"
