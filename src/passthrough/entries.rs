@@ -206,7 +206,7 @@ impl PassthroughFs {
             .as_caller(ctx, false)
             .and_then(|_g| sys::unlinkat(pfd.fd(), name, flags).map_err(Errno::from));
         if let Some(v) = victim {
-            self.table.settle_victim(v);
+            self.table.settle_victim(v, r.is_ok());
         }
         r?;
         self.media_event(ctx, "delete", &p, name, None);
@@ -258,7 +258,7 @@ impl PassthroughFs {
                 sys::renameat2(pfd.fd(), name, npfd.fd(), newname, flags).map_err(Errno::from)
             });
         if let Some(v) = victim {
-            self.table.settle_victim(v);
+            self.table.settle_victim(v, r.is_ok());
         }
         r?;
         self.media_event(ctx, "rename", &p, name, Some((&np, newname)));
