@@ -139,9 +139,9 @@ fn forgets_gather_into_batches_over_the_ring_and_none_is_lost() {
             + s["requests"]["BATCH_FORGET"].as_u64().unwrap_or(0)
     };
     let s0 = m.stats();
-    // Create, write, close, remove, file after file (bench_tool's
-    // create-unlink): each removal makes the kernel drop an inode and queue
-    // a FORGET, between requests that travel over the ring.
+    // Create, write, close, remove, file after file: each removal makes
+    // the kernel drop an inode and queue a FORGET, between requests that
+    // travel over the ring (a tight loop of removals alone batches anyway).
     for i in 0..N {
         let p = m.m(&format!("f{i}"));
         fs::write(&p, b"x").unwrap();
