@@ -1,8 +1,8 @@
 //! The inode table: nodeid -> inode, and (st_dev, st_ino) -> nodeid so hard
 //! links share one inode.
 //!
-//! Design for more inodes than file descriptors: every inode keeps a file
-//! handle, and its O_PATH fd is only a cache. The table holds at most
+//! Design for more inodes than file descriptors: an inode's O_PATH fd is
+//! only a cache, backed by a file handle. The table holds at most
 //! `capacity` such fds; past that a clock sweep closes the fds of inodes
 //! that are idle (not in use by a request, not open, with a handle), and
 //! they are reopened with `open_by_handle_at` when next used. Inodes on a
@@ -15,6 +15,12 @@
 //! through the mount. A change made on SOURCE directly is seen at the next
 //! lookup of the name (the kernel revalidates its entries by lookups).
 //!
+//! Directories get their handle when they enter the table (the first
+//! directory seen on a mount registers that mount for `open_by_handle_at`);
+//! other inodes only when the sweep is about to close their fd, from that
+//! still-open fd: most files (created, listed, removed) never lose their fd,
+//! and `name_to_handle_at` was one syscall per new inode.
+//!
 //! nodeids come from a counter and are never reused, so the generation is
 //! always 0. Lookup counts follow the kernel's: +1 per entry reply, -n per
 //! FORGET; an inode whose count reached 0 is never revived (a racing lookup
@@ -24,10 +30,10 @@ use std::collections::VecDeque;
 use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use crate::fasthash::FastMap;
 use dashmap::mapref::entry::Entry as MapEntry;
-use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::file_handle::{FileHandle, MountFds};
@@ -113,7 +119,10 @@ pub struct Inode {
     pub nodeid: NodeId,
     pub key: InodeKey,
     pub kind: Kind,
-    handle: Option<FileHandle>,
+    /// Set once: at insertion for directories (and the root), else when the
+    /// fd is first evicted. `Some(None)`: the filesystem gave no handle, so
+    /// the inode keeps its fd.
+    handle: OnceLock<Option<FileHandle>>,
     /// The O_PATH fd, if cached. A request raises `users` under the read
     /// lock and then holds no lock while it works (so one request may take
     /// the fd of the same inode twice, e.g. rename within a directory);
@@ -171,8 +180,15 @@ impl Inode {
         self.nlookup.load(Ordering::Acquire)
     }
 
+    /// False once the filesystem refused a handle for this inode; true if
+    /// it gave one or was not asked yet (see the module doc).
     pub fn has_handle(&self) -> bool {
-        self.handle.is_some()
+        !matches!(self.handle.get(), Some(None))
+    }
+
+    /// The handle, if one was taken.
+    fn known_handle(&self) -> Option<&FileHandle> {
+        self.handle.get().and_then(Option::as_ref)
     }
 
     /// +1 lookup, unless the count already reached 0 (the inode is being
@@ -251,6 +267,8 @@ impl<'a> Deref for InodeFd<'a> {
 /// pinned (see [`InodeTable::hold_victim`]).
 pub struct Victim {
     inode: Arc<Inode>,
+    /// Its link count before the operation.
+    nlink: u32,
 }
 
 /// The result of looking a name up.
@@ -263,8 +281,8 @@ pub struct Looked {
 pub const STATX_MASK: u32 = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
 
 pub struct InodeTable {
-    by_id: DashMap<NodeId, Arc<Inode>>,
-    by_key: DashMap<InodeKey, NodeId>,
+    by_id: FastMap<NodeId, Arc<Inode>>,
+    by_key: FastMap<InodeKey, NodeId>,
     next_id: AtomicU64,
     /// Clock queue of nodeids whose inode holds an fd.
     clock: Mutex<VecDeque<NodeId>>,
@@ -275,7 +293,7 @@ pub struct InodeTable {
     /// st_ino prefix of a submount (see [`InodeTable::report_ino`]).
     devs: RwLock<Vec<u64>>,
     /// st_ino given to inode numbers that do not fit under a prefix.
-    remap: DashMap<InodeKey, u64>,
+    remap: FastMap<InodeKey, u64>,
     next_remap: AtomicU64,
     /// Inodes keep their parent link and name ([`InodeTable::track_names`]).
     names: AtomicBool,
@@ -292,7 +310,7 @@ impl InodeTable {
         let st = sys::statx(root.as_fd(), STATX_MASK)?;
         let key = InodeKey::of(&st);
         let mounts = MountFds::new(proc_self_fd);
-        let handle = mounts.handle_of(root.as_fd(), true);
+        let handle = OnceLock::from(mounts.handle_of(root.as_fd(), true));
         budget.open.fetch_add(1, Ordering::Relaxed);
         let root = Arc::new(Inode {
             nodeid: NodeId::ROOT,
@@ -311,15 +329,15 @@ impl InodeTable {
             budget,
         });
         let t = InodeTable {
-            by_id: DashMap::new(),
-            by_key: DashMap::new(),
+            by_id: FastMap::default(),
+            by_key: FastMap::default(),
             next_id: AtomicU64::new(abi::ROOT_ID + 1),
             clock: Mutex::new(VecDeque::new()),
             budget,
             mounts,
             root_dev: key.dev,
             devs: RwLock::new(vec![key.dev]),
-            remap: DashMap::new(),
+            remap: FastMap::default(),
             next_remap: AtomicU64::new(0),
             names: AtomicBool::new(false),
             high_water: AtomicUsize::new(1),
@@ -500,7 +518,8 @@ impl InodeTable {
             // filesystems another error); it keeps its fd, so not reached.
             return Err(Errno::ESTALE);
         }
-        let handle = inode.handle.as_ref().ok_or(Errno::ESTALE)?;
+        // An fd is only ever evicted once the inode has a handle.
+        let handle = inode.known_handle().ok_or(Errno::ESTALE)?;
         let mut w = inode.fd.write();
         if let Some(f) = w.as_ref() {
             // Reopened by another request meanwhile.
@@ -528,7 +547,12 @@ impl InodeTable {
     /// make sure it holds its fd (reopened from the handle while that still
     /// works) and pin it. Hand the result to [`InodeTable::settle_victim`].
     pub fn hold_victim(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Option<Victim> {
-        let st = sys::statx_at(dir, name, libc::STATX_INO | libc::STATX_TYPE).ok()?;
+        let st = sys::statx_at(
+            dir,
+            name,
+            libc::STATX_INO | libc::STATX_TYPE | libc::STATX_NLINK,
+        )
+        .ok()?;
         let nodeid = *self.by_key.get(&InodeKey::of(&st))?;
         let inode = self.get(nodeid).ok()?;
         if inode.kind != Kind::of_mode(st.stx_mode as u32) {
@@ -538,7 +562,10 @@ impl InodeTable {
         inode.pin();
         // Pinned, it keeps its fd once it has one.
         match self.fd(&inode).map(drop) {
-            Ok(()) => Some(Victim { inode }),
+            Ok(()) => Some(Victim {
+                inode,
+                nlink: st.stx_nlink,
+            }),
             Err(_) => {
                 inode.unpin();
                 None
@@ -546,13 +573,19 @@ impl InodeTable {
         }
     }
 
-    /// After the operation: an inode left without a name keeps its fd and
-    /// its pin until FORGET (writeback may still send SETATTR or WRITE for
-    /// it, and a handle cannot reopen it); any other is unpinned.
-    pub fn settle_victim(&self, v: Victim) {
-        let gone = self.fd(&v.inode).is_ok_and(|fd| {
-            sys::statx(fd.fd(), libc::STATX_NLINK).is_ok_and(|st| st.stx_nlink == 0)
-        });
+    /// After the operation (`removed`: it succeeded): an inode left without
+    /// a name keeps its fd and its pin until FORGET (writeback may still
+    /// send SETATTR or WRITE for it, and a handle cannot reopen it); any
+    /// other is unpinned. A directory, or a file that had one link, is gone
+    /// when the operation succeeded; only a file with more links is asked.
+    /// (Should a link be added meanwhile, the inode just keeps its fd.)
+    pub fn settle_victim(&self, v: Victim, removed: bool) {
+        let gone = removed
+            && (v.inode.kind == Kind::Directory
+                || v.nlink <= 1
+                || self.fd(&v.inode).is_ok_and(|fd| {
+                    sys::statx(fd.fd(), libc::STATX_NLINK).is_ok_and(|st| st.stx_nlink == 0)
+                }));
         if gone && !v.inode.unlinked.swap(true, Ordering::AcqRel) {
             // The pin stays with the inode.
             return;
@@ -618,14 +651,18 @@ impl InodeTable {
             // New inode.
             let f = fd.take().ok_or(Errno::EIO)?;
             let handle = match new_handle.take() {
-                Some(h) => h,
-                None => self.mounts.handle_of(f.as_fd(), kind == Kind::Directory),
+                Some(h) => OnceLock::from(h),
+                None if kind == Kind::Directory => {
+                    OnceLock::from(self.mounts.handle_of(f.as_fd(), true))
+                }
+                // Taken from the fd if it is ever evicted.
+                None => OnceLock::new(),
             };
             match self.by_key.entry(key) {
                 MapEntry::Occupied(_) => {
                     // Lost a race with another lookup of the same file.
                     fd = Some(f);
-                    new_handle = Some(handle);
+                    new_handle = handle.into_inner();
                     continue;
                 }
                 MapEntry::Vacant(v) => {
@@ -678,7 +715,7 @@ impl InodeTable {
         let Some(fd) = fd else { return true };
         let h = new_handle
             .get_or_insert_with(|| self.mounts.handle_of(fd.as_fd(), kind == Kind::Directory));
-        match (&inode.handle, h) {
+        match (inode.known_handle(), h) {
             (Some(a), Some(b)) => a == b,
             _ => false,
         }
@@ -794,11 +831,11 @@ impl InodeTable {
                 let Some(inode) = self.by_id.get(&id).map(|r| r.value().clone()) else {
                     continue;
                 };
-                if inode.handle.is_none() || inode.pins.load(Ordering::Acquire) > 0 {
-                    // Unevictable; it is requeued when touched again.
-                    if inode.handle.is_none() {
-                        continue;
-                    }
+                if !inode.has_handle() {
+                    // Unevictable: it keeps its fd, off the queue.
+                    continue;
+                }
+                if inode.pins.load(Ordering::Acquire) > 0 {
                     q.push_back(id);
                     continue;
                 }
@@ -813,6 +850,21 @@ impl InodeTable {
                 if inode.users.load(Ordering::Acquire) > 0 {
                     // In use by a request right now.
                     q.push_back(id);
+                    continue;
+                }
+                // First eviction: take the handle from the fd about to close.
+                let has = match (inode.handle.get(), w.as_ref()) {
+                    (Some(h), _) => h.is_some(),
+                    (None, Some(fd)) => inode
+                        .handle
+                        .get_or_init(|| {
+                            self.mounts
+                                .handle_of(fd.as_fd(), inode.kind == Kind::Directory)
+                        })
+                        .is_some(),
+                    (None, None) => false,
+                };
+                if !has {
                     continue;
                 }
                 if let Some(fd) = w.take() {

@@ -9,6 +9,7 @@
 
 pub mod backing;
 pub mod credentials;
+pub mod fasthash;
 pub mod file_handle;
 pub mod fuse;
 pub mod inode_table;

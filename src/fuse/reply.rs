@@ -286,12 +286,21 @@ impl Entry {
             .connection()
             .negotiated()
             .is_some_and(|n| n.entry_backing());
-        let mut iov = vec![IoSlice::new(out.as_bytes())];
+        // No allocation: the tail is at most `fuse_open_out` (CREATE).
+        let mut iov = [IoSlice::new(&[]); 4];
+        iov[0] = IoSlice::new(out.as_bytes());
+        let mut n = 1;
         if with_backing {
-            iov.push(IoSlice::new(bk.as_bytes()));
+            iov[n] = IoSlice::new(bk.as_bytes());
+            n += 1;
         }
-        iov.extend_from_slice(tail);
-        r.ok(&iov)
+        if n + tail.len() > iov.len() {
+            let mut v = iov[..n].to_vec();
+            v.extend_from_slice(tail);
+            return r.ok(&v);
+        }
+        iov[n..n + tail.len()].copy_from_slice(tail);
+        r.ok(&iov[..n + tail.len()])
     }
 }
 

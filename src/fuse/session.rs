@@ -256,6 +256,14 @@ fn worker_loop<F: Filesystem>(
                 if catch_unwind(AssertUnwindSafe(|| dispatch(fs, ch, &buf[..n], state))).is_err() {
                     error!("a request handler panicked; the request was answered EIO");
                 }
+                if is_forget(&buf[..n]) && ch.connection().transport.mode() == "uring" {
+                    // Over io_uring, /dev/fuse carries only FORGETs and
+                    // INTERRUPTs. A reader waiting on it costs the caller
+                    // that drops an inode a wake-up per FORGET (one per
+                    // removed file); away for a moment, the kernel queues
+                    // them and the next read takes a BATCH_FORGET.
+                    std::thread::sleep(FORGET_BATCH_PAUSE);
+                }
             }
             Err(e) => match e.raw_os_error() {
                 // ENOENT: the request was interrupted before we read it.
@@ -268,6 +276,19 @@ fn worker_loop<F: Filesystem>(
             },
         }
     }
+}
+
+/// How long a /dev/fuse worker lets FORGETs gather over io_uring (also
+/// the most an INTERRUPT waits then).
+const FORGET_BATCH_PAUSE: Duration = Duration::from_millis(5);
+
+fn is_forget(req: &[u8]) -> bool {
+    const FORGET: u32 = super::abi::Opcode::Forget as u32;
+    const BATCH_FORGET: u32 = super::abi::Opcode::BatchForget as u32;
+    req.get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_ne_bytes)
+        .is_some_and(|op| op == FORGET || op == BATCH_FORGET)
 }
 
 /// SIGUSR2 interrupts a worker's blocking read (no SA_RESTART).

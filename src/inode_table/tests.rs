@@ -299,3 +299,78 @@ fn paths_come_from_parent_links() {
     assert!(t.forget(a.nodeid, u64::MAX).is_some());
     assert_eq!(t.relative_path(&f), None);
 }
+
+#[test]
+fn files_take_their_handle_only_when_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let t = table(dir.path());
+    let root = t.get(NodeId::ROOT).unwrap();
+    if !root.has_handle() {
+        eprintln!("skipped: no file handles on this filesystem");
+        return;
+    }
+    let d = lookup(&t, "d");
+    let f = lookup(&t, "f");
+    assert!(
+        d.handle.get().is_some_and(|h| h.is_some()),
+        "a directory has its handle at once"
+    );
+    assert!(f.handle.get().is_none(), "a file has none until evicted");
+    for _ in 0..4 {
+        t.evict(100);
+    }
+    assert!(f.fd.read().is_none(), "the idle file was evicted");
+    let h = f
+        .known_handle()
+        .expect("taken from the fd as it closed")
+        .clone();
+    let fd = t.fd(&f).unwrap();
+    let st = sys::statx(fd.fd(), STATX_MASK).unwrap();
+    assert_eq!(st.stx_ino, f.key.ino, "reopened as itself");
+    drop(fd);
+    // A second lookup of the evicted file compares handles.
+    t.evict(100);
+    t.evict(100);
+    let again = lookup(&t, "f");
+    assert_eq!(again.nodeid, f.nodeid);
+    assert!(f.known_handle() == Some(&h));
+}
+
+#[test]
+fn a_victim_is_kept_only_when_its_last_name_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), b"x").unwrap();
+    std::fs::hard_link(dir.path().join("a"), dir.path().join("b")).unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    let t = table(dir.path());
+    let root = t.get(NodeId::ROOT).unwrap();
+    let a = lookup(&t, "a");
+    let d = lookup(&t, "d");
+    let rfd = t.fd(&root).unwrap();
+    let unlink = |n: &str, flags: i32| sys::unlinkat(rfd.fd(), &name(n), flags).is_ok();
+    // One of two links: not gone, unpinned.
+    let v = t.hold_victim(rfd.fd(), &name("b")).expect("known inode");
+    t.settle_victim(v, unlink("b", 0));
+    assert!(!a.unlinked.load(Ordering::Acquire));
+    assert_eq!(a.pins.load(Ordering::Acquire), 0);
+    // A failed removal leaves it alone.
+    let v = t.hold_victim(rfd.fd(), &name("a")).expect("known inode");
+    t.settle_victim(v, unlink("a", libc::AT_REMOVEDIR));
+    assert!(!a.unlinked.load(Ordering::Acquire));
+    assert_eq!(a.pins.load(Ordering::Acquire), 0);
+    // The last link: gone, keeps its fd pinned.
+    let v = t.hold_victim(rfd.fd(), &name("a")).expect("known inode");
+    t.settle_victim(v, unlink("a", 0));
+    assert!(a.unlinked.load(Ordering::Acquire));
+    assert_eq!(a.pins.load(Ordering::Acquire), 1);
+    for _ in 0..4 {
+        t.evict(100);
+    }
+    assert!(a.fd.read().is_some(), "an unlinked inode keeps its fd");
+    // A directory removed.
+    let v = t.hold_victim(rfd.fd(), &name("d")).expect("known inode");
+    t.settle_victim(v, unlink("d", libc::AT_REMOVEDIR));
+    assert!(d.unlinked.load(Ordering::Acquire));
+}

@@ -130,7 +130,7 @@ impl PassthroughFs {
             .as_caller(ctx, false)
             .and_then(|_g| sys::unlinkat(pfd.fd(), name, flags).map_err(Errno::from));
         if let Some(v) = victim {
-            self.table.settle_victim(v);
+            self.table.settle_victim(v, r.is_ok());
         }
         r?;
         if let Some(inode) = gone {
@@ -327,7 +327,7 @@ impl EntryOps for PassthroughFs {
                 sys::renameat2(pfd.fd(), name, npfd.fd(), newname, flags).map_err(Errno::from)
             });
         if let Some(v) = victim {
-            self.table.settle_victim(v);
+            self.table.settle_victim(v, r.is_ok());
         }
         r?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;

@@ -33,7 +33,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Instant;
 
 use parking_lot::Condvar;
@@ -79,9 +79,12 @@ struct WaitQueue {
 
 pub struct LockTable {
     /// (nodeid, lock owner) -> the owner's open file description.
-    owners: DashMap<(NodeId, LockOwner), OwnerLocks>,
+    owners: FastMap<(NodeId, LockOwner), OwnerLocks>,
     /// Last pid seen locking each inode, per owner (for GETLK's answer).
-    pids: DashMap<(NodeId, LockOwner), u32>,
+    pids: FastMap<(NodeId, LockOwner), u32>,
+    /// Set before the first entry goes into `owners` or `pids`: until then
+    /// FLUSH and RELEASE have nothing to drop (and skip scanning the maps).
+    used: AtomicBool,
     queue: Mutex<WaitQueue>,
     wake: Condvar,
     /// Waits queued (read without the lock, to skip kicks when none).
@@ -99,8 +102,9 @@ impl LockTable {
     /// A table that queues at most `max_waiters` blocked waits.
     pub fn with_limit(max_waiters: usize) -> LockTable {
         LockTable {
-            owners: DashMap::new(),
-            pids: DashMap::new(),
+            owners: FastMap::default(),
+            pids: FastMap::default(),
+            used: AtomicBool::new(false),
             queue: Mutex::new(WaitQueue::default()),
             wake: Condvar::new(),
             waiting: AtomicUsize::new(0),
@@ -134,6 +138,9 @@ impl LockTable {
 
     /// A lock owner closed the file: its POSIX locks on the inode go.
     pub fn release_owner(&self, nodeid: NodeId, owner: LockOwner) {
+        if !self.used.load(Ordering::Acquire) {
+            return self.kick();
+        }
         self.owners.remove(&(nodeid, owner));
         self.pids.remove(&(nodeid, owner));
         self.kick();
@@ -142,6 +149,9 @@ impl LockTable {
     /// The open file `fh` of `nodeid` was released: the owners that last
     /// locked through it (OFD locks) lose their locks.
     pub fn release_fh(&self, nodeid: NodeId, fh: Fh) {
+        if !self.used.load(Ordering::Acquire) {
+            return self.kick();
+        }
         let gone: Vec<(NodeId, LockOwner)> = self
             .owners
             .iter()
@@ -323,6 +333,7 @@ impl PassthroughFs {
             })
             .ok_or(Errno::EBADF)?;
         let fd = Arc::new(fd);
+        self.locks.used.store(true, Ordering::Release);
         Ok(self
             .locks
             .owners

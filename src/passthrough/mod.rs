@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use dashmap::DashMap;
+use crate::fasthash::FastMap;
 use parking_lot::Mutex;
 use tracing::{info, warn};
 
@@ -142,7 +142,7 @@ impl KindCounters {
 pub struct PassthroughFs {
     cfg: Config,
     table: InodeTable,
-    files: DashMap<Fh, Arc<OpenFile>>,
+    files: FastMap<Fh, Arc<OpenFile>>,
     next_fh: AtomicU64,
     backing: Backing,
     conn: OnceLock<Arc<Connection>>,
@@ -155,7 +155,7 @@ pub struct PassthroughFs {
     kinds: KindCounters,
     /// Files the kernel opened without us (fh 0): one shared open per
     /// (nodeid, access mode), closed at FORGET (see `files.rs`).
-    kernel_files: DashMap<(NodeId, i32), Arc<OpenFile>>,
+    kernel_files: FastMap<(NodeId, i32), Arc<OpenFile>>,
 }
 
 impl PassthroughFs {
@@ -189,7 +189,7 @@ impl PassthroughFs {
         Ok(PassthroughFs {
             cfg,
             table,
-            files: DashMap::new(),
+            files: FastMap::default(),
             next_fh: AtomicU64::new(1),
             backing: Backing::default(),
             conn: OnceLock::new(),
@@ -198,7 +198,7 @@ impl PassthroughFs {
             groups: GroupCache::default(),
             locks: Arc::default(),
             kinds: KindCounters::default(),
-            kernel_files: DashMap::new(),
+            kernel_files: FastMap::default(),
         })
     }
 
