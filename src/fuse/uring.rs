@@ -468,43 +468,8 @@ fn serve<F: Filesystem>(
     let dev = conn.dev_fd().as_raw_fd();
     let depth = queue.entries.len();
     let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(depth + 1);
-    // REGISTER fails at once (a completion right after submit) or stays
-    // queued until a request comes; EAGAIN means the kernel has not quite
-    // finished INIT yet.
-    let mut to_register: Vec<u16> = (0..depth as u16).collect();
-    for attempt in 0.. {
-        for &i in &to_register {
-            push(ring, &register_sqe(dev, queue, i));
-        }
-        to_register.clear();
-        if let Err(e) = ring.submit() {
-            warn!(
-                "ring queue {}: submitting REGISTER: {e}; requests stay on /dev/fuse",
-                queue.qid
-            );
-            conn.transport.failed.store(true, Ordering::Relaxed);
-            return WorkerExit::Failed;
-        }
-        for c in ring.completion() {
-            let (ud, res) = (c.user_data(), c.result());
-            if res == -libc::EAGAIN && attempt < 1000 {
-                to_register.push(ud as u16);
-            } else if res < 0 {
-                warn!(
-                    "ring queue {}: REGISTER failed: {}; requests stay on /dev/fuse",
-                    queue.qid,
-                    io::Error::from_raw_os_error(-res)
-                );
-                conn.transport.failed.store(true, Ordering::Relaxed);
-                return WorkerExit::Failed;
-            } else {
-                cqes.push((ud, res));
-            }
-        }
-        if to_register.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
+    if let Err(exit) = register_all(conn, queue, ring, &mut cqes) {
+        return exit;
     }
     conn.transport
         .queues_registered
@@ -556,25 +521,13 @@ fn serve<F: Filesystem>(
             let idx = ud as u16;
             inflight = inflight.saturating_sub(1);
             if res < 0 {
-                match -res {
-                    libc::EAGAIN if !torn_down => {
-                        // REGISTER before the kernel finished INIT: retry.
-                        std::thread::sleep(Duration::from_millis(1));
-                        push(ring, &register_sqe(dev, queue, idx));
-                        inflight += 1;
-                    }
-                    libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED | libc::ENODEV => {
-                        ent.state.store(ENT_DEAD, Ordering::Release);
-                        torn_down = true;
-                    }
-                    e => {
-                        warn!(
-                            "ring queue {} entry {idx}: command failed: {}",
-                            queue.qid,
-                            io::Error::from_raw_os_error(e)
-                        );
-                        ent.state.store(ENT_DEAD, Ordering::Release);
-                    }
+                if -res == libc::EAGAIN && !torn_down {
+                    // REGISTER before the kernel finished INIT: retry.
+                    std::thread::sleep(Duration::from_millis(1));
+                    push(ring, &register_sqe(dev, queue, idx));
+                    inflight += 1;
+                } else {
+                    torn_down |= command_failed(queue, ent, idx, -res);
                 }
                 continue;
             }
@@ -589,18 +542,95 @@ fn serve<F: Filesystem>(
             );
         }
         if inflight == 0 && queue.pending.lock().is_empty() {
-            if torn_down {
-                debug!("ring queue {}: all entries released", queue.qid);
-                return WorkerExit::Unmounted;
+            if let Some(exit) = idle_queue_exit(queue, torn_down) {
+                return exit;
             }
-            if queue
-                .entries
-                .iter()
-                .all(|e| e.state.load(Ordering::Acquire) == ENT_DEAD)
-            {
-                error!("ring queue {}: every entry failed", queue.qid);
-                return WorkerExit::Failed;
+        }
+    }
+}
+
+/// Whether a queue that holds no command in the kernel is done: torn down
+/// by the kernel, or every entry failed.
+fn idle_queue_exit(queue: &QueueShared, torn_down: bool) -> Option<WorkerExit> {
+    if torn_down {
+        debug!("ring queue {}: all entries released", queue.qid);
+        return Some(WorkerExit::Unmounted);
+    }
+    if queue
+        .entries
+        .iter()
+        .all(|e| e.state.load(Ordering::Acquire) == ENT_DEAD)
+    {
+        error!("ring queue {}: every entry failed", queue.qid);
+        return Some(WorkerExit::Failed);
+    }
+    None
+}
+
+/// Hands every entry of the queue to the kernel (FUSE_IO_URING_CMD_REGISTER).
+/// Completions that already carry a request go into `cqes`.
+fn register_all(
+    conn: &Connection,
+    queue: &QueueShared,
+    ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
+    cqes: &mut Vec<(u64, i32)>,
+) -> Result<(), WorkerExit> {
+    let dev = conn.dev_fd().as_raw_fd();
+    let depth = queue.entries.len();
+    // REGISTER fails at once (a completion right after submit) or stays
+    // queued until a request comes; EAGAIN means the kernel has not quite
+    // finished INIT yet.
+    let mut to_register: Vec<u16> = (0..depth as u16).collect();
+    for attempt in 0.. {
+        for &i in &to_register {
+            push(ring, &register_sqe(dev, queue, i));
+        }
+        to_register.clear();
+        if let Err(e) = ring.submit() {
+            warn!(
+                "ring queue {}: submitting REGISTER: {e}; requests stay on /dev/fuse",
+                queue.qid
+            );
+            conn.transport.failed.store(true, Ordering::Relaxed);
+            return Err(WorkerExit::Failed);
+        }
+        for c in ring.completion() {
+            let (ud, res) = (c.user_data(), c.result());
+            if res == -libc::EAGAIN && attempt < 1000 {
+                to_register.push(ud as u16);
+            } else if res < 0 {
+                warn!(
+                    "ring queue {}: REGISTER failed: {}; requests stay on /dev/fuse",
+                    queue.qid,
+                    io::Error::from_raw_os_error(-res)
+                );
+                conn.transport.failed.store(true, Ordering::Relaxed);
+                return Err(WorkerExit::Failed);
+            } else {
+                cqes.push((ud, res));
             }
+        }
+        if to_register.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// A command of entry `idx` completed with `err`: the entry is dead. True
+/// when the error says the kernel tore the ring down (unmount, abort).
+fn command_failed(queue: &QueueShared, ent: &RingEntry, idx: u16, err: i32) -> bool {
+    ent.state.store(ENT_DEAD, Ordering::Release);
+    match err {
+        libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED | libc::ENODEV => true,
+        e => {
+            warn!(
+                "ring queue {} entry {idx}: command failed: {}",
+                queue.qid,
+                io::Error::from_raw_os_error(e)
+            );
+            false
         }
     }
 }
