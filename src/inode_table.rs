@@ -39,6 +39,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::file_handle::{FileHandle, MountFds};
 use crate::fuse::{abi, BackingId, Errno, NodeId};
 use crate::sys;
+use crate::sys::fd_slot::{Evicted, FdSlot, SlotFd};
 
 /// Identity of a file in the source tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,16 +124,10 @@ pub struct Inode {
     /// fd is first evicted. `Some(None)`: the filesystem gave no handle, so
     /// the inode keeps its fd.
     handle: OnceLock<Option<FileHandle>>,
-    /// The O_PATH fd, if cached. A request raises `users` under the read
-    /// lock and then holds no lock while it works (so one request may take
-    /// the fd of the same inode twice, e.g. rename within a directory);
-    /// eviction closes the fd only under the write lock with `users` at 0.
-    /// (Not an `Arc<OwnedFd>`: one more small allocation per cached fd
-    /// fragmented the heap enough that memory did not come back after the
-    /// kernel forgot, tests/resources.rs.)
-    fd: RwLock<Option<OwnedFd>>,
-    /// Requests using the cached fd right now (live [`InodeFd`]s).
-    users: AtomicU32,
+    /// The O_PATH fd, if cached: requests borrow it without holding a
+    /// lock, eviction closes it only when no borrow is alive (see
+    /// sys::fd_slot for why neither a guard nor an `Arc`).
+    fd: FdSlot,
     nlookup: AtomicU64,
     /// Clock bit: used since the last sweep.
     referenced: AtomicBool,
@@ -158,7 +153,7 @@ struct Link {
 
 impl Drop for Inode {
     fn drop(&mut self) {
-        if self.fd.get_mut().is_some() {
+        if self.fd.is_cached_mut() {
             self.budget.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -225,41 +220,18 @@ impl Inode {
 /// shared reference, not a lock guard, so taking it twice (or while another
 /// thread reopens the slot) can never deadlock. Eviction leaves an fd in
 /// use alone, and it stays open until the last reference is dropped.
-pub struct InodeFd<'a> {
-    inode: &'a Inode,
-    fd: BorrowedFd<'a>,
-}
+pub struct InodeFd<'a>(SlotFd<'a>);
 
 impl<'a> InodeFd<'a> {
-    /// Marks `inode`'s cached `fd` in use. Call with the slot's lock held
-    /// (read or write), so eviction, which checks `users` under the write
-    /// lock, either closed the fd before or sees this use.
-    fn in_use(inode: &'a Inode, fd: &OwnedFd) -> Self {
-        inode.users.fetch_add(1, Ordering::AcqRel);
-        let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
-        // SAFETY: the slot's fd is closed only by `InodeTable::evict`, under
-        // the write lock and only while `users` is 0, or when the inode is
-        // dropped; `users` stays raised until this value is dropped, and the
-        // inode outlives 'a. So `raw` stays open for 'a.
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        InodeFd { inode, fd }
-    }
-
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd
-    }
-}
-
-impl Drop for InodeFd<'_> {
-    fn drop(&mut self) {
-        self.inode.users.fetch_sub(1, Ordering::AcqRel);
+    pub fn fd(&self) -> BorrowedFd<'a> {
+        self.0.fd()
     }
 }
 
 impl<'a> Deref for InodeFd<'a> {
     type Target = BorrowedFd<'a>;
     fn deref(&self) -> &BorrowedFd<'a> {
-        &self.fd
+        &self.0
     }
 }
 
@@ -317,8 +289,7 @@ impl InodeTable {
             key,
             kind: Kind::Directory,
             handle,
-            fd: RwLock::new(Some(root)),
-            users: AtomicU32::new(0),
+            fd: FdSlot::new(Some(root)),
             // The kernel never forgets the root; a count it cannot reach.
             nlookup: AtomicU64::new(1 << 62),
             referenced: AtomicBool::new(true),
@@ -510,8 +481,8 @@ impl InodeTable {
     /// The inode's O_PATH fd, reopened from its handle if it was evicted.
     pub fn fd<'a>(&self, inode: &'a Inode) -> Result<InodeFd<'a>, Errno> {
         inode.referenced.store(true, Ordering::Relaxed);
-        if let Some(f) = inode.fd.read().as_ref() {
-            return Ok(InodeFd::in_use(inode, f));
+        if let Some(f) = inode.fd.get() {
+            return Ok(InodeFd(f));
         }
         if inode.unlinked.load(Ordering::Acquire) {
             // Never reopened by handle (it would be ESTALE, or on some
@@ -520,26 +491,24 @@ impl InodeTable {
         }
         // An fd is only ever evicted once the inode has a handle.
         let handle = inode.known_handle().ok_or(Errno::ESTALE)?;
-        let mut w = inode.fd.write();
-        if let Some(f) = w.as_ref() {
-            // Reopened by another request meanwhile.
-            return Ok(InodeFd::in_use(inode, f));
+        // Unless another request reopened it meanwhile.
+        let (held, reopened) = inode.fd.get_or_open(|| {
+            self.with_fd_headroom(|| self.mounts.open(handle))
+                .inspect_err(|e| {
+                    tracing::debug!(
+                        nodeid = %inode.nodeid,
+                        "reopening from the file handle failed: {e}"
+                    )
+                })
+        })?;
+        if !reopened {
+            return Ok(InodeFd(held));
         }
-        let fd = self
-            .with_fd_headroom(|| self.mounts.open(handle))
-            .inspect_err(|e| {
-                tracing::debug!(
-                    nodeid = %inode.nodeid,
-                    "reopening from the file handle failed: {e}"
-                )
-            })?;
-        let held = InodeFd::in_use(inode, w.insert(fd));
         self.budget.open.fetch_add(1, Ordering::Relaxed);
         self.budget.reopens.fetch_add(1, Ordering::Relaxed);
-        drop(w);
         self.queue_for_eviction(inode.nodeid);
         self.maybe_evict();
-        Ok(held)
+        Ok(InodeFd(held))
     }
 
     /// Before an operation that may remove the last name of `dir/name`
@@ -672,8 +641,7 @@ impl InodeTable {
                         key,
                         kind,
                         handle,
-                        fd: RwLock::new(Some(f)),
-                        users: AtomicU32::new(0),
+                        fd: FdSlot::new(Some(f)),
                         nlookup: AtomicU64::new(1),
                         referenced: AtomicBool::new(true),
                         pins: AtomicU32::new(0),
@@ -709,7 +677,7 @@ impl InodeTable {
         if inode.kind != kind {
             return false;
         }
-        if inode.fd.read().is_some() {
+        if inode.fd.is_cached() {
             return true;
         }
         let Some(fd) = fd else { return true };
@@ -722,14 +690,8 @@ impl InodeTable {
     }
 
     fn adopt_fd(&self, inode: &Inode, fd: OwnedFd) {
-        if inode.fd.read().is_some() {
-            return;
-        }
-        let mut w = inode.fd.write();
-        if w.is_none() {
-            *w = Some(fd);
+        if inode.fd.fill(fd) {
             self.budget.open.fetch_add(1, Ordering::Relaxed);
-            drop(w);
             self.queue_for_eviction(inode.nodeid);
             self.maybe_evict();
         }
@@ -843,34 +805,26 @@ impl InodeTable {
                     q.push_back(id);
                     continue;
                 }
-                let Some(mut w) = inode.fd.try_write() else {
-                    q.push_back(id);
-                    continue;
-                };
-                if inode.users.load(Ordering::Acquire) > 0 {
-                    // In use by a request right now.
-                    q.push_back(id);
-                    continue;
-                }
-                // First eviction: take the handle from the fd about to close.
-                let has = match (inode.handle.get(), w.as_ref()) {
-                    (Some(h), _) => h.is_some(),
-                    (None, Some(fd)) => inode
+                // Only with a handle to reopen it by; on the first
+                // eviction, taken from the fd about to close.
+                let evicted = inode.fd.try_evict(|fd| {
+                    inode
                         .handle
                         .get_or_init(|| {
                             self.mounts
                                 .handle_of(fd.as_fd(), inode.kind == Kind::Directory)
                         })
-                        .is_some(),
-                    (None, None) => false,
-                };
-                if !has {
-                    continue;
-                }
-                if let Some(fd) = w.take() {
-                    self.budget.open.fetch_sub(1, Ordering::Relaxed);
-                    self.budget.evictions.fetch_add(1, Ordering::Relaxed);
-                    closed.push(fd);
+                        .is_some()
+                });
+                match evicted {
+                    // In use by a request right now, or being reopened.
+                    Evicted::Busy => q.push_back(id),
+                    Evicted::Kept => {}
+                    Evicted::Taken(fd) => {
+                        self.budget.open.fetch_sub(1, Ordering::Relaxed);
+                        self.budget.evictions.fetch_add(1, Ordering::Relaxed);
+                        closed.push(fd);
+                    }
                 }
             }
         }

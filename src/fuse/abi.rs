@@ -4,7 +4,7 @@
 //!
 //! Every struct is `#[repr(C)]`, has a compile-time size assert equal to the
 //! kernel's, and derives `zerocopy` traits so requests are parsed by copying
-//! bytes out of the buffer (no alignment requirement, no `unsafe`).
+//! bytes out of the buffer (no alignment requirement, all safe code).
 
 use bitflags::bitflags;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};

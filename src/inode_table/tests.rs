@@ -167,7 +167,7 @@ mod pressure {
             // Another request reopening the slot (it saw it empty).
             let (t3, d3) = (t2.clone(), d2.clone());
             let writer = std::thread::spawn(move || {
-                drop(d3.fd.write());
+                drop(d3.fd.write_lock());
                 drop(t3);
             });
             std::thread::sleep(Duration::from_millis(200));
@@ -233,14 +233,14 @@ mod pressure {
         for _ in 0..4 {
             t.evict(100);
         }
-        assert!(f.fd.read().is_some(), "an fd in use was evicted");
+        assert!(f.fd.is_cached(), "an fd in use was evicted");
         assert!(sys::statx(held.fd(), libc::STATX_INO).is_ok());
         drop(held);
         for _ in 0..4 {
             t.evict(100);
         }
         if f.has_handle() {
-            assert!(f.fd.read().is_none(), "an idle fd was not evicted");
+            assert!(!f.fd.is_cached(), "an idle fd was not evicted");
             let again = t.fd(&f).unwrap();
             assert!(sys::statx(again.fd(), libc::STATX_INO).is_ok());
             assert_eq!(t.budget().reopens.load(Ordering::Relaxed), 1);
@@ -321,7 +321,7 @@ fn files_take_their_handle_only_when_evicted() {
     for _ in 0..4 {
         t.evict(100);
     }
-    assert!(f.fd.read().is_none(), "the idle file was evicted");
+    assert!(!f.fd.is_cached(), "the idle file was evicted");
     let h = f
         .known_handle()
         .expect("taken from the fd as it closed")
@@ -368,7 +368,7 @@ fn a_victim_is_kept_only_when_its_last_name_goes() {
     for _ in 0..4 {
         t.evict(100);
     }
-    assert!(a.fd.read().is_some(), "an unlinked inode keeps its fd");
+    assert!(a.fd.is_cached(), "an unlinked inode keeps its fd");
     // A directory removed.
     let v = t.hold_victim(rfd.fd(), &name("d")).expect("known inode");
     t.settle_victim(v, unlink("d", libc::AT_REMOVEDIR));

@@ -22,6 +22,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{Mode, SFlag};
 
 pub mod caps;
+pub mod fd_slot;
 pub mod fuse_dev;
 pub mod process;
 pub mod signal;
