@@ -411,6 +411,9 @@ fn run(cli: Cli) -> Result<()> {
     let parsed = parse_mount_options(&cli.options, &src).map_err(anyhow::Error::msg)?;
     let ops =
         policy::parse_ops(&cli.passthrough_ops).map_err(|e| anyhow!("--passthrough-ops: {e}"))?;
+    // The library's errors (PolicyError, MediaConfigError, SourceError)
+    // carry their cause in their one line: `msg` keeps `{e:#}` from
+    // printing the cause a second time.
     let media = match &cli.media_provider {
         Some(p) => Some(Arc::new(
             MediaProvider::from_file(p).map_err(anyhow::Error::msg)?,

@@ -116,10 +116,42 @@ impl std::fmt::Debug for MediaProvider {
     }
 }
 
-fn clean_rel(p: &str) -> Result<String, String> {
+/// What is wrong with a media-provider configuration, as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaConfigError {
+    #[error("media-provider config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("media-provider config {}: {source}", path.display())]
+    InFile {
+        path: PathBuf,
+        source: Box<MediaConfigError>,
+    },
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("'{0}' must be a relative path without . or ..")]
+    NotRelative(String),
+    #[error("bad package name '{0}'")]
+    BadPackage(String),
+    #[error("app '{0}': uid 0 is root, not an app")]
+    RootUid(String),
+    #[error("app '{package}': unknown permission '{permission}' (read_media, media_location)")]
+    UnknownPermission { package: String, permission: String },
+    #[error("package '{0}' listed twice")]
+    Twice(String),
+    #[error("change_log {}: {source}", path.display())]
+    ChangeLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn clean_rel(p: &str) -> Result<String, MediaConfigError> {
     let c = p.trim_matches('/').to_string();
     if c.is_empty() || c.split('/').any(|x| x == "." || x == ".." || x.is_empty()) {
-        return Err(format!("'{p}' must be a relative path without . or .."));
+        return Err(MediaConfigError::NotRelative(p.to_string()));
     }
     Ok(c)
 }
@@ -136,15 +168,19 @@ pub enum Visibility {
 }
 
 impl MediaProvider {
-    pub fn from_file(path: &Path) -> Result<MediaProvider, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("media-provider config {}: {e}", path.display()))?;
-        MediaProvider::parse(&text)
-            .map_err(|e| format!("media-provider config {}: {e}", path.display()))
+    pub fn from_file(path: &Path) -> Result<MediaProvider, MediaConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| MediaConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        MediaProvider::parse(&text).map_err(|e| MediaConfigError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
-    pub fn parse(text: &str) -> Result<MediaProvider, String> {
-        let f: FileFormat = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<MediaProvider, MediaConfigError> {
+        let f: FileFormat = toml::from_str(text)?;
         let s = f.storage;
         let media_dirs = s
             .media_dirs
@@ -160,10 +196,10 @@ impl MediaProvider {
         let mut apps = HashMap::new();
         for a in &f.app {
             if a.package.is_empty() || a.package.contains('/') || a.package.starts_with('.') {
-                return Err(format!("bad package name '{}'", a.package));
+                return Err(MediaConfigError::BadPackage(a.package.clone()));
             }
             if a.uid == 0 {
-                return Err(format!("app '{}': uid 0 is root, not an app", a.package));
+                return Err(MediaConfigError::RootUid(a.package.clone()));
             }
             let mut p = Permissions::default();
             for perm in &a.permissions {
@@ -171,15 +207,15 @@ impl MediaProvider {
                     "read_media" => p.read_media = true,
                     "media_location" => p.media_location = true,
                     other => {
-                        return Err(format!(
-                            "app '{}': unknown permission '{other}' (read_media, media_location)",
-                            a.package
-                        ))
+                        return Err(MediaConfigError::UnknownPermission {
+                            package: a.package.clone(),
+                            permission: other.to_string(),
+                        })
                     }
                 }
             }
             if packages.insert(a.package.clone(), a.uid).is_some() {
-                return Err(format!("package '{}' listed twice", a.package));
+                return Err(MediaConfigError::Twice(a.package.clone()));
             }
             // A uid shared by several packages gets the union of rights.
             let e = apps.entry(a.uid).or_insert(Permissions::default());
@@ -192,7 +228,10 @@ impl MediaProvider {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|e| format!("change_log {}: {e}", p.display()))?,
+                    .map_err(|source| MediaConfigError::ChangeLog {
+                        path: p.clone(),
+                        source,
+                    })?,
             )),
             None => None,
         };
@@ -593,16 +632,25 @@ mod tests {
 
     #[test]
     fn bad_configs() {
-        assert!(MediaProvider::parse("[[app]]\npackage='a'\nuid=0")
-            .unwrap_err()
-            .contains("uid 0"));
+        let e = MediaProvider::parse("[[app]]\npackage='a'\nuid=0").unwrap_err();
+        assert!(matches!(e, MediaConfigError::RootUid(_)), "{e}");
+        assert_eq!(e.to_string(), "app 'a': uid 0 is root, not an app");
+        let e = MediaProvider::parse("[[app]]\npackage='a'\nuid=5\npermissions=['x']").unwrap_err();
+        assert!(e.to_string().contains("unknown permission 'x'"), "{e}");
+        assert!(matches!(
+            MediaProvider::parse("[storage]\nmedia_dirs=['../x']"),
+            Err(MediaConfigError::NotRelative(_))
+        ));
+        assert!(matches!(
+            MediaProvider::parse("[[app]]\npackage='a/b'\nuid=5"),
+            Err(MediaConfigError::BadPackage(_))
+        ));
+        let e = MediaProvider::from_file(Path::new("/nonexistent/m.toml")).unwrap_err();
         assert!(
-            MediaProvider::parse("[[app]]\npackage='a'\nuid=5\npermissions=['x']")
-                .unwrap_err()
-                .contains("unknown permission")
+            e.to_string()
+                .starts_with("media-provider config /nonexistent/m.toml: "),
+            "{e}"
         );
-        assert!(MediaProvider::parse("[storage]\nmedia_dirs=['../x']").is_err());
-        assert!(MediaProvider::parse("[[app]]\npackage='a/b'\nuid=5").is_err());
     }
 
     #[test]

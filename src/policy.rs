@@ -31,7 +31,7 @@
 
 use std::ffi::CStr;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use globset::GlobMatcher;
 use serde::Deserialize;
@@ -69,12 +69,50 @@ pub fn all_ops() -> u64 {
         .fold(0, |m, &op| m | abi::passthrough_op(op))
 }
 
+/// What is wrong with a policy file or an op list, as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy file {}: {source}", path.display())]
+    InFile {
+        path: PathBuf,
+        source: Box<PolicyError>,
+    },
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("unknown op '{name}' (known: {known}, all, none)")]
+    UnknownOp { name: String, known: String },
+    #[error("rule {rule}: path '{path}' must not contain . or ..")]
+    DotPath { rule: usize, path: String },
+    #[error("rule {rule}: give exactly one of `path` or `glob`")]
+    PathOrGlob { rule: usize },
+    #[error("rule {rule}: sets neither `dirs` nor `files`")]
+    NoMask { rule: usize },
+    #[error("rule {rule}: bad glob '{glob}': {source}")]
+    RuleGlob {
+        rule: usize,
+        glob: String,
+        source: globset::Error,
+    },
+    #[error("bad glob '{glob}': {source}")]
+    Glob {
+        glob: String,
+        source: globset::Error,
+    },
+    #[error("too many rules")]
+    TooManyRules,
+}
+
 /// Parses `getattr,statx,read` / `all` / `none` into a mask.
-pub fn parse_ops(list: &str) -> Result<u64, String> {
+pub fn parse_ops(list: &str) -> Result<u64, PolicyError> {
     parse_op_names(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
 }
 
-fn parse_op_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<u64, String> {
+fn parse_op_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<u64, PolicyError> {
     let mut mask = 0;
     for n in names {
         let n = n.to_ascii_lowercase();
@@ -87,7 +125,10 @@ fn parse_op_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<u64, Strin
                     .find(|(name, _)| *name == n)
                     .ok_or_else(|| {
                         let known: Vec<&str> = OP_NAMES.iter().map(|(n, _)| *n).collect();
-                        format!("unknown op '{n}' (known: {}, all, none)", known.join(", "))
+                        PolicyError::UnknownOp {
+                            name: n.clone(),
+                            known: known.join(", "),
+                        }
                     })?;
                 for &op in *ops {
                     mask |= abi::passthrough_op(op);
@@ -180,7 +221,7 @@ struct RuleFormat {
     files: Option<Vec<String>>,
 }
 
-fn names_mask(v: &Option<Vec<String>>) -> Result<Option<u64>, String> {
+fn names_mask(v: &Option<Vec<String>>) -> Result<Option<u64>, PolicyError> {
     v.as_ref()
         .map(|names| parse_op_names(names.iter().map(String::as_str)))
         .transpose()
@@ -198,15 +239,19 @@ impl Policy {
 
     /// Reads a policy file; `default_mask` (from --passthrough-ops) applies
     /// unless the file has a `[default]` section.
-    pub fn from_file(path: &Path, default_mask: u64) -> Result<Policy, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("policy file {}: {e}", path.display()))?;
-        Policy::parse(&text, default_mask)
-            .map_err(|e| format!("policy file {}: {e}", path.display()))
+    pub fn from_file(path: &Path, default_mask: u64) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Policy::parse(&text, default_mask).map_err(|e| PolicyError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
-    pub fn parse(text: &str, default_mask: u64) -> Result<Policy, String> {
-        let f: FileFormat = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str, default_mask: u64) -> Result<Policy, PolicyError> {
+        let f: FileFormat = toml::from_str(text)?;
         let mut p = Policy::uniform(default_mask);
         if let Some(d) = &f.default {
             p.default_dirs = names_mask(&d.dirs)?.unwrap_or(default_mask);
@@ -217,10 +262,10 @@ impl Policy {
                 (Some(path), None) => {
                     let clean = path.trim_matches('/').to_string();
                     if clean.split('/').any(|c| c == ".." || c == ".") {
-                        return Err(format!(
-                            "rule {}: path '{path}' must not contain . or ..",
-                            i + 1
-                        ));
+                        return Err(PolicyError::DotPath {
+                            rule: i + 1,
+                            path: path.clone(),
+                        });
                     }
                     Matcher::Prefix(clean)
                 }
@@ -228,19 +273,18 @@ impl Policy {
                     let g = globset::GlobBuilder::new(glob.trim_start_matches('/'))
                         .literal_separator(true)
                         .build()
-                        .map_err(|e| format!("rule {}: bad glob '{glob}': {e}", i + 1))?;
+                        .map_err(|source| PolicyError::RuleGlob {
+                            rule: i + 1,
+                            glob: glob.clone(),
+                            source,
+                        })?;
                     Matcher::Glob(g.compile_matcher())
                 }
-                _ => {
-                    return Err(format!(
-                        "rule {}: give exactly one of `path` or `glob`",
-                        i + 1
-                    ))
-                }
+                _ => return Err(PolicyError::PathOrGlob { rule: i + 1 }),
             };
             let (dirs, files) = (names_mask(&r.dirs)?, names_mask(&r.files)?);
             if dirs.is_none() && files.is_none() {
-                return Err(format!("rule {}: sets neither `dirs` nor `files`", i + 1));
+                return Err(PolicyError::NoMask { rule: i + 1 });
             }
             let what = r
                 .path
@@ -255,7 +299,7 @@ impl Policy {
             });
         }
         if p.rules.len() > u16::MAX as usize - 2 {
-            return Err("too many rules".into());
+            return Err(PolicyError::TooManyRules);
         }
         Ok(p)
     }
@@ -278,12 +322,15 @@ impl Policy {
         case_insensitive: bool,
         dirs: Option<u64>,
         files: Option<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PolicyError> {
         let g = globset::GlobBuilder::new(glob)
             .case_insensitive(case_insensitive)
             .literal_separator(true)
             .build()
-            .map_err(|e| format!("bad glob '{glob}': {e}"))?;
+            .map_err(|source| PolicyError::Glob {
+                glob: glob.to_string(),
+                source,
+            })?;
         self.rules.push(Rule {
             what: glob.to_string(),
             matcher: Matcher::Glob(g.compile_matcher()),
@@ -403,7 +450,8 @@ mod tests {
         );
         assert_eq!(parse_ops("all").unwrap(), all_ops());
         let e = parse_ops("getattr,frobnicate").unwrap_err();
-        assert!(e.contains("unknown op 'frobnicate'"), "{e}");
+        assert!(matches!(e, PolicyError::UnknownOp { .. }), "{e}");
+        assert!(e.to_string().contains("unknown op 'frobnicate'"), "{e}");
     }
 
     /// A subtree rule, then a glob rule for files only.
@@ -446,20 +494,24 @@ mod tests {
 
     #[test]
     fn bad_files_are_clear_errors() {
-        assert!(Policy::parse("[[rule]]\nglob = \"[\"\nfiles=[\"all\"]", 0)
-            .unwrap_err()
-            .contains("bad glob"));
-        assert!(Policy::parse("[[rule]]\npath = \"a\"\nfiles=[\"nope\"]", 0)
-            .unwrap_err()
-            .contains("unknown op"));
-        assert!(Policy::parse("[[rule]]\npath = \"a\"", 0)
-            .unwrap_err()
-            .contains("neither"));
-        assert!(Policy::parse("[[rule]]\npath = \"../x\"\nfiles=[\"all\"]", 0).is_err());
-        assert!(Policy::parse("bogus = 1", 0).is_err());
-        assert!(Policy::from_file(Path::new("/nonexistent/policy.toml"), 0)
-            .unwrap_err()
-            .contains("policy file"));
+        let err = |text: &str| Policy::parse(text, 0).unwrap_err();
+        let e = err("[[rule]]\nglob = \"[\"\nfiles=[\"all\"]");
+        assert!(matches!(e, PolicyError::RuleGlob { rule: 1, .. }), "{e}");
+        assert!(e.to_string().starts_with("rule 1: bad glob '['"), "{e}");
+        let e = err("[[rule]]\npath = \"a\"\nfiles=[\"nope\"]");
+        assert!(matches!(e, PolicyError::UnknownOp { .. }), "{e}");
+        let e = err("[[rule]]\npath = \"a\"");
+        assert_eq!(e.to_string(), "rule 1: sets neither `dirs` nor `files`");
+        let e = err("[[rule]]\npath = \"../x\"\nfiles=[\"all\"]");
+        assert!(matches!(e, PolicyError::DotPath { rule: 1, .. }), "{e}");
+        assert!(matches!(err("bogus = 1"), PolicyError::Toml(_)));
+        let e = Policy::from_file(Path::new("/nonexistent/policy.toml"), 0).unwrap_err();
+        assert!(matches!(e, PolicyError::Read { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("policy file /nonexistent/policy.toml: "),
+            "{e}"
+        );
     }
 
     /// A table on `dir` that keeps names (as the daemon's does with rules).

@@ -158,20 +158,37 @@ pub struct PassthroughFs {
     kernel_files: FastMap<(NodeId, i32), Arc<OpenFile>>,
 }
 
+/// Why SOURCE cannot be served, as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{}: invalid path", .0.display())]
+    InvalidPath(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("/proc/self/fd: {0} (is /proc mounted?)")]
+    NoProc(std::io::Error),
+}
+
 impl PassthroughFs {
     /// Opens SOURCE and builds the table. Fails with a clear message if
     /// SOURCE is unusable.
-    pub fn new(cfg: Config) -> Result<PassthroughFs, String> {
+    pub fn new(cfg: Config) -> Result<PassthroughFs, SourceError> {
         let src = &cfg.source;
+        let open_err = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source: std::io::Error| SourceError::Open { path, source }
+        };
         let c = std::ffi::CString::new(src.as_os_str().as_encoded_bytes())
-            .map_err(|_| format!("{}: invalid path", src.display()))?;
-        let cwd = std::fs::File::open("/").map_err(|e| format!("/: {e}"))?;
+            .map_err(|_| SourceError::InvalidPath(src.clone()))?;
+        let cwd = std::fs::File::open("/").map_err(open_err("/".as_ref()))?;
         let root = sys::openat(cwd.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)
-            .map_err(|e| format!("{}: {e}", src.display()))?;
-        let proc = sys::open_proc_self_fd()
-            .map_err(|e| format!("/proc/self/fd: {e} (is /proc mounted?)"))?;
-        let table = InodeTable::new(root, proc, cfg.fd_cache)
-            .map_err(|e| format!("{}: {e}", src.display()))?;
+            .map_err(open_err(src))?;
+        let proc = sys::open_proc_self_fd().map_err(SourceError::NoProc)?;
+        let table =
+            InodeTable::new(root, proc, cfg.fd_cache).map_err(|e| open_err(src)(e.into()))?;
         if !table
             .get(NodeId::ROOT)
             .map(|r| r.has_handle())
