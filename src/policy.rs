@@ -157,6 +157,21 @@ impl Matcher {
             Matcher::Glob(g) => g.is_match(rel),
         }
     }
+
+    /// The literal start of the paths this rule can match (`what` is the
+    /// rule's text): a prefix rule's path and "/", a glob's text up to its
+    /// first wildcard. Lower case, as some globs ignore case.
+    fn literal_start(&self, what: &str) -> String {
+        match self {
+            Matcher::Prefix(p) if p.is_empty() => String::new(),
+            Matcher::Prefix(p) => format!("{}/", p.to_ascii_lowercase()),
+            Matcher::Glob(_) => {
+                let what = what.trim_start_matches('/');
+                let end = what.find(['*', '?', '[', '{', '\\']).unwrap_or(what.len());
+                what[..end].to_ascii_lowercase()
+            }
+        }
+    }
 }
 
 struct Rule {
@@ -372,6 +387,44 @@ impl Policy {
                 .any(|r| r.dirs.is_some_and(has) || r.files.is_some_and(has))
     }
 
+    /// Whether an inode of `kind`, decided `old` at `old_path`, can move to
+    /// `new_path` (decided `new`) and keep its mask, and (a directory) the
+    /// masks of everything below it. Inode passthrough attaches the mask to
+    /// the kernel's inode for its life, so a move that would change one is
+    /// refused (EXDEV). A directory moves only when both places decide
+    /// alike and no rule can reach inside the old or new subtree; unknown
+    /// paths are refused.
+    pub fn move_keeps_masks(
+        &self,
+        kind: Kind,
+        (old, old_path): (u16, Option<&str>),
+        (new, new_path): (u16, Option<&str>),
+    ) -> bool {
+        if kind != Kind::Directory {
+            return self.mask(old, kind) == self.mask(new, kind);
+        }
+        if self.masks(old) != self.masks(new) {
+            return false;
+        }
+        let (Some(o), Some(n)) = (old_path, new_path) else {
+            return false;
+        };
+        let below = [
+            format!("{}/", o.to_ascii_lowercase()),
+            format!("{}/", n.to_ascii_lowercase()),
+        ];
+        // A prefix rule reaches inside when it lies below either place (one
+        // above a place covers all of it alike); a glob also when its
+        // literal start is above (it may match by depth or name there).
+        !self.rules.iter().any(|r| {
+            let lit = r.matcher.literal_start(&r.what);
+            let glob = matches!(r.matcher, Matcher::Glob(_));
+            below
+                .iter()
+                .any(|b| lit.starts_with(b.as_str()) || (glob && b.starts_with(lit.as_str())))
+        })
+    }
+
     /// The mask a decision gives an inode of `kind`.
     pub fn mask(&self, decision: u16, kind: Kind) -> u64 {
         let (d, f) = self.masks(decision);
@@ -490,6 +543,33 @@ mod tests {
         assert!(m.matches("private/a/b"));
         assert!(!m.matches("privateer"));
         assert!(p.rules[1].matcher.matches("a/b/c.jpg"));
+    }
+
+    /// Inode passthrough keeps an inode's mask for its life: moves that
+    /// would change it (for a directory, anything below it) are refused.
+    #[test]
+    fn moves_that_would_change_a_mask_are_refused() {
+        let p = Policy::parse(
+            "[[rule]]\npath = \"a/private\"\nfiles = [\"none\"]\n\
+             [[rule]]\nglob = \"DCIM/**/*.jpg\"\nfiles = [\"getattr\"]",
+            all_ops(),
+        )
+        .unwrap();
+        let (default, private, jpg) = (1, 2, 3);
+        let file = |o: u16, n: u16| p.move_keeps_masks(Kind::Regular, (o, None), (n, None));
+        assert!(file(default, default));
+        assert!(!file(default, jpg), "into the glob's files");
+        assert!(!file(private, default), "out of the private subtree");
+        let dir = |o: &str, n: &str| {
+            p.move_keeps_masks(Kind::Directory, (default, Some(o)), (default, Some(n)))
+        };
+        assert!(dir("b", "c"), "no rule reaches either subtree");
+        assert!(dir("b/x", "Download/x"));
+        assert!(!dir("a", "b"), "a/private would move along");
+        assert!(!dir("b", "DCIM/b"), "the glob may match below DCIM/b");
+        assert!(!dir("dcim/b", "c"), "globs may ignore case");
+        assert!(!p.move_keeps_masks(Kind::Directory, (default, None), (default, Some("c"))));
+        assert!(!p.move_keeps_masks(Kind::Directory, (default, Some("b")), (private, Some("c"))));
     }
 
     #[test]

@@ -536,12 +536,35 @@ fn rules_follow_renames_through_the_mount() {
         "not its media"
     );
     assert_eq!(ls(GALLERY, &m.m("Pictures/album")), vec!["p.jpg"]);
+    // With inode passthrough (the patched kernel) the kernel keeps each
+    // inode's mask for its life: a rename that would change it is EXDEV,
+    // and mv copied. Without it, the rename happened.
+    let inode_mode = m.stats()["backing"]["mode"] == "inode";
     let text = fs::read_to_string(&log).unwrap();
-    assert!(
-        text.lines()
-            .any(|l| l.contains("\"path\":\"shared/album\"")
-                && l.contains("\"to\":\"Pictures/album\"")),
-        "{text}"
+    let renamed = text.lines().any(|l| {
+        l.contains("\"path\":\"shared/album\"") && l.contains("\"to\":\"Pictures/album\"")
+    });
+    assert_eq!(
+        renamed, !inode_mode,
+        "inode passthrough {inode_mode}: {text}"
     );
+    let (ok, o) = sh_as(
+        GALLERY,
+        GALLERY,
+        &format!("cp {1} {0}/shared/r.jpg", m.mnt.display(), sample.display()),
+    );
+    assert!(ok, "{o}");
+    let (from, to) = (m.m("shared/r.jpg"), m.m("DCIM/Camera/r.jpg"));
+    let r = thread_as(GALLERY, GALLERY, move || {
+        fs::rename(&from, &to).map_err(|e| e.raw_os_error())
+    })
+    .join()
+    .unwrap();
+    if inode_mode {
+        assert_eq!(r, Err(Some(libc::EXDEV)), "a rename into the media dirs");
+    } else {
+        assert_eq!(r, Ok(()), "a rename into the media dirs");
+        assert_eq!(read_as(GALLERY, "DCIM/Camera/r.jpg", "5.jpg"), expected);
+    }
     assert!(m.unmount().success());
 }

@@ -141,6 +141,47 @@ impl PassthroughFs {
     }
 }
 
+impl PassthroughFs {
+    /// With inode passthrough the kernel keeps the policy's mask on an
+    /// inode for its life (kernel-patches/0001: no way to change it), so a
+    /// rename or link that would put a known inode, or a directory's
+    /// subtree, where the policy decides another mask answers EXDEV: tools
+    /// copy instead, and the copy gets the new place's mask (overlayfs
+    /// answers EXDEV for the directories it cannot move, too). Without
+    /// inode passthrough each open decides by the current path.
+    fn check_move(&self, inode: &Inode, to: (&Inode, &CStr)) -> Result<(), Errno> {
+        if self.backing.mode() != backing::Mode::Inode || !self.cfg.policy.needs_paths() {
+            return Ok(());
+        }
+        let old = inode.backing.lock().decision;
+        let new = self.cfg.policy.decide(&self.table, to.0, to.1);
+        let old_path = self.table.relative_path(inode);
+        let new_path = self.table.relative_path(to.0).map(|d| {
+            let name = to.1.to_string_lossy();
+            if d.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{d}/{name}")
+            }
+        });
+        let keeps = self.cfg.policy.move_keeps_masks(
+            inode.kind,
+            (old, old_path.as_deref()),
+            (new, new_path.as_deref()),
+        );
+        if keeps {
+            Ok(())
+        } else {
+            tracing::debug!(
+                "rename/link of {:?} to {:?}: another passthrough mask there, EXDEV",
+                old_path,
+                new_path
+            );
+            Err(Errno::EXDEV)
+        }
+    }
+}
+
 impl EntryOps for PassthroughFs {
     fn lookup(&self, ctx: &Context, parent: NodeId, name: &CStr) -> Result<Entry, Errno> {
         check_name(name)?;
@@ -244,6 +285,7 @@ impl EntryOps for PassthroughFs {
             return Err(Errno::EPERM);
         }
         self.media_may_create(ctx, &np, newname)?;
+        self.check_move(&inode, (&np, newname))?;
         {
             let fd = self.table.fd(&inode)?;
             let npfd = self.table.fd(&np)?;
@@ -312,14 +354,20 @@ impl EntryOps for PassthroughFs {
             }
             self.media_may_create(ctx, &np, newname)?;
         }
+        let moved = self.table.known_at(pfd.fd(), name);
+        let replaced = self.table.known_at(npfd.fd(), newname);
+        if let Some(m) = &moved {
+            self.check_move(m, (&np, newname))?;
+        }
+        if let (Some(r), true) = (&replaced, flags & libc::RENAME_EXCHANGE != 0) {
+            self.check_move(r, (&p, name))?;
+        }
         // A target replaced by the rename loses a name (see remove_name).
         let victim = if flags & (libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) == 0 {
             self.table.hold_victim(npfd.fd(), newname)
         } else {
             None
         };
-        let moved = self.table.known_at(pfd.fd(), name);
-        let replaced = self.table.known_at(npfd.fd(), newname);
         // A whiteout is a new inode: it belongs to the caller.
         let r = self
             .as_caller(ctx, flags & libc::RENAME_WHITEOUT != 0)
