@@ -470,7 +470,7 @@ impl Policy {
     }
 
     /// Path of `parent/name` relative to SOURCE.
-    fn relative_path(&self, table: &InodeTable, parent: &Inode, name: &CStr) -> Option<String> {
+    pub fn relative_path(&self, table: &InodeTable, parent: &Inode, name: &CStr) -> Option<String> {
         let name = name.to_str().ok()?;
         let dir = table.relative_path(parent)?;
         Some(if dir.is_empty() {

@@ -306,18 +306,7 @@ fn without_cap_sys_admin_the_daemon_serves_io_itself() {
     );
     let (ok, out) = sh_as(1000, 1000, &cmd);
     assert!(ok, "unprivileged mount: {out}");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            if is_mounted(self.0) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(self.0)
-                    .status();
-            }
-        }
-    }
-    let _guard = Unmount(&mnt);
+    let _guard = UnmountOnDrop(mnt.clone());
     assert!(is_mounted(&mnt));
     let (ok, out) = sh_as(
         1000,

@@ -467,18 +467,6 @@ fn trusted_xattrs_are_not_listed_to_unprivileged_callers() {
     assert!(m.unmount().success());
 }
 
-/// Unmounts a filesystem mounted for one test, even when the test fails.
-struct Submount(PathBuf);
-
-impl Drop for Submount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// A SOURCE whose filesystem has no POSIX ACLs (ramfs: getxattr answers
 /// EOPNOTSUPP). The kernel asks the daemon for system.posix_acl_access
 /// before it lets another user in, and only ENODATA means "no ACL": the
@@ -496,7 +484,7 @@ fn a_source_without_acl_support_does_not_lock_other_users_out() {
         .status()
         .unwrap();
     assert!(ok.success(), "mount -t ramfs");
-    let _ram = Submount(src.clone());
+    let _ram = UnmountOnDrop(src.clone());
     fs::write(src.join("f"), b"root's").unwrap();
     fs::set_permissions(src.join("f"), fs::Permissions::from_mode(0o644)).unwrap();
     fs::create_dir(src.join("d")).unwrap();

@@ -189,43 +189,54 @@ impl Drop for ForceOff {
     }
 }
 
+/// A daemon started by hand (detached) with `args` on a SOURCE holding
+/// `f`, logging and writing stats into the test's directory.
+struct Detached {
+    dir: tempfile::TempDir,
+    mnt: std::path::PathBuf,
+}
+
+impl Detached {
+    fn start(args: &[&str]) -> (Detached, UnmountOnDrop) {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&mnt).unwrap();
+        fs::write(src.join("f"), b"hello").unwrap();
+        let st = Command::new(BIN)
+            .args(args)
+            .arg("--log")
+            .arg(dir.path().join("log"))
+            .arg("--stats")
+            .arg(dir.path().join("stats.json"))
+            .arg(&src)
+            .arg(&mnt)
+            .env("RUST_LOG", "info")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let guard = UnmountOnDrop(mnt.clone());
+        (Detached { dir, mnt }, guard)
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("log")
+    }
+
+    fn stats(&self) -> std::path::PathBuf {
+        self.dir.path().join("stats.json")
+    }
+}
+
 /// Starts the daemon (detached) with `args`, reads a file through it,
 /// unmounts, and returns (log, stats).
 fn run_daemon(args: &[&str]) -> (String, serde_json::Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
-    fs::create_dir(&src).unwrap();
-    fs::create_dir(&mnt).unwrap();
-    fs::write(src.join("f"), b"hello").unwrap();
-    let (log, stats) = (dir.path().join("log"), dir.path().join("stats.json"));
-    let st = Command::new(BIN)
-        .args(args)
-        .arg("--log")
-        .arg(&log)
-        .arg("--stats")
-        .arg(&stats)
-        .arg(&src)
-        .arg(&mnt)
-        .env("RUST_LOG", "info")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            if is_mounted(self.0) {
-                let _ = Command::new("umount").arg(self.0).status();
-            }
-            if is_mounted(self.0) {
-                let _ = Command::new("umount").arg("-l").arg(self.0).status();
-            }
-        }
-    }
-    let guard = Unmount(&mnt);
+    let (d, guard) = Detached::start(args);
     for _ in 0..20 {
-        assert_eq!(fs::read(mnt.join("f")).unwrap(), b"hello");
+        assert_eq!(fs::read(d.mnt.join("f")).unwrap(), b"hello");
     }
     drop(guard);
+    let (log, stats) = (d.log(), d.stats());
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut v = None;
     while Instant::now() < deadline {
@@ -277,38 +288,10 @@ fn falls_back_to_dev_fuse_when_the_kernel_does_not_offer_io_uring() {
         .then(ForceOff::new);
     // Started by hand: the harness would turn io_uring on under
     // PTFS_TRANSPORT=uring.
-    let dir = tempfile::tempdir().unwrap();
-    let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
-    fs::create_dir(&src).unwrap();
-    fs::create_dir(&mnt).unwrap();
-    fs::write(src.join("f"), b"hello").unwrap();
-    let (log, stats) = (dir.path().join("log"), dir.path().join("stats.json"));
-    let st = Command::new(BIN)
-        .arg("--io-uring")
-        .arg("--log")
-        .arg(&log)
-        .arg("--stats")
-        .arg(&stats)
-        .arg(&src)
-        .arg(&mnt)
-        .env("RUST_LOG", "info")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            if is_mounted(self.0) {
-                let _ = Command::new("umount").arg(self.0).status();
-            }
-            if is_mounted(self.0) {
-                let _ = Command::new("umount").arg("-l").arg(self.0).status();
-            }
-        }
-    }
-    let guard = Unmount(&mnt);
-    assert_eq!(fs::read(mnt.join("f")).unwrap(), b"hello");
+    let (d, guard) = Detached::start(&["--io-uring"]);
+    assert_eq!(fs::read(d.mnt.join("f")).unwrap(), b"hello");
     drop(guard);
+    let (log, stats) = (d.log(), d.stats());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !stats.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -156,14 +156,7 @@ impl PassthroughFs {
         let old = inode.backing.lock().decision;
         let new = self.cfg.policy.decide(&self.table, to.0, to.1);
         let old_path = self.table.relative_path(inode);
-        let new_path = self.table.relative_path(to.0).map(|d| {
-            let name = to.1.to_string_lossy();
-            if d.is_empty() {
-                name.into_owned()
-            } else {
-                format!("{d}/{name}")
-            }
-        });
+        let new_path = self.cfg.policy.relative_path(&self.table, to.0, to.1);
         let keeps = self.cfg.policy.move_keeps_masks(
             inode.kind,
             (old, old_path.as_deref()),

@@ -42,6 +42,22 @@ pub fn is_mounted(p: &Path) -> bool {
     mounts.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
 }
 
+/// Unmounts `path` when dropped, if it is still mounted (umount, then
+/// `umount -l` as the last resort): for mounts a test makes without
+/// [`Mount`] (a daemon started by hand, a filesystem under SOURCE).
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
 /// Daemon arguments every mount of a suite gets, from `PTFS_EXTRA_ARGS`
 /// (split on whitespace): `PTFS_EXTRA_ARGS=--sandbox cargo test --test ops`
 /// runs the ops suite with the sandbox on.
