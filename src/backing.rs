@@ -51,7 +51,8 @@ pub struct Backing {
     failures: AtomicU64,
     /// Mask bits the kernel accepted (inode mode), learned by probing.
     supported_ops: AtomicU64,
-    probed: AtomicBool,
+    /// Mask bits probed so far (each once, when a mask first asks for it).
+    probed: AtomicU64,
     /// READDIRPLUS entries carry backing ids (FUSE_PASSTHROUGH_DIRENTPLUS).
     dirplus: AtomicBool,
     /// Entries registered, per ops mask.
@@ -72,7 +73,7 @@ impl Default for Backing {
             registered: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             supported_ops: AtomicU64::new(0),
-            probed: AtomicBool::new(false),
+            probed: AtomicU64::new(0),
             dirplus: AtomicBool::new(false),
             per_mask: Mutex::new(BTreeMap::new()),
             per_op: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -257,14 +258,19 @@ impl Backing {
         if usable & GETATTR_OP == 0 {
             return BackingId::NONE;
         }
-        if self.dirplus() && inode.kind == crate::inode_table::Kind::Directory {
+        if self.dirplus()
+            && inode.kind == crate::inode_table::Kind::Directory
+            && usable & crate::policy::LOOKUP_OP == 0
+        {
             // The kernel lists a directory that passes READDIR through
             // itself, and sends READDIRPLUS (with the entries' backing ids)
             // once the listed names are looked up (patch 0014), at the
             // backing directory's offsets, which are ours. Its open stays
             // here: READDIRPLUS on a handle, not on a fresh stream each.
             // (After the probe, which learns the kernel's ops from the
-            // first mask it sees.)
+            // first mask it sees.) A directory that passes LOOKUP through
+            // is never listed with READDIRPLUS (patch 0015): its open may
+            // pass through too.
             usable &= !abi::passthrough_op(Opcode::Open);
         }
         let mut slot = inode.backing.lock();
@@ -309,9 +315,12 @@ impl Backing {
         }
     }
 
-    /// Drops mask bits the kernel refuses, probing once (one log line).
+    /// Drops mask bits the kernel refuses, probing each bit once, when a
+    /// mask first asks for it (one log line per probe: the first entry's
+    /// mask, then e.g. `lookup` at the first directory, refused by kernels
+    /// without patch 0015).
     fn usable_mask(&self, fd: BorrowedFd<'_>, wanted: u64) -> u64 {
-        if !self.probed.load(Ordering::Acquire) {
+        if wanted & !self.probed.load(Ordering::Acquire) != 0 {
             self.probe(fd, wanted);
         }
         wanted & self.supported_ops.load(Ordering::Acquire)
@@ -320,7 +329,8 @@ impl Backing {
     fn probe(&self, fd: BorrowedFd<'_>, wanted: u64) {
         static LOCK: Mutex<()> = Mutex::new(());
         let _g = LOCK.lock();
-        if self.probed.load(Ordering::Acquire) {
+        let wanted = wanted & !self.probed.load(Ordering::Acquire);
+        if wanted == 0 {
             return;
         }
         // GETATTR goes with every other bit: the kernel refuses a mask
@@ -347,12 +357,12 @@ impl Backing {
                 refused.join(", ")
             );
         }
+        let ok = self.supported_ops.fetch_or(ok, Ordering::AcqRel) | ok;
         info!(
             "inode passthrough: kernel serves {}",
             mask_names(ok).join(",")
         );
-        self.supported_ops.store(ok, Ordering::Release);
-        self.probed.store(true, Ordering::Release);
+        self.probed.fetch_or(wanted, Ordering::AcqRel);
     }
 
     /// Entries registered so far with `op` in their mask.

@@ -96,8 +96,12 @@ struct Cli {
     max_stack_depth: Option<u32>,
     /// Ops the kernel may serve from the backing inode, on kernels with
     /// inode passthrough: getattr,statx,setattr,getxattr,listxattr,readdir,
-    /// open,read,write,... or all / none. On stock kernels only read,write
-    /// apply (I/O passthrough on open).
+    /// open,read,write,lookup,... or all / none. On stock kernels only
+    /// read,write apply (I/O passthrough on open). `lookup` (directories
+    /// only, kernels with patch 0015) lets the kernel resolve names in the
+    /// backing directory without asking the daemon, which then cannot apply
+    /// per-name rules below it: `all` includes it only without --policy and
+    /// --media-provider.
     #[arg(long, default_value = "all", value_name = "LIST")]
     passthrough_ops: String,
     /// Per-subtree passthrough rules (TOML; see `policy.rs`).
@@ -423,8 +427,17 @@ fn run(cli: Cli) -> Result<()> {
     let pol = match (&cli.policy, &media) {
         (Some(p), _) => Policy::from_file(p, ops).map_err(anyhow::Error::msg)?,
         (None, Some(mp)) => mp.policy(ops),
-        (None, None) => Policy::uniform(ops),
+        (None, None) => {
+            let mut p = Policy::uniform(ops);
+            if policy::names_all(&cli.passthrough_ops) {
+                p.allow_dir_lookup();
+            }
+            p
+        }
     };
+    if media.is_some() && ops & policy::LOOKUP_OP != 0 {
+        eprintln!("passthroughfs: warning: --media-provider decides per name and caller: lookup is not passed through");
+    }
     // Without default_permissions the host checks each request as its
     // caller, which only a root daemon can impersonate: unprivileged, every
     // other user would get the daemon user's access.

@@ -59,14 +59,30 @@ const OP_NAMES: &[(&str, &[Opcode])] = &[
     ("rmdir", &[Opcode::Rmdir]),
     ("unlink", &[Opcode::Unlink]),
     ("create", &[Opcode::Create]),
+    ("lookup", &[Opcode::Lookup]),
 ];
 
-/// Every bit we know a name for.
+/// LOOKUP in a directory's mask: the kernel resolves names below it in the
+/// backing directory itself (patch 0015), without asking the daemon, so the
+/// daemon's per-name decisions (policy rules, media provider) no longer
+/// apply below it. Directories only; not part of `all` (see
+/// [`Policy::allow_dir_lookup`]).
+pub const LOOKUP_OP: u64 = abi::passthrough_op(Opcode::Lookup);
+
+/// Every bit we know a name for, except `lookup`.
 pub fn all_ops() -> u64 {
     OP_NAMES
         .iter()
         .flat_map(|(_, ops)| ops.iter())
         .fold(0, |m, &op| m | abi::passthrough_op(op))
+        & !LOOKUP_OP
+}
+
+/// Does an op list name `all`? (`--passthrough-ops all` also lets the
+/// kernel look names up when that is safe, see [`Policy::allow_dir_lookup`].)
+pub fn names_all(list: &str) -> bool {
+    list.split(',')
+        .any(|n| n.trim().eq_ignore_ascii_case("all"))
 }
 
 /// What is wrong with a policy file or an op list, as one line.
@@ -319,6 +335,18 @@ impl Policy {
         Ok(p)
     }
 
+    /// `--passthrough-ops all` without rules: directories also pass LOOKUP
+    /// through. Only safe when every entry gets the same decision, as the
+    /// kernel then resolves names without the daemon; with rules it does
+    /// nothing (returns false).
+    pub fn allow_dir_lookup(&mut self) -> bool {
+        if !self.rules.is_empty() {
+            return false;
+        }
+        self.default_dirs |= LOOKUP_OP;
+        true
+    }
+
     /// Adds a rule for a subtree (this path and everything below).
     pub fn add_path_rule(&mut self, path: &str, dirs: Option<u64>, files: Option<u64>) {
         let clean = path.trim_matches('/').to_string();
@@ -430,7 +458,8 @@ impl Policy {
         let (d, f) = self.masks(decision);
         match kind {
             Kind::Directory => d,
-            Kind::Regular => f,
+            // LOOKUP names a directory's entries: not for files
+            Kind::Regular => f & !LOOKUP_OP,
             _ => 0,
         }
     }
@@ -502,9 +531,40 @@ mod tests {
             bit(Opcode::Getattr) | bit(Opcode::Read)
         );
         assert_eq!(parse_ops("all").unwrap(), all_ops());
+        assert_eq!(all_ops() & LOOKUP_OP, 0, "`all` alone never has lookup");
+        assert_eq!(
+            parse_ops("lookup,getattr").unwrap(),
+            LOOKUP_OP | bit(Opcode::Getattr)
+        );
+        assert!(names_all("getattr, ALL"));
+        assert!(!names_all("getattr,lookup"));
         let e = parse_ops("getattr,frobnicate").unwrap_err();
         assert!(matches!(e, PolicyError::UnknownOp { .. }), "{e}");
         assert!(e.to_string().contains("unknown op 'frobnicate'"), "{e}");
+    }
+
+    /// `lookup` goes in directory masks only, and `all` gets it only
+    /// without rules (the kernel would bypass their per-name decisions).
+    #[test]
+    fn lookup_for_directories_only_and_all_without_rules() {
+        let mut p = Policy::uniform(parse_ops("all").unwrap());
+        assert_eq!(p.mask(1, Kind::Directory) & LOOKUP_OP, 0);
+        assert!(p.allow_dir_lookup());
+        assert_eq!(p.mask(1, Kind::Directory), all_ops() | LOOKUP_OP);
+        assert_eq!(p.mask(1, Kind::Regular), all_ops());
+
+        let mut ruled = Policy::parse(TWO_RULES, all_ops()).unwrap();
+        assert!(!ruled.allow_dir_lookup());
+        assert_eq!(ruled.mask(1, Kind::Directory) & LOOKUP_OP, 0);
+
+        // Named explicitly, in a policy file: honoured, for directories
+        let p = Policy::parse(
+            "[default]\ndirs = [\"getattr\", \"lookup\"]\nfiles = [\"getattr\", \"lookup\"]",
+            0,
+        )
+        .unwrap();
+        assert_eq!(p.mask(1, Kind::Directory), bit(Opcode::Getattr) | LOOKUP_OP);
+        assert_eq!(p.mask(1, Kind::Regular), bit(Opcode::Getattr));
     }
 
     /// A subtree rule, then a glob rule for files only.

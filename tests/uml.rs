@@ -5,7 +5,9 @@
 //! `kernel-patches/uml.sh build patched` and runs, inside it:
 //! 1. this binary with `--inside-uml`: the inode-passthrough checks below
 //!    (ops in the mask never reach the daemon, masked-out ops and policed
-//!    subtrees do, ids are closed at FORGET, results equal SOURCE);
+//!    subtrees do, ids are closed at FORGET, results equal SOURCE; with
+//!    `all`, directories pass LOOKUP through: a cold walk costs one LOOKUP
+//!    per top directory, and ops outside the mask still reach the daemon);
 //! 2. the daemon's own suites (ops, masks, media provider, I/O, escape,
 //!    hostile input, stress ...), whose mounts then use inode passthrough
 //!    with the default `--passthrough-ops all`.
@@ -234,6 +236,15 @@ fn xattrs(p: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
         ));
     }
     Ok((v[..nv as usize].to_vec(), l[..nl as usize].to_vec()))
+}
+
+/// The value of the xattr `k` of `p` (empty if unreadable).
+fn xattr_value(p: &Path, k: &std::ffi::CStr) -> Vec<u8> {
+    let c = cpath(p);
+    let mut v = [0u8; 64];
+    // SAFETY: valid C strings, a buffer with its true size.
+    let nv = unsafe { libc::lgetxattr(c.as_ptr(), k.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+    v[..nv.max(0) as usize].to_vec()
 }
 
 /// Walks the tree through the mount (readdir, stat twice, read, getxattr,
@@ -539,6 +550,79 @@ fn inside() -> i32 {
             &format!("the kernel passes SETATTR through ({supported})"),
         );
     }
+    c.check(m.unmount().success(), "clean unmount");
+
+    // 5. Kernel patch 0015: with `all` (no policy), directories pass LOOKUP
+    // through: a cold walk costs the daemon one LOOKUP per top directory
+    // (the root has no backing file), none per file; an op outside the
+    // mask (SETXATTR), a create and a rename in such directories reach the
+    // daemon with nodeids it knows (the kernel looks the entries up first).
+    let m = Mount::with_source(fill, &[]);
+    drop_caches();
+    let before = m.stats();
+    let walked = walk_and_compare(&m, "");
+    let after = m.stats();
+    // (The daemon probes the kernel's ops at the first entry.)
+    let supported = after["backing"]["supported_ops"].to_string();
+    c.check(
+        supported.contains("LOOKUP"),
+        &format!("the kernel passes LOOKUP through in directories ({supported})"),
+    );
+    let delta = |op: &str| n(&after, op) - n(&before, op);
+    c.check(
+        walked.is_ok(),
+        &format!("lookup passthrough: readdir/stat/read/xattrs equal SOURCE: {walked:?}"),
+    );
+    let busy: BTreeMap<&str, u64> = [
+        "GETATTR",
+        "STATX",
+        "READDIR",
+        "READDIRPLUS",
+        "OPEN",
+        "READ",
+        "GETXATTR",
+        "LISTXATTR",
+    ]
+    .iter()
+    .map(|op| (*op, delta(op)))
+    .filter(|(_, d)| *d > 0)
+    .collect();
+    c.check(
+        delta("LOOKUP") <= DIRS as u64 + 1 && busy.is_empty(),
+        &format!(
+            "cold walk of {} files in {DIRS} directories: LOOKUP {} at the daemon (one per directory at most), nothing else per entry (saw {busy:?})",
+            DIRS * FILES,
+            delta("LOOKUP")
+        ),
+    );
+    let before = m.stats();
+    let (p, k) = (cpath(&m.m("d1/f1")), c"user.set");
+    // SAFETY: valid C strings and a 2-byte buffer.
+    let r = unsafe { libc::lsetxattr(p.as_ptr(), k.as_ptr(), b"ok".as_ptr().cast(), 2, 0) };
+    let created = fs::write(m.m("d2/new"), b"new\n").is_ok()
+        && fs::read(m.m("d2/new")).is_ok_and(|b| b == b"new\n");
+    let renamed = fs::rename(m.m("d3/f3"), m.m("d4/moved")).is_ok();
+    let after = m.stats();
+    let delta = |op: &str| n(&after, op) - n(&before, op);
+    let sv = xattr_value(&m.s("d1/f1"), c"user.set");
+    c.check(
+        r == 0 && sv == b"ok" && delta("SETXATTR") == 1,
+        &format!(
+            "setxattr (not passed through) of a kernel-looked-up file reaches SOURCE (SETXATTR {}, LOOKUP {})",
+            delta("SETXATTR"),
+            delta("LOOKUP")
+        ),
+    );
+    c.check(
+        created
+            && renamed
+            && fs::read(m.s("d2/new")).is_ok_and(|b| b == b"new\n")
+            && fs::read(m.s("d4/moved")).is_ok_and(|b| b == b"file 3/3\n")
+            && fs::symlink_metadata(m.s("d3/f3")).is_err(),
+        &format!(
+            "create and rename in kernel-looked-up directories reach SOURCE ({created}, {renamed})"
+        ),
+    );
     c.check(m.unmount().success(), "clean unmount");
 
     println!(

@@ -20,6 +20,9 @@
  *                               reaches the server as READDIRPLUS only,
  *                               and a directory passing READDIR through
  *                               sends READDIRPLUS only for a stat walk
+ *   ptino_test lookup [WORKDIR] walk flags, and directories with LOOKUP in
+ *                               their mask (patch 0015): names resolved by
+ *                               the kernel in the backing directory
  *
  * Needs root, /dev/fuse and a kernel with CONFIG_FUSE_PASSTHROUGH.  Prints one
  * line per check; exits 0 only if every check holds.  WORKDIR (default
@@ -217,6 +220,14 @@ static const struct policy policies[] = {
 	/* walk mode: a directory listed from its backing directory */
 	{ "v", 1, OP(GETATTR) | OP(STATX) | OP(READDIR), 0, 3600 },
 	{ "v/*", 0, OP(GETATTR) | OP(STATX), 0, 3600 },
+	/* lookup mode: the kernel looks names up below l and e itself */
+	{ "l", 1, OP(GETATTR) | OP(STATX) | OP(READDIR) | OP(OPEN) |
+		  OP(READ) | OP(LOOKUP), 0, 3600 },
+	/* what the server registers for the entries it is asked about */
+	{ "l/*", 0, OP(GETATTR) | OP(STATX), 0, 3600 },
+	/* entries of e expire with e's: one second */
+	{ "e", 1, OP(GETATTR) | OP(STATX) | OP(READDIR) | OP(LOOKUP), 0, 1 },
+	{ "e/*", 0, OP(GETATTR) | OP(STATX), 0, 3600 },
 	/* walk mode: listed whole, then looked up (tar, scandir + stat) */
 	{ "x", 1, OP(GETATTR) | OP(STATX) | OP(READDIR), 0, 3600 },
 	{ "x/a", 1, OP(GETATTR) | OP(STATX) | OP(READDIR), 0, 3600 },
@@ -246,6 +257,8 @@ struct node {
 struct shared {
 	int ino_mode;
 	int walk_mode;			/* ino mode with READDIRPLUS */
+	int lookup_mode;		/* walk flags, LOOKUP passed through */
+	unsigned int kernel_nodeids;	/* requests naming nodeid >= MAXNODE */
 	int kernel_offers_dirplus, dirplus;	/* FUSE_PASSTHROUGH_DIRENTPLUS */
 	int stock;			/* expect an unpatched 7.46 kernel */
 	int init_done, probe_done;
@@ -378,6 +391,10 @@ static int policy_of(int parent, const char *name)
 		snprintf(path, sizeof(path), "w/*");
 	if (!strncmp(path, "v/", 2))
 		snprintf(path, sizeof(path), "v/*");
+	if (!strncmp(path, "l/", 2))
+		snprintf(path, sizeof(path), "l/*");
+	if (!strncmp(path, "e/", 2))
+		snprintf(path, sizeof(path), "e/*");
 	if (!strncmp(path, "x/a/", 4) || !strncmp(path, "x/b/", 4))
 		snprintf(path, sizeof(path), "x/*/*");
 	for (i = 0; i < NPOL; i++)
@@ -409,7 +426,7 @@ static void handle_init(uint64_t unique, const struct fuse_init_in *in)
 	 * READDIRPLUS when the kernel thinks it useful (w: at the start and
 	 * after lookups; v, which passes READDIR through: after lookups)
 	 */
-	if (sh->walk_mode)
+	if (sh->walk_mode || sh->lookup_mode)
 		want |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO |
 			FUSE_PASSTHROUGH_DIRENTPLUS;
 	want &= kflags;
@@ -537,6 +554,9 @@ static void handle_lookup(uint64_t unique, uint64_t parent, const char *name)
 		uint64_t mask = pol->mask & sh->supported;
 
 		if (!strcmp(pol->path, "d/busy") && n->nlookup == 1)
+			mask = 0;
+		/* only regular files and directories have backing files */
+		if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
 			mask = 0;
 		if (!n->backing_id && (mask || legacy)) {
 			id = backing_open(n->fd, legacy ? 0 : mask);
@@ -869,6 +889,9 @@ static void serve_one(char *buf, ssize_t len)
 
 	if (len < (ssize_t)sizeof(*ih))
 		return;
+	/* the kernel's own nodeids (patch 0015) must never reach the server */
+	if (nid >= MAXNODE)
+		__atomic_add_fetch(&sh->kernel_nodeids, 1, __ATOMIC_SEQ_CST);
 	if (nid < MAXNODE && ih->opcode < MAXOP)
 		__atomic_add_fetch(&sh->count[nid][ih->opcode], 1,
 				   __ATOMIC_SEQ_CST);
@@ -886,6 +909,9 @@ static void serve_one(char *buf, ssize_t len)
 		uint32_t i;
 
 		for (i = 0; i < bf->count; i++) {
+			if (one[i].nodeid >= MAXNODE)
+				__atomic_add_fetch(&sh->kernel_nodeids, 1,
+						   __ATOMIC_SEQ_CST);
 			if (one[i].nodeid < MAXNODE)
 				__atomic_add_fetch(&sh->count[one[i].nodeid][FUSE_FORGET],
 						   1, __ATOMIC_SEQ_CST);
@@ -2129,13 +2155,206 @@ static void client_walk_siblings(void)
 	      cnt("x/b", FUSE_LOOKUP), cnt("x/b", FUSE_READDIRPLUS));
 }
 
+static void put(const char *rel, const char *content);
+
+/* The server's node for the backing inode of REL, or -1 */
+static int nid_of_src(const char *rel)
+{
+	struct stat st;
+	int i;
+
+	if (lstat(s(rel), &st))
+		return -1;
+	for (i = 2; i < MAXNODE; i++)
+		if (sh->nodes[i].used && !sh->nodes[i].forgotten &&
+		    sh->nodes[i].ino == st.st_ino)
+			return i;
+	return -1;
+}
+
+static unsigned int server_nodes_below(const char *pol)
+{
+	unsigned int i, n = 0;
+
+	for (i = 2; i < MAXNODE; i++)
+		if (sh->nodes[i].used && sh->nodes[i].pol >= 0 &&
+		    !strcmp(policies[sh->nodes[i].pol].path, pol))
+			n++;
+	return n;
+}
+
+/* lstat every entry of DIR (and of its subdirectories) via the mount */
+static unsigned int stat_walk(const char *dir, unsigned int *same)
+{
+	unsigned int names = 0;
+	struct dirent *de;
+	struct stat a, b;
+	char rel[128];
+	DIR *d = opendir(m(dir));
+
+	while (d && (de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		names++;
+		snprintf(rel, sizeof(rel), "%.60s/%.60s", dir, de->d_name);
+		if (!lstat(m(rel), &a) && !lstat(s(rel), &b) &&
+		    same_stat(&a, &b) && a.st_ino == b.st_ino)
+			(*same)++;
+		if (de->d_type == DT_DIR)
+			names += stat_walk(rel, same);
+	}
+	if (d)
+		closedir(d);
+	return names;
+}
+
+static int wait_forgotten(int nid)
+{
+	int i;
+
+	for (i = 0; i < 300 && !sh->nodes[nid].forgotten; i++)
+		usleep(10000);
+	return sh->nodes[nid].forgotten;
+}
+
+/*
+ * Patch 0015: l and e have LOOKUP in their masks.  The kernel resolves
+ * their names in the backing directory: no LOOKUP per entry at the server,
+ * which only hears of an entry when an operation outside the mask needs it.
+ */
+static void client_lookup(void)
+{
+	unsigned int names, same = 0, lookups, nodes;
+	char buf[64];
+	struct stat a, b;
+	int nid, sub, fd1, fd2, ok, e1, e2;
+	ssize_t r;
+
+	check(sh->supported & OP(LOOKUP),
+	      "BACKING_OPEN accepts LOOKUP in the mask of a directory");
+
+	/* a cold stat walk of l: readdir, lstat of every entry, recursively */
+	names = stat_walk("l", &same);
+	lookups = cnt("l", FUSE_LOOKUP);
+	check(names == 28 && same == names,
+	      "lookup_walk: %u names below l, %u lstat equal to the source",
+	      names, same);
+	check(lookups == 1 && server_nodes_below("l/*") == 1 &&
+	      cnt("l", FUSE_READDIR) == 0 && cnt("l", FUSE_READDIRPLUS) == 0,
+	      "lookup_walk: the server got LOOKUP %u in l (the symlink only), knows %u entries below l, READDIR %u, READDIRPLUS %u",
+	      lookups, server_nodes_below("l/*"), cnt("l", FUSE_READDIR),
+	      cnt("l", FUSE_READDIRPLUS));
+	check(!lstat(m("l/link"), &a) && S_ISLNK(a.st_mode) &&
+	      nid_of_src("l/link") > 0,
+	      "lookup_symlink_falls_back: l/link is a symlink, looked up at the server");
+
+	/* hard links share one fuse inode: their flocks conflict */
+	fd1 = open(m("l/f00"), O_RDONLY);
+	fd2 = open(m("l/hl"), O_RDONLY);
+	ok = fd1 >= 0 && fd2 >= 0 && !flock(fd1, LOCK_EX) &&
+	     flock(fd2, LOCK_EX | LOCK_NB) && errno == EWOULDBLOCK;
+	check(ok && !fstat(fd1, &a) && !fstat(fd2, &b) &&
+	      a.st_ino == b.st_ino && a.st_nlink == 2,
+	      "lookup_hardlink: l/f00 and l/hl are one inode (flock conflict, st_ino, nlink 2)");
+	if (fd1 >= 0)
+		close(fd1);
+	if (fd2 >= 0)
+		close(fd2);
+
+	/* an op outside the mask: one LOOKUP resolves the inode first */
+	lookups = cnt("l", FUSE_LOOKUP);
+	r = getxattr(m("l/f01"), "user.pt", buf, sizeof(buf));
+	nid = nid_of_src("l/f01");
+	check(r == 6 && !memcmp(buf, "file1", 6) && nid > 0 &&
+	      cnt("l", FUSE_LOOKUP) == lookups + 1 &&
+	      sh->count[nid][FUSE_GETXATTR] == 1,
+	      "lookup_resolve: getxattr of l/f01 (not in the mask) sent LOOKUP %u, then GETXATTR %u with the server's nodeid",
+	      cnt("l", FUSE_LOOKUP) - lookups,
+	      nid > 0 ? sh->count[nid][FUSE_GETXATTR] : 0);
+	r = getxattr(m("l/f01"), "user.pt", buf, sizeof(buf));
+	check(r == 6 && cnt("l", FUSE_LOOKUP) == lookups + 1 && nid > 0 &&
+	      sh->count[nid][FUSE_GETXATTR] == 2,
+	      "lookup_resolve: a second getxattr sends no LOOKUP (%u more)",
+	      cnt("l", FUSE_LOOKUP) - lookups - 1);
+
+	/* two levels: l/sub, then l/sub/g0, each looked up once */
+	lookups = cnt("l", FUSE_LOOKUP);
+	r = getxattr(m("l/sub/g0"), "user.pt", buf, sizeof(buf));
+	sub = nid_of_src("l/sub");
+	nid = nid_of_src("l/sub/g0");
+	check(r == 3 && sub > 0 && nid > 0 &&
+	      cnt("l", FUSE_LOOKUP) == lookups + 1 &&
+	      sh->count[sub][FUSE_LOOKUP] == 1 &&
+	      sh->count[nid][FUSE_GETXATTR] == 1,
+	      "lookup_resolve_parent: getxattr of l/sub/g0 looked up l/sub (%u) and g0 (%u), from the top",
+	      cnt("l", FUSE_LOOKUP) - lookups,
+	      sub > 0 ? sh->count[sub][FUSE_LOOKUP] : 0);
+
+	/* eviction: FORGET for the resolved inodes only */
+	nid = nid_of_src("l/f01");
+	nodes = server_nodes_below("l/*");
+	sync();
+	fd1 = open("/proc/sys/vm/drop_caches", O_WRONLY);
+	if (fd1 < 0 || write(fd1, "2", 1) != 1)
+		check(0, "drop_caches: %s", strerror(errno));
+	if (fd1 >= 0)
+		close(fd1);
+	check(nid > 0 && wait_forgotten(nid) && nodes == 4,
+	      "lookup_forget: l/f01 forgotten by the server after eviction (%u entries below l known to it: link, f01, sub, sub/g0)",
+	      nodes);
+
+	/* e's entries expire with e's (one second): the backing is seen */
+	e1 = lstat(m("e/new"), &a) ? errno : 0;
+	put("e/new", "new\n");
+	usleep(1300000);
+	e2 = lstat(m("e/new"), &a) ? errno : 0;
+	check(e1 == ENOENT && e2 == 0 && S_ISREG(a.st_mode),
+	      "lookup_expiry: e/new created in the source behind the mount: %s before, %s after the entry expired",
+	      strerror(e1), strerror(e2));
+	unlink(s("e/new"));
+	usleep(1300000);
+	e2 = lstat(m("e/new"), &a) ? errno : 0;
+	check(e2 == ENOENT && cnt("e", FUSE_LOOKUP) == 0,
+	      "lookup_expiry: e/new removed behind the mount: %s after expiry; LOOKUP %u in e at the server",
+	      strerror(e2), cnt("e", FUSE_LOOKUP));
+
+	check(__atomic_load_n(&sh->kernel_nodeids, __ATOMIC_SEQ_CST) == 0,
+	      "no request or FORGET named a kernel nodeid (%u)",
+	      sh->kernel_nodeids);
+
+	/* after an abort nothing is looked up in the backing directory */
+	if (stat(mntdir, &a) || stat(m("l"), &a))
+		return;
+	{
+		char path[128];
+		int fd;
+
+		mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, NULL);
+		snprintf(path, sizeof(path),
+			 "/sys/fs/fuse/connections/%u/abort", minor(a.st_dev));
+		fd = open(path, O_WRONLY);
+		if (fd < 0 || write(fd, "1", 1) != 1) {
+			check(0, "abort the connection: %s", strerror(errno));
+			return;
+		}
+		close(fd);
+	}
+	e1 = lstat(m("l/f19"), &a) ? errno : 0;
+	e2 = lstat(m("l/f18"), &a) ? errno : 0;
+	check(e1 == ENOTCONN && e2 == ENOTCONN,
+	      "lookup_abort: after an abort lstat of l/f19 (looked up before): %s, of l/f18: %s",
+	      strerror(e1), strerror(e2));
+}
+
 static void client(void)
 {
 	wait_for(&sh->init_done);
 	/* the first access waits for INIT; the probe runs right after it */
 	access(mntdir, F_OK);
 	wait_for(&sh->probe_done);
-	if (sh->walk_mode) {
+	if (sh->lookup_mode) {
+		client_lookup();
+	} else if (sh->walk_mode) {
 		client_walk();
 		client_walk_dir();
 		client_walk_siblings();
@@ -2146,7 +2365,7 @@ static void client(void)
 		check_release();
 	}
 	printf("RESULT: %s mode: %d checks, %d failed, %d skipped\n",
-	       sh->walk_mode ? "walk" : sh->ino_mode ? "ino" :
+	       sh->lookup_mode ? "lookup" : sh->walk_mode ? "walk" : sh->ino_mode ? "ino" :
 	       sh->stock ? "stock" : "plain", checks,
 	       failures, skips);
 	fflush(stdout);
@@ -2227,6 +2446,27 @@ static void make_tree(void)
 		snprintf(rel, sizeof(rel), "x/b/f%02zu", i);
 		put(rel, "walk\n");
 	}
+	/* l: 20 files, a hard link, a symlink, sub with 5 files; e empty */
+	mkdir(s("l"), 0755);
+	mkdir(s("l/sub"), 0755);
+	for (i = 0; i < 20; i++) {
+		char rel[16];
+
+		snprintf(rel, sizeof(rel), "l/f%02zu", i);
+		put(rel, "look\n");
+	}
+	for (i = 0; i < 5; i++) {
+		char rel[16];
+
+		snprintf(rel, sizeof(rel), "l/sub/g%zu", i);
+		put(rel, "look\n");
+	}
+	if (link(s("l/f00"), s("l/hl")) || symlink("f00", s("l/link")))
+		die("link/symlink in l");
+	if (setxattr(s("l/f01"), "user.pt", "file1", 6, 0) ||
+	    setxattr(s("l/sub/g0"), "user.pt", "g0", 3, 0))
+		die("setxattr in l");
+	mkdir(s("e"), 0755);
 	if (set_acl(s("d/aclc"), 4, 1234, 4))
 		die("set ACL of d/aclc");
 	chmod(s("d/aclc"), 0640);
@@ -2269,8 +2509,9 @@ int main(int argc, char **argv)
 	int status, rootfd;
 
 	if (argc < 2 || (strcmp(argv[1], "ino") && strcmp(argv[1], "plain") &&
-			 strcmp(argv[1], "stock") && strcmp(argv[1], "walk"))) {
-		fprintf(stderr, "usage: %s ino|plain|stock|walk [WORKDIR]\n",
+			 strcmp(argv[1], "stock") && strcmp(argv[1], "walk") &&
+			 strcmp(argv[1], "lookup"))) {
+		fprintf(stderr, "usage: %s ino|plain|stock|walk|lookup [WORKDIR]\n",
 			argv[0]);
 		return 2;
 	}
@@ -2282,7 +2523,9 @@ int main(int argc, char **argv)
 	if (sh == MAP_FAILED)
 		die("mmap");
 	sh->walk_mode = !strcmp(argv[1], "walk");
-	sh->ino_mode = !strcmp(argv[1], "ino") || sh->walk_mode;
+	sh->lookup_mode = !strcmp(argv[1], "lookup");
+	sh->ino_mode = !strcmp(argv[1], "ino") || sh->walk_mode ||
+		       sh->lookup_mode;
 	sh->stock = !strcmp(argv[1], "stock");
 
 	if (mkdir(work, 0755) && errno != EEXIST)
