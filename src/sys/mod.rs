@@ -119,6 +119,17 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// The filesystem type of `fd` (`statfs.f_type`, its magic number, as the
+/// kernel's 32 bits).
+pub fn fs_type(fd: BorrowedFd<'_>) -> Result<u32> {
+    let mut st = MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: valid output buffer. fstatfs works on O_PATH fds.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: filled by the call.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_type as u64 as u32)
+}
+
 /// Largest handle the kernel hands out (`MAX_HANDLE_SZ`).
 pub const MAX_HANDLE_SZ: usize = 128;
 
@@ -772,6 +783,16 @@ mod tests {
         let mut none = Vec::new();
         assert!(getdents64_into(d.as_fd(), &mut none).is_err());
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn fs_type_is_the_magic_number() {
+        let proc = std::fs::File::open("/proc/self").unwrap();
+        assert_eq!(fs_type(proc.as_fd()).unwrap(), 0x9fa0, "PROC_SUPER_MAGIC");
+        let c = std::ffi::CString::new("/proc").unwrap();
+        let cwd = std::fs::File::open("/").unwrap();
+        let opath = openat(cwd.as_fd(), &c, libc::O_PATH, 0).unwrap();
+        assert_eq!(fs_type(opath.as_fd()).unwrap(), 0x9fa0, "an O_PATH fd too");
     }
 
     #[test]
