@@ -14,7 +14,9 @@ workload), or a cpu-clock profile (perf record).
                 row (the whole small tree, then `sync -f`)
       MODE:     plain | strace | callgrind | perf (the daemon) | perf-all
                 (every CPU: the kernel's work in the caller, the daemon,
-                kworkers; `perf report --sort comm` splits it)
+                kworkers; `perf report --sort comm` splits it) | trace (the
+                kernel's fuse_request_send tracepoint: requests per opcode
+                for any daemon, the peer included)
     env: OURS (daemon binary, default target/release/passthroughfs),
          OURS_ARGS (more options for ours, e.g. "--nopassthrough"),
          PEER (passthrough_hp), PROF_WORK (scratch, default /tmp/ptfs-profile)
@@ -167,6 +169,11 @@ def main():
             st = subprocess.Popen(["strace", "-c", "-f", "-o", f"{W}/strace.txt", "-p", str(p.pid)],
                                   stderr=subprocess.DEVNULL)
             time.sleep(1.0)
+        if a.mode == "trace":
+            st = subprocess.Popen(["perf", "record", "-q", "-a", "-e", "fuse:fuse_request_send",
+                                   "-o", f"{W}/trace.data"],
+                                  stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            time.sleep(1.0)
         if a.mode in ("perf", "perf-all"):
             who = ["-a"] if a.mode == "perf-all" else ["-p", str(p.pid)]
             st = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "10000", "-g"] + who + [
@@ -236,6 +243,24 @@ def main():
             res["Ir_per_entry"] = round(ir / entries)
             if nreq:
                 res["Ir_per_request"] = round(ir / nreq)
+        if a.mode == "trace":
+            # the connection id is the mount's device number (minor)
+            conn = os.minor(os.stat(mnt).st_dev) if os.path.ismount(mnt) else None
+            out = subprocess.run(["perf", "script", "-i", f"{W}/trace.data"], capture_output=True,
+                                 text=True).stdout
+            ops = {}
+            for ln in out.split("\n"):
+                f = ln.split("connection ")
+                if len(f) < 2:
+                    continue
+                w = f[1].split()
+                if conn is not None and int(w[0]) != conn:
+                    continue
+                op = w[5].strip("()").removeprefix("FUSE_")
+                ops[op] = ops.get(op, 0) + 1
+            res["kernel_requests"] = sum(ops.values())
+            res["kernel_req_per_entry"] = round(res["kernel_requests"] / entries, 2)
+            res["kernel_by_op"] = ops
         if a.mode == "strace":
             lines = open(f"{W}/strace.txt").read().split("\n")
             calls = {}
