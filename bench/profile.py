@@ -10,9 +10,15 @@ workload), or a cpu-clock profile (perf record).
       WORKLOAD: create (N files created, written, unlinked) | untar | rmrf |
                 lsr (ls -lR warm) of a 3,000-entry part of bench.py's small
                 tree (/var/tmp/passthroughfs-bench-cache/small-tree.tar,
-                made by a bench/run.sh run)
-      MODE:     plain | strace | callgrind | perf
+                made by a bench/run.sh run); untar-full: bench.py's untar
+                row (the whole small tree, then `sync -f`)
+      MODE:     plain | strace | callgrind | perf (the daemon) | perf-all
+                (every CPU: the kernel's work in the caller, the daemon,
+                kworkers; `perf report --sort comm` splits it) | trace (the
+                kernel's fuse_request_send tracepoint: requests per opcode
+                for any daemon, the peer included)
     env: OURS (daemon binary, default target/release/passthroughfs),
+         OURS_ARGS (more options for ours, e.g. "--nopassthrough"),
          PEER (passthrough_hp), PROF_WORK (scratch, default /tmp/ptfs-profile)
 
 SOURCE is a 2 GiB ext4 image on a loop device under PROF_WORK, kept
@@ -23,7 +29,7 @@ it). Valgrind 3.19 cannot serve FUSE-over-io_uring (the queues never
 register and the mount hangs), so callgrind runs use ours-dev and peer;
 the handlers are the same code in both transports.
 """
-import argparse, glob, json, os, signal, subprocess, sys, time
+import argparse, glob, json, os, resource, signal, subprocess, sys, time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W = os.environ.get("PROF_WORK", "/tmp/ptfs-profile")
@@ -118,7 +124,8 @@ def main():
     old = open(UR).read().strip()
     statf = f"{W}/stats.json"
     if a.target.startswith("ours"):
-        argv = [OURS, "--foreground", "--stats", statf] + ([] if uring else ["--no-io-uring"]) + [src, mnt]
+        argv = [OURS, "--foreground", "--stats", statf] + ([] if uring else ["--no-io-uring"])
+        argv += os.environ.get("OURS_ARGS", "").split() + [src, mnt]
     else:
         argv = [PEER, "--foreground"] + (["-o", "io_uring"] if uring else []) + [src, mnt]
     cgout = f"{W}/cg.{a.target}.{a.workload}{a.tag}"
@@ -151,6 +158,9 @@ def main():
             sh(f"ls -lR {m} > /dev/null")
         if a.workload == "untar":
             sh(f"cat {TAR} > /dev/null")
+        if a.workload == "untar-full":
+            sh("sync; echo 2 > /proc/sys/vm/drop_caches")
+            sh(f"cat {TAR_FULL} > /dev/null")
         s0 = stats(p.pid, statf) if a.target.startswith("ours") else None
         c0 = ctxsw(p.pid)
         u0 = cpu(p.pid)
@@ -159,20 +169,34 @@ def main():
             st = subprocess.Popen(["strace", "-c", "-f", "-o", f"{W}/strace.txt", "-p", str(p.pid)],
                                   stderr=subprocess.DEVNULL)
             time.sleep(1.0)
-        if a.mode == "perf":
-            st = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "10000", "-g", "-p", str(p.pid),
+        if a.mode == "trace":
+            st = subprocess.Popen(["perf", "record", "-q", "-a", "-e", "fuse:fuse_request_send",
+                                   "-o", f"{W}/trace.data"],
+                                  stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            time.sleep(1.0)
+        if a.mode in ("perf", "perf-all"):
+            who = ["-a"] if a.mode == "perf-all" else ["-p", str(p.pid)]
+            st = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "10000", "-g"] + who + [
                                    "-o", f"{W}/perf.{a.target}.{a.workload}{a.tag}.data"],
                                   stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
             time.sleep(1.0)
         if a.mode == "callgrind":
             sh(["callgrind_control", "-z", str(p.pid)], stdout=subprocess.DEVNULL)
         t0 = time.time()
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         if a.workload == "create":
             sh([BT, "create-unlink", m, str(a.n)], stdout=subprocess.DEVNULL)
             entries = a.n
         elif a.workload == "untar":
             sh(["tar", "xf", TAR, "-C", m])
             entries = 3000
+        elif a.workload == "untar-full":
+            sh(["tar", "xf", TAR_FULL, "-C", m])
+            ts = time.time()
+            sh(["sync", "-f", m])
+            sync_s = time.time() - ts
+            entries = int(subprocess.run(f"find {m} | wc -l", shell=True, capture_output=True,
+                                         text=True).stdout) - 1
         elif a.workload == "rmrf":
             sh(["rm", "-rf", f"{m}/small"])
             entries = 3000
@@ -180,6 +204,8 @@ def main():
             sh(f"ls -lR {m} > /dev/null")
             entries = 3000
         dt = time.time() - t0
+        sync_s = locals().get("sync_s")
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         if a.mode == "callgrind":
             sh(["callgrind_control", "-d", str(p.pid)], stdout=subprocess.DEVNULL)
         if st:
@@ -197,7 +223,12 @@ def main():
         else:
             by = None
         res = {"target": a.target, "workload": a.workload, "mode": a.mode, "entries": entries,
-               "seconds": round(dt, 3), "cpu": round(u1 - u0, 3), "rings": rings, "requests": nreq, "by_op": by,
+               "seconds": round(dt, 3), "sync_seconds": sync_s and round(sync_s, 3), "cpu": round(u1 - u0, 3),
+               # CPU of the workload's own process (tar, rm, ...): its
+               # user time and the kernel time of its system calls
+               "caller_user": round(r1.ru_utime - r0.ru_utime, 3),
+               "caller_sys": round(r1.ru_stime - r0.ru_stime, 3),
+               "caller_vol_cs": r1.ru_nvcsw - r0.ru_nvcsw, "rings": rings, "requests": nreq, "by_op": by,
                "vol_cs": c1[0] - c0[0], "invol_cs": c1[1] - c0[1]}
         if a.mode == "callgrind":
             dumps = sorted(glob.glob(cgout + ".*"), key=os.path.getmtime)
@@ -212,6 +243,24 @@ def main():
             res["Ir_per_entry"] = round(ir / entries)
             if nreq:
                 res["Ir_per_request"] = round(ir / nreq)
+        if a.mode == "trace":
+            # the connection id is the mount's device number (minor)
+            conn = os.minor(os.stat(mnt).st_dev) if os.path.ismount(mnt) else None
+            out = subprocess.run(["perf", "script", "-i", f"{W}/trace.data"], capture_output=True,
+                                 text=True).stdout
+            ops = {}
+            for ln in out.split("\n"):
+                f = ln.split("connection ")
+                if len(f) < 2:
+                    continue
+                w = f[1].split()
+                if conn is not None and int(w[0]) != conn:
+                    continue
+                op = w[5].strip("()").removeprefix("FUSE_")
+                ops[op] = ops.get(op, 0) + 1
+            res["kernel_requests"] = sum(ops.values())
+            res["kernel_req_per_entry"] = round(res["kernel_requests"] / entries, 2)
+            res["kernel_by_op"] = ops
         if a.mode == "strace":
             lines = open(f"{W}/strace.txt").read().split("\n")
             calls = {}

@@ -476,3 +476,56 @@ fn mmap_writes_show_in_mtime_after_close() {
     );
     assert!(m.unmount().success());
 }
+
+/// A write-only open gets no attribute notification at FLUSH (it cannot be
+/// mapped): its write(2)s through passthrough must still show in the
+/// kernel's size, mtime and ctime at once, as SOURCE has them.
+#[test]
+fn write_only_passthrough_writes_show_in_attributes() {
+    require_root!();
+    use std::os::unix::fs::MetadataExt;
+    let m = Mount::new(&[]);
+    if !passthrough_available(&m) {
+        eprintln!("skipped: no passthrough on this kernel");
+        return;
+    }
+    let same = |what: &str| {
+        let (a, b) = (
+            fs::metadata(m.m("f")).unwrap(),
+            fs::metadata(m.s("f")).unwrap(),
+        );
+        let t = |x: &fs::Metadata| {
+            (
+                x.size(),
+                x.mtime(),
+                x.mtime_nsec(),
+                x.ctime(),
+                x.ctime_nsec(),
+            )
+        };
+        assert_eq!(
+            t(&a),
+            t(&b),
+            "{what}: (size, mtime, ctime) through the mount and on SOURCE"
+        );
+    };
+    let registered = |m: &Mount| m.stats()["backing"]["registered_total"].as_u64().unwrap();
+    let before = registered(&m);
+    let mut f = File::create(m.m("f")).unwrap();
+    f.write_all(&[7u8; 4096]).unwrap();
+    drop(f);
+    same("created");
+    assert!(
+        registered(&m) > before,
+        "the write-only open passed through"
+    );
+    for round in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut f = OpenOptions::new().append(true).open(m.m("f")).unwrap();
+        f.write_all(&[round as u8; 100]).unwrap();
+        drop(f);
+        same(&format!("appended, round {round}"));
+    }
+    assert_eq!(fs::metadata(m.m("f")).unwrap().len(), 4096 + 300);
+    assert!(m.unmount().success());
+}

@@ -15,9 +15,10 @@ use super::*;
 const DIRENT_BUF: usize = 32 * 1024;
 
 pub(super) struct DirStream {
+    /// What the last getdents64 returned (its length); allocated at the
+    /// first READDIR, never zeroed (the kernel fills what it returns).
     buf: Vec<u8>,
     pos: usize,
-    len: usize,
     /// Offset the next entry in `buf` continues from.
     offset: u64,
 }
@@ -25,9 +26,8 @@ pub(super) struct DirStream {
 impl DirStream {
     pub(super) fn new() -> DirStream {
         DirStream {
-            buf: vec![0u8; DIRENT_BUF],
+            buf: Vec::new(),
             pos: 0,
-            len: 0,
             offset: 0,
         }
     }
@@ -38,7 +38,7 @@ struct RawDirent<'a> {
     ino: u64,
     off: u64,
     typ: u8,
-    name: &'a [u8],
+    name: &'a CStr,
     reclen: usize,
 }
 
@@ -48,13 +48,12 @@ fn parse_dirent(b: &[u8]) -> Option<RawDirent<'_>> {
     let off = u64::from_ne_bytes(b.get(8..16)?.try_into().ok()?);
     let reclen = u16::from_ne_bytes(b.get(16..18)?.try_into().ok()?) as usize;
     let typ = *b.get(18)?;
-    let name_area = b.get(19..reclen)?;
-    let nul = name_area.iter().position(|&c| c == 0)?;
+    let name = CStr::from_bytes_until_nul(b.get(19..reclen)?).ok()?;
     Some(RawDirent {
         ino,
         off,
         typ,
-        name: &name_area[..nul],
+        name,
         reclen,
     })
 }
@@ -68,20 +67,20 @@ impl PassthroughFs {
         &self,
         out: &mut DirBuffer,
         dir: &Inode,
-        name: &[u8],
+        name: &CStr,
         ino: u64,
         typ: u32,
         off: u64,
         volatile: bool,
     ) -> Result<bool, Errno> {
-        if !out.fits_plus(name) {
+        if !out.fits_plus(name.to_bytes()) {
             return Ok(false);
         }
         let mut e = self.dirent_plus(dir, name, ino, typ)?;
         if volatile {
             e.entry_ttl = std::time::Duration::ZERO;
         }
-        if out.push_plus(&e, off, typ, name) {
+        if out.push_plus(&e, off, typ, name.to_bytes()) {
             return Ok(true);
         }
         if !e.nodeid.is_none() {
@@ -93,7 +92,7 @@ impl PassthroughFs {
     /// The READDIRPLUS record of one name: a full entry (one lookup) for
     /// real children; "." and "..", and names that vanished meanwhile, go
     /// without entry information (nodeid 0), which the kernel does not link.
-    fn dirent_plus(&self, dir: &Inode, name: &[u8], ino: u64, typ: u32) -> Result<Entry, Errno> {
+    fn dirent_plus(&self, dir: &Inode, name: &CStr, ino: u64, typ: u32) -> Result<Entry, Errno> {
         let bare = || Entry {
             attr: abi::Attr {
                 ino,
@@ -102,12 +101,11 @@ impl PassthroughFs {
             },
             ..Default::default()
         };
-        if name == b"." || name == b".." {
+        if name == c"." || name == c".." {
             return Ok(bare());
         }
-        let cname = std::ffi::CString::new(name).map_err(|_| Errno::EIO)?;
-        match self.table.lookup(dir, &cname) {
-            Ok(looked) => Ok(self.make_entry(&looked, dir, &cname)),
+        match self.table.lookup(dir, name) {
+            Ok(looked) => Ok(self.make_entry(&looked, dir, name)),
             Err(Errno::ENOENT) => Ok(bare()),
             Err(e) => Err(e),
         }
@@ -163,12 +161,16 @@ impl DirOps for PassthroughFs {
         let Some(stream) = &f.dir else {
             return Err(Errno::ENOTDIR);
         };
-        let mut st = stream.lock();
+        let mut guard = stream.lock();
+        let st = &mut *guard;
         if arg.offset != st.offset {
             sys::lseek(f.fd.as_fd(), arg.offset, libc::SEEK_SET)?;
             st.pos = 0;
-            st.len = 0;
+            st.buf.clear();
             st.offset = arg.offset;
+        }
+        if st.buf.capacity() == 0 {
+            st.buf.reserve_exact(DIRENT_BUF);
         }
         let media_rel = self.media_dir_rel(&inode);
         let mut out = if plus && self.backing.dirplus() {
@@ -177,14 +179,11 @@ impl DirOps for PassthroughFs {
             DirBuffer::new(arg.size as usize)
         };
         loop {
-            if st.pos >= st.len {
-                let DirStream { buf, .. } = &mut *st;
-                match sys::getdents64(f.fd.as_fd(), buf) {
+            if st.pos >= st.buf.len() {
+                st.pos = 0;
+                match sys::getdents64_into(f.fd.as_fd(), &mut st.buf) {
                     Ok(0) => break,
-                    Ok(n) => {
-                        st.pos = 0;
-                        st.len = n;
-                    }
+                    Ok(_) => {}
                     Err(e) => {
                         if out.is_empty() {
                             return Err(e.into());
@@ -193,19 +192,18 @@ impl DirOps for PassthroughFs {
                     }
                 }
             }
-            let (pos, len) = (st.pos, st.len);
-            let Some(d) = parse_dirent(&st.buf[pos..len]) else {
+            let Some(d) = parse_dirent(&st.buf[st.pos..]) else {
                 // A record we cannot parse: drop the rest of this buffer.
-                st.pos = st.len;
+                st.pos = st.buf.len();
                 continue;
             };
-            let (name, off, typ, reclen) = (d.name.to_vec(), d.off, d.typ as u32, d.reclen);
+            let (name, off, typ, reclen) = (d.name, d.off, d.typ as u32, d.reclen);
             // Media mode: hide what the caller may not see, and never let
             // the kernel cache an entry whose visibility depends on the uid.
             let mut volatile = false;
             if let Some(rel) = &media_rel {
-                if name != b"." && name != b".." {
-                    match self.media_visibility_at(ctx.uid, rel, f.fd.as_fd(), &name) {
+                if name != c"." && name != c".." {
+                    match self.media_visibility_at(ctx.uid, rel, f.fd.as_fd(), name.to_bytes()) {
                         crate::media::Visibility::Hidden => {
                             st.pos += reclen;
                             st.offset = off;
@@ -220,13 +218,13 @@ impl DirOps for PassthroughFs {
                 ino: d.ino,
             });
             let fits = if plus {
-                let r = self.push_plus(&mut out, &inode, &name, ino, typ, off, volatile);
+                let r = self.push_plus(&mut out, &inode, name, ino, typ, off, volatile);
                 match r {
                     Err(e) if out.is_empty() => return Err(e),
                     r => r.unwrap_or(false),
                 }
             } else {
-                out.push(ino, off, typ, &name)
+                out.push(ino, off, typ, name.to_bytes())
             };
             if !fits {
                 break;

@@ -254,6 +254,25 @@ impl PassthroughFs {
             .max(128 << 10)
     }
 
+    /// FLUSH forwards close(2) to the host as close(dup(fd)), for the
+    /// filesystems that act on it (NFS, FUSE, f2fs ...: their `flush` file
+    /// operation). Where there is none, that close does nothing but drop the
+    /// closing process's POSIX locks and dnotify marks, and the daemon has
+    /// neither (its locks are OFD locks): the two system calls are skipped.
+    /// Decided once per device.
+    fn flush_is_noop(&self, inode: &Inode, fd: std::os::fd::BorrowedFd<'_>) -> bool {
+        let dev = inode.key.dev;
+        if let Some(&(_, noop)) = self.flush_noop.lock().iter().find(|(d, _)| *d == dev) {
+            return noop;
+        }
+        let noop = sys::fs_type(fd).is_ok_and(|t| NO_FLUSH_FS.contains(&t));
+        let mut known = self.flush_noop.lock();
+        if known.len() < 256 && !known.iter().any(|(d, _)| *d == dev) {
+            known.push((dev, noop));
+        }
+        noop
+    }
+
     fn any_writable_open(&self, inode: &Inode) -> Option<Arc<OpenFile>> {
         self.files
             .iter()
@@ -358,11 +377,18 @@ impl FileOps for PassthroughFs {
         let f = self.open_file(nodeid, arg.fh)?;
         // close(2) by a lock owner drops its POSIX locks.
         self.locks.release_owner(nodeid, arg.lock_owner);
-        let r = sys::flush(f.fd.as_fd()).map_err(Errno::from);
+        let r = if self.flush_is_noop(&f.inode, f.fd.as_fd()) {
+            Ok(())
+        } else {
+            sys::flush(f.fd.as_fd()).map_err(Errno::from)
+        };
         // Writes through a passthrough mmap dirty only the backing file: the
         // kernel's cached mtime/ctime/size of the FUSE inode never hear of
-        // them. A writable open closing is when they may have happened.
-        if f.backing && f.flags & libc::O_ACCMODE != libc::O_RDONLY {
+        // them. A read-write open closing is when they may have happened
+        // (write(2) through passthrough updates them itself, and a
+        // write-only open cannot be mapped at all: mmap needs read access,
+        // so tar's and cp's O_WRONLY files cost no notification).
+        if f.backing && f.flags & libc::O_ACCMODE == libc::O_RDWR {
             if let Some(conn) = self.conn.get() {
                 let _ = conn.notify_inval_inode(nodeid, -1, 0);
             }
@@ -469,6 +495,10 @@ impl FileOps for PassthroughFs {
         sys::syncfs(f.as_fd()).map_err(Errno::from)
     }
 }
+
+/// Filesystems whose regular files have no `flush` file operation (Linux
+/// 6.x: ext2/3/4, XFS, Btrfs, tmpfs).
+const NO_FLUSH_FS: [u32; 4] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994];
 
 /// Clears setuid, and setgid if the group may execute (the VFS rule of
 /// `setattr_should_drop_suidgid`), as a write by an unprivileged caller

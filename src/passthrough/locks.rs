@@ -131,6 +131,9 @@ impl LockTable {
     }
 
     pub fn forget_inode(&self, nodeid: NodeId) {
+        if !self.used.load(Ordering::Acquire) {
+            return self.kick();
+        }
         self.owners.retain(|k, _| k.0 != nodeid);
         self.pids.retain(|k, _| k.0 != nodeid);
         self.kick();

@@ -156,6 +156,8 @@ pub struct PassthroughFs {
     /// Files the kernel opened without us (fh 0): one shared open per
     /// (nodeid, access mode), closed at FORGET (see `files.rs`).
     kernel_files: FastMap<(NodeId, i32), Arc<OpenFile>>,
+    /// Per device: FLUSH has nothing to do there (see `files.rs`).
+    flush_noop: Mutex<Vec<(u64, bool)>>,
 }
 
 /// Why SOURCE cannot be served, as one line.
@@ -216,6 +218,7 @@ impl PassthroughFs {
             locks: Arc::default(),
             kinds: KindCounters::default(),
             kernel_files: FastMap::default(),
+            flush_noop: Mutex::new(Vec::new()),
         })
     }
 

@@ -119,6 +119,17 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// The filesystem type of `fd` (`statfs.f_type`, its magic number, as the
+/// kernel's 32 bits).
+pub fn fs_type(fd: BorrowedFd<'_>) -> Result<u32> {
+    let mut st = MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: valid output buffer. fstatfs works on O_PATH fds.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: filled by the call.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_type as u64 as u32)
+}
+
 /// Largest handle the kernel hands out (`MAX_HANDLE_SZ`).
 pub const MAX_HANDLE_SZ: usize = 128;
 
@@ -474,6 +485,29 @@ pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize> {
     check_size(r as isize)
 }
 
+/// getdents64 into the spare capacity of `buf`, which it clears first (the
+/// kernel overwrites what it returns: nothing is zeroed beforehand).
+/// Returns the bytes filled (0 at the end), which are then `buf`'s length.
+pub fn getdents64_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> Result<usize> {
+    buf.clear();
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `spare` is valid for writes of its length, and the kernel
+    // writes nowhere else.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            spare.as_mut_ptr(),
+            spare.len(),
+        )
+    };
+    let n = check_size(r as isize)?.min(buf.capacity());
+    // SAFETY: the kernel initialised the first `n` bytes (it never returns
+    // more than it was given room for, and `n` is capped by the capacity).
+    unsafe { buf.set_len(n) };
+    Ok(n)
+}
+
 /// Set by `--sandbox`: the daemon's root is then SOURCE, which has no
 /// /proc, and /proc/self is reached as the current directory instead (every
 /// thread's cwd is a bind mount of /proc/PID made before pivot_root; see
@@ -712,6 +746,53 @@ mod tests {
         assert!(recv_fd(b.as_fd()).unwrap().is_none());
         drop(a);
         assert!(recv_fd(b.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn getdents64_into_fills_only_what_the_kernel_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..200 {
+            std::fs::write(dir.path().join(format!("file-{i:03}")), b"").unwrap();
+        }
+        let d = std::fs::File::open(dir.path()).unwrap();
+        // Room for a few records per call: many calls, each refilling.
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&[0xAA; 100]);
+        let mut names = Vec::new();
+        loop {
+            let n = getdents64_into(d.as_fd(), &mut buf).unwrap();
+            assert_eq!(buf.len(), n);
+            assert!(buf.capacity() >= 256 && n <= 256);
+            if n == 0 {
+                break;
+            }
+            let mut pos = 0;
+            while pos < n {
+                let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
+                let name = std::ffi::CStr::from_bytes_until_nul(&buf[pos + 19..pos + reclen]);
+                names.push(name.unwrap().to_str().unwrap().to_owned());
+                pos += reclen;
+            }
+            assert_eq!(pos, n, "whole records only");
+        }
+        names.sort();
+        assert_eq!(names.len(), 202, "200 files, . and ..");
+        assert_eq!((&names[0][..], &names[2][..]), (".", "file-000"));
+        // No room at all: an error (EINVAL), not a write past the buffer.
+        let d = std::fs::File::open(dir.path()).unwrap();
+        let mut none = Vec::new();
+        assert!(getdents64_into(d.as_fd(), &mut none).is_err());
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn fs_type_is_the_magic_number() {
+        let proc = std::fs::File::open("/proc/self").unwrap();
+        assert_eq!(fs_type(proc.as_fd()).unwrap(), 0x9fa0, "PROC_SUPER_MAGIC");
+        let c = std::ffi::CString::new("/proc").unwrap();
+        let cwd = std::fs::File::open("/").unwrap();
+        let opath = openat(cwd.as_fd(), &c, libc::O_PATH, 0).unwrap();
+        assert_eq!(fs_type(opath.as_fd()).unwrap(), 0x9fa0, "an O_PATH fd too");
     }
 
     #[test]
