@@ -550,6 +550,8 @@ fn daemon_config(
         fd_cache,
         policy: Arc::new(policy),
         media,
+        noatime: parsed.mount.noatime || parsed.mount.read_only,
+        nodiratime: parsed.mount.nodiratime,
     }
 }
 

@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -255,4 +256,76 @@ fn demo_script_exits_clean() {
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("no daemon pid line: {text}"));
     assert!(process_gone(pid), "daemon {pid} still running: {text}");
+}
+
+/// SOURCE's atime of `p` set an hour before its mtime: SOURCE's relatime
+/// updates it on the next read or listing.
+fn age_atime(p: &Path) -> i64 {
+    let st = lstat(p).unwrap();
+    let t = [
+        libc::timespec {
+            tv_sec: st.st_mtime - 3600,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    ];
+    // SAFETY: a NUL-terminated path and two timespecs, as utimensat wants.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, cpath(p).as_ptr(), t.as_ptr(), 0) };
+    assert_eq!(r, 0, "utimensat {}", p.display());
+    st.st_mtime - 3600
+}
+
+/// Whether listing `d` and reading `d/f` through a mount made with `opts`
+/// and daemon options `args` changed their atimes in SOURCE.
+fn source_atimes_change(args: &[&str], opts: &str) -> (bool, bool) {
+    let m = Mount::with_source(
+        |s| {
+            fs::create_dir(s.join("d")).unwrap();
+            fs::write(s.join("d/f"), b"data").unwrap();
+        },
+        &[args, &["-o", opts]].concat(),
+    );
+    let dir_before = age_atime(&m.s("d"));
+    let file_before = age_atime(&m.s("d/f"));
+    let names: Vec<_> = fs::read_dir(m.m("d")).unwrap().collect();
+    assert_eq!(names.len(), 1);
+    assert_eq!(fs::read(m.m("d/f")).unwrap(), b"data");
+    let dir_after = lstat(&m.s("d")).unwrap().st_atime;
+    let file_after = lstat(&m.s("d/f")).unwrap().st_atime;
+    assert!(m.unmount().success());
+    (dir_after != dir_before, file_after != file_before)
+}
+
+/// The daemon's own listings and reads update no atime in SOURCE through a
+/// read-only or `noatime` mount (`O_NOATIME`), nor a directory's through a
+/// `nodiratime` one; through a default (relatime) mount they do, which
+/// shows that SOURCE would update them (generic/003: "access time has
+/// changed for dir in read-only filesystem"). The daemon reads
+/// (`--nopassthrough`).
+#[test]
+fn ro_and_noatime_mounts_leave_source_atimes() {
+    require_root!();
+    let args = ["--nopassthrough"];
+    assert_eq!(source_atimes_change(&args, "allow_other"), (true, true));
+    assert_eq!(source_atimes_change(&args, "ro"), (false, false));
+    assert_eq!(source_atimes_change(&args, "noatime"), (false, false));
+    assert_eq!(source_atimes_change(&args, "nodiratime"), (false, true));
+}
+
+/// The same with OPEN but not READDIR in the masks: on the patched kernel
+/// the kernel opens the directory and READDIR reaches the daemon with fh 0
+/// (the daemon's own fd for it, `open_unregistered`), the file's reads pass
+/// through (kernel-opened with `O_NOATIME` on such mounts); on a stock
+/// kernel, I/O passthrough of a daemon-opened file, whose backing file the
+/// kernel opens with the caller's flags, so only the directory is checked.
+#[test]
+fn ro_mount_leaves_source_atimes_with_kernel_opens() {
+    require_root!();
+    let args = ["--passthrough-ops", "getattr,open,read"];
+    assert!(source_atimes_change(&args, "allow_other").0);
+    assert!(!source_atimes_change(&args, "ro").0);
+    assert!(!source_atimes_change(&args, "nodiratime").0);
 }

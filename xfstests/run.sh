@@ -29,10 +29,12 @@
 # Environment: FSTESTS_DIR (required), PASSTHROUGHFS_BIN (default: this
 # repository's target/release/passthroughfs), PASSTHROUGHFS_WORK (default
 # /var/tmp/passthroughfs-fstests; the mode's directories go in WORK/MODE),
-# PASSTHROUGHFS_SOURCE_FS (as -S), PASSTHROUGHFS_MASKS (ops of the masks
-# mode, default all). With -U: PTFS_UML_DIR (where the built kernel is, as
-# uml.sh), PTFS_UML_MEM (default 4G), PTFS_UML_TIMEOUT (default 10800 s),
-# PTFS_UML_RW and PTFS_UML_PASSENV (added to what -U needs).
+# PASSTHROUGHFS_SOURCE_FS (as -S), PASSTHROUGHFS_SOURCE_OPTS (mount options
+# of SOURCE's ext4/xfs image, e.g. strictatime), PASSTHROUGHFS_MASKS (ops of
+# the masks mode, default all). With -U: PTFS_UML_DIR (where the built
+# kernel is, as uml.sh), PTFS_UML_MEM (default 4G), PTFS_UML_TIMEOUT
+# (default 10800 s), PTFS_UML_RW and PTFS_UML_PASSENV (added to what -U
+# needs).
 #
 # Exit status: 0 no unexpected failure, 1 unexpected failures, 2 set-up error
 # or fstests did not run to the end. It never downloads or builds fstests.
@@ -188,7 +190,7 @@ if [ "$uml" = 1 ]; then
         [ "$covered" = 1 ] || rw="${rw:+$rw }$want"
     done
     export PTFS_UML_RW="$rw"
-    export PTFS_UML_PASSENV="${PTFS_UML_PASSENV:+$PTFS_UML_PASSENV }FSTESTS_DIR FSTESTS_COMMIT PASSTHROUGHFS_BIN PASSTHROUGHFS_MASKS"
+    export PTFS_UML_PASSENV="${PTFS_UML_PASSENV:+$PTFS_UML_PASSENV }FSTESTS_DIR FSTESTS_COMMIT PASSTHROUGHFS_BIN PASSTHROUGHFS_MASKS PASSTHROUGHFS_SOURCE_OPTS"
     export PTFS_UML_MEM="${PTFS_UML_MEM:-4G}"
     export PTFS_UML_TIMEOUT="${PTFS_UML_TIMEOUT:-10800}"
     export FSTESTS_DIR PASSTHROUGHFS_BIN="$outdir/passthroughfs"
@@ -368,7 +370,7 @@ if [ "$source_fs" != dir ]; then
             die "cannot mount a tmpfs on $srcfs"
     elif [ -n "$source_dev" ]; then
         # Inside UML: the image -U made on the host, as a ubd block device.
-        mount -t "$fs" "$source_dev" "$srcfs" || die "cannot mount $source_dev ($fs) on $srcfs"
+        mount -t "$fs" ${PASSTHROUGHFS_SOURCE_OPTS:+-o "$PASSTHROUGHFS_SOURCE_OPTS"} "$source_dev" "$srcfs" || die "cannot mount $source_dev ($fs) on $srcfs"
     else
         if [ "$keep" = 0 ] || [ ! -f "$img" ]; then
             rm -f "$img"
@@ -378,7 +380,7 @@ if [ "$source_fs" != dir ]; then
                 xfs) mkfs.xfs -q -f "$img" ;;
             esac || die "mkfs.$fs $img failed"
         fi
-        mount -t "$fs" -o loop "$img" "$srcfs" || die "cannot loop-mount $img (use -S dir)"
+        mount -t "$fs" -o "loop${PASSTHROUGHFS_SOURCE_OPTS:+,$PASSTHROUGHFS_SOURCE_OPTS}" "$img" "$srcfs" || die "cannot loop-mount $img (use -S dir)"
     fi
 fi
 

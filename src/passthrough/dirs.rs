@@ -118,7 +118,7 @@ impl DirOps for PassthroughFs {
         if inode.kind != Kind::Directory {
             return Err(Errno::ENOTDIR);
         }
-        let dir = self.reopen_as_caller(ctx, &inode, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let dir = self.reopen_for_io(ctx, &inode, libc::O_RDONLY | libc::O_DIRECTORY)?;
         let fh = self.add_file(OpenFile {
             fd: dir,
             inode,

@@ -205,9 +205,18 @@ impl PassthroughFs {
     fn open_unregistered(&self, inode: Arc<Inode>, mode: i32) -> Result<Arc<OpenFile>, Errno> {
         let ipath = self.table.fd(&inode)?;
         let proc = self.table.proc_self_fd();
-        let fd = self
-            .table
-            .with_fd_headroom(|| sys::reopen(proc, ipath.fd(), mode | libc::O_NOCTTY))?;
+        let reopen = |m: i32| {
+            self.table
+                .with_fd_headroom(|| sys::reopen(proc, ipath.fd(), m | libc::O_NOCTTY))
+        };
+        // No atime update where the mount makes none (as reopen_for_io).
+        let fd = match self
+            .noatime_for(&inode)
+            .then(|| reopen(mode | libc::O_NOATIME))
+        {
+            None | Some(Err(Errno(libc::EPERM))) => reopen(mode)?,
+            Some(r) => r?,
+        };
         drop(ipath);
         let dir =
             (inode.kind == Kind::Directory).then(|| Mutex::new(super::dirs::DirStream::new()));
@@ -291,7 +300,7 @@ impl FileOps for PassthroughFs {
             // FIFOs and devices are opened by the kernel itself, never here.
             _ => return Err(Errno::EINVAL),
         }
-        let file = self.reopen_as_caller(ctx, &inode, self.host_open_flags(flags))?;
+        let file = self.reopen_for_io(ctx, &inode, self.host_open_flags(flags))?;
         let redact = self.media_redaction(ctx, &inode, file.as_fd())?;
         self.finish_open(inode, file, flags, redact)
     }

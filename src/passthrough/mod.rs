@@ -64,6 +64,11 @@ pub struct Config {
     pub policy: Arc<Policy>,
     /// Media-provider mode: per-uid policing of parts of the tree.
     pub media: Option<Arc<MediaProvider>>,
+    /// The mount updates no access times (`ro` or `noatime`): the daemon's
+    /// own reads and listings open SOURCE with `O_NOATIME`.
+    pub noatime: bool,
+    /// The mount updates no directory access times (`nodiratime`).
+    pub nodiratime: bool,
 }
 
 impl Config {
@@ -82,6 +87,8 @@ impl Config {
             fd_cache: 4096,
             policy: Arc::new(Policy::uniform(crate::policy::all_ops())),
             media: None,
+            noatime: false,
+            nodiratime: false,
         }
     }
 }
@@ -318,6 +325,27 @@ impl PassthroughFs {
         let _g = self.as_caller(ctx, false)?;
         self.table
             .with_fd_headroom(|| sys::reopen(self.table.proc_self_fd(), fd.fd(), flags))
+    }
+
+    /// Whether the mount updates no access time of `inode` (`ro`, `noatime`,
+    /// or `nodiratime` for a directory).
+    fn noatime_for(&self, inode: &Inode) -> bool {
+        self.cfg.noatime || (inode.kind == Kind::Directory && self.cfg.nodiratime)
+    }
+
+    /// [`Self::reopen_as_caller`] for the daemon's own reads or listing,
+    /// with `O_NOATIME` where the mount updates no access times (options of
+    /// the mount as the daemon made it: a later `mount -o remount` is not
+    /// seen). `O_NOATIME` needs the owner or CAP_FOWNER: without them
+    /// (`EPERM`) the open goes on without it, as the kernel's does.
+    fn reopen_for_io(&self, ctx: &Context, inode: &Inode, flags: i32) -> Result<OwnedFd, Errno> {
+        if self.noatime_for(inode) {
+            match self.reopen_as_caller(ctx, inode, flags | libc::O_NOATIME) {
+                Err(Errno(libc::EPERM)) => {}
+                r => return r,
+            }
+        }
+        self.reopen_as_caller(ctx, inode, flags)
     }
 
     /// The umask for a create: the request's when we negotiated DONT_MASK
