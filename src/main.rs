@@ -96,8 +96,9 @@ struct Cli {
     max_stack_depth: Option<u32>,
     /// Ops the kernel may serve from the backing inode, on kernels with
     /// inode passthrough: getattr,statx,setattr,getxattr,listxattr,readdir,
-    /// open,read,write,... or all / none. On stock kernels only read,write
-    /// apply (I/O passthrough on open).
+    /// open,read,write,... or all / none; -NAME takes an op out of what the
+    /// names before it gave (all,-getxattr). On stock kernels only
+    /// read,write apply (I/O passthrough on open).
     #[arg(long, default_value = "all", value_name = "LIST")]
     passthrough_ops: String,
     /// Per-subtree passthrough rules (TOML; see `policy.rs`).
