@@ -104,3 +104,60 @@ files = ["getattr"]
     );
     assert!(m.unmount().success());
 }
+
+/// `-NAME` takes one op out of `all`: reads reach the daemon, the rest of
+/// the mask still passes through (inode passthrough on the patched kernel,
+/// writes on open everywhere); `all,-getattr` gives no entry a backing on
+/// the patched kernel (GETATTR goes with every other op).
+#[test]
+fn an_op_taken_out_of_all_is_served_by_the_daemon() {
+    require_root!();
+    let m = Mount::with_source(
+        |s| fs::write(s.join("f"), vec![6u8; 1 << 20]).unwrap(),
+        &["--passthrough-ops=all,-read"],
+    );
+    assert_eq!(read_all(&m, "f"), vec![6u8; 1 << 20]);
+    fs::write(m.m("g"), vec![7u8; 1 << 16]).unwrap();
+    let s = m.stats();
+    assert!(m.requests("READ") > 0, "READ masked out: {s}");
+    let ops = &s["passthrough_ops"];
+    if s["backing"]["mode"] == "inode" {
+        // Each bit stands for itself on the patched kernel.
+        assert_eq!(m.requests("WRITE"), 0, "writes still pass through: {s}");
+        assert!(
+            ops["GETATTR"]["entries_registered"].as_u64().unwrap() > 0,
+            "{s}"
+        );
+        assert!(
+            ops["WRITE"]["entries_registered"].as_u64().unwrap() > 0,
+            "{s}"
+        );
+    } else {
+        // I/O passthrough on open passes both or neither: the daemon
+        // serves both.
+        assert!(m.requests("WRITE") > 0, "{s}");
+    }
+    assert!(m.unmount().success());
+
+    let m = Mount::with_source(
+        |s| fs::write(s.join("f"), vec![8u8; 1 << 16]).unwrap(),
+        &["--passthrough-ops=all,-getattr"],
+    );
+    assert_eq!(read_all(&m, "f"), vec![8u8; 1 << 16]);
+    let _ = fs::metadata(m.m("f")).unwrap();
+    let s = m.stats();
+    assert_eq!(ops_registered(&s), 0, "no entry has a backing: {s}");
+    assert!(m.unmount().success());
+}
+
+/// Entries registered with any op in their mask.
+fn ops_registered(s: &serde_json::Value) -> u64 {
+    s["passthrough_ops"]
+        .as_object()
+        .map(|o| {
+            o.values()
+                .map(|v| v["entries_registered"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
