@@ -188,7 +188,8 @@ impl Backing {
         if slot.for_inode {
             // Registered at lookup: usable for I/O only if its mask says so.
             let registered = mask & self.supported_ops();
-            if registered & IO_OPS == 0 {
+            if registered & IO_OPS != IO_OPS {
+                // Registered without READ and WRITE (see for_entry).
                 return None;
             }
             slot.opens += 1;
@@ -262,6 +263,13 @@ impl Backing {
         let mut usable = self.usable_mask(fd, mask);
         if usable & GETATTR_OP == 0 {
             return BackingId::NONE;
+        }
+        if inode.kind == crate::inode_table::Kind::Regular && usable & IO_OPS != IO_OPS {
+            // READ or WRITE in the mask puts the inode in passthrough I/O
+            // mode (no page cache), where the kernel refuses mmap without
+            // READ and shared writable mmap without WRITE (ENODEV): with
+            // one of them masked out, both stay with the daemon, cached.
+            usable &= !IO_OPS;
         }
         if self.dirplus() && inode.kind == crate::inode_table::Kind::Directory {
             // The kernel lists a directory that passes READDIR through
