@@ -173,7 +173,8 @@ impl Backing {
     /// the daemon's own open file (registered instead on kernels that refuse
     /// O_PATH backing files). Every `Some` must be balanced by
     /// [`Backing::release_open`].
-    /// `mask` is the policy's mask for the inode.
+    /// `mask` is the policy's mask for the inode: without an inode backing,
+    /// I/O passes through only if it has both READ and WRITE.
     pub fn acquire_for_open(
         &self,
         inode: &Inode,
@@ -188,11 +189,17 @@ impl Backing {
         if slot.for_inode {
             // Registered at lookup: usable for I/O only if its mask says so.
             let registered = mask & self.supported_ops();
-            if registered & IO_OPS == 0 {
+            if registered & IO_OPS != IO_OPS {
+                // Registered without READ and WRITE (see for_entry).
                 return None;
             }
             slot.opens += 1;
             return Some(slot.id);
+        }
+        // A per-open id passes reads, writes and mappings through together:
+        // a mask with one of READ, WRITE but not the other keeps both here.
+        if mask & IO_OPS != IO_OPS {
+            return None;
         }
         if slot.id.is_none() {
             let r = match self.ioctl_open(opath, 0) {
@@ -257,6 +264,15 @@ impl Backing {
         let mut usable = self.usable_mask(fd, mask);
         if usable & GETATTR_OP == 0 {
             return BackingId::NONE;
+        }
+        if usable & IO_OPS != IO_OPS {
+            // READ or WRITE in the mask puts the inode in passthrough I/O
+            // mode (no page cache), where the kernel refuses mmap without
+            // READ and shared writable mmap without WRITE (ENODEV): with
+            // one of them masked out, both stay with the daemon, cached.
+            // (Directories too: with LOOKUP passed through, the files the
+            // kernel finds below one inherit its mask, patch 0015.)
+            usable &= !IO_OPS;
         }
         if self.dirplus()
             && inode.kind == crate::inode_table::Kind::Directory
@@ -502,6 +518,11 @@ mod tests {
         b.release_open(&f[0]);
         // No I/O in the mask, or passthrough off: no id at all.
         assert_eq!(b.acquire_for_open(&f[0], fd.fd(), fd.fd(), 0), None);
+        // READ or WRITE alone: a per-open id would pass the other through.
+        for op in [Opcode::Read, Opcode::Write] {
+            let one = abi::passthrough_op(op);
+            assert_eq!(b.acquire_for_open(&f[0], fd.fd(), fd.fd(), one), None);
+        }
         let off = backing(Mode::Off);
         assert_eq!(off.acquire_for_open(&f[0], fd.fd(), fd.fd(), IO_OPS), None);
         assert_eq!(b.stats().open_ids, 0);

@@ -96,12 +96,13 @@ struct Cli {
     max_stack_depth: Option<u32>,
     /// Ops the kernel may serve from the backing inode, on kernels with
     /// inode passthrough: getattr,statx,setattr,getxattr,listxattr,readdir,
-    /// open,read,write,lookup,... or all / none. On stock kernels only
+    /// open,read,write,lookup,... or all / none; -NAME takes an op out of
+    /// what the names before it gave (all,-getxattr). On stock kernels only
     /// read,write apply (I/O passthrough on open). `lookup` (directories
     /// only, kernels with patch 0015) lets the kernel resolve names in the
     /// backing directory without asking the daemon, which then cannot apply
     /// per-name rules below it: `all` includes it only without --policy and
-    /// --media-provider.
+    /// --media-provider (and not after `-lookup`).
     #[arg(long, default_value = "all", value_name = "LIST")]
     passthrough_ops: String,
     /// Per-subtree passthrough rules (TOML; see `policy.rs`).

@@ -78,11 +78,20 @@ pub fn all_ops() -> u64 {
         & !LOOKUP_OP
 }
 
-/// Does an op list name `all`? (`--passthrough-ops all` also lets the
-/// kernel look names up when that is safe, see [`Policy::allow_dir_lookup`].)
+/// Does an op list name `all`, with no `-lookup` or `-all` after it?
+/// (`--passthrough-ops all` also lets the kernel look names up when that
+/// is safe, see [`Policy::allow_dir_lookup`]; `all,-lookup` does not.)
 pub fn names_all(list: &str) -> bool {
-    list.split(',')
-        .any(|n| n.trim().eq_ignore_ascii_case("all"))
+    list.split(',').fold(false, |all, n| {
+        let n = n.trim();
+        if n.eq_ignore_ascii_case("all") {
+            true
+        } else if n.eq_ignore_ascii_case("-all") || n.eq_ignore_ascii_case("-lookup") {
+            false
+        } else {
+            all
+        }
+    })
 }
 
 /// What is wrong with a policy file or an op list, as one line.
@@ -100,7 +109,7 @@ pub enum PolicyError {
     },
     #[error("{0}")]
     Toml(#[from] toml::de::Error),
-    #[error("unknown op '{name}' (known: {known}, all, none)")]
+    #[error("unknown op '{name}' (known: {known}, all, none; -NAME removes one)")]
     UnknownOp { name: String, known: String },
     #[error("rule {rule}: path '{path}' must not contain . or ..")]
     DotPath { rule: usize, path: String },
@@ -123,7 +132,9 @@ pub enum PolicyError {
     TooManyRules,
 }
 
-/// Parses `getattr,statx,read` / `all` / `none` into a mask.
+/// Parses `getattr,statx,read` / `all` / `none` into a mask. A name with
+/// a leading `-` takes its bits out of what the names before it gave:
+/// `all,-getxattr` is every op but GETXATTR. Names apply left to right.
 pub fn parse_ops(list: &str) -> Result<u64, PolicyError> {
     parse_op_names(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
 }
@@ -132,27 +143,36 @@ fn parse_op_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<u64, Polic
     let mut mask = 0;
     for n in names {
         let n = n.to_ascii_lowercase();
-        match n.as_str() {
-            "all" => mask |= all_ops(),
-            "none" => {}
-            _ => {
-                let (_, ops) = OP_NAMES
-                    .iter()
-                    .find(|(name, _)| *name == n)
-                    .ok_or_else(|| {
-                        let known: Vec<&str> = OP_NAMES.iter().map(|(n, _)| *n).collect();
-                        PolicyError::UnknownOp {
-                            name: n.clone(),
-                            known: known.join(", "),
-                        }
-                    })?;
-                for &op in *ops {
-                    mask |= abi::passthrough_op(op);
-                }
-            }
+        let (remove, name) = match n.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, n.as_str()),
+        };
+        let bits = op_bits(name)?;
+        if remove {
+            mask &= !bits;
+        } else {
+            mask |= bits;
         }
     }
     Ok(mask)
+}
+
+/// The bits of one op name (lower case), `all` or `none`.
+fn op_bits(name: &str) -> Result<u64, PolicyError> {
+    match name {
+        "all" => Ok(all_ops()),
+        "none" => Ok(0),
+        _ => {
+            let (_, ops) = OP_NAMES.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+                let known: Vec<&str> = OP_NAMES.iter().map(|(n, _)| *n).collect();
+                PolicyError::UnknownOp {
+                    name: name.to_string(),
+                    known: known.join(", "),
+                }
+            })?;
+            Ok(ops.iter().fold(0, |m, &op| m | abi::passthrough_op(op)))
+        }
+    }
 }
 
 /// How a rule selects paths.
@@ -565,6 +585,43 @@ mod tests {
         .unwrap();
         assert_eq!(p.mask(1, Kind::Directory), bit(Opcode::Getattr) | LOOKUP_OP);
         assert_eq!(p.mask(1, Kind::Regular), bit(Opcode::Getattr));
+    }
+
+    #[test]
+    fn all_brings_lookup_unless_taken_out_after_it() {
+        assert!(names_all("all"));
+        assert!(names_all("ALL,-getxattr"));
+        assert!(!names_all("getattr,read"));
+        assert!(!names_all("all,-lookup"));
+        assert!(!names_all("all,-all"));
+        assert!(names_all("-lookup,all"));
+    }
+
+    #[test]
+    fn op_lists_with_exclusions() {
+        assert_eq!(
+            parse_ops("all,-getxattr").unwrap(),
+            all_ops() & !bit(Opcode::Getxattr)
+        );
+        assert_eq!(
+            parse_ops("all, -READ, -write").unwrap(),
+            all_ops() & !(bit(Opcode::Read) | bit(Opcode::Write))
+        );
+        // Left to right: a later name puts a removed op back.
+        assert_eq!(parse_ops("all,-open,open").unwrap(), all_ops());
+        assert_eq!(parse_ops("getattr,read,-all").unwrap(), 0);
+        assert_eq!(parse_ops("-getattr").unwrap(), 0);
+        // In a policy file's lists too.
+        let p = Policy::parse(
+            "[default]\ndirs = [\"all\", \"-readdir\"]\nfiles = [\"all\"]\n",
+            0,
+        )
+        .unwrap();
+        assert_eq!(p.defaults().0, all_ops() & !bit(Opcode::Readdir));
+        for bad in ["all,-frobnicate", "all,-"] {
+            let e = parse_ops(bad).unwrap_err();
+            assert!(matches!(e, PolicyError::UnknownOp { .. }), "{bad}: {e}");
+        }
     }
 
     /// A subtree rule, then a glob rule for files only.
