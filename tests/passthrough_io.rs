@@ -529,3 +529,46 @@ fn write_only_passthrough_writes_show_in_attributes() {
     assert_eq!(fs::metadata(m.m("f")).unwrap().len(), 4096 + 300);
     assert!(m.unmount().success());
 }
+
+/// A spliced READ reply needs a pipe buffer for its header and one per
+/// page of the file it touches, not one per 4 KiB of bytes: an O_DIRECT
+/// read of 1 MiB into a buffer 16 bytes into its page is a READ of
+/// 1 MiB - 16 (the rest follows in a second READ), which once failed with
+/// EAGAIN (a 1 MiB pipe, 256 buffers, for 257), as did 1 MiB - 4 KiB from an
+/// unaligned file offset.
+#[test]
+fn daemon_spliced_reads_fit_the_pipe_for_any_alignment() {
+    require_root!();
+    use std::os::unix::fs::FileExt;
+    let data: Vec<u8> = (0..3 * MIB).map(|j| (j * 7 + j / 4093) as u8).collect();
+    let m = Mount::with_source(
+        |s| fs::write(s.join("f"), &data).unwrap(),
+        &["--nopassthrough"],
+    );
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.m("f"))
+        .unwrap();
+    let mut buf = vec![0u8; 2 * MIB + 8192];
+    let aligned = (4096 - buf.as_ptr() as usize % 4096) % 4096;
+    for len in [MIB, MIB - 4096, 128 << 10] {
+        for boff in [0usize, 16, 100, 4095] {
+            for foff in [0u64, 100, 4096, MIB as u64 + 7] {
+                let start = aligned + boff;
+                let n = f
+                    .read_at(&mut buf[start..start + len], foff)
+                    .unwrap_or_else(|e| panic!("read of {len} at {foff} into buffer+{boff}: {e}"));
+                assert_eq!(n, len, "len {len} file+{foff} buffer+{boff}");
+                let at = foff as usize;
+                assert!(
+                    buf[start..start + len] == data[at..at + len],
+                    "bytes of len {len} file+{foff} buffer+{boff}"
+                );
+            }
+        }
+    }
+    assert!(m.requests("READ") > 0);
+    drop(f);
+    assert!(m.unmount().success());
+}

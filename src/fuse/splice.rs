@@ -6,7 +6,8 @@
 //! it, then the whole message is spliced into the device in one go (the
 //! device takes a reply only whole). A short read (end of file) means the
 //! header's length is wrong: the pipe is read back and the reply written
-//! the ordinary way. Any failure to set up the pipe makes the caller copy.
+//! the ordinary way. Any failure to set up the pipe, or a pipe found full
+//! (EAGAIN) before anything went to the device, makes the caller copy.
 
 use std::cell::RefCell;
 use std::io;
@@ -14,7 +15,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
-use nix::unistd::{pipe2, read, write};
+use nix::unistd::{pipe2, read, sysconf, write, SysconfVar};
 
 use zerocopy::IntoBytes;
 
@@ -74,13 +75,19 @@ pub fn send_read_reply(
     offset: u64,
     len: usize,
 ) -> Spliced {
-    let want = (len + HEADER).next_power_of_two().max(64 * 1024);
+    // A pipe holds buffers, not bytes: the header takes one, and each page
+    // of the file the range touches another (an unaligned range of n pages
+    // touches n + 1). A 1 MiB - 16 read (an O_DIRECT read into a buffer 16
+    // bytes into its page) needs 257 buffers, one more than a 1 MiB pipe.
+    let page = page_size();
+    let slots = 1 + ((offset % page as u64) as usize + len).div_ceil(page);
+    let want = (slots * page).next_power_of_two().max(64 * 1024);
     if want >= REFUSED.with(|r| r.get()) {
         return Spliced::Unavailable;
     }
     PIPE.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|p| p.cap < len + HEADER) {
+        if slot.as_ref().is_none_or(|p| p.cap / page < slots) {
             match make_pipe(want) {
                 Ok(p) => *slot = Some(p),
                 Err(_) => {
@@ -92,8 +99,15 @@ pub fn send_read_reply(
         let Some(p) = slot.as_ref() else {
             return Spliced::Unavailable;
         };
-        Spliced::Sent(splice_reply(p, dev, unique, file, offset, len))
+        splice_reply(p, dev, unique, file, offset, len)
     })
+}
+
+fn page_size() -> usize {
+    match sysconf(SysconfVar::PAGE_SIZE) {
+        Ok(Some(n)) if n > 0 => n as usize,
+        _ => 4096,
+    }
 }
 
 fn splice_reply(
@@ -103,15 +117,16 @@ fn splice_reply(
     file: BorrowedFd<'_>,
     offset: u64,
     len: usize,
-) -> io::Result<()> {
+) -> Spliced {
     let header = OutHeader {
         len: (HEADER + len) as u32,
         error: 0,
         unique,
     };
     if write(&p.w, header.as_bytes()) != Ok(HEADER) {
+        // Nothing has gone to the device: copy.
         drain(p);
-        return Err(io::Error::other("pipe write"));
+        return Spliced::Unavailable;
     }
     let mut got = 0usize;
     let mut off = offset as libc::loff_t;
@@ -121,15 +136,28 @@ fn splice_reply(
             Ok(0) => break,
             Ok(n) => got += n,
             Err(Errno::EINTR) => continue,
+            // The pipe is full after all (or the file would block):
+            // nothing has gone to the device yet, so copy instead of
+            // failing the read with EAGAIN.
+            Err(Errno::EAGAIN) => {
+                drain(p);
+                return Spliced::Unavailable;
+            }
             Err(e) => {
                 drain(p);
-                return fallback_error(dev, unique, e.into());
+                return Spliced::Sent(fallback_error(dev, unique, e.into()));
             }
         }
     }
     if got < len {
-        return short_read(p, dev, unique, got);
+        return Spliced::Sent(short_read(p, dev, unique, got));
     }
+    Spliced::Sent(move_to_dev(p, dev, len))
+}
+
+/// Splices the whole message (header and `len` bytes) from the pipe into
+/// the device.
+fn move_to_dev(p: &Pipe, dev: BorrowedFd<'_>, len: usize) -> io::Result<()> {
     let total = HEADER + len;
     let mut moved = 0;
     while moved < total {
