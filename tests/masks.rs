@@ -116,11 +116,11 @@ fn an_op_taken_out_of_all_is_served_by_the_daemon() {
         |s| fs::write(s.join("f"), vec![6u8; 1 << 20]).unwrap(),
         &["--passthrough-ops=all,-read"],
     );
-    // One 1 MiB read(2): inside UML, for a file the kernel opened itself
-    // (inode in passthrough I/O mode), it is a READ of 1 MiB - 16 (the
-    // buffer starts 16 bytes into its page), which the spliced reply once
-    // failed with EAGAIN (see passthrough_io.rs
-    // daemon_spliced_reads_fit_the_pipe_for_any_alignment).
+    // One 1 MiB read(2). Before d620885 the patched kernel put this inode
+    // in passthrough I/O mode and sent it as a READ of 1 MiB - 16 (the
+    // buffer starts 16 bytes into its page), which the spliced reply failed
+    // with EAGAIN; passthrough_io.rs
+    // daemon_spliced_reads_fit_the_pipe_for_any_alignment covers that now.
     assert_eq!(read_all(&m, "f"), vec![6u8; 1 << 20]);
     fs::write(m.m("g"), vec![7u8; 1 << 16]).unwrap();
     let s = m.stats();
