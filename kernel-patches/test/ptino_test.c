@@ -2383,6 +2383,19 @@ static void put(const char *rel, const char *content)
 	close(fd);
 }
 
+/* Files PREFIX0..PREFIX(N-1), numbers WIDTH digits wide at least */
+static void put_numbered(const char *prefix, size_t n, int width,
+			 const char *content)
+{
+	char rel[32];
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		snprintf(rel, sizeof(rel), "%s%0*zu", prefix, width, i);
+		put(rel, content);
+	}
+}
+
 static void make_tree(void)
 {
 	/* system.posix_acl_access: owner rw, user 1234 r, group -, mask r */
@@ -2421,20 +2434,10 @@ static void make_tree(void)
 	put("d/busy", "content of busy\n");
 	put("d/atime", "content of atime\n");
 	mkdir(s("w"), 0755);
-	for (i = 0; i < 20; i++) {
-		char rel[16];
-
-		snprintf(rel, sizeof(rel), "w/e%02zu", i);
-		put(rel, "walk\n");
-	}
+	put_numbered("w/e", 20, 2, "walk\n");
 	put("w/bad", "walk\n");
 	mkdir(s("v"), 0755);
-	for (i = 0; i < 40; i++) {
-		char rel[16];
-
-		snprintf(rel, sizeof(rel), "v/f%02zu", i);
-		put(rel, "walk\n");
-	}
+	put_numbered("v/f", 40, 2, "walk\n");
 	mkdir(s("x"), 0755);
 	mkdir(s("x/a"), 0755);
 	mkdir(s("x/b"), 0755);
@@ -2449,18 +2452,8 @@ static void make_tree(void)
 	/* l: 20 files, a hard link, a symlink, sub with 5 files; e empty */
 	mkdir(s("l"), 0755);
 	mkdir(s("l/sub"), 0755);
-	for (i = 0; i < 20; i++) {
-		char rel[16];
-
-		snprintf(rel, sizeof(rel), "l/f%02zu", i);
-		put(rel, "look\n");
-	}
-	for (i = 0; i < 5; i++) {
-		char rel[16];
-
-		snprintf(rel, sizeof(rel), "l/sub/g%zu", i);
-		put(rel, "look\n");
-	}
+	put_numbered("l/f", 20, 2, "look\n");
+	put_numbered("l/sub/g", 5, 1, "look\n");
 	if (link(s("l/f00"), s("l/hl")) || symlink("f00", s("l/link")))
 		die("link/symlink in l");
 	if (setxattr(s("l/f01"), "user.pt", "file1", 6, 0) ||
