@@ -145,7 +145,20 @@ struct Cli {
     /// `-o no_io_uring`).
     #[arg(long, overrides_with = "io_uring")]
     no_io_uring: bool,
+    /// Negotiate FUSE_HANDLE_KILLPRIV_V2: the daemon clears
+    /// setuid/setgid on write, truncate and chown, and the kernel stops
+    /// asking for security.capability before each write.
+    #[arg(long, overrides_with = "no_killpriv_v2")]
+    killpriv_v2: bool,
+    /// Leave clearing setuid/setgid to the kernel, which then asks
+    /// GETXATTR security.capability before every write(2) and chown.
+    #[arg(long, overrides_with = "killpriv_v2")]
+    no_killpriv_v2: bool,
 }
+
+/// Whether FUSE_HANDLE_KILLPRIV_V2 is negotiated without `--killpriv-v2` or
+/// `--no-killpriv-v2`.
+const KILLPRIV_V2_DEFAULT: bool = false;
 
 /// `--cache`: what the kernel may cache, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -553,6 +566,11 @@ fn daemon_config(
         media,
         noatime: parsed.mount.noatime || parsed.mount.read_only,
         nodiratime: parsed.mount.nodiratime,
+        killpriv_v2: if cli.killpriv_v2 || cli.no_killpriv_v2 {
+            cli.killpriv_v2
+        } else {
+            KILLPRIV_V2_DEFAULT
+        },
     }
 }
 

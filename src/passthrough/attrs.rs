@@ -105,7 +105,15 @@ impl AttrOps for PassthroughFs {
         let file = file.filter(|f| f.inode.nodeid == inode.nodeid);
         let fd = self.table.fd(&inode)?;
         let proc = self.table.proc_self_fd();
-        let _g = self.as_caller(ctx, false)?;
+        // HANDLE_KILLPRIV_V2 (see `killpriv.rs`): a chown's setgid rule
+        // looks at the group the file had before.
+        let chown_kill = if valid.contains(V::KILL_SUIDGID) && valid.intersects(V::UID | V::GID) {
+            let st = self.sxid_stat(fd.fd())?;
+            self.bits_to_kill(ctx, &st, killpriv::Caller::Chown)
+        } else {
+            0
+        };
+        let caller = self.as_caller(ctx, false)?;
 
         if valid.contains(V::MODE) {
             let mode = arg.mode & 0o7777;
@@ -162,6 +170,20 @@ impl AttrOps for PassthroughFs {
         }
         if valid.intersects(V::ATIME | V::MTIME) {
             sys::utimens_empty(fd.fd(), &setattr_times(arg))?;
+        }
+        // The kills, with the daemon's credentials (a caller acting as
+        // itself could not chmod a file it only may write).
+        drop(caller);
+        let target = match &file {
+            Some(f) => f.fd.as_fd(),
+            None => fd.fd(),
+        };
+        if valid.contains(V::KILL_SUIDGID) && valid.contains(V::SIZE) {
+            self.kill_suidgid(ctx, target)?;
+        }
+        self.clear_mode_bits(target, chown_kill)?;
+        if killpriv::is_empty_setattr(valid) {
+            self.kill_on_empty_setattr(ctx, &inode, target)?;
         }
         let st = match &file {
             Some(f) => sys::statx(f.fd.as_fd(), STATX_MASK)?,

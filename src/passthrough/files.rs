@@ -282,7 +282,7 @@ impl PassthroughFs {
         noop
     }
 
-    fn any_writable_open(&self, inode: &Inode) -> Option<Arc<OpenFile>> {
+    pub(super) fn any_writable_open(&self, inode: &Inode) -> Option<Arc<OpenFile>> {
         self.files
             .iter()
             .find(|f| f.inode.nodeid == inode.nodeid && f.flags & libc::O_ACCMODE != libc::O_RDONLY)
@@ -301,6 +301,18 @@ impl FileOps for PassthroughFs {
             _ => return Err(Errno::EINVAL),
         }
         let file = self.reopen_for_io(ctx, &inode, self.host_open_flags(flags))?;
+        if arg.open_flags & abi::OPEN_KILL_SUIDGID != 0 && flags & libc::O_TRUNC != 0 {
+            // open(O_TRUNC) by a caller without CAP_FSETID, with
+            // HANDLE_KILLPRIV_V2: the truncate the host just did as root
+            // kept setuid/setgid (see `killpriv.rs`).
+            // The kernel keeps the mode it cached (the truncate of an open
+            // invalidates only size and times): tell it.
+            if self.kill_suidgid(ctx, file.as_fd())? {
+                if let Some(conn) = self.conn.get() {
+                    let _ = conn.notify_inval_inode(nodeid, -1, 0);
+                }
+            }
+        }
         let redact = self.media_redaction(ctx, &inode, file.as_fd())?;
         self.finish_open(inode, file, flags, redact)
     }
@@ -344,17 +356,13 @@ impl FileOps for PassthroughFs {
             Err(_) if cached => self.any_writable_open(&inode).ok_or(Errno::EBADF)?,
             Err(e) => return Err(e),
         };
-        // Page-cache writeback has no caller to act for.
-        let _g = if cached {
-            CredGuard::none()
-        } else {
-            self.as_caller(ctx, false)?
-        };
         if arg.write_flags & abi::WRITE_KILL_SUIDGID != 0 {
-            // A writer without CAP_FSETID on the direct-I/O path: the kernel
-            // leaves clearing setuid/setgid to us, and a root daemon's write
-            // would not clear them.
-            if kill_suidgid(f.fd.as_fd())? {
+            // A writer without CAP_FSETID (direct I/O, or any daemon-served
+            // write with HANDLE_KILLPRIV_V2): the kernel leaves clearing
+            // setuid/setgid to us, and a root daemon's write would not
+            // clear them (see `killpriv.rs`). Done with the daemon's
+            // credentials, before the write, as the VFS does.
+            if self.kill_suidgid(ctx, f.fd.as_fd())? {
                 // With the writeback cache the kernel trusts its cached
                 // attributes: tell it the mode changed under it.
                 if let Some(conn) = self.conn.get() {
@@ -362,6 +370,12 @@ impl FileOps for PassthroughFs {
                 }
             }
         }
+        // Page-cache writeback has no caller to act for.
+        let _g = if cached {
+            CredGuard::none()
+        } else {
+            self.as_caller(ctx, false)?
+        };
         let append = !cached && (arg.flags as i32 & libc::O_APPEND != 0);
         let mut done = 0;
         while done < data.len() {
@@ -508,20 +522,3 @@ impl FileOps for PassthroughFs {
 /// Filesystems whose regular files have no `flush` file operation (Linux
 /// 6.x: ext2/3/4, XFS, Btrfs, tmpfs).
 const NO_FLUSH_FS: [u32; 4] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994];
-
-/// Clears setuid, and setgid if the group may execute (the VFS rule of
-/// `setattr_should_drop_suidgid`), as a write by an unprivileged caller
-/// does. Returns whether the mode changed.
-fn kill_suidgid(fd: std::os::fd::BorrowedFd<'_>) -> Result<bool, Errno> {
-    let st = sys::statx(fd, libc::STATX_MODE)?;
-    let mode = st.stx_mode as u32;
-    let mut kill = libc::S_ISUID;
-    if mode & libc::S_IXGRP != 0 {
-        kill |= libc::S_ISGID;
-    }
-    if mode & kill != 0 {
-        sys::fchmod(fd, mode & 0o7777 & !kill)?;
-        return Ok(true);
-    }
-    Ok(false)
-}

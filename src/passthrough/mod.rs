@@ -13,6 +13,7 @@ mod attrs;
 mod dirs;
 mod entries;
 mod files;
+mod killpriv;
 mod locks;
 mod media;
 mod xattrs;
@@ -69,6 +70,8 @@ pub struct Config {
     pub noatime: bool,
     /// The mount updates no directory access times (`nodiratime`).
     pub nodiratime: bool,
+    /// Negotiate FUSE_HANDLE_KILLPRIV_V2 (see `killpriv.rs`).
+    pub killpriv_v2: bool,
 }
 
 impl Config {
@@ -89,6 +92,7 @@ impl Config {
             media: None,
             noatime: false,
             nodiratime: false,
+            killpriv_v2: false,
         }
     }
 }
@@ -464,6 +468,28 @@ impl Filesystem for PassthroughFs {
         // and leaves the umask to us, so default ACLs work as on the host.
         w.flags |= InitFlags::POSIX_ACL | InitFlags::DONT_MASK;
         w.together.push(InitFlags::POSIX_ACL | InitFlags::DONT_MASK);
+        if self.cfg.killpriv_v2 {
+            // HANDLE_KILLPRIV_V2: the kernel sets S_NOSEC on an inode once
+            // a write found nothing to kill, instead of asking GETXATTR
+            // security.capability before every write(2) and chown (3.9
+            // requests per untarred file, one per write call of a
+            // sequential write). In exchange the server clears setuid and
+            // setgid, and it can: every write, truncate and chown that must
+            // clear them reaches the daemon as a request, with a KILL flag
+            // (daemon-served WRITE, OPEN O_TRUNC, SETATTR size or uid/gid)
+            // or, for what never reaches it (passthrough writes, fallocate,
+            // copy_file_range), as the empty SETATTR of file_remove_privs();
+            // `killpriv.rs` clears the bits there by the VFS rules, since a
+            // root daemon's own write or truncate would not.
+            // security.capability is still removed by the kernel
+            // (REMOVEXATTR) and by the host on every write.
+            w.flags |= InitFlags::HANDLE_KILLPRIV_V2;
+            // Inode passthrough (patched kernels): not shown to kill
+            // through the paths that bypass the daemon there (OPEN and
+            // SETATTR from the backing inode): not with it.
+            w.excludes
+                .push((InitFlags::PASSTHROUGH_INO, InitFlags::HANDLE_KILLPRIV_V2));
+        }
         if !self.cfg.nocache {
             w.flags |=
                 InitFlags::AUTO_INVAL_DATA | InitFlags::CACHE_SYMLINKS | InitFlags::WRITEBACK_CACHE;
@@ -525,6 +551,16 @@ impl Filesystem for PassthroughFs {
             }
             backing::Mode::Off
         };
+        if self.cfg.killpriv_v2 && !n.has(InitFlags::HANDLE_KILLPRIV_V2) {
+            info!(
+                "HANDLE_KILLPRIV_V2 not negotiated ({}): the kernel asks for security.capability before each write",
+                if n.has(InitFlags::PASSTHROUGH_INO) {
+                    "inode passthrough"
+                } else {
+                    "not offered"
+                }
+            );
+        }
         self.backing.start(conn, mode);
         info!(
             "passthrough: {}",
