@@ -11,7 +11,9 @@ workload), or a cpu-clock profile (perf record).
                 lsr (ls -lR warm) of a 3,000-entry part of bench.py's small
                 tree (/var/tmp/passthroughfs-bench-cache/small-tree.tar,
                 made by a bench/run.sh run); untar-full: bench.py's untar
-                row (the whole small tree, then `sync -f`)
+                row (the whole small tree, then `sync -f`); seqwrite: a
+                256 MiB file written in 1 MiB write(2) calls (dd), entries
+                are the writes
       MODE:     plain | strace | callgrind | perf (the daemon) | perf-all
                 (every CPU: the kernel's work in the caller, the daemon,
                 kworkers; `perf report --sort comm` splits it) | trace (the
@@ -197,6 +199,10 @@ def main():
             sync_s = time.time() - ts
             entries = int(subprocess.run(f"find {m} | wc -l", shell=True, capture_output=True,
                                          text=True).stdout) - 1
+        elif a.workload == "seqwrite":
+            sh(["dd", "if=/dev/zero", f"of={m}/seq", "bs=1M", "count=256", "conv=fsync"],
+               stderr=subprocess.DEVNULL)
+            entries = 256
         elif a.workload == "rmrf":
             sh(["rm", "-rf", f"{m}/small"])
             entries = 3000

@@ -39,9 +39,15 @@ enum Step {
     RootChown,
     /// write(2) by root (CAP_FSETID: the bits stay).
     RootWrite,
+    /// chown(-1, -1) by root: setuid goes.
+    RootChownSame,
+    /// chown(-1, -1) by uid 65534 (EPERM natively on a file of another
+    /// user with setuid/setgid to drop: the outcome is not compared, the
+    /// mode is).
+    UserChownSame,
 }
 
-const STEPS: [Step; 7] = [
+const STEPS: [Step; 9] = [
     Step::Write,
     Step::Truncate,
     Step::OpenTrunc,
@@ -49,6 +55,8 @@ const STEPS: [Step; 7] = [
     Step::CopyRange,
     Step::RootChown,
     Step::RootWrite,
+    Step::RootChownSame,
+    Step::UserChownSame,
 ];
 
 /// (mode, owner uid:gid): setuid, setgid with and without group execute,
@@ -138,7 +146,22 @@ fn run_step(step: Step, p: PathBuf) -> Result<(), String> {
         Step::RootChown => {
             std::os::unix::fs::chown(&p, Some(NOBODY), Some(0)).map_err(|e| format!("chown: {e}"))
         }
+        Step::RootChownSame => chown_same(&p),
+        Step::UserChownSame => {
+            let _ = as_nobody(Box::new(move || chown_same(&p)));
+            Ok(())
+        }
     }
+}
+
+/// chown(p, -1, -1).
+fn chown_same(p: &Path) -> Result<(), String> {
+    let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    if unsafe { libc::chown(c.as_ptr(), u32::MAX, u32::MAX) } != 0 {
+        return Err(format!("chown -1 -1: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn name_of(step: Step, mode: u32, owner: u32) -> String {
@@ -240,6 +263,18 @@ fn setuid_setgid_cleared_as_natively_with_passthrough() {
 fn setuid_setgid_cleared_as_natively_without_passthrough() {
     require_root!();
     differential(&["-o", "allow_other", "--nopassthrough"]);
+}
+
+#[test]
+fn setuid_setgid_cleared_as_natively_with_direct_io() {
+    require_root!();
+    differential(&["-o", "allow_other", "--direct-io"]);
+}
+
+#[test]
+fn setuid_setgid_cleared_as_natively_without_cache() {
+    require_root!();
+    differential(&["-o", "allow_other", "--nocache", "--nopassthrough"]);
 }
 
 #[test]

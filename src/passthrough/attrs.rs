@@ -182,8 +182,10 @@ impl AttrOps for PassthroughFs {
             self.kill_suidgid(ctx, target)?;
         }
         self.clear_mode_bits(target, chown_kill)?;
+        // Consumed by any SETATTR: it tells about the one that follows.
+        let cap_removed = self.cap_removed.remove(&nodeid).is_some();
         if killpriv::is_empty_setattr(valid) {
-            self.kill_on_empty_setattr(ctx, &inode, target)?;
+            self.kill_on_empty_setattr(ctx, &inode, target, cap_removed)?;
         }
         let st = match &file {
             Some(f) => sys::statx(f.fd.as_fd(), STATX_MASK)?,

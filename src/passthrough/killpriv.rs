@@ -21,8 +21,9 @@
 //!   daemon (passthrough write, fallocate, copy_file_range: fuse_setattr()
 //!   strips ATTR_KILL_SUID/SGID and ATTR_MODE, and ATTR_FORCE still makes
 //!   fuse_do_setattr() send a request) — the only sign of those writes the
-//!   daemon ever gets. It carries no flag: see [`PassthroughFs::kill_on_empty_setattr`]
-//!   for what the daemon concludes from the header.
+//!   daemon ever gets. It carries no flag (chown(-1, -1) sends the same):
+//!   see [`PassthroughFs::kill_on_empty_setattr`] for what the daemon
+//!   concludes from the header.
 //!
 //! `security.capability` needs nothing here: the kernel removes it with
 //! REMOVEXATTR before the SETATTR (`security_inode_killpriv` under
@@ -39,15 +40,18 @@ pub(super) enum Caller {
     /// The kernel says the caller lacks CAP_FSETID (the KILL flags of
     /// WRITE, OPEN and SETATTR size), or the daemon concluded so.
     Unprivileged,
-    /// A chown (`FATTR_KILL_SUIDGID` with uid/gid): setuid always goes;
-    /// the caller's CAP_FSETID is unknown, uid 0 counts as holding it.
+    /// A chown (`FATTR_KILL_SUIDGID` with uid/gid, or chown(-1, -1)):
+    /// setuid always goes; the caller's CAP_FSETID is unknown, uid 0
+    /// counts as holding it.
     Chown,
 }
 
-/// The `fuse_setattr_in.valid` bits that change an attribute.
-fn changes_something(valid: abi::SetattrValid) -> bool {
+/// A SETATTR that changes nothing (see the module's doc): no bit but FH,
+/// LOCKOWNER or CTIME (the ctime of a chown(-1, -1) with the writeback
+/// cache; nothing else sends CTIME alone).
+pub(super) fn is_empty_setattr(valid: abi::SetattrValid) -> bool {
     use abi::SetattrValid as V;
-    valid.intersects(
+    !valid.intersects(
         V::MODE
             | V::UID
             | V::GID
@@ -56,14 +60,8 @@ fn changes_something(valid: abi::SetattrValid) -> bool {
             | V::MTIME
             | V::ATIME_NOW
             | V::MTIME_NOW
-            | V::CTIME
             | V::KILL_SUIDGID,
     )
-}
-
-/// A SETATTR that changes nothing: see the module's doc.
-pub(super) fn is_empty_setattr(valid: abi::SetattrValid) -> bool {
-    !changes_something(valid)
 }
 
 const SXID_MASK: u32 = libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID | libc::STATX_GID;
@@ -127,59 +125,70 @@ impl PassthroughFs {
         self.clear_mode_bits(fd, kill)
     }
 
-    /// The empty SETATTR of `file_remove_privs()` (see the module's doc):
-    /// `inode`'s setuid/setgid go by the rule of an unprivileged write,
-    /// under two conditions the header lets the daemon check:
+    /// The empty SETATTR of `file_remove_privs()` (see the module's doc).
+    /// The kernel sends it in three cases, told apart by what the daemon
+    /// sees (the header has no capabilities):
     ///
-    /// - the caller is not uid 0. The kernel sends the request for a
-    ///   caller without CAP_FSETID whose write must clear the bits, but
-    ///   also for any caller when the file has `security.capability` (then
-    ///   a root writer keeps setuid), and for chown(-1, -1). The header
-    ///   has no capabilities: uid 0 is taken as holding CAP_FSETID, any
-    ///   other uid as not.
-    /// - the caller owns the file, or may write it (a writable open of the
-    ///   inode exists, or write access as the caller): a write needs a
-    ///   writable file, so this is always true of a real write, while a
-    ///   chown(-1, -1) by another user (EPERM on a native filesystem)
-    ///   clears nothing.
+    /// 1. a write (passthrough, fallocate, copy_file_range) by a caller
+    ///    without CAP_FSETID, on a file with setuid or a setgid to kill:
+    ///    kill them as an unprivileged write does;
+    /// 2. a write by any caller on a file with `security.capability`: the
+    ///    kernel removed it with REMOVEXATTR just before (`cap_removed`),
+    ///    and a privileged writer keeps setuid/setgid;
+    /// 3. chown(-1, -1): setuid goes whoever the caller is, setgid if the
+    ///    group may execute (or, for a caller other than root, if it is not
+    ///    in the file's group).
     ///
-    /// What this gets wrong, both rare: a root caller without CAP_FSETID
-    /// (e.g. `capsh --drop=cap_fsetid`) keeps the bits through a
-    /// passthrough write, and a root chown(-1, -1) keeps setuid, where a
-    /// native filesystem clears them; a caller other than root holding
-    /// CAP_FSETID loses them where it would not.
+    /// So: a caller other than uid 0 is taken as lacking CAP_FSETID (1 or
+    /// 3: the same bits go), but only if it owns the file or may write it
+    /// (a writable open of the inode exists: every write comes through
+    /// one, and every open reaches the daemon, since V2 is not negotiated
+    /// with inode passthrough), while a chown(-1, -1) by another user is
+    /// EPERM on a native filesystem and clears nothing here.
+    /// uid 0 is taken as holding CAP_FSETID: nothing goes after a
+    /// REMOVEXATTR of `security.capability` (2), else setuid and a
+    /// group-executable setgid go (3, or 1 for a root without
+    /// CAP_FSETID).
+    ///
+    /// What this gets wrong, all rare: a root chown(-1, -1) of a file with
+    /// both setuid and `security.capability` keeps setuid; a root without
+    /// CAP_FSETID keeps a setgid without group execute, and keeps both
+    /// bits when writing a file with `security.capability`; a caller
+    /// other than root holding CAP_FSETID loses them where it would not.
     pub(super) fn kill_on_empty_setattr(
         &self,
         ctx: &Context,
         inode: &Inode,
         fd: BorrowedFd<'_>,
+        cap_removed: bool,
     ) -> Result<bool, Errno> {
-        if ctx.uid == 0 || inode.kind != Kind::Regular {
+        if inode.kind != Kind::Regular || (ctx.uid == 0 && cap_removed) {
             return Ok(false);
         }
         let st = self.sxid_stat(fd)?;
-        let kill = self.bits_to_kill(ctx, &st, Caller::Unprivileged);
+        let who = if ctx.uid == 0 {
+            Caller::Chown
+        } else {
+            Caller::Unprivileged
+        };
+        let kill = self.bits_to_kill(ctx, &st, who);
         if kill == 0 {
             return Ok(false);
         }
-        let may_write = st.stx_uid == ctx.uid
-            || self.any_writable_open(inode).is_some()
-            || self.caller_may_write(ctx, fd);
+        let may_write =
+            ctx.uid == 0 || st.stx_uid == ctx.uid || self.any_writable_open(inode).is_some();
         if !may_write {
             return Ok(false);
         }
         self.clear_mode_bits(fd, kill)
     }
 
-    /// Write access to `fd`'s inode as the caller (faccessat as ctx).
-    fn caller_may_write(&self, ctx: &Context, fd: BorrowedFd<'_>) -> bool {
-        if ctx.uid == abi::INVALID_UIDGID || ctx.gid == abi::INVALID_UIDGID {
-            return false;
+    /// Remembers that the kernel removed `security.capability` of
+    /// `nodeid` (the REMOVEXATTR before the empty SETATTR of a write).
+    pub(super) fn note_cap_removed(&self, nodeid: NodeId) {
+        if self.cap_removed.len() > 4096 {
+            self.cap_removed.clear();
         }
-        let groups = self.groups.groups_of(ctx.pid);
-        let Ok(_g) = credentials::become_caller(ctx.uid, ctx.gid, &groups) else {
-            return false;
-        };
-        sys::access_empty(fd, libc::W_OK).is_ok()
+        self.cap_removed.insert(nodeid, ());
     }
 }

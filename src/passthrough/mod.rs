@@ -169,6 +169,9 @@ pub struct PassthroughFs {
     kernel_files: FastMap<(NodeId, i32), Arc<OpenFile>>,
     /// Per device: FLUSH has nothing to do there (see `files.rs`).
     flush_noop: Mutex<Vec<(u64, bool)>>,
+    /// Inodes whose `security.capability` the kernel just removed, until
+    /// their next SETATTR (see `killpriv.rs`).
+    cap_removed: FastMap<NodeId, ()>,
 }
 
 /// Why SOURCE cannot be served, as one line.
@@ -230,6 +233,7 @@ impl PassthroughFs {
             kinds: KindCounters::default(),
             kernel_files: FastMap::default(),
             flush_noop: Mutex::new(Vec::new()),
+            cap_removed: FastMap::default(),
         })
     }
 

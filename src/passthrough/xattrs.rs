@@ -106,7 +106,11 @@ impl XattrOps for PassthroughFs {
         let inode = self.inode(nodeid, ctx.opcode)?;
         let fd = self.table.fd(&inode)?;
         let _g = self.as_caller(ctx, false)?;
-        sys::removexattr(fd.fd(), name).map_err(Errno::from)
+        sys::removexattr(fd.fd(), name).map_err(Errno::from)?;
+        if name.to_bytes() == b"security.capability" {
+            self.note_cap_removed(nodeid);
+        }
+        Ok(())
     }
 }
 
