@@ -182,10 +182,14 @@ impl AttrOps for PassthroughFs {
             self.kill_suidgid(ctx, target)?;
         }
         self.clear_mode_bits(target, chown_kill)?;
-        // Consumed by any SETATTR: it tells about the one that follows.
-        let cap_removed = self.cap_removed.remove(&nodeid).is_some();
         if killpriv::is_empty_setattr(valid) {
+            let cap_removed = self.cap_removed.remove(&nodeid).is_some();
             self.kill_on_empty_setattr(ctx, &inode, target, cap_removed)?;
+        } else if valid.intersects(V::MODE | V::UID | V::GID | V::SIZE) {
+            // The mark tells about the empty SETATTR that follows the
+            // REMOVEXATTR (a flush of times may come between them, with
+            // the writeback cache), not about a later one.
+            self.cap_removed.remove(&nodeid);
         }
         let st = match &file {
             Some(f) => sys::statx(f.fd.as_fd(), STATX_MASK)?,

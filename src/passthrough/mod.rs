@@ -170,7 +170,8 @@ pub struct PassthroughFs {
     /// Per device: FLUSH has nothing to do there (see `files.rs`).
     flush_noop: Mutex<Vec<(u64, bool)>>,
     /// Inodes whose `security.capability` the kernel just removed, until
-    /// their next SETATTR (see `killpriv.rs`).
+    /// their next empty SETATTR or change of mode, owner or size (see
+    /// `killpriv.rs`).
     cap_removed: FastMap<NodeId, ()>,
 }
 
