@@ -87,9 +87,9 @@ uring_pass() {
         echo "NOT RUN: io_uring pass: this kernel has no FUSE-over-io_uring ($uring_param)"
         return 0
     fi
-    echo "== wire_layer, ops, stress, differential over FUSE-over-io_uring (PTFS_TRANSPORT=uring)"
+    echo "== wire_layer, ops, stress, differential, killpriv over FUSE-over-io_uring (PTFS_TRANSPORT=uring)"
     PTFS_TRANSPORT=uring run_tests \
-        --test wire_layer --test ops --test stress --test differential
+        --test wire_layer --test ops --test stress --test differential --test killpriv
     echo "$uring_orig" > "$uring_param"
 }
 

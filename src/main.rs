@@ -145,7 +145,7 @@ struct Cli {
     /// `-o no_io_uring`).
     #[arg(long, overrides_with = "io_uring")]
     no_io_uring: bool,
-    /// Negotiate FUSE_HANDLE_KILLPRIV_V2: the daemon clears
+    /// Negotiate FUSE_HANDLE_KILLPRIV_V2 (the default): the daemon clears
     /// setuid/setgid on write, truncate and chown, and the kernel stops
     /// asking for security.capability before each write.
     #[arg(long, overrides_with = "no_killpriv_v2")]
@@ -158,7 +158,7 @@ struct Cli {
 
 /// Whether FUSE_HANDLE_KILLPRIV_V2 is negotiated without `--killpriv-v2` or
 /// `--no-killpriv-v2`.
-const KILLPRIV_V2_DEFAULT: bool = false;
+const KILLPRIV_V2_DEFAULT: bool = true;
 
 /// `--cache`: what the kernel may cache, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
