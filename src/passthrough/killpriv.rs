@@ -192,3 +192,60 @@ impl PassthroughFs {
         self.cap_removed.insert(nodeid, ());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuse::dispatch::negotiate;
+
+    fn offer(flags: InitFlags) -> abi::InitIn {
+        abi::InitIn {
+            major: abi::KERNEL_VERSION,
+            minor: 45,
+            max_readahead: 1 << 17,
+            flags: flags.bits() as u32,
+            flags2: (flags.bits() >> 32) as u32,
+            ..Default::default()
+        }
+    }
+
+    /// V2 on stock kernels (I/O passthrough), never with inode passthrough,
+    /// and not with `--no-killpriv-v2`.
+    #[test]
+    fn negotiated_unless_inode_passthrough_or_switched_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::for_source(dir.path().to_path_buf());
+        let fs = PassthroughFs::new(cfg.clone()).unwrap();
+        let stock = InitFlags::PASSTHROUGH
+            | InitFlags::HANDLE_KILLPRIV_V2
+            | InitFlags::MAX_PAGES
+            | InitFlags::INIT_EXT;
+        let (n, _) = negotiate(&fs.wants(), &offer(stock), 1 << 20, 4096);
+        assert!(n.has(InitFlags::PASSTHROUGH | InitFlags::HANDLE_KILLPRIV_V2));
+        let patched = stock | InitFlags::PASSTHROUGH_INO;
+        let (n, _) = negotiate(&fs.wants(), &offer(patched), 1 << 20, 4096);
+        assert!(n.has(InitFlags::PASSTHROUGH_INO));
+        assert!(!n.has(InitFlags::HANDLE_KILLPRIV_V2));
+        cfg.killpriv_v2 = false;
+        let fs = PassthroughFs::new(cfg).unwrap();
+        let (n, _) = negotiate(&fs.wants(), &offer(stock), 1 << 20, 4096);
+        assert!(!n.has(InitFlags::HANDLE_KILLPRIV_V2));
+    }
+
+    #[test]
+    fn empty_setattr() {
+        use abi::SetattrValid as V;
+        assert!(is_empty_setattr(V::empty()));
+        assert!(is_empty_setattr(V::FH | V::LOCKOWNER | V::CTIME));
+        for v in [
+            V::MODE,
+            V::UID,
+            V::SIZE,
+            V::MTIME,
+            V::ATIME_NOW,
+            V::KILL_SUIDGID,
+        ] {
+            assert!(!is_empty_setattr(v | V::FH));
+        }
+    }
+}
