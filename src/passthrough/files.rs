@@ -301,10 +301,10 @@ impl FileOps for PassthroughFs {
             _ => return Err(Errno::EINVAL),
         }
         let file = self.reopen_for_io(ctx, &inode, self.host_open_flags(flags))?;
-        if arg.open_flags & abi::OPEN_KILL_SUIDGID != 0 && flags & libc::O_TRUNC != 0 {
-            // open(O_TRUNC) by a caller without CAP_FSETID, with
-            // HANDLE_KILLPRIV_V2: the truncate the host just did as root
-            // kept setuid/setgid (see `killpriv.rs`).
+        if flags & libc::O_TRUNC != 0 && self.open_trunc_kills(ctx, arg) {
+            // open(O_TRUNC) by a caller without CAP_FSETID: the truncate
+            // the host just did as root kept setuid/setgid (see
+            // `killpriv.rs`).
             // The kernel keeps the mode it cached (the truncate of an open
             // invalidates only size and times): tell it.
             if self.kill_suidgid(ctx, file.as_fd())? {

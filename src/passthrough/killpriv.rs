@@ -125,6 +125,21 @@ impl PassthroughFs {
         self.clear_mode_bits(fd, kill)
     }
 
+    /// Whether an open(O_TRUNC) must clear setuid/setgid. With V2 the
+    /// kernel says so (FUSE_OPEN_KILL_SUIDGID: the caller lacks
+    /// CAP_FSETID). Without it the kernel's own kill never comes: its
+    /// truncate is the OPEN's (atomic_o_trunc), and fuse_do_setattr() drops
+    /// the kill-privileges SETATTR of an open's truncate without sending
+    /// it; so a caller other than uid 0 is taken as lacking CAP_FSETID, as
+    /// for the empty SETATTR below.
+    pub(super) fn open_trunc_kills(&self, ctx: &Context, arg: &abi::OpenIn) -> bool {
+        if self.killpriv_v2.load(Ordering::Relaxed) {
+            arg.open_flags & abi::OPEN_KILL_SUIDGID != 0
+        } else {
+            ctx.uid != 0
+        }
+    }
+
     /// The empty SETATTR of `file_remove_privs()` (see the module's doc).
     /// The kernel sends it in three cases, told apart by what the daemon
     /// sees (the header has no capabilities):

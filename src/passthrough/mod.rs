@@ -161,6 +161,8 @@ pub struct PassthroughFs {
     dont_mask: AtomicBool,
     /// Negotiated: writeback cache (only without passthrough).
     writeback: AtomicBool,
+    /// Negotiated: HANDLE_KILLPRIV_V2 (see `killpriv.rs`).
+    killpriv_v2: AtomicBool,
     groups: GroupCache,
     locks: Arc<LockTable>,
     kinds: KindCounters,
@@ -228,6 +230,7 @@ impl PassthroughFs {
             backing: Backing::default(),
             conn: OnceLock::new(),
             dont_mask: AtomicBool::new(false),
+            killpriv_v2: AtomicBool::new(false),
             writeback: AtomicBool::new(false),
             groups: GroupCache::default(),
             locks: Arc::default(),
@@ -551,6 +554,8 @@ impl Filesystem for PassthroughFs {
             .store(n.has(InitFlags::DONT_MASK), Ordering::Relaxed);
         self.writeback
             .store(n.has(InitFlags::WRITEBACK_CACHE), Ordering::Relaxed);
+        self.killpriv_v2
+            .store(n.has(InitFlags::HANDLE_KILLPRIV_V2), Ordering::Relaxed);
         let mode = if n.has(InitFlags::PASSTHROUGH_INO) {
             backing::Mode::Inode
         } else if n.has(InitFlags::PASSTHROUGH) {
