@@ -397,10 +397,11 @@ pub(crate) fn negotiate(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn offer(flags: InitFlags) -> abi::InitIn {
+    /// An INIT request offering `flags` (also for the filesystem's tests).
+    pub(crate) fn offer(flags: InitFlags) -> abi::InitIn {
         abi::InitIn {
             major: abi::KERNEL_VERSION,
             minor: 45,

@@ -178,19 +178,7 @@ impl AttrOps for PassthroughFs {
             Some(f) => f.fd.as_fd(),
             None => fd.fd(),
         };
-        if valid.contains(V::KILL_SUIDGID) && valid.contains(V::SIZE) {
-            self.kill_suidgid(ctx, target)?;
-        }
-        self.clear_mode_bits(target, chown_kill)?;
-        if killpriv::is_empty_setattr(valid) {
-            let cap_removed = self.cap_removed.remove(&nodeid).is_some();
-            self.kill_on_empty_setattr(ctx, &inode, target, cap_removed)?;
-        } else if valid.intersects(V::MODE | V::UID | V::GID | V::SIZE) {
-            // The mark tells about the empty SETATTR that follows the
-            // REMOVEXATTR (a flush of times may come between them, with
-            // the writeback cache), not about a later one.
-            self.cap_removed.remove(&nodeid);
-        }
+        self.kill_after_setattr(ctx, &inode, valid, target, chown_kill)?;
         let st = match &file {
             Some(f) => sys::statx(f.fd.as_fd(), STATX_MASK)?,
             None => sys::statx(fd.fd(), STATX_MASK)?,

@@ -198,6 +198,35 @@ impl PassthroughFs {
         self.clear_mode_bits(fd, kill)
     }
 
+    /// The kills a SETATTR asks for, once its changes are made: a
+    /// truncate's (`FATTR_KILL_SUIDGID` with the size), a chown's
+    /// (`chown_kill`, from the mode before the chown), or the empty
+    /// SETATTR's. `target` is the request's open file, or the inode's fd.
+    pub(super) fn kill_after_setattr(
+        &self,
+        ctx: &Context,
+        inode: &Inode,
+        valid: abi::SetattrValid,
+        target: BorrowedFd<'_>,
+        chown_kill: u32,
+    ) -> Result<(), Errno> {
+        use abi::SetattrValid as V;
+        if valid.contains(V::KILL_SUIDGID) && valid.contains(V::SIZE) {
+            self.kill_suidgid(ctx, target)?;
+        }
+        self.clear_mode_bits(target, chown_kill)?;
+        if is_empty_setattr(valid) {
+            let cap_removed = self.cap_removed.remove(&inode.nodeid).is_some();
+            self.kill_on_empty_setattr(ctx, inode, target, cap_removed)?;
+        } else if valid.intersects(V::MODE | V::UID | V::GID | V::SIZE) {
+            // The mark tells about the empty SETATTR that follows the
+            // REMOVEXATTR (a flush of times may come between them, with
+            // the writeback cache), not about a later one.
+            self.cap_removed.remove(&inode.nodeid);
+        }
+        Ok(())
+    }
+
     /// Remembers that the kernel removed `security.capability` of
     /// `nodeid` (the REMOVEXATTR before the empty SETATTR of a write).
     pub(super) fn note_cap_removed(&self, nodeid: NodeId) {
@@ -211,18 +240,7 @@ impl PassthroughFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuse::dispatch::negotiate;
-
-    fn offer(flags: InitFlags) -> abi::InitIn {
-        abi::InitIn {
-            major: abi::KERNEL_VERSION,
-            minor: 45,
-            max_readahead: 1 << 17,
-            flags: flags.bits() as u32,
-            flags2: (flags.bits() >> 32) as u32,
-            ..Default::default()
-        }
-    }
+    use crate::fuse::dispatch::{negotiate, tests::offer};
 
     /// V2 on stock kernels (I/O passthrough), never with inode passthrough,
     /// and not with `--no-killpriv-v2`.
