@@ -453,10 +453,13 @@ fn inside() -> i32 {
             delta("WRITE")
         ),
     );
+    // READ without WRITE is never registered (both or neither: patch 0011
+    // puts an inode with one of them in passthrough I/O mode and refuses
+    // the mmaps the other would serve), so READ stays with the daemon too.
     c.check(
-        delta("GETATTR") + delta("STATX") <= 1 && delta("READ") == 0,
+        delta("GETATTR") + delta("STATX") <= 1 && delta("READ") > 0,
         &format!(
-            "GETATTR ({}) and READ ({}) stay in the kernel",
+            "GETATTR ({}) stays in the kernel, READ ({}) without WRITE in the mask does not",
             delta("GETATTR") + delta("STATX"),
             delta("READ")
         ),
