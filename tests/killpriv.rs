@@ -251,10 +251,19 @@ fn differential(args: &[&str]) {
         d.is_empty(),
         "{args:?}: through the mount, uncached: {d:#?}"
     );
-    // HANDLE_KILLPRIV_V2 was in force, or not, as asked.
+    // HANDLE_KILLPRIV_V2 was in force, or not, as asked; on a kernel with
+    // inode passthrough (kernel-patches/, tests/uml.rs) the daemon leaves
+    // it out by design, and the modes above are then the kernel's work
+    // (SETATTR passed through to the backing inode) and the daemon's
+    // O_TRUNC rule.
     let log = m.log();
-    assert!(!log.contains("HANDLE_KILLPRIV_V2 not negotiated"), "{log}");
+    if !log.contains(NOT_WITH_INODE_PASSTHROUGH) {
+        assert!(!log.contains("HANDLE_KILLPRIV_V2 not negotiated"), "{log}");
+    }
 }
+
+/// What the daemon logs when the kernel offers inode passthrough.
+const NOT_WITH_INODE_PASSTHROUGH: &str = "HANDLE_KILLPRIV_V2 not negotiated (inode passthrough)";
 
 /// Without HANDLE_KILLPRIV_V2 the kernel computes the new mode itself
 /// (fuse_setattr(): setgid goes only with group execute), so a setgid
@@ -412,6 +421,12 @@ fn writes_ask_for_security_capability_at_most_once() {
     ] {
         let m = Mount::new(args);
         let asked = getxattrs_for_writes(&m, "plain", 64);
+        if m.log().contains(NOT_WITH_INODE_PASSTHROUGH) {
+            println!(
+                "skipped: {args:?}: V2 is not negotiated with inode passthrough (patched kernel)"
+            );
+            return;
+        }
         assert!(asked <= 1, "{args:?}: {asked} GETXATTR for 64 writes");
         // The same writes without V2 ask before each write(2): what the
         // count above would catch.

@@ -45,6 +45,7 @@ const SUITES: &[(&str, &[&str])] = &[
     ("hostile", &[]),
     ("stress", &[]),
     ("differential", &["--skip", "eight_threads"]),
+    ("killpriv", &[]),
 ];
 
 fn main() {
