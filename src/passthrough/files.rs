@@ -205,18 +205,11 @@ impl PassthroughFs {
     fn open_unregistered(&self, inode: Arc<Inode>, mode: i32) -> Result<Arc<OpenFile>, Errno> {
         let ipath = self.table.fd(&inode)?;
         let proc = self.table.proc_self_fd();
-        let reopen = |m: i32| {
-            self.table
-                .with_fd_headroom(|| sys::reopen(proc, ipath.fd(), m | libc::O_NOCTTY))
-        };
         // No atime update where the mount makes none (as reopen_for_io).
-        let fd = match self
-            .noatime_for(&inode)
-            .then(|| reopen(mode | libc::O_NOATIME))
-        {
-            None | Some(Err(Errno(libc::EPERM))) => reopen(mode)?,
-            Some(r) => r?,
-        };
+        let fd = self.open_noatime_first(&inode, mode | libc::O_NOCTTY, |m| {
+            self.table
+                .with_fd_headroom(|| sys::reopen(proc, ipath.fd(), m))
+        })?;
         drop(ipath);
         let dir =
             (inode.kind == Kind::Directory).then(|| Mutex::new(super::dirs::DirStream::new()));

@@ -97,12 +97,14 @@ impl PassthroughFs {
     }
 
     /// Clears `kill` from the mode of `fd` (an open file or an O_PATH fd),
-    /// with the daemon's credentials. Returns whether the mode changed.
-    pub(super) fn clear_mode_bits(&self, fd: BorrowedFd<'_>, kill: u32) -> Result<bool, Errno> {
-        if kill == 0 {
-            return Ok(false);
-        }
-        let st = self.sxid_stat(fd)?;
+    /// whose state `st` the caller just read, with the daemon's
+    /// credentials. Returns whether the mode changed.
+    fn clear_mode_bits(
+        &self,
+        fd: BorrowedFd<'_>,
+        st: &libc::statx,
+        kill: u32,
+    ) -> Result<bool, Errno> {
         let mode = st.stx_mode as u32 & 0o7777;
         if mode & kill == 0 {
             return Ok(false);
@@ -122,7 +124,7 @@ impl PassthroughFs {
     pub(super) fn kill_suidgid(&self, ctx: &Context, fd: BorrowedFd<'_>) -> Result<bool, Errno> {
         let st = self.sxid_stat(fd)?;
         let kill = self.bits_to_kill(ctx, &st, Caller::Unprivileged);
-        self.clear_mode_bits(fd, kill)
+        self.clear_mode_bits(fd, &st, kill)
     }
 
     /// Whether an open(O_TRUNC) must clear setuid/setgid. With V2 the
@@ -195,7 +197,7 @@ impl PassthroughFs {
         if !may_write {
             return Ok(false);
         }
-        self.clear_mode_bits(fd, kill)
+        self.clear_mode_bits(fd, &st, kill)
     }
 
     /// The kills a SETATTR asks for, once its changes are made: a
@@ -214,7 +216,11 @@ impl PassthroughFs {
         if valid.contains(V::KILL_SUIDGID) && valid.contains(V::SIZE) {
             self.kill_suidgid(ctx, target)?;
         }
-        self.clear_mode_bits(target, chown_kill)?;
+        if chown_kill != 0 {
+            // The mode after the chown (the host's may have cleared some).
+            let st = self.sxid_stat(target)?;
+            self.clear_mode_bits(target, &st, chown_kill)?;
+        }
         if is_empty_setattr(valid) {
             let cap_removed = self.cap_removed.remove(&inode.nodeid).is_some();
             self.kill_on_empty_setattr(ctx, inode, target, cap_removed)?;

@@ -351,13 +351,25 @@ impl PassthroughFs {
     /// seen). `O_NOATIME` needs the owner or CAP_FOWNER: without them
     /// (`EPERM`) the open goes on without it, as the kernel's does.
     fn reopen_for_io(&self, ctx: &Context, inode: &Inode, flags: i32) -> Result<OwnedFd, Errno> {
+        self.open_noatime_first(inode, flags, |f| self.reopen_as_caller(ctx, inode, f))
+    }
+
+    /// `open(flags)`, with `O_NOATIME` first where the mount updates no
+    /// access time of `inode`, and again without it on `EPERM` (not the
+    /// owner, no CAP_FOWNER).
+    fn open_noatime_first(
+        &self,
+        inode: &Inode,
+        flags: i32,
+        open: impl Fn(i32) -> Result<OwnedFd, Errno>,
+    ) -> Result<OwnedFd, Errno> {
         if self.noatime_for(inode) {
-            match self.reopen_as_caller(ctx, inode, flags | libc::O_NOATIME) {
+            match open(flags | libc::O_NOATIME) {
                 Err(Errno(libc::EPERM)) => {}
                 r => return r,
             }
         }
-        self.reopen_as_caller(ctx, inode, flags)
+        open(flags)
     }
 
     /// The umask for a create: the request's when we negotiated DONT_MASK
