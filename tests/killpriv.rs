@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -90,7 +89,7 @@ fn run_step(step: Step, p: PathBuf) -> Result<(), String> {
         Step::Write => as_nobody(Box::new(move || write(p))),
         Step::RootWrite => write(p),
         Step::Truncate => as_nobody(Box::new(move || {
-            let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            let c = cpath(&p);
             // SAFETY: a valid C string.
             if unsafe { libc::truncate(c.as_ptr(), 1) } != 0 {
                 return Err(format!("truncate: {}", std::io::Error::last_os_error()));
@@ -156,7 +155,7 @@ fn run_step(step: Step, p: PathBuf) -> Result<(), String> {
 
 /// chown(p, -1, -1).
 fn chown_same(p: &Path) -> Result<(), String> {
-    let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let c = cpath(p);
     // SAFETY: a valid C string.
     if unsafe { libc::chown(c.as_ptr(), u32::MAX, u32::MAX) } != 0 {
         return Err(format!("chown -1 -1: {}", std::io::Error::last_os_error()));
@@ -325,7 +324,7 @@ fn file_capability() -> Vec<u8> {
 }
 
 fn has_capability(p: &Path) -> bool {
-    let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let c = cpath(p);
     let mut buf = [0u8; 64];
     // SAFETY: valid C strings and buffer.
     let n = unsafe {
@@ -340,7 +339,7 @@ fn has_capability(p: &Path) -> bool {
 }
 
 fn set_capability(p: &Path) {
-    let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let c = cpath(p);
     let v = file_capability();
     // SAFETY: valid C strings and buffer.
     let r = unsafe {
