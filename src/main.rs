@@ -154,6 +154,24 @@ struct Cli {
     /// GETXATTR security.capability before every write(2) and chown.
     #[arg(long, overrides_with = "killpriv_v2")]
     no_killpriv_v2: bool,
+    /// Who keeps POSIX and flock locks: `host` (the default: OFD locks on
+    /// SOURCE, so they conflict with processes using SOURCE directly) or
+    /// `kernel` (the kernel keeps them on the mount only, as passthrough_hp
+    /// and virtiofsd by default; close(2) then costs no FLUSH request where
+    /// SOURCE's filesystem has nothing to flush)
+    #[arg(long, value_enum, default_value_t = LockMode::Host, value_name = "WHERE")]
+    locks: LockMode,
+}
+
+/// `--locks`: where POSIX and flock locks live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LockMode {
+    /// OFD locks on SOURCE, taken by the daemon: they conflict with locks
+    /// held on SOURCE directly.
+    Host,
+    /// The kernel's own locks on the mount: they conflict only with locks
+    /// taken through the mount.
+    Kernel,
 }
 
 /// Whether FUSE_HANDLE_KILLPRIV_V2 is negotiated without `--killpriv-v2` or
@@ -571,6 +589,7 @@ fn daemon_config(
         } else {
             KILLPRIV_V2_DEFAULT
         },
+        host_locks: cli.locks == LockMode::Host,
     }
 }
 

@@ -210,6 +210,36 @@ fn mount_options_reach_the_kernel() {
     assert!(m.unmount().success());
 }
 
+/// `-o nodefault_permissions` reaches the kernel: the mount's super block
+/// options lose `default_permissions` after INIT. (FUSE_POSIX_ACL, which
+/// the daemon used to negotiate in every mode, turns it back on in the
+/// kernel: the option then changed nothing but the daemon's work.)
+#[test]
+fn nodefault_permissions_reaches_the_kernel() {
+    require_root!();
+    let options = |m: &Mount| {
+        // The kernel's own view, after INIT: the daemon answered a request.
+        fs::metadata(m.m("")).unwrap();
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(m.mnt.to_str().unwrap()))
+            .unwrap()
+            .split(' ')
+            .nth(3)
+            .unwrap()
+            .to_string()
+    };
+    let m = Mount::new(&[]);
+    let o = options(&m);
+    assert!(o.split(',').any(|x| x == "default_permissions"), "{o}");
+    assert!(m.unmount().success());
+    let m = Mount::new(&["-o", "nodefault_permissions"]);
+    let o = options(&m);
+    assert!(!o.split(',').any(|x| x == "default_permissions"), "{o}");
+    assert!(m.unmount().success());
+}
+
 /// The README's first command: `scripts/demo.sh` exits 0 and leaves no
 /// directory, mount or daemon behind (it once exited 32 from its EXIT trap
 /// and kept its temporary directory).

@@ -543,7 +543,25 @@ fn fallocate_copy_file_range_lseek() {
 #[test]
 fn flock_and_posix_locks() {
     require_root!();
-    let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 100]).unwrap(), &[]);
+    // The expectation is the native one: a process on SOURCE sees a lock
+    // another process holds on the file. The one documented exception is
+    // the patched kernel with open passthrough, which keeps the locks of
+    // files it opens from their backing file itself (tests/uml.rs sets
+    // PTFS_KERNEL_LOCKS=1 there); never what the daemon says of itself.
+    let kernel_locks = std::env::var("PTFS_KERNEL_LOCKS").as_deref() == Ok("1");
+    flock_and_posix_locks_in(&[], kernel_locks);
+}
+
+/// `--locks kernel`: the same locking through the mount, kept by the
+/// kernel; SOURCE sees none of it.
+#[test]
+fn flock_and_posix_locks_kept_by_the_kernel() {
+    require_root!();
+    flock_and_posix_locks_in(&["--locks", "kernel"], true);
+}
+
+fn flock_and_posix_locks_in(args: &[&str], kernel_locks: bool) {
+    let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 100]).unwrap(), args);
     let a = OpenOptions::new()
         .read(true)
         .write(true)
@@ -624,8 +642,7 @@ fn flock_and_posix_locks() {
         0
     );
     // A process on SOURCE sees the child's lock too (host arbitration),
-    // unless the kernel keeps locks itself (files it opens from their inode
-    // backing file, without telling the daemon, on the patched kernel).
+    // unless the kernel keeps locks itself.
     let native = OpenOptions::new()
         .read(true)
         .write(true)
@@ -638,12 +655,6 @@ fn flock_and_posix_locks() {
         unsafe { libc::fcntl(native.as_raw_fd(), libc::F_OFD_GETLK, &mut nprobe) },
         0
     );
-    // The expectation is the native one: a process on SOURCE sees a lock
-    // another process holds on the file. The one documented exception is
-    // the patched kernel with open passthrough, which keeps the locks of
-    // files it opens from their backing file itself (tests/uml.rs sets
-    // PTFS_KERNEL_LOCKS=1 there); never what the daemon says of itself.
-    let kernel_locks = std::env::var("PTFS_KERNEL_LOCKS").as_deref() == Ok("1");
     let expected = if kernel_locks {
         libc::F_UNLCK
     } else {
@@ -960,6 +971,95 @@ fn ofd_locks_live_as_long_as_their_open_file() {
     assert_eq!(lock(&b, libc::F_UNLCK, libc::F_OFD_SETLK), 0);
     drop(b);
     assert!(m.unmount().success());
+}
+
+/// close(2) of any fd of a file by a POSIX lock's owner drops the lock,
+/// in both lock modes: with host locks FLUSH tells the daemon; with
+/// `--locks kernel` the kernel drops its own lock, and a read-only close
+/// sends no FLUSH at all.
+#[test]
+fn a_posix_lock_goes_with_any_close_by_its_owner() {
+    require_root!();
+    for args in [&[][..], &["--locks", "kernel"][..]] {
+        let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 10]).unwrap(), args);
+        let rw = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(m.m("f"))
+                .unwrap()
+        };
+        let (a, probe) = (rw(), rw());
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        assert_eq!(unsafe { libc::fcntl(a.as_raw_fd(), libc::F_SETLK, &fl) }, 0);
+        // An OFD lock has its own owner: it conflicts with this process's
+        // POSIX lock, so F_OFD_GETLK sees it.
+        let held = || {
+            let mut p = fl;
+            p.l_pid = 0;
+            assert_eq!(
+                unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_OFD_GETLK, &mut p) },
+                0
+            );
+            p.l_type as i32
+        };
+        assert_eq!(held(), libc::F_WRLCK, "{args:?}");
+        drop(File::open(m.m("f")).unwrap());
+        assert_eq!(
+            held(),
+            libc::F_UNLCK,
+            "{args:?}: closing another fd drops it"
+        );
+        drop(a);
+        assert!(m.unmount().success());
+    }
+}
+
+/// With `--locks kernel`, close(2) of a write-only or read-only open sends
+/// no FLUSH where SOURCE's filesystem has no flush of its own (ext4, xfs,
+/// btrfs, tmpfs): nothing is left for it to do. A read-write open still
+/// sends one (the daemon then tells the kernel of writes made through a
+/// shared mmap), and so does every close with host locks, whose FLUSH
+/// releases the closer's POSIX locks.
+#[test]
+fn close_sends_flush_only_when_it_has_work() {
+    require_root!();
+    for (args, kernel_locks) in [(&[][..], false), (&["--locks", "kernel"][..], true)] {
+        let m = Mount::with_source(|s| fs::write(s.join("f"), b"x").unwrap(), args);
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+        let src = cpath(&m.s(""));
+        assert_eq!(unsafe { libc::statfs(src.as_ptr(), &mut sfs) }, 0);
+        let nothing_to_flush = matches!(
+            sfs.f_type as u32,
+            0xEF53 | 0x5846_5342 | 0x9123_683E | 0x0102_1994
+        );
+        let start = m.requests("FLUSH");
+        fs::write(m.m("f"), b"written").unwrap();
+        assert_eq!(fs::read(m.m("f")).unwrap(), b"written");
+        let after = m.requests("FLUSH");
+        let want = if kernel_locks && nothing_to_flush {
+            0
+        } else {
+            2
+        };
+        assert_eq!(
+            after - start,
+            want,
+            "{args:?}: write-only and read-only closes"
+        );
+        drop(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(m.m("f"))
+                .unwrap(),
+        );
+        assert_eq!(m.requests("FLUSH") - after, 1, "{args:?}: read-write close");
+        assert_eq!(fs::read(m.s("f")).unwrap(), b"written");
+        assert!(m.unmount().success());
+    }
 }
 
 #[test]

@@ -90,6 +90,16 @@ impl PassthroughFs {
         if self.cfg.nocache && flags & libc::O_ACCMODE == libc::O_RDONLY && !passthrough {
             out |= F::NOFLUSH;
         }
+        // With the kernel keeping the locks (`--locks kernel`), FLUSH has
+        // nothing to do but forward close(2) to a filesystem that acts on
+        // it, and tell the kernel of writes through a shared mmap of a
+        // read-write open: where neither applies, close(2) sends nothing.
+        if self.kernel_locks.load(Ordering::Relaxed)
+            && flags & libc::O_ACCMODE != libc::O_RDWR
+            && self.flush_is_noop(&inode, file.as_fd())
+        {
+            out |= F::NOFLUSH;
+        }
         let fh = self.add_file(OpenFile {
             fd: file,
             inode,

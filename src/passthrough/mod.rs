@@ -72,6 +72,9 @@ pub struct Config {
     pub nodiratime: bool,
     /// Negotiate FUSE_HANDLE_KILLPRIV_V2 (see `killpriv.rs`).
     pub killpriv_v2: bool,
+    /// The daemon keeps POSIX and flock locks as OFD locks on SOURCE
+    /// (`--locks host`); otherwise the kernel keeps them on the mount.
+    pub host_locks: bool,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl Config {
             noatime: false,
             nodiratime: false,
             killpriv_v2: true,
+            host_locks: true,
         }
     }
 }
@@ -163,6 +167,9 @@ pub struct PassthroughFs {
     writeback: AtomicBool,
     /// Negotiated: HANDLE_KILLPRIV_V2 (see `killpriv.rs`).
     killpriv_v2: AtomicBool,
+    /// Neither POSIX nor flock locks were negotiated: the kernel keeps them
+    /// and FLUSH releases none (see `finish_open`).
+    kernel_locks: AtomicBool,
     groups: GroupCache,
     locks: Arc<LockTable>,
     kinds: KindCounters,
@@ -231,6 +238,7 @@ impl PassthroughFs {
             conn: OnceLock::new(),
             dont_mask: AtomicBool::new(false),
             killpriv_v2: AtomicBool::new(false),
+            kernel_locks: AtomicBool::new(false),
             writeback: AtomicBool::new(false),
             groups: GroupCache::default(),
             locks: Arc::default(),
@@ -470,8 +478,6 @@ impl Filesystem for PassthroughFs {
     fn wants(&self) -> Wants {
         let mut w = Wants::default();
         w.flags |= InitFlags::ATOMIC_O_TRUNC
-            | InitFlags::FLOCK_LOCKS
-            | InitFlags::POSIX_LOCKS
             | InitFlags::SETXATTR_EXT
             | InitFlags::CREATE_SUPP_GROUP
             | InitFlags::ASYNC_DIO
@@ -484,10 +490,29 @@ impl Filesystem for PassthroughFs {
         if self.cfg.readdirplus {
             w.flags |= InitFlags::DO_READDIRPLUS | InitFlags::READDIRPLUS_AUTO;
         }
+        if self.cfg.host_locks {
+            w.flags |= InitFlags::FLOCK_LOCKS | InitFlags::POSIX_LOCKS;
+        }
         // POSIX ACLs: the kernel enforces them (with default_permissions)
         // and leaves the umask to us, so default ACLs work as on the host.
         w.flags |= InitFlags::POSIX_ACL | InitFlags::DONT_MASK;
         w.together.push(InitFlags::POSIX_ACL | InitFlags::DONT_MASK);
+        if !self.cfg.default_permissions {
+            // FUSE_POSIX_ACL turns the kernel's default_permissions back on
+            // (fs/fuse/inode.c): with it, nodefault_permissions did nothing
+            // but add credential switches. Without it SOURCE checks every
+            // request and its ACLs as the caller, and the kernel, which no
+            // longer reads a directory's mode, stops asking GETATTR of a
+            // directory after each change in it (6.18 invalidates the mode
+            // with the mtime: 2 of the 8 requests of a create+unlink). Kept
+            // with inode passthrough: the kernel checks those inodes itself
+            // (patch 0006, as overlayfs) and needs the ACLs to do it right.
+            w.unless.push((
+                InitFlags::POSIX_ACL,
+                InitFlags::PASSTHROUGH_INO,
+                InitFlags::POSIX_ACL | InitFlags::DONT_MASK,
+            ));
+        }
         if self.cfg.killpriv_v2 {
             // HANDLE_KILLPRIV_V2. Without it FUSE sets S_NOSEC on no inode,
             // and the kernel asks GETXATTR security.capability before every
@@ -568,6 +593,10 @@ impl Filesystem for PassthroughFs {
             .store(n.has(InitFlags::WRITEBACK_CACHE), Ordering::Relaxed);
         self.killpriv_v2
             .store(n.has(InitFlags::HANDLE_KILLPRIV_V2), Ordering::Relaxed);
+        self.kernel_locks.store(
+            !n.has(InitFlags::POSIX_LOCKS) && !n.has(InitFlags::FLOCK_LOCKS),
+            Ordering::Relaxed,
+        );
         let mode = if n.has(InitFlags::PASSTHROUGH_INO) {
             backing::Mode::Inode
         } else if n.has(InitFlags::PASSTHROUGH) {
@@ -587,6 +616,17 @@ impl Filesystem for PassthroughFs {
                     "inode passthrough"
                 } else {
                     "not offered"
+                }
+            );
+        }
+        if !self.cfg.default_permissions {
+            info!(
+                "nodefault_permissions: {}",
+                if n.has(InitFlags::POSIX_ACL) {
+                    "inode passthrough checks permissions in the kernel, against the backing inode"
+                } else {
+                    "SOURCE checks each request and its ACLs as the caller (the kernel applies \
+                     the umask before a default ACL does)"
                 }
             );
         }
