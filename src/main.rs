@@ -158,7 +158,7 @@ struct Cli {
     /// SOURCE, so they conflict with processes using SOURCE directly) or
     /// `kernel` (the kernel keeps them on the mount only, as passthrough_hp
     /// and virtiofsd by default; close(2) then costs no FLUSH request where
-    /// SOURCE's filesystem has nothing to flush)
+    /// SOURCE's filesystem has nothing to flush). Also `-o locks=WHERE`
     #[arg(long, value_enum, default_value_t = LockMode::Host, value_name = "WHERE")]
     locks: LockMode,
 }
@@ -203,6 +203,8 @@ struct ParsedOptions {
     mount: MountOptions,
     /// `-o io_uring` (Some(true)) / `-o no_io_uring` (Some(false))
     io_uring: Option<bool>,
+    /// `-o locks=host|kernel`
+    locks: Option<LockMode>,
 }
 
 fn parse_mount_options(
@@ -214,6 +216,7 @@ fn parse_mount_options(
         ..Default::default()
     };
     let mut io_uring = None;
+    let mut locks = None;
     for o in opts.iter().flat_map(|s| split_opts(s)) {
         let (k, v) = match o.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -241,6 +244,13 @@ fn parse_mount_options(
             ("dirsync", None) => m.dirsync = true,
             ("io_uring", None) => io_uring = Some(true),
             ("no_io_uring", None) => io_uring = Some(false),
+            ("locks", Some(v)) => {
+                locks = Some(match v.as_str() {
+                    "host" => LockMode::Host,
+                    "kernel" => LockMode::Kernel,
+                    _ => return Err(format!("bad locks={v} (host or kernel)")),
+                })
+            }
             ("fsname", Some(v)) => m.fsname = v,
             ("subtype", Some(v)) => m.subtype = v,
             ("max_read", Some(v)) => {
@@ -262,7 +272,11 @@ fn parse_mount_options(
             }
         }
     }
-    Ok(ParsedOptions { mount: m, io_uring })
+    Ok(ParsedOptions {
+        mount: m,
+        io_uring,
+        locks,
+    })
 }
 
 /// Splits "a,b=c\,d" on unescaped commas.
@@ -589,7 +603,8 @@ fn daemon_config(
         } else {
             KILLPRIV_V2_DEFAULT
         },
-        host_locks: cli.locks == LockMode::Host,
+        // -o locks= (fstab) wins over --locks, as for io_uring.
+        host_locks: parsed.locks.unwrap_or(cli.locks) == LockMode::Host,
     }
 }
 

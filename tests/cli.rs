@@ -62,6 +62,16 @@ fn bad_paths_exit_1_with_one_line() {
         (
             vec![
                 "-f".into(),
+                "-o".into(),
+                "locks=maybe".into(),
+                p("src"),
+                p("mnt"),
+            ],
+            "bad locks=maybe",
+        ),
+        (
+            vec![
+                "-f".into(),
                 "--policy".into(),
                 p("nopolicy.toml"),
                 p("src"),

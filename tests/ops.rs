@@ -552,12 +552,12 @@ fn flock_and_posix_locks() {
     flock_and_posix_locks_in(&[], kernel_locks);
 }
 
-/// `--locks kernel`: the same locking through the mount, kept by the
-/// kernel; SOURCE sees none of it.
+/// `-o locks=kernel` (`--locks kernel`): the same locking through the
+/// mount, kept by the kernel; SOURCE sees none of it.
 #[test]
 fn flock_and_posix_locks_kept_by_the_kernel() {
     require_root!();
-    flock_and_posix_locks_in(&["--locks", "kernel"], true);
+    flock_and_posix_locks_in(&["-o", "locks=kernel"], true);
 }
 
 fn flock_and_posix_locks_in(args: &[&str], kernel_locks: bool) {
