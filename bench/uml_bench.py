@@ -304,21 +304,20 @@ def report(out, folder):
     for t, r in out["results"].items():
         cells = [f"{r[w]['median_s']:.2f} s ({r[w]['ratio_to_native']:.2f}x)" for w in ws]
         lines.append(f"| {LABELS.get(t, t)} | " + " | ".join(cells) + " |")
+    def cpu_table(intro, value, ratio):
+        """One table of CPU figures (`value` s, `ratio` to native) per target."""
+        rows = ["", intro, "", "| target | " + " | ".join(ws) + " |", "|---|" + "---|" * len(ws)]
+        for t, r in out["results"].items():
+            cells = [f"{r[w][value]:.2f} s ({r[w][ratio]:.2f}x)" if ratio in r[w] else "-" for w in ws]
+            rows.append(f"| {LABELS.get(t, t)} | " + " | ".join(cells) + " |")
+        return rows
+
     if any("cpu_median_s" in r[w] for r in out["results"].values() for w in ws):
-        lines += ["", "CPU time of the whole UML instance during each walk (host cpuacct cgroup, median), "
-                  "and its ratio to native:", "",
-                  "| target | " + " | ".join(ws) + " |", "|---|" + "---|" * len(ws)]
-        for t, r in out["results"].items():
-            cells = [f"{r[w]['cpu_median_s']:.2f} s ({r[w]['cpu_ratio_to_native']:.2f}x)"
-                     if "cpu_ratio_to_native" in r[w] else "-" for w in ws]
-            lines.append(f"| {LABELS.get(t, t)} | " + " | ".join(cells) + " |")
-        lines += ["", "The same, minimum over the runs, and its ratio to native's minimum "
-                  "(when the walks are bimodal on a busy host, the fast mode):", "",
-                  "| target | " + " | ".join(ws) + " |", "|---|" + "---|" * len(ws)]
-        for t, r in out["results"].items():
-            cells = [f"{r[w]['cpu_min_s']:.2f} s ({r[w]['cpu_min_ratio_to_native']:.2f}x)"
-                     if "cpu_min_ratio_to_native" in r[w] else "-" for w in ws]
-            lines.append(f"| {LABELS.get(t, t)} | " + " | ".join(cells) + " |")
+        lines += cpu_table("CPU time of the whole UML instance during each walk (host cpuacct cgroup, median), "
+                           "and its ratio to native:", "cpu_median_s", "cpu_ratio_to_native")
+        lines += cpu_table("The same, minimum over the runs, and its ratio to native's minimum "
+                           "(when the walks are bimodal on a busy host, the fast mode):",
+                           "cpu_min_s", "cpu_min_ratio_to_native")
     lines += ["", "Requests the daemon received during the measured part of the last run of each workload:", ""]
     for t, r in out["results"].items():
         if t == "native" or t in LABELS:  # no daemon
