@@ -67,8 +67,8 @@ def proc_rss_fds(pid):
     return rss, fds
 
 
-# Ours with the peer's permission and lock model (see targets_list).
-PEER_MODEL = "ptfs -o nodefault_permissions --locks kernel"
+# Ours host-checked: SOURCE checks permissions, the kernel keeps the locks.
+HOST_CHECKED = "ptfs -o nodefault_permissions --locks kernel"
 
 class Target:
     """One way of reaching SOURCE: natively, or through a daemon's mount."""
@@ -200,11 +200,11 @@ class Bench:
         t.append(ours("passthroughfs", "default", True))
         t.append(ours("ptfs --no-io-uring", "dev", False, "--no-io-uring"))
         t.append(ours("ptfs --nopassthrough", "nopt", True, "--nopassthrough"))
-        # passthrough_hp's model: SOURCE checks each request as its caller,
-        # the kernel checks nothing (so a change in a directory costs no
+        # Host-checked: SOURCE checks each request as its caller, the
+        # kernel checks nothing (so a change in a directory costs no
         # GETATTR of it afterwards, on 6.18) and keeps the locks (so a
         # read-only or write-only close sends no FLUSH). README, Caching.
-        t.append(ours(PEER_MODEL, "peermodel", True, "-o", "nodefault_permissions", "--locks", "kernel"))
+        t.append(ours(HOST_CHECKED, "hostchecked", True, "-o", "nodefault_permissions", "--locks", "kernel"))
         if self.args.with_nocache:
             t.append(ours("ptfs --nocache", "nocache", True, "--nocache"))
         if self.args.peer:

@@ -32,16 +32,16 @@ def goals(s):
         return w.get(name, {}).get(target, {}).get("ratio_to_native")
 
     ours = ["passthroughfs", "ptfs --no-io-uring"]
-    # passthrough_hp's model (SOURCE checks permissions as the caller, the
-    # kernel keeps the locks), shown apart from the default, which has the
+    # Host-checked (SOURCE checks permissions as the caller, the kernel
+    # keeps the locks), shown apart from the default, which has the
     # kernel check permissions and POSIX ACLs and SOURCE keep the locks.
-    model = "ptfs -o nodefault_permissions --locks kernel"
+    checked = "ptfs -o nodefault_permissions --locks kernel"
     peers = ["peer", "peer -o io_uring"]
     meta = [n for n in w if n.startswith(("create", "ls", "untar", "rm"))]
     for n in meta + [n for n in w if n.startswith("seq")]:
         b = max((speed(n, t) or 0 for t in peers), default=0)
         want = 1.2 if n.startswith(("create", "untar", "rm")) else 1.0
-        for label, mine in [("ours (default)", ours), (f"ours {model[5:]}", [model])]:
+        for label, mine in [("ours (default)", ours), (f"ours {checked[5:]}", [checked])]:
             a = max((speed(n, t) or 0 for t in mine), default=0)
             if not a or not b:
                 continue
@@ -55,7 +55,7 @@ def goals(s):
     for prefix, goal, higher in [("create", 0.4, True), ("untar small", 2.0, False), ("rm -rf small", 2.0, False),
                                  ("ls -lR small", 2.5, False), ("seq write", 0.95, True)]:
         for n in [x for x in w if x.startswith(prefix)]:
-            best = max((ratio(n, t) or 0 for t in ours + [model]), default=0)
+            best = max((ratio(n, t) or 0 for t in ours + [checked]), default=0)
             if not best:
                 continue
             if higher:
