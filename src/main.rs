@@ -591,6 +591,7 @@ fn daemon_config(
         direct_io: cli.direct_io,
         splice: !cli.nosplice,
         default_permissions: parsed.mount.default_permissions,
+        allow_other: parsed.mount.allow_other,
         max_stack_depth,
         readdirplus: !cli.no_readdirplus,
         fd_cache,

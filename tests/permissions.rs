@@ -117,6 +117,36 @@ fn another_users_file_cannot_be_changed() {
     }
 }
 
+/// A path the kernel has cached (root just read it) still needs search
+/// permission on its directories for another user, as natively: found
+/// when FUSE_POSIX_ACL stopped forcing the kernel's checks on for
+/// nodefault_permissions, where a cached dentry skips the daemon's LOOKUP
+/// and the open reaches the file through its O_PATH fd.
+#[test]
+fn a_cached_path_still_needs_search_permission() {
+    require_root!();
+    for opts in MODES {
+        let m = Mount::with_source(
+            |s| {
+                let d = s.join("private");
+                fs::create_dir(&d).unwrap();
+                fs::write(d.join("f"), b"secret").unwrap();
+                fs::set_permissions(d.join("f"), fs::Permissions::from_mode(0o644)).unwrap();
+                fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+            },
+            &["-o", opts],
+        );
+        assert_eq!(fs::read(m.m("private/f")).unwrap(), b"secret");
+        assert_eq!(open_as(1234, &m.s("private/f")), libc::EACCES, "natively");
+        assert_eq!(
+            open_as(1234, &m.m("private/f")),
+            libc::EACCES,
+            "{opts}: through the mount"
+        );
+        assert!(m.unmount().success());
+    }
+}
+
 #[test]
 fn sticky_directory_protects_other_users_entries() {
     require_root!();

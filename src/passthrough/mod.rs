@@ -56,6 +56,8 @@ pub struct Config {
     pub splice: bool,
     /// The kernel checks permissions (`-o default_permissions`).
     pub default_permissions: bool,
+    /// Other users may use the mount (`-o allow_other`).
+    pub allow_other: bool,
     /// Backing-file stack depth (1, or 2 when SOURCE is on overlayfs/FUSE).
     pub max_stack_depth: u32,
     pub readdirplus: bool,
@@ -88,6 +90,7 @@ impl Config {
             direct_io: false,
             splice: true,
             default_permissions: true,
+            allow_other: false,
             max_stack_depth: 1,
             readdirplus: true,
             fd_cache: 4096,
@@ -497,7 +500,7 @@ impl Filesystem for PassthroughFs {
         // and leaves the umask to us, so default ACLs work as on the host.
         w.flags |= InitFlags::POSIX_ACL | InitFlags::DONT_MASK;
         w.together.push(InitFlags::POSIX_ACL | InitFlags::DONT_MASK);
-        if !self.cfg.default_permissions {
+        if !self.cfg.default_permissions && !self.cfg.allow_other {
             // FUSE_POSIX_ACL turns the kernel's default_permissions back on
             // (fs/fuse/inode.c): with it, nodefault_permissions did nothing
             // but add credential switches. Without it SOURCE checks every
@@ -507,6 +510,11 @@ impl Filesystem for PassthroughFs {
             // with the mtime: 2 of the 8 requests of a create+unlink). Kept
             // with inode passthrough: the kernel checks those inodes itself
             // (patch 0006, as overlayfs) and needs the ACLs to do it right.
+            // Kept with allow_other: a path the kernel has cached reaches a
+            // file without a LOOKUP, so no one would check another user's
+            // search permission on its directories
+            // (permissions.rs a_cached_path_still_needs_search_permission);
+            // without allow_other the one user is the mount's owner.
             w.unless.push((
                 InitFlags::POSIX_ACL,
                 InitFlags::PASSTHROUGH_INO,
@@ -622,7 +630,10 @@ impl Filesystem for PassthroughFs {
         if !self.cfg.default_permissions {
             info!(
                 "nodefault_permissions: {}",
-                if n.has(InitFlags::POSIX_ACL) {
+                if self.cfg.allow_other {
+                    "with allow_other the kernel still checks permissions too (FUSE_POSIX_ACL): \
+                     cached paths would skip the search permission of their directories"
+                } else if n.has(InitFlags::POSIX_ACL) {
                     "inode passthrough checks permissions in the kernel, against the backing inode"
                 } else {
                     "SOURCE checks each request and its ACLs as the caller (the kernel applies \
