@@ -156,9 +156,10 @@ struct Cli {
     no_killpriv_v2: bool,
     /// Who keeps POSIX and flock locks: `host` (the default: OFD locks on
     /// SOURCE, so they conflict with processes using SOURCE directly) or
-    /// `kernel` (the kernel keeps them on the mount only, as passthrough_hp
-    /// and virtiofsd by default; close(2) then costs no FLUSH request where
-    /// SOURCE's filesystem has nothing to flush). Also `-o locks=WHERE`
+    /// `kernel` (the kernel keeps them on the mount only, as virtiofsd does
+    /// by default and passthrough_hp for POSIX locks; close(2) then costs no
+    /// FLUSH request where SOURCE's filesystem has nothing to flush). Also
+    /// `-o locks=WHERE`
     #[arg(long, value_enum, default_value_t = LockMode::Host, value_name = "WHERE")]
     locks: LockMode,
 }
