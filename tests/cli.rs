@@ -200,16 +200,21 @@ fn sigterm_unmounts_and_exits_zero() {
     assert!(!is_mounted(&mnt));
 }
 
+/// The mount's line in /proc/self/mounts: the kernel's own view.
+fn mounts_line(m: &Mount) -> String {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(m.mnt.to_str().unwrap()))
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn mount_options_reach_the_kernel() {
     require_root!();
     let m = Mount::new(&["-o", "ro,allow_other,fsname=myfs,subtype=mytype,noexec"]);
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-    let line = mounts
-        .lines()
-        .find(|l| l.split(' ').nth(1) == Some(m.mnt.to_str().unwrap()))
-        .unwrap()
-        .to_string();
+    let line = mounts_line(&m);
     assert!(line.starts_with("myfs "), "{line}");
     assert!(line.contains(" fuse.mytype "), "{line}");
     assert!(
@@ -228,17 +233,9 @@ fn mount_options_reach_the_kernel() {
 fn nodefault_permissions_reaches_the_kernel() {
     require_root!();
     let options = |m: &Mount| {
-        // The kernel's own view, after INIT: the daemon answered a request.
+        // After INIT: the daemon answered a request.
         fs::metadata(m.m("")).unwrap();
-        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-        mounts
-            .lines()
-            .find(|l| l.split(' ').nth(1) == Some(m.mnt.to_str().unwrap()))
-            .unwrap()
-            .split(' ')
-            .nth(3)
-            .unwrap()
-            .to_string()
+        mounts_line(m).split(' ').nth(3).unwrap().to_string()
     };
     let m = Mount::new(&[]);
     let o = options(&m);

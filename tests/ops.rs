@@ -540,6 +540,23 @@ fn fallocate_copy_file_range_lseek() {
     assert!(m.unmount().success());
 }
 
+/// The patched kernel with open passthrough (tests/uml.rs sets
+/// PTFS_KERNEL_LOCKS=1 there) keeps the locks of files it opens from their
+/// backing file itself.
+fn kernel_keeps_locks() -> bool {
+    std::env::var("PTFS_KERNEL_LOCKS").as_deref() == Ok("1")
+}
+
+/// A write lock on `len` bytes from `start` (0: to the end of the file).
+fn write_lock(start: i64, len: i64) -> libc::flock {
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    fl
+}
+
 #[test]
 fn flock_and_posix_locks() {
     require_root!();
@@ -548,8 +565,7 @@ fn flock_and_posix_locks() {
     // the patched kernel with open passthrough, which keeps the locks of
     // files it opens from their backing file itself (tests/uml.rs sets
     // PTFS_KERNEL_LOCKS=1 there); never what the daemon says of itself.
-    let kernel_locks = std::env::var("PTFS_KERNEL_LOCKS").as_deref() == Ok("1");
-    flock_and_posix_locks_in(&[], kernel_locks);
+    flock_and_posix_locks_in(&[], kernel_keeps_locks());
 }
 
 /// `-o locks=kernel` (`--locks kernel`): the same locking through the
@@ -591,11 +607,7 @@ fn flock_and_posix_locks_in(args: &[&str], kernel_locks: bool) {
 
     // POSIX locks: taken by a child process, seen (and refused) here, and
     // also seen by a process locking SOURCE directly.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
-    fl.l_start = 10;
-    fl.l_len = 20;
+    let fl = write_lock(10, 20);
     // Two pipes: child -> parent ("locked"), parent -> child ("exit now").
     let (mut up, mut down) = ([0i32; 2], [0i32; 2]);
     assert_eq!(unsafe { libc::pipe(up.as_mut_ptr()) }, 0);
@@ -710,15 +722,13 @@ fn blocking_lock_wait_is_interruptible() {
     // the files it opens itself: a SOURCE lock does not conflict there and
     // the daemon never sees the wait, so the lock is held through the mount
     // and /proc/locks (the blocked waiter) is the synchronisation point.
-    let kernel_locks = std::env::var("PTFS_KERNEL_LOCKS").as_deref() == Ok("1");
+    let kernel_locks = kernel_keeps_locks();
     let holder = OpenOptions::new()
         .read(true)
         .write(true)
         .open(if kernel_locks { m.m("f") } else { m.s("f") })
         .unwrap();
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
+    let fl = write_lock(0, 0);
     assert_eq!(
         unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_OFD_SETLK, &fl) },
         0
@@ -990,9 +1000,7 @@ fn a_posix_lock_goes_with_any_close_by_its_owner() {
                 .unwrap()
         };
         let (a, probe) = (rw(), rw());
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = libc::F_WRLCK as i16;
-        fl.l_whence = libc::SEEK_SET as i16;
+        let fl = write_lock(0, 0);
         assert_eq!(unsafe { libc::fcntl(a.as_raw_fd(), libc::F_SETLK, &fl) }, 0);
         // An OFD lock has its own owner: it conflicts with this process's
         // POSIX lock, so F_OFD_GETLK sees it.
@@ -1028,7 +1036,7 @@ fn close_sends_flush_only_when_it_has_work() {
     require_root!();
     // On the patched kernel (tests/uml.rs) opens pass through by default
     // and never reach the daemon: there, opens stay with the daemon.
-    let stay = if std::env::var("PTFS_KERNEL_LOCKS").as_deref() == Ok("1") {
+    let stay = if kernel_keeps_locks() {
         &["--passthrough-ops", "read,write"][..]
     } else {
         &[][..]
