@@ -359,13 +359,22 @@ fn readdir_matches_source() {
 #[test]
 fn seekdir_resumes_where_it_left() {
     require_root!();
+    // --nocache: the daemon's OPENDIR streams, each READDIR at the offset
+    // the kernel asks for; default: zero-message opendir and the kernel's
+    // readdir cache.
+    for args in [&["--nocache"][..], &[]] {
+        seekdir_in_a_mount(args);
+    }
+}
+
+fn seekdir_in_a_mount(args: &[&str]) {
     let m = Mount::with_source(
         |s| {
             for i in 0..500 {
                 fs::write(s.join(format!("e{i}")), b"").unwrap();
             }
         },
-        &["--nocache"],
+        args,
     );
     let d = cpath(&m.mnt);
     unsafe {
@@ -398,6 +407,98 @@ fn seekdir_resumes_where_it_left() {
         assert_eq!(again, names[n..].to_vec());
     }
     assert!(m.unmount().success());
+}
+
+/// Zero-message opendir: with the kernel's permission checks and its
+/// readdir cache, OPENDIR is answered ENOSYS once and directories are read
+/// without OPENDIR and RELEASEDIR (fh 0); where OPENDIR does more than open,
+/// every directory still gets it.
+#[test]
+fn directories_are_read_without_opendir_where_it_does_nothing() {
+    require_root!();
+    let fill = |s: &Path| {
+        for d in 0..20 {
+            let d = s.join(format!("d{d}"));
+            fs::create_dir(&d).unwrap();
+            // A directory of several READDIRPLUS replies, read through
+            // streams that each live for one request.
+            for i in 0..(if d.ends_with("d0") { 3000 } else { 3 }) {
+                fs::write(d.join(format!("f{i:04}-{}", "x".repeat(i % 40))), b"").unwrap();
+            }
+        }
+    };
+    let walk = |root: &Path| {
+        let mut v = Vec::new();
+        for d in 0..20 {
+            let mut names: Vec<String> = fs::read_dir(root.join(format!("d{d}")))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            v.push(names);
+        }
+        v
+    };
+    let m = Mount::with_source(fill, &[]);
+    // Two listings of the 3,000 entries interleaved, cold: each READDIR
+    // continues its own stream (parked between requests), none takes the
+    // other's.
+    let d0 = cpath(&m.m("d0"));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    // SAFETY: both streams are open until closedir; readdir's entries are
+    // read before the next call on the same stream.
+    unsafe {
+        let (da, db) = (libc::opendir(d0.as_ptr()), libc::opendir(d0.as_ptr()));
+        assert!(!da.is_null() && !db.is_null());
+        let next = |d: *mut libc::DIR, v: &mut Vec<std::ffi::CString>| {
+            let e = libc::readdir(d);
+            if !e.is_null() {
+                v.push(std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_owned());
+            }
+            !e.is_null()
+        };
+        let (mut more_a, mut more_b) = (true, true);
+        while more_a || more_b {
+            for _ in 0..97 {
+                more_a = more_a && next(da, &mut a);
+            }
+            for _ in 0..89 {
+                more_b = more_b && next(db, &mut b);
+            }
+        }
+        libc::closedir(da);
+        libc::closedir(db);
+    }
+    a.sort();
+    b.sort();
+    assert_eq!(a.len(), 3002);
+    assert_eq!(a, b);
+    assert_eq!(walk(&m.mnt), walk(&m.src));
+    assert_eq!(walk(&m.mnt), walk(&m.src));
+    // FSYNCDIR of a directory the daemon never opened.
+    let d = fs::File::open(m.m("d1")).unwrap();
+    d.sync_all().unwrap();
+    drop(d);
+    assert!(
+        m.requests("OPENDIR") <= 1,
+        "OPENDIR {}",
+        m.requests("OPENDIR")
+    );
+    assert_eq!(m.requests("RELEASEDIR"), 0);
+    assert!(m.requests("READDIR") + m.requests("READDIRPLUS") > 20);
+    assert!(m.requests("FSYNCDIR") >= 1);
+    assert!(m.unmount().success());
+    for args in [&["--nocache"][..], &["-o", "nodefault_permissions"]] {
+        let m = Mount::with_source(fill, args);
+        assert_eq!(walk(&m.mnt), walk(&m.src));
+        assert!(
+            m.requests("OPENDIR") >= 20,
+            "{args:?}: OPENDIR {}",
+            m.requests("OPENDIR")
+        );
+        assert_eq!(m.requests("RELEASEDIR"), m.requests("OPENDIR"), "{args:?}");
+        assert!(m.unmount().success());
+    }
 }
 
 #[test]

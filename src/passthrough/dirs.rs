@@ -33,6 +33,20 @@ impl DirStream {
     }
 }
 
+/// The getdents64 buffer of a stream that lives for one READDIR: about what
+/// the reply can take, since what it cannot take is read again by the next
+/// READDIR's stream (a whole `DIRENT_BUF` there would read a big directory
+/// about five times over under READDIRPLUS). A linux_dirent64 record is 24
+/// bytes and the name; a fuse_dirent the same, a fuse_direntplus 128 more.
+fn fresh_dirent_buf(reply_size: u32, plus: bool) -> usize {
+    let fits = if plus {
+        reply_size as usize / 4
+    } else {
+        reply_size as usize
+    };
+    fits.clamp(4096, DIRENT_BUF)
+}
+
 /// One getdents64 record.
 struct RawDirent<'a> {
     ino: u64,
@@ -112,8 +126,61 @@ impl PassthroughFs {
     }
 }
 
+/// Parked streams at most: each holds an fd (counted in the fd budget) and
+/// a buffer of a few KiB until continued, displaced or forgotten.
+const PARKED_DIRS: usize = 8;
+
+impl PassthroughFs {
+    /// The parked stream of `inode` that stands at `offset`, if any. A
+    /// READDIR with fh 0 (no OPENDIR) has no handle to keep its stream in;
+    /// reopening the directory and seeking for each READDIR costs a
+    /// directory of 40,000 entries 18% of a cold `ls -lR` on ext4 (its
+    /// hash-ordered readdir rebuilds its position at each seek), so the
+    /// stream waits here for the next READDIR of the same listing, which
+    /// asks for the offset it stopped at.
+    fn unpark_dir(&self, inode: &Arc<Inode>, offset: u64) -> Option<Arc<OpenFile>> {
+        let mut parked = self.parked_dirs.lock();
+        let i = parked.iter().rposition(|f| {
+            Arc::ptr_eq(&f.inode, inode)
+                && f.dir.as_ref().is_some_and(|d| d.lock().offset == offset)
+        })?;
+        self.table.budget().open.fetch_sub(1, Ordering::Relaxed);
+        Some(parked.remove(i))
+    }
+
+    /// Keeps a stream that stopped before the end of its directory, in
+    /// place of the oldest one when full: a listing abandoned half way (no
+    /// RELEASEDIR tells us) holds its fd only until displaced.
+    fn park_dir(&self, f: Arc<OpenFile>) {
+        let mut parked = self.parked_dirs.lock();
+        if parked.len() >= PARKED_DIRS {
+            parked.remove(0);
+        } else {
+            self.table.budget().open.fetch_add(1, Ordering::Relaxed);
+        }
+        parked.push(f);
+    }
+
+    /// FORGET: the inode's parked streams go (its nodeid may name another
+    /// inode next).
+    pub(super) fn forget_parked_dirs(&self, nodeid: NodeId) {
+        let mut parked = self.parked_dirs.lock();
+        let before = parked.len();
+        parked.retain(|f| f.inode.nodeid != nodeid);
+        let gone = before - parked.len();
+        if gone > 0 {
+            self.table.budget().open.fetch_sub(gone, Ordering::Relaxed);
+        }
+    }
+}
+
 impl DirOps for PassthroughFs {
     fn opendir(&self, ctx: &Context, nodeid: NodeId, _arg: &abi::OpenIn) -> OpResult<Open> {
+        // Zero-message opendir (`mod.rs`, `wants`): the kernel remembers the
+        // ENOSYS and opens every directory itself from then on.
+        if self.no_opendir.load(Ordering::Relaxed) {
+            return Err(Errno::ENOSYS);
+        }
         let inode = self.inode(nodeid, ctx.opcode)?;
         if inode.kind != Kind::Directory {
             return Err(Errno::ENOTDIR);
@@ -147,11 +214,16 @@ impl DirOps for PassthroughFs {
         plus: bool,
     ) -> Result<DirBuffer, Errno> {
         let inode = self.inode(nodeid, ctx.opcode)?;
-        // fh 0: a directory the kernel opened from its backing directory
-        // (OPEN in its mask, READDIR not): list it through a fresh stream,
-        // positioned at the offset the kernel asks for.
-        let f = if arg.fh == Fh::NONE {
-            self.unhandled_open(nodeid, libc::O_RDONLY)?
+        // fh 0: a directory the kernel opened without OPENDIR (zero-message
+        // opendir) or from its backing directory (OPEN in its mask, READDIR
+        // not): list it through a fresh stream, positioned at the offset the
+        // kernel asks for.
+        let fresh = arg.fh == Fh::NONE;
+        let f = if fresh {
+            match self.unpark_dir(&inode, arg.offset) {
+                Some(f) => f,
+                None => self.unhandled_open(nodeid, libc::O_RDONLY)?,
+            }
         } else {
             match self.file(arg.fh) {
                 Ok(f) if f.inode.nodeid == nodeid => f,
@@ -170,9 +242,14 @@ impl DirOps for PassthroughFs {
             st.offset = arg.offset;
         }
         if st.buf.capacity() == 0 {
-            st.buf.reserve_exact(DIRENT_BUF);
+            st.buf.reserve_exact(if fresh {
+                fresh_dirent_buf(arg.size, plus)
+            } else {
+                DIRENT_BUF
+            });
         }
         let media_rel = self.media_dir_rel(&inode);
+        let mut eof = false;
         let mut out = if plus && self.backing.dirplus() {
             DirBuffer::with_backing(arg.size as usize)
         } else {
@@ -182,7 +259,10 @@ impl DirOps for PassthroughFs {
             if st.pos >= st.buf.len() {
                 st.pos = 0;
                 match sys::getdents64_into(f.fd.as_fd(), &mut st.buf) {
-                    Ok(0) => break,
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         if out.is_empty() {
@@ -231,6 +311,10 @@ impl DirOps for PassthroughFs {
             }
             st.pos += reclen;
             st.offset = off;
+        }
+        drop(guard);
+        if fresh && !eof && !out.is_empty() {
+            self.park_dir(f);
         }
         Ok(out)
     }
