@@ -329,7 +329,8 @@ cmd_test() {
 	log "building test/ptino_test.c with $(gcc --version | head -1)"
 	gcc -O2 -Wall -Wextra -Werror -o "$bin" "$SELF_DIR/test/ptino_test.c"
 
-	for run in "stock stock" "patched plain" "patched ino" "patched walk" "patched lookup"; do
+	for run in "stock stock" "patched plain" "patched ino" "patched walk" "patched lookup" \
+		"patched nodp"; do
 		set -- $run
 		echo "=== $1 kernel, ptino_test $2 ==="
 		if PTFS_UML_RW="" cmd_run "$1" -- "$bin" "$2" /tmp/ptino; then

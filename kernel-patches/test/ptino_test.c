@@ -23,6 +23,10 @@
  *   ptino_test lookup [WORKDIR] walk flags, and directories with LOOKUP in
  *                               their mask (patch 0015): names resolved by
  *                               the kernel in the backing directory
+ *   ptino_test nodp  [WORKDIR]  ino without FUSE_POSIX_ACL, so without
+ *                               default_permissions: the kernel still checks
+ *                               inodes with a backing file, sticky bit
+ *                               included
  *
  * Needs root, /dev/fuse and a kernel with CONFIG_FUSE_PASSTHROUGH.  Prints one
  * line per check; exits 0 only if every check holds.  WORKDIR (default
@@ -49,6 +53,7 @@
 #include <sys/socket.h>
 #include <sys/sysmacros.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -60,7 +65,8 @@
 
 enum {
 	FUSE_LOOKUP = 1, FUSE_FORGET = 2, FUSE_GETATTR = 3, FUSE_SETATTR = 4,
-	FUSE_READLINK = 5, FUSE_OPEN = 14, FUSE_READ = 15, FUSE_WRITE = 16,
+	FUSE_READLINK = 5, FUSE_UNLINK = 10, FUSE_OPEN = 14, FUSE_READ = 15,
+	FUSE_WRITE = 16,
 	FUSE_STATFS = 17, FUSE_RELEASE = 18, FUSE_FSYNC = 20,
 	FUSE_SETXATTR = 21, FUSE_GETXATTR = 22, FUSE_LISTXATTR = 23,
 	FUSE_FLUSH = 25, FUSE_INIT = 26, FUSE_OPENDIR = 27, FUSE_READDIR = 28,
@@ -233,6 +239,10 @@ static const struct policy policies[] = {
 	{ "x/a", 1, OP(GETATTR) | OP(STATX) | OP(READDIR), 0, 3600 },
 	{ "x/b", 1, OP(GETATTR) | OP(STATX) | OP(READDIR), 0, 3600 },
 	{ "x/*/*", 0, OP(GETATTR) | OP(STATX), 0, 3600 },
+	/* nodp mode: t is a sticky directory (1777) of root's */
+	{ "k", 1, OP(GETATTR) | OP(STATX), 0, 3600 },
+	{ "k/t", 1, OP(GETATTR) | OP(STATX), 0, 3600 },
+	{ "k/t/*", 0, OP(GETATTR) | OP(STATX), 0, 3600 },
 };
 #define NPOL (sizeof(policies) / sizeof(policies[0]))
 
@@ -258,6 +268,7 @@ struct shared {
 	int ino_mode;
 	int walk_mode;			/* ino mode with READDIRPLUS */
 	int lookup_mode;		/* walk flags, LOOKUP passed through */
+	int nodp_mode;			/* ino without default_permissions */
 	unsigned int kernel_nodeids;	/* requests naming nodeid >= MAXNODE */
 	int kernel_offers_dirplus, dirplus;	/* FUSE_PASSTHROUGH_DIRENTPLUS */
 	int stock;			/* expect an unpatched 7.46 kernel */
@@ -274,6 +285,10 @@ struct shared {
 	struct node nodes[MAXNODE];
 	int server_errors;
 	int client_status;
+	struct {			/* unlink_race() */
+		unsigned int attempts, ok, eperm, other, stats;
+		int other_errno, stop;
+	} race;
 };
 
 static struct shared *sh;
@@ -397,6 +412,8 @@ static int policy_of(int parent, const char *name)
 		snprintf(path, sizeof(path), "e/*");
 	if (!strncmp(path, "x/a/", 4) || !strncmp(path, "x/b/", 4))
 		snprintf(path, sizeof(path), "x/*/*");
+	if (!strncmp(path, "k/t/", 4))
+		snprintf(path, sizeof(path), "k/t/*");
 	for (i = 0; i < NPOL; i++)
 		if (!strcmp(policies[i].path, path))
 			return i;
@@ -420,8 +437,11 @@ static void handle_init(uint64_t unique, const struct fuse_init_in *in)
 	want = FUSE_INIT_EXT | FUSE_MAX_PAGES | FUSE_PASSTHROUGH;
 	/* a server that keeps locks, which it cannot do without RELEASE */
 	if (sh->ino_mode)
-		want |= FUSE_PASSTHROUGH_OPS | FUSE_POSIX_ACL |
-			FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS;
+		want |= FUSE_PASSTHROUGH_OPS | FUSE_POSIX_LOCKS |
+			FUSE_FLOCK_LOCKS;
+	/* FUSE_POSIX_ACL turns default_permissions on */
+	if (sh->ino_mode && !sh->nodp_mode)
+		want |= FUSE_POSIX_ACL;
 	/*
 	 * READDIRPLUS when the kernel thinks it useful (w: at the start and
 	 * after lookups; v, which passes READDIR through: after lookups)
@@ -880,6 +900,36 @@ static void handle_getxattr(uint64_t unique, struct node *n, int list,
 	}
 }
 
+/* struct fuse_statfs_out: for overlayfs, which wants a statfs of its layers */
+static void handle_statfs(uint64_t unique, struct node *n)
+{
+	struct {
+		uint64_t blocks, bfree, bavail, files, ffree;
+		uint32_t bsize, namelen, frsize, padding, spare[6];
+	} out = { 0 };
+	struct statvfs sv;
+
+	if (fstatvfs(n->fd, &sv)) {
+		reply_err(unique, errno);
+		return;
+	}
+	out.blocks = sv.f_blocks;
+	out.bfree = sv.f_bfree;
+	out.bavail = sv.f_bavail;
+	out.files = sv.f_files;
+	out.ffree = sv.f_ffree;
+	out.bsize = sv.f_bsize;
+	out.namelen = sv.f_namemax;
+	out.frsize = sv.f_frsize;
+	reply(unique, 0, &out, sizeof(out), NULL, 0, NULL, 0);
+}
+
+/* as a server that trusts the kernel's checks: no credentials of its own */
+static void handle_unlink(uint64_t unique, struct node *n, const char *name)
+{
+	reply_err(unique, unlinkat(n->fd, name, 0) ? errno : 0);
+}
+
 static void serve_one(char *buf, ssize_t len)
 {
 	struct fuse_in_header *ih = (void *)buf;
@@ -954,6 +1004,12 @@ static void serve_one(char *buf, ssize_t len)
 		break;
 	case FUSE_READDIRPLUS:
 		handle_readdirplus(ih->unique, nid, arg);
+		break;
+	case FUSE_UNLINK:
+		handle_unlink(ih->unique, n, arg);
+		break;
+	case FUSE_STATFS:
+		handle_statfs(ih->unique, n);
 		break;
 	case FUSE_RELEASE:
 	case FUSE_RELEASEDIR: {
@@ -2156,6 +2212,7 @@ static void client_walk_siblings(void)
 }
 
 static void put(const char *rel, const char *content);
+static void remove_tree(const char *dir);
 
 /* The server's node for the backing inode of REL, or -1 */
 static int nid_of_src(const char *rel)
@@ -2346,13 +2403,203 @@ static void client_lookup(void)
 	      strerror(e1), strerror(e2));
 }
 
+/*
+ * nodp mode: a connection without default_permissions, where the kernel still
+ * checks the inodes with a backing file itself (patch 0006) and the server
+ * carries out what the kernel allowed.  may_delete() reads the sticky bit in
+ * the directory's i_mode after its permission check, which copies the
+ * backing mode in; an attribute update must not strip it in between.
+ */
+
+/* is the connection mounted without default_permissions? */
+static int mounted_without_default_permissions(void)
+{
+	char line[1024], want[300];
+	FILE *f = fopen("/proc/self/mounts", "r");
+	int found = -1;
+
+	if (!f)
+		return -1;
+	snprintf(want, sizeof(want), " %s fuse.ptino ", mntdir);
+	while (fgets(line, sizeof(line), f))
+		if (strstr(line, want))
+			found = !strstr(line, "default_permissions");
+	fclose(f);
+	return found;
+}
+
+/* uid @uid unlinks @path in a child; returns its errno (0 = success) */
+static int unlink_as(uid_t uid, const char *path)
+{
+	pid_t pid = fork();
+	int status;
+
+	if (pid == 0) {
+		if (setresgid(uid, uid, uid) || setresuid(uid, uid, uid))
+			_exit(100);
+		_exit(unlink(path) ? errno : 0);
+	}
+	waitpid(pid, &status, 0);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 101;
+}
+
+/*
+ * Uid 65534 tries @n times to unlink DIR/victim, a file of root's in the
+ * sticky directory DIR (root's, 1777), while another process stats DIR in a
+ * loop.  A removed victim is put back in the backing directory; the loop
+ * ends early after @max_ok removals.  Counts in sh->race.
+ */
+static void unlink_race(const char *dir, unsigned int n, unsigned int max_ok)
+{
+	char path[600], c;
+	int req[2], ack[2];
+	pid_t st, un;
+	unsigned int i;
+
+	memset(&sh->race, 0, sizeof(sh->race));
+	snprintf(path, sizeof(path), "%s/victim", dir);
+	st = fork();
+	if (st == 0) {
+		struct stat sb;
+
+		while (!__atomic_load_n(&sh->race.stop, __ATOMIC_SEQ_CST)) {
+			stat(dir, &sb);
+			sh->race.stats++;
+		}
+		_exit(0);
+	}
+	/* after the fork of the stat loop, which must not hold req[1] */
+	if (pipe(req) || pipe(ack))
+		die("pipe");
+	un = fork();
+	if (un == 0) {
+		close(req[0]);
+		close(ack[1]);
+		if (setresgid(65534, 65534, 65534) ||
+		    setresuid(65534, 65534, 65534))
+			_exit(100);
+		for (i = 0; i < n && sh->race.ok < max_ok; i++) {
+			sh->race.attempts++;
+			if (!unlink(path)) {
+				sh->race.ok++;
+				/* root puts it back */
+				if (write(req[1], "u", 1) != 1 ||
+				    read(ack[0], &c, 1) != 1)
+					_exit(101);
+			} else if (errno == EPERM) {
+				sh->race.eperm++;
+			} else {
+				sh->race.other++;
+				sh->race.other_errno = errno;
+			}
+		}
+		_exit(0);
+	}
+	close(req[1]);
+	close(ack[0]);
+	while (read(req[0], &c, 1) == 1) {
+		put("k/t/victim", "victim\n");
+		if (write(ack[1], "p", 1) != 1)
+			break;
+	}
+	close(req[0]);
+	close(ack[1]);
+	waitpid(un, NULL, 0);
+	__atomic_store_n(&sh->race.stop, 1, __ATOMIC_SEQ_CST);
+	waitpid(st, NULL, 0);
+}
+
+/*
+ * Overlayfs with @lower as its lower layer copies the mode of the lower
+ * inode of t into its own inode when it looks t up, and checks the sticky
+ * bit there: whatever the fuse inode's i_mode holds after a stat is what
+ * the overlay enforces.  Returns the errno of uid 65534's unlink of
+ * t/victim through the overlay, or -errno of the mount.
+ */
+static int overlay_unlink(const char *lower, const char *tag)
+{
+	char base[300], up[320], wk[320], mnt[320], opts[1200], path[400];
+	struct stat st;
+	int e;
+
+	snprintf(base, sizeof(base), "%s/../ovl-%s", srcdir, tag);
+	snprintf(up, sizeof(up), "%s/up", base);
+	snprintf(wk, sizeof(wk), "%s/work", base);
+	snprintf(mnt, sizeof(mnt), "%s/mnt", base);
+	remove_tree(base);
+	if (mkdir(base, 0755) || mkdir(up, 0755) || mkdir(wk, 0755) ||
+	    mkdir(mnt, 0755))
+		die("mkdir %s", base);
+	snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s,workdir=%s",
+		 lower, up, wk);
+	/* the fuse inode of t as a stat leaves it */
+	stat(m("k/t"), &st);
+	if (mount("overlay", mnt, "overlay", 0, opts)) {
+		e = -errno;
+		remove_tree(base);
+		return e;
+	}
+	snprintf(path, sizeof(path), "%s/t", mnt);
+	stat(path, &st);
+	snprintf(path, sizeof(path), "%s/t/victim", mnt);
+	e = unlink_as(65534, path);
+	if (umount2(mnt, 0) && umount2(mnt, MNT_DETACH))
+		fprintf(stderr, "ptino_test: umount %s: %s\n", mnt,
+			strerror(errno));
+	remove_tree(base);
+	return e;
+}
+
+static void client_nodp(void)
+{
+	struct stat st;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int e, e2;
+
+	check(sh->kernel_offers_ino, "kernel offers FUSE_PASSTHROUGH_OPS");
+	if (!sh->kernel_offers_ino)
+		return;
+	check(mounted_without_default_permissions() == 1,
+	      "the connection is mounted without default_permissions (/proc/self/mounts)");
+	e = stat(m("k/t"), &st) ? errno : 0;
+	check(!e && (st.st_mode & 07777) == 01777 && st.st_uid == 0 &&
+	      cnt("k/t", FUSE_GETATTR) == 0,
+	      "stat k/t: %s, mode %o uid %u, GETATTR at the server %u",
+	      strerror(e), st.st_mode & 07777, st.st_uid,
+	      cnt("k/t", FUSE_GETATTR));
+
+	/* deterministic: overlayfs copies the fuse inode's mode at lookup */
+	e = overlay_unlink(s("k"), "native");
+	e2 = overlay_unlink(m("k"), "fuse");
+	check(e == EPERM && e2 == EPERM,
+	      "sticky_overlay: uid 65534 unlinks root's t/victim through an overlay on the backing k: %s, on the fuse k after a stat of k/t: %s",
+	      e < 0 ? strerror(-e) : strerror(e),
+	      e2 < 0 ? strerror(-e2) : strerror(e2));
+
+	/* natively, and then through the mount */
+	unlink_race(s("k/t"), 2000, 10);
+	check(sh->race.attempts == 2000 && sh->race.eperm == 2000,
+	      "sticky_race_native: uid 65534 unlinks root's k/t/victim in the backing k/t, 1777, while root stats k/t: %u attempts, %u EPERM, %u removed, %u other errors (%s), %u stats",
+	      sh->race.attempts, sh->race.eperm, sh->race.ok, sh->race.other,
+	      strerror(sh->race.other_errno), sh->race.stats);
+	unlink_race(m("k/t"), 20000, 10);
+	printf("INFO: %ld CPU(s) online%s\n", cpus,
+	       cpus > 1 ? "" : ": the stat cannot run between may_delete()'s permission and sticky checks (no preemption there)");
+	check(sh->race.attempts == 20000 && sh->race.eperm == 20000,
+	      "sticky_race: uid 65534 unlinks root's k/t/victim through the mount while root stats k/t: %u attempts, %u EPERM, %u removed, %u other errors (%s), %u stats",
+	      sh->race.attempts, sh->race.eperm, sh->race.ok, sh->race.other,
+	      strerror(sh->race.other_errno), sh->race.stats);
+}
+
 static void client(void)
 {
 	wait_for(&sh->init_done);
 	/* the first access waits for INIT; the probe runs right after it */
 	access(mntdir, F_OK);
 	wait_for(&sh->probe_done);
-	if (sh->lookup_mode) {
+	if (sh->nodp_mode) {
+		client_nodp();
+	} else if (sh->lookup_mode) {
 		client_lookup();
 	} else if (sh->walk_mode) {
 		client_walk();
@@ -2365,7 +2612,8 @@ static void client(void)
 		check_release();
 	}
 	printf("RESULT: %s mode: %d checks, %d failed, %d skipped\n",
-	       sh->lookup_mode ? "lookup" : sh->walk_mode ? "walk" : sh->ino_mode ? "ino" :
+	       sh->nodp_mode ? "nodp" : sh->lookup_mode ? "lookup" :
+	       sh->walk_mode ? "walk" : sh->ino_mode ? "ino" :
 	       sh->stock ? "stock" : "plain", checks,
 	       failures, skips);
 	fflush(stdout);
@@ -2460,6 +2708,12 @@ static void make_tree(void)
 	    setxattr(s("l/sub/g0"), "user.pt", "g0", 3, 0))
 		die("setxattr in l");
 	mkdir(s("e"), 0755);
+	if (sh->nodp_mode) {
+		mkdir(s("k"), 0755);
+		mkdir(s("k/t"), 0755);
+		chmod(s("k/t"), 01777);
+		put("k/t/victim", "victim\n");
+	}
 	if (set_acl(s("d/aclc"), 4, 1234, 4))
 		die("set ACL of d/aclc");
 	chmod(s("d/aclc"), 0640);
@@ -2503,8 +2757,8 @@ int main(int argc, char **argv)
 
 	if (argc < 2 || (strcmp(argv[1], "ino") && strcmp(argv[1], "plain") &&
 			 strcmp(argv[1], "stock") && strcmp(argv[1], "walk") &&
-			 strcmp(argv[1], "lookup"))) {
-		fprintf(stderr, "usage: %s ino|plain|stock|walk|lookup [WORKDIR]\n",
+			 strcmp(argv[1], "lookup") && strcmp(argv[1], "nodp"))) {
+		fprintf(stderr, "usage: %s ino|plain|stock|walk|lookup|nodp [WORKDIR]\n",
 			argv[0]);
 		return 2;
 	}
@@ -2517,8 +2771,9 @@ int main(int argc, char **argv)
 		die("mmap");
 	sh->walk_mode = !strcmp(argv[1], "walk");
 	sh->lookup_mode = !strcmp(argv[1], "lookup");
+	sh->nodp_mode = !strcmp(argv[1], "nodp");
 	sh->ino_mode = !strcmp(argv[1], "ino") || sh->walk_mode ||
-		       sh->lookup_mode;
+		       sh->lookup_mode || sh->nodp_mode;
 	sh->stock = !strcmp(argv[1], "stock");
 
 	if (mkdir(work, 0755) && errno != EEXIST)
