@@ -1,5 +1,9 @@
 #!/bin/bash
 # A/B: old vs new daemon binary; warm/cold ls -lR, rm -rf, big dirs.
+# Kept as the record of how runs-*.txt were taken (scratch paths as used):
+# ptfs-old = e9cc1d8^ and ptfs-new = e9cc1d8 release builds, tree.tar =
+# bench/run.sh's small tree (/usr/include without boost, /usr/share/doc),
+# SOURCE a fresh loop-mounted ext4; REPS alternating repetitions.
 set -u
 L=/var/tmp/lead; IMG=$L/img; SRC=$L/srcimg; MNT=$L/mntab
 mkdir -p $SRC $MNT
@@ -10,7 +14,7 @@ old=$(cat /sys/module/fuse/parameters/enable_uring); echo Y > /sys/module/fuse/p
 t() { local t0=$(date +%s.%N); "$@" >/dev/null; local t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
 for rep in $(seq ${REPS:-5}); do
  for b in old new; do
-  rm -rf $SRC/t; tar -xf $L/../exp/tree.tar -C $SRC --one-top-level=t 2>/dev/null || tar -xf /var/tmp/exp/tree.tar -C $SRC --one-top-level=t
+  rm -rf $SRC/t; tar -xf /var/tmp/exp/tree.tar -C $SRC --one-top-level=t
   sync
   $L/ptfs-$b -f --stats $L/ab-$b.json $SRC $MNT > $L/ab-$b.log 2>&1 & pid=$!
   for i in $(seq 100); do mountpoint -q $MNT && break; sleep 0.05; done
