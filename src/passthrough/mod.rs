@@ -559,18 +559,26 @@ impl Filesystem for PassthroughFs {
             w.excludes
                 .push((InitFlags::PASSTHROUGH_INO, InitFlags::HANDLE_KILLPRIV_V2));
         }
-        if !self.cfg.nocache && self.cfg.media.is_none() && self.cfg.default_permissions {
+        // Does the daemon's OPENDIR check read permission that no one else
+        // checks? With nodefault_permissions SOURCE checks it as the
+        // caller, unless the only caller is root: without allow_other the
+        // kernel lets only the mount's owner in, and root's open (fsuid 0,
+        // the daemon's capabilities) is refused by no mode or ACL.
+        let opendir_checks = !self.cfg.default_permissions
+            && (self.cfg.allow_other || !nix::unistd::geteuid().is_root());
+        if !self.cfg.nocache && self.cfg.media.is_none() && !opendir_checks {
             // Zero-message opendir: the daemon's OPENDIR would only open an
             // fd and answer KEEP_CACHE | CACHE_DIR, which is what the kernel
             // gives a directory it opens by itself once OPENDIR says ENOSYS
-            // (fs/fuse/file.c fuse_file_open), and the kernel has checked
-            // read permission already (default_permissions). That saves
-            // OPENDIR and RELEASEDIR for every directory read: 2 of the ~3
-            // requests per directory of a warm `ls -lR`, and of `rm -rf`.
-            // Not where OPENDIR does more: the media provider's per-uid
-            // listings (no shared cache), --nocache (no cache), SOURCE's
-            // checks as the caller (nodefault_permissions), inode
-            // passthrough (directories opened from their backing).
+            // (fs/fuse/file.c fuse_file_open), and read permission is
+            // checked already (by the kernel with default_permissions).
+            // That saves OPENDIR and RELEASEDIR for every directory read: 2
+            // of the ~3 requests per directory of a warm `ls -lR`, and of
+            // `rm -rf`. Not where OPENDIR does more: the media provider's
+            // per-uid listings (no shared cache), --nocache (no cache),
+            // SOURCE's checks as another caller (nodefault_permissions with
+            // allow_other or a non-root daemon), inode passthrough
+            // (directories opened from their backing).
             w.flags |= InitFlags::NO_OPENDIR_SUPPORT;
             w.excludes
                 .push((InitFlags::PASSTHROUGH_INO, InitFlags::NO_OPENDIR_SUPPORT));
