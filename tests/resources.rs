@@ -105,9 +105,15 @@ fn a_tree_larger_than_the_fd_limit() {
         full["process"]["rss_kib"]
     );
     // The maps shrink and the allocator is trimmed once the kernel forgot.
+    // A fixed part stays whatever the tree (what the workers' threads and
+    // buffers touched: 1.4-1.8 MiB after 50,000 inodes, before and after
+    // zero-message opendir); the part that grows with the inodes must go.
+    // (A drop_caches by anything else during the walk leaves fewer inodes
+    // cached at the peak: 11,843 instead of 50,051 in one CI run, whose
+    // 3.8 MiB growth made a quarter of it smaller than the fixed part.)
     assert!(
-        r1 < r0 + rss_delta / 4,
-        "RSS came back near the start: {r0} -> {r1} KiB"
+        r1 < r0 + rss_delta / 4 + 2048,
+        "RSS came back near the start: {r0} -> {r1} KiB (peak +{rss_delta} KiB)"
     );
     assert!(m.unmount().success());
 }
