@@ -21,6 +21,22 @@ pub(super) struct DirStream {
     pos: usize,
     /// Offset the next entry in `buf` continues from.
     offset: u64,
+    /// The directory's mtime and ctime when a stream without a handle was
+    /// opened: it may serve another open later only while they hold.
+    stamp: Option<DirStamp>,
+}
+
+/// What changes whenever an entry of a directory does (see `unpark_dir`).
+type DirStamp = [i64; 4];
+
+fn dir_stamp(fd: std::os::fd::BorrowedFd<'_>) -> Option<DirStamp> {
+    let st = sys::statx(fd, libc::STATX_MTIME | libc::STATX_CTIME).ok()?;
+    Some([
+        st.stx_mtime.tv_sec,
+        st.stx_mtime.tv_nsec as i64,
+        st.stx_ctime.tv_sec,
+        st.stx_ctime.tv_nsec as i64,
+    ])
 }
 
 impl DirStream {
@@ -29,6 +45,7 @@ impl DirStream {
             buf: Vec::new(),
             pos: 0,
             offset: 0,
+            stamp: None,
         }
     }
 }
@@ -138,14 +155,37 @@ impl PassthroughFs {
     /// hash-ordered readdir rebuilds its position at each seek), so the
     /// stream waits here for the next READDIR of the same listing, which
     /// asks for the offset it stopped at.
+    ///
+    /// That READDIR may come from another open than the one that read the
+    /// stream so far (fh 0 names none): a listing opened after an entry
+    /// changed must not get names the stream read before (generic/637
+    /// failed so with --nopassthrough). So a stream is dropped when the
+    /// daemon changes an entry of its directory (`dir_changed`) and not
+    /// reused once the directory's mtime or ctime moved since the stream
+    /// was opened (changes made on SOURCE directly; ext4, xfs, btrfs and
+    /// tmpfs give a queried directory a new fine-grained time at its next
+    /// change).
     fn unpark_dir(&self, inode: &Arc<Inode>, offset: u64) -> Option<Arc<OpenFile>> {
-        let mut parked = self.parked_dirs.lock();
-        let i = parked.iter().rposition(|f| {
-            Arc::ptr_eq(&f.inode, inode)
-                && f.dir.as_ref().is_some_and(|d| d.lock().offset == offset)
-        })?;
-        self.table.budget().open.fetch_sub(1, Ordering::Relaxed);
-        Some(parked.remove(i))
+        let f = {
+            let mut parked = self.parked_dirs.lock();
+            let i = parked.iter().rposition(|f| {
+                Arc::ptr_eq(&f.inode, inode)
+                    && f.dir.as_ref().is_some_and(|d| d.lock().offset == offset)
+            })?;
+            self.table.budget().open.fetch_sub(1, Ordering::Relaxed);
+            self.parked_count.fetch_sub(1, Ordering::Relaxed);
+            parked.remove(i)
+        };
+        let opened = f.dir.as_ref()?.lock().stamp;
+        (opened.is_some() && opened == dir_stamp(f.fd.as_fd())).then_some(f)
+    }
+
+    /// An entry of `nodeid` is about to change through the mount: its
+    /// parked streams go (they may hold names read before).
+    pub(super) fn dir_changed(&self, nodeid: NodeId) {
+        if self.parked_count.load(Ordering::Relaxed) > 0 {
+            self.forget_parked_dirs(nodeid);
+        }
     }
 
     /// Keeps a stream that stopped before the end of its directory, in
@@ -157,6 +197,7 @@ impl PassthroughFs {
             parked.remove(0);
         } else {
             self.table.budget().open.fetch_add(1, Ordering::Relaxed);
+            self.parked_count.fetch_add(1, Ordering::Relaxed);
         }
         parked.push(f);
     }
@@ -170,6 +211,7 @@ impl PassthroughFs {
         let gone = before - parked.len();
         if gone > 0 {
             self.table.budget().open.fetch_sub(gone, Ordering::Relaxed);
+            self.parked_count.fetch_sub(gone, Ordering::Relaxed);
         }
     }
 }
@@ -235,6 +277,11 @@ impl DirOps for PassthroughFs {
         };
         let mut guard = stream.lock();
         let st = &mut *guard;
+        if fresh && st.stamp.is_none() {
+            // Before its first getdents64: what it reads is at least as
+            // new as this.
+            st.stamp = dir_stamp(f.fd.as_fd());
+        }
         if arg.offset != st.offset {
             sys::lseek(f.fd.as_fd(), arg.offset, libc::SEEK_SET)?;
             st.pos = 0;

@@ -40,6 +40,7 @@ impl PassthroughFs {
         make: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> sys::Result<()>,
     ) -> Result<Entry, Errno> {
         check_name(name)?;
+        self.dir_changed(parent);
         let p = self.dir_inode(parent, ctx.opcode)?;
         self.media_may_create(ctx, &p, name)?;
         {
@@ -115,6 +116,7 @@ impl PassthroughFs {
         flags: i32,
     ) -> Result<(), Errno> {
         check_name(name)?;
+        self.dir_changed(parent);
         let p = self.dir_inode(parent, ctx.opcode)?;
         let pfd = self.table.fd(&p)?;
         let stored = self.media_stored_name(pfd.fd(), name)?;
@@ -272,6 +274,7 @@ impl EntryOps for PassthroughFs {
         newname: &CStr,
     ) -> Result<Entry, Errno> {
         check_name(newname)?;
+        self.dir_changed(newparent);
         let inode = self.inode(nodeid, ctx.opcode)?;
         let np = self.dir_inode(newparent, ctx.opcode)?;
         if inode.kind == Kind::Directory {
@@ -326,6 +329,8 @@ impl EntryOps for PassthroughFs {
     ) -> Result<(), Errno> {
         check_name(name)?;
         check_name(newname)?;
+        self.dir_changed(parent);
+        self.dir_changed(newparent);
         let known = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;
         if flags & !known != 0 {
             return Err(Errno::EINVAL);
@@ -385,6 +390,7 @@ impl EntryOps for PassthroughFs {
         arg: &abi::CreateIn,
     ) -> OpResult<Created> {
         check_name(name)?;
+        self.dir_changed(parent);
         let p = self.dir_inode(parent, ctx.opcode)?;
         self.media_may_create(ctx, &p, name)?;
         let flags = self.host_open_flags(arg.flags as i32)

@@ -179,6 +179,8 @@ pub struct PassthroughFs {
     /// Streams of fh-0 READDIRs that ended before the end of their
     /// directory, for the READDIR that continues them (see `dirs.rs`).
     parked_dirs: Mutex<Vec<Arc<OpenFile>>>,
+    /// Its length, read without the lock on every change of an entry.
+    parked_count: std::sync::atomic::AtomicUsize,
     groups: GroupCache,
     locks: Arc<LockTable>,
     kinds: KindCounters,
@@ -250,6 +252,7 @@ impl PassthroughFs {
             kernel_locks: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
             parked_dirs: Mutex::new(Vec::new()),
+            parked_count: Default::default(),
             writeback: AtomicBool::new(false),
             groups: GroupCache::default(),
             locks: Arc::default(),
