@@ -69,6 +69,9 @@ def proc_rss_fds(pid):
 
 # Ours host-checked: SOURCE checks permissions, the kernel keeps the locks.
 HOST_CHECKED = "ptfs -o nodefault_permissions --locks kernel"
+# The same without extended attributes: the kernel stops asking for them
+# (README, Caching: what --xattr off gives up).
+XATTR_OFF = HOST_CHECKED + " --xattr off"
 
 class Target:
     """One way of reaching SOURCE: natively, or through a daemon's mount."""
@@ -205,6 +208,8 @@ class Bench:
         # GETATTR of it afterwards, on 6.18) and keeps the locks (so a
         # read-only or write-only close sends no FLUSH). README, Caching.
         t.append(ours(HOST_CHECKED, "hostchecked", True, "-o", "nodefault_permissions", "--locks", "kernel"))
+        t.append(ours(XATTR_OFF, "xattroff", True, "-o", "nodefault_permissions", "--locks", "kernel",
+                      "--xattr", "off"))
         if self.args.with_nocache:
             t.append(ours("ptfs --nocache", "nocache", True, "--nocache"))
         if self.args.peer:

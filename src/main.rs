@@ -162,6 +162,23 @@ struct Cli {
     /// `-o locks=WHERE`
     #[arg(long, value_enum, default_value_t = LockMode::Host, value_name = "WHERE")]
     locks: LockMode,
+    /// Extended attributes through the mount: `on` (the default) or `off`.
+    /// Off, getxattr, listxattr, setxattr and removexattr fail with
+    /// EOPNOTSUPP without a request (the kernel remembers the first
+    /// ENOSYS), as in virtiofsd without --xattr: a warm `ls -l` no longer
+    /// costs a GETXATTR security.selinux per entry. SOURCE's xattrs are
+    /// kept but not shown, ACLs included: the kernel checks mode bits only,
+    /// so with allow_other it needs -o nodefault_permissions (SOURCE then
+    /// checks ACLs as the caller). Also `-o xattr=on|off`
+    #[arg(long, value_enum, default_value_t = OnOff::On, value_name = "ON|OFF")]
+    xattr: OnOff,
+}
+
+/// A switch given as `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 /// `--locks`: where POSIX and flock locks live.
@@ -206,6 +223,8 @@ struct ParsedOptions {
     io_uring: Option<bool>,
     /// `-o locks=host|kernel`
     locks: Option<LockMode>,
+    /// `-o xattr=on|off`
+    xattr: Option<OnOff>,
 }
 
 fn parse_mount_options(
@@ -218,6 +237,7 @@ fn parse_mount_options(
     };
     let mut io_uring = None;
     let mut locks = None;
+    let mut xattr = None;
     for o in opts.iter().flat_map(|s| split_opts(s)) {
         let (k, v) = match o.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -252,6 +272,13 @@ fn parse_mount_options(
                     _ => return Err(format!("bad locks={v} (host or kernel)")),
                 })
             }
+            ("xattr", Some(v)) => {
+                xattr = Some(match v.as_str() {
+                    "on" => OnOff::On,
+                    "off" => OnOff::Off,
+                    _ => return Err(format!("bad xattr={v} (on or off)")),
+                })
+            }
             ("fsname", Some(v)) => m.fsname = v,
             ("subtype", Some(v)) => m.subtype = v,
             ("max_read", Some(v)) => {
@@ -277,6 +304,7 @@ fn parse_mount_options(
         mount: m,
         io_uring,
         locks,
+        xattr,
     })
 }
 
@@ -471,7 +499,8 @@ fn run(cli: Cli) -> Result<()> {
         )),
         None => None,
     };
-    let pol = match (&cli.policy, &media) {
+    let xattrs = xattrs_on(&cli, &parsed);
+    let mut pol = match (&cli.policy, &media) {
         (Some(p), _) => Policy::from_file(p, ops).map_err(anyhow::Error::msg)?,
         (None, Some(mp)) => mp.policy(ops),
         (None, None) => {
@@ -482,6 +511,18 @@ fn run(cli: Cli) -> Result<()> {
             p
         }
     };
+    if !xattrs {
+        pol.remove_ops(policy::xattr_ops());
+    }
+    // With xattrs off the kernel sees no ACL and checks mode bits only: for
+    // other users (allow_other) someone must still apply SOURCE's ACLs,
+    // which only SOURCE can, checking each request as its caller.
+    if !xattrs && parsed.mount.allow_other && parsed.mount.default_permissions {
+        bail!(
+            "--xattr off with -o allow_other needs -o nodefault_permissions: the kernel \
+             would check mode bits only, and SOURCE's ACLs would not apply to other users"
+        );
+    }
     if media.is_some() && ops & policy::LOOKUP_OP != 0 {
         eprintln!("passthroughfs: warning: --media-provider decides per name and caller: lookup is not passed through");
     }
@@ -607,7 +648,13 @@ fn daemon_config(
         },
         // -o locks= (fstab) wins over --locks, as for io_uring.
         host_locks: parsed.locks.unwrap_or(cli.locks) == LockMode::Host,
+        xattrs: xattrs_on(cli, parsed),
     }
+}
+
+/// `--xattr`, or `-o xattr=` (fstab), which wins.
+fn xattrs_on(cli: &Cli, parsed: &ParsedOptions) -> bool {
+    parsed.xattr.unwrap_or(cli.xattr) == OnOff::On
 }
 
 fn serve(cli: &Cli, plan: Plan, ready: &mut Readiness, foreground: bool) -> Result<()> {

@@ -69,6 +69,19 @@ const OP_NAMES: &[(&str, &[Opcode])] = &[
 /// [`Policy::allow_dir_lookup`]).
 pub const LOOKUP_OP: u64 = abi::passthrough_op(Opcode::Lookup);
 
+/// The xattr ops' bits: `--xattr off` takes them out of every mask, or
+/// the kernel would serve xattrs from the backing inode all the same.
+pub fn xattr_ops() -> u64 {
+    [
+        Opcode::Getxattr,
+        Opcode::Listxattr,
+        Opcode::Setxattr,
+        Opcode::Removexattr,
+    ]
+    .iter()
+    .fold(0, |m, &op| m | abi::passthrough_op(op))
+}
+
 /// Every bit we know a name for, except `lookup`.
 pub fn all_ops() -> u64 {
     OP_NAMES
@@ -367,6 +380,16 @@ impl Policy {
         true
     }
 
+    /// Takes `ops` out of every mask: the defaults and every rule's.
+    pub fn remove_ops(&mut self, ops: u64) {
+        self.default_dirs &= !ops;
+        self.default_files &= !ops;
+        for r in &mut self.rules {
+            r.dirs = r.dirs.map(|m| m & !ops);
+            r.files = r.files.map(|m| m & !ops);
+        }
+    }
+
     /// Adds a rule for a subtree (this path and everything below).
     pub fn add_path_rule(&mut self, path: &str, dirs: Option<u64>, files: Option<u64>) {
         let clean = path.trim_matches('/').to_string();
@@ -561,6 +584,32 @@ mod tests {
         let e = parse_ops("getattr,frobnicate").unwrap_err();
         assert!(matches!(e, PolicyError::UnknownOp { .. }), "{e}");
         assert!(e.to_string().contains("unknown op 'frobnicate'"), "{e}");
+    }
+
+    /// `--xattr off`: no mask keeps an xattr op, in the defaults or in any
+    /// rule, and the other ops stay.
+    #[test]
+    fn removed_ops_leave_every_mask() {
+        let mut p = Policy::parse(
+            "[[rule]]\npath = \"a\"\nfiles = [\"getxattr\", \"read\"]\n\
+             [[rule]]\nglob = \"**/*.x\"\ndirs = [\"listxattr\", \"readdir\"]\n",
+            all_ops(),
+        )
+        .unwrap();
+        p.remove_ops(xattr_ops());
+        for decision in 0..4 {
+            for kind in [Kind::Directory, Kind::Regular] {
+                assert_eq!(
+                    p.mask(decision, kind) & xattr_ops(),
+                    0,
+                    "{decision} {kind:?}"
+                );
+            }
+        }
+        assert_eq!(p.mask(2, Kind::Regular), bit(Opcode::Read));
+        assert_eq!(p.mask(3, Kind::Directory), bit(Opcode::Readdir));
+        assert_eq!(p.mask(0, Kind::Regular), all_ops() & !xattr_ops());
+        assert_eq!(xattr_ops().count_ones(), 4);
     }
 
     /// `lookup` goes in directory masks only, and `all` gets it only

@@ -72,6 +72,40 @@ fn bad_paths_exit_1_with_one_line() {
         (
             vec![
                 "-f".into(),
+                "-o".into(),
+                "xattr=maybe".into(),
+                p("src"),
+                p("mnt"),
+            ],
+            "bad xattr=maybe",
+        ),
+        // Without xattrs the kernel checks mode bits only: other users
+        // would escape SOURCE's ACLs.
+        (
+            vec![
+                "-f".into(),
+                "--xattr".into(),
+                "off".into(),
+                "-o".into(),
+                "allow_other".into(),
+                p("src"),
+                p("mnt"),
+            ],
+            "needs -o nodefault_permissions",
+        ),
+        (
+            vec![
+                "-f".into(),
+                "-o".into(),
+                "allow_other,xattr=off".into(),
+                p("src"),
+                p("mnt"),
+            ],
+            "needs -o nodefault_permissions",
+        ),
+        (
+            vec![
+                "-f".into(),
                 "--policy".into(),
                 p("nopolicy.toml"),
                 p("src"),

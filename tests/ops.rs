@@ -1291,3 +1291,129 @@ fn unprivileged_writes_clear_setuid() {
         assert!(m.unmount().success());
     }
 }
+
+/// `--xattr off`: the four xattr ops fail with EOPNOTSUPP, and after the
+/// first ENOSYS of each the kernel answers by itself: a walk that asks
+/// `security.selinux` of every entry (as `ls -l` does) costs one GETXATTR,
+/// not one per entry. Nothing on SOURCE is lost or changed. Also with
+/// inode passthrough (tests/uml.rs), where the xattr ops leave the mask.
+#[test]
+fn xattrs_off_answers_without_requests_and_keeps_sources_xattrs() {
+    require_root!();
+    let fill = |s: &Path| {
+        for i in 0..50 {
+            fs::write(s.join(format!("f{i}")), b"x").unwrap();
+        }
+        let c = cpath(&s.join("f0"));
+        // SAFETY: valid C strings and a 2-byte value.
+        let r = unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                c"user.kept".as_ptr(),
+                b"v0".as_ptr().cast(),
+                2,
+                0,
+            )
+        };
+        assert_eq!(r, 0, "user xattrs on SOURCE's filesystem");
+    };
+    // errno of getxattr(name), listxattr, setxattr(user.new), removexattr.
+    let calls = |p: &Path, name: &std::ffi::CStr| {
+        let c = cpath(p);
+        let mut buf = [0u8; 256];
+        // SAFETY: `buf` is writable for its length; valid C strings.
+        unsafe {
+            let get = libc::lgetxattr(
+                c.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            );
+            let e_get = if get < 0 { errno() } else { 0 };
+            let list = libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
+            let e_list = if list < 0 { errno() } else { 0 };
+            let set = libc::lsetxattr(c.as_ptr(), c"user.new".as_ptr(), b"n".as_ptr().cast(), 1, 0);
+            let e_set = if set < 0 { errno() } else { 0 };
+            let rm = libc::lremovexattr(c.as_ptr(), c"user.kept".as_ptr());
+            let e_rm = if rm < 0 { errno() } else { 0 };
+            (e_get, e_list, e_set, e_rm)
+        }
+    };
+    for args in [&["--xattr", "off"][..], &["-o", "xattr=off"]] {
+        let m = Mount::with_source(fill, args);
+        let e = libc::EOPNOTSUPP;
+        assert_eq!(calls(&m.m("f0"), c"user.kept"), (e, e, e, e), "{args:?}");
+        for i in 0..50 {
+            let c = cpath(&m.m(&format!("f{i}")));
+            let mut buf = [0u8; 256];
+            // SAFETY: as above.
+            let n = unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    c"security.selinux".as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            assert_eq!((n, errno()), (-1, e), "{args:?}: f{i}");
+        }
+        for op in ["GETXATTR", "LISTXATTR", "SETXATTR", "REMOVEXATTR"] {
+            assert!(m.requests(op) <= 1, "{args:?}: {op} {}", m.requests(op));
+        }
+        let c = cpath(&m.s("f0"));
+        let mut buf = [0u8; 16];
+        // SAFETY: as above.
+        let n = unsafe {
+            libc::getxattr(
+                c.as_ptr(),
+                c"user.kept".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(
+            &buf[..n.max(0) as usize],
+            b"v0",
+            "{args:?}: SOURCE keeps user.kept"
+        );
+        let n = unsafe {
+            libc::getxattr(
+                c.as_ptr(),
+                c"user.new".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(
+            (n, errno()),
+            (-1, libc::ENODATA),
+            "{args:?}: no user.new on SOURCE"
+        );
+        assert!(m.unmount().success());
+    }
+    // The default serves them: the same walk asks once per entry (or the
+    // kernel serves them from the backing inode: nothing to count).
+    let m = Mount::with_source(fill, &[]);
+    assert_eq!(calls(&m.m("f0"), c"user.kept"), (0, 0, 0, 0));
+    for i in 0..50 {
+        let c = cpath(&m.m(&format!("f{i}")));
+        let mut buf = [0u8; 256];
+        // SAFETY: as above.
+        unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                c"security.selinux".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+    }
+    if m.stats()["backing"]["mode"] != "inode" {
+        assert!(
+            m.requests("GETXATTR") > 50,
+            "GETXATTR {}",
+            m.requests("GETXATTR")
+        );
+    }
+    assert!(m.unmount().success());
+}

@@ -551,3 +551,31 @@ fn a_source_without_acl_support_does_not_lock_other_users_out() {
         assert!(m.unmount().success());
     }
 }
+
+/// `--xattr off` hides SOURCE's ACLs from the kernel, which then checks
+/// mode bits only. With allow_other the daemon starts only with
+/// nodefault_permissions (tests/cli.rs), where SOURCE checks each request
+/// as its caller: an ACL entry that denies a user still denies, although
+/// the mode bits let "other" in and the ACL cannot be read through the
+/// mount. (A grant by ACL to a user the mode bits leave out is refused by
+/// the kernel's mode-bit check instead: README, "Extended attributes".)
+#[test]
+fn acls_on_source_still_deny_with_xattrs_off() {
+    require_root!();
+    let m = Mount::with_source(
+        |s| {
+            fs::write(s.join("denied"), b"x").unwrap();
+            fs::set_permissions(s.join("denied"), fs::Permissions::from_mode(0o644)).unwrap();
+            setfacl(&["-m", "u:1234:---"], &s.join("denied"));
+        },
+        &["-o", "allow_other,nodefault_permissions", "--xattr", "off"],
+    );
+    assert_eq!(mode(&m.m("denied")) & 0o7, 0o4, "other may read by mode");
+    // The kernel reads no ACL: "none" (it takes the remembered ENOSYS of
+    // GETXATTR for an absent ACL).
+    assert_eq!(acl_of(&m.m("denied")), Err(libc::ENODATA));
+    assert!(acl_of(&m.s("denied")).is_ok(), "SOURCE keeps its ACL");
+    assert_eq!(open_as(1234, &m.m("denied")), libc::EACCES, "user:1234:---");
+    assert_eq!(open_as(1235, &m.m("denied")), 0, "other::r--");
+    assert!(m.unmount().success());
+}

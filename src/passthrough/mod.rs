@@ -77,6 +77,9 @@ pub struct Config {
     /// The daemon keeps POSIX and flock locks as OFD locks on SOURCE
     /// (`--locks host`); otherwise the kernel keeps them on the mount.
     pub host_locks: bool,
+    /// Serve extended attributes (`--xattr on`, the default). Off, the
+    /// four xattr ops answer ENOSYS once and the kernel asks no more.
+    pub xattrs: bool,
 }
 
 impl Config {
@@ -100,6 +103,7 @@ impl Config {
             nodiratime: false,
             killpriv_v2: true,
             host_locks: true,
+            xattrs: true,
         }
     }
 }
@@ -676,6 +680,16 @@ impl Filesystem for PassthroughFs {
                 } else {
                     "SOURCE checks each request and its ACLs as the caller (the kernel applies \
                      the umask before a default ACL does)"
+                }
+            );
+        }
+        if !self.cfg.xattrs {
+            info!(
+                "xattrs off: the mount shows no extended attributes and no ACLs; {}",
+                if self.cfg.default_permissions {
+                    "the kernel checks mode bits only"
+                } else {
+                    "SOURCE still applies its ACLs to each caller"
                 }
             );
         }

@@ -9,6 +9,21 @@ use super::*;
 const XATTR_MAX: usize = 65536;
 
 impl PassthroughFs {
+    /// `--xattr off`: each of the four xattr ops answers ENOSYS, which the
+    /// kernel remembers for the connection (fc->no_getxattr and its three
+    /// siblings): from then on it answers EOPNOTSUPP itself, ACL reads
+    /// included, and sends nothing. `ls -l` asks for `security.selinux` of
+    /// every entry and the kernel caches no xattr, so on a warm walk that
+    /// is most of the requests; tar's first write and chown of each file
+    /// ask for `security.capability`.
+    fn xattrs_off(&self) -> Result<(), Errno> {
+        if self.cfg.xattrs {
+            Ok(())
+        } else {
+            Err(Errno::ENOSYS)
+        }
+    }
+
     /// GETXATTR and LISTXATTR share their reply rule: with size 0 the
     /// caller asks how big the value is, otherwise for the bytes.
     fn xattr_query(
@@ -42,6 +57,7 @@ impl XattrOps for PassthroughFs {
         name: &CStr,
         size: u32,
     ) -> Result<Xattr, Errno> {
+        self.xattrs_off()?;
         let acl = name.to_bytes().starts_with(b"system.posix_acl_");
         match self.xattr_query(ctx, nodeid, size, |fd, buf| {
             crate::sandbox::forbidden_syscall_hook(name, buf)
@@ -58,6 +74,7 @@ impl XattrOps for PassthroughFs {
     }
 
     fn listxattr(&self, ctx: &Context, nodeid: NodeId, size: u32) -> Result<Xattr, Errno> {
+        self.xattrs_off()?;
         // The host lists trusted.* to whoever has CAP_SYS_ADMIN, which the
         // worker keeps as the caller's fsuid: drop those names for callers
         // other than root, who could not list them on SOURCE (overlayfs
@@ -81,6 +98,7 @@ impl XattrOps for PassthroughFs {
         value: &[u8],
         arg: &abi::SetxattrIn,
     ) -> Result<(), Errno> {
+        self.xattrs_off()?;
         let inode = self.inode(nodeid, ctx.opcode)?;
         let fd = self.table.fd(&inode)?;
         {
@@ -103,6 +121,7 @@ impl XattrOps for PassthroughFs {
     }
 
     fn removexattr(&self, ctx: &Context, nodeid: NodeId, name: &CStr) -> Result<(), Errno> {
+        self.xattrs_off()?;
         let inode = self.inode(nodeid, ctx.opcode)?;
         let fd = self.table.fd(&inode)?;
         let _g = self.as_caller(ctx, false)?;
