@@ -518,6 +518,138 @@ fn directories_are_read_without_opendir_where_it_does_nothing() {
     }
 }
 
+/// Names that one getdents64 call on `dir` puts in a buffer of `size`
+/// bytes (none at the end of the directory).
+fn getdents_names(dir: &File, size: usize) -> Vec<String> {
+    let mut buf = vec![0u8; size];
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            dir.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+    let mut names = Vec::new();
+    let mut pos = 0;
+    while pos < n as usize {
+        // struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
+        let name = std::ffi::CStr::from_bytes_until_nul(&buf[pos + 19..pos + reclen]).unwrap();
+        names.push(name.to_str().unwrap().to_string());
+        pos += reclen;
+    }
+    names
+}
+
+/// `dir` listed through a new open in getdents64 calls of `size` bytes,
+/// in the directory's order, and the number of calls.
+fn listing_in_steps(dir: &Path, size: usize) -> (Vec<String>, u64) {
+    let d = File::open(dir).unwrap();
+    let mut all = Vec::new();
+    for calls in 1.. {
+        let names = getdents_names(&d, size);
+        if names.is_empty() {
+            return (all, calls);
+        }
+        all.extend(names);
+    }
+    unreachable!()
+}
+
+/// A listing opened after entries were removed must not show them, though
+/// a listing opened before stopped half way with them read: fstests'
+/// generic/637 with --nopassthrough before 63f4db0 ("stale entry"). With
+/// zero-message opendir READDIR has no handle, and the daemon parks a
+/// stream that stopped before the end of its directory for the READDIR
+/// that asks for the offset it stopped at, which may come from another
+/// open. Removed through the mount here: the daemon drops the directory's
+/// parked streams (`dir_changed`).
+#[test]
+fn a_new_listing_does_not_continue_a_stream_read_before_an_unlink() {
+    require_root!();
+    new_listing_after_removals(false);
+}
+
+/// As above with the entries removed on SOURCE directly, which the daemon
+/// does not see: a parked stream is reused only while its directory's
+/// mtime and ctime are those it was opened with (without that check this
+/// fails). The removal after the daemon's statx must get a newer time:
+/// multigrain timestamps (ext4, xfs, btrfs, tmpfs since Linux 6.13) give
+/// it one; with coarse ones a change in the same tick would go unseen.
+#[test]
+fn a_new_listing_does_not_continue_a_stream_read_before_a_change_on_source() {
+    require_root!();
+    new_listing_after_removals(true);
+}
+
+/// generic/637's steps, with the numbers that make its new listing ask for
+/// the offset where an older stream stands (4 KiB pages, names of at most
+/// 8 bytes): a READDIRPLUS of one page takes 25 records of 160 bytes
+/// (fuse_direntplus and the name padded to 8), a getdents64 of 200 bytes 8
+/// entries of 24. Listing A reads 8: the kernel asks READDIRPLUS at offset
+/// 0, and the daemon's stream reads the whole directory (one getdents64 of
+/// 4 KiB), replies with entries 0-24 and is parked after entry 24, with 25
+/// on in its buffer. One of A's 8 and entries 26-29 go. Listing B, a new
+/// open, reads 8 entries per getdents64 too, each a request (A left the
+/// kernel's readdir cache incomplete): its READDIRPLUS at 0 parks a fresh
+/// stream one entry further than A's, and its fourth call asks for the
+/// offset after its 24th entry, which is old entry 24: A's offset. Before
+/// 63f4db0 A's stream answered it from its buffer, old entries 25-32.
+fn new_listing_after_removals(on_source: bool) {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    assert_eq!(page, 4096, "the numbers here are those of 4 KiB pages");
+    // --nopassthrough: the daemon lists directories in every kernel (with
+    // inode passthrough a patched kernel lists them from their backing
+    // directories).
+    let m = Mount::with_source(
+        |s| {
+            fs::create_dir(s.join("d")).unwrap();
+            for i in 0..100 {
+                fs::write(s.join(format!("d/f{i:02}")), b"").unwrap();
+            }
+        },
+        &["--nopassthrough"],
+    );
+    let files = |v: &[String]| -> Vec<String> {
+        v.iter().filter(|n| n.starts_with('f')).cloned().collect()
+    };
+    // The directory's order (hashed on ext4), the daemon's too.
+    let (order, _) = listing_in_steps(&m.s("d"), 4096);
+    assert_eq!(order.len(), 102);
+    let a = File::open(m.m("d")).unwrap();
+    let first = getdents_names(&a, 200);
+    assert_eq!(first[..], order[..8]);
+    drop(a);
+    let mut removed = files(&first)[..1].to_vec();
+    removed.extend(files(&order[26..30]));
+    let root = if on_source { m.s("d") } else { m.m("d") };
+    for n in &removed {
+        fs::remove_file(root.join(n)).unwrap();
+    }
+    let asked = || m.requests("READDIR") + m.requests("READDIRPLUS");
+    let before = asked();
+    let (mut seen, calls) = listing_in_steps(&m.m("d"), 200);
+    assert_eq!(
+        asked() - before,
+        calls,
+        "READDIR(PLUS) requests for the new listing's getdents64 calls"
+    );
+    let stale: Vec<&String> = seen.iter().filter(|n| removed.contains(n)).collect();
+    assert!(
+        stale.is_empty(),
+        "removed {removed:?} (on SOURCE: {on_source}), listed by a new open: {stale:?}"
+    );
+    let (mut now, _) = listing_in_steps(&m.s("d"), 4096);
+    seen.sort();
+    now.sort();
+    assert_eq!(seen, now);
+    assert!(m.unmount().success());
+}
+
 #[test]
 fn statfs_and_statx() {
     require_root!();
