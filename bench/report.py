@@ -36,12 +36,16 @@ def goals(s):
     # keeps the locks), shown apart from the default, which has the
     # kernel check permissions and POSIX ACLs and SOURCE keep the locks.
     checked = "ptfs -o nodefault_permissions --locks kernel"
+    # The same without extended attributes (it gives them up, and ACLs with
+    # them: README, Caching): its own lines, never folded into "best".
+    xoff = checked + " --xattr off"
     peers = ["peer", "peer -o io_uring"]
     meta = [n for n in w if n.startswith(("create", "ls", "untar", "rm"))]
     for n in meta + [n for n in w if n.startswith("seq")]:
         b = max((speed(n, t) or 0 for t in peers), default=0)
         want = 1.2 if n.startswith(("create", "untar", "rm")) else 1.0
-        for label, mine in [("ours (default)", ours), (f"ours {checked[5:]}", [checked])]:
+        for label, mine in [("ours (default)", ours), (f"ours {checked[5:]}", [checked]),
+                            (f"ours {xoff[5:]}", [xoff])]:
             a = max((speed(n, t) or 0 for t in mine), default=0)
             if not a or not b:
                 continue
@@ -55,14 +59,16 @@ def goals(s):
     for prefix, goal, higher in [("create", 0.4, True), ("untar small", 2.0, False), ("rm -rf small", 2.0, False),
                                  ("ls -lR small", 2.5, False), ("seq write", 0.95, True)]:
         for n in [x for x in w if x.startswith(prefix)]:
-            best = max((ratio(n, t) or 0 for t in ours + [checked]), default=0)
-            if not best:
-                continue
-            if higher:
-                lines.append(f"| {n}: ours (best) / native >= {goal} | {best:.2f} | {'met' if best >= goal else 'MISSED'} |")
-            else:
-                lines.append(f"| {n}: ours (best) time <= {goal}x native | {1 / best:.2f}x | "
-                             f"{'met' if 1 / best <= goal else 'MISSED'} |")
+            for label, mine in [("ours (best, xattrs on)", ours + [checked]), ("ours --xattr off", [xoff])]:
+                best = max((ratio(n, t) or 0 for t in mine), default=0)
+                if not best:
+                    continue
+                if higher:
+                    lines.append(f"| {n}: {label} / native >= {goal} | {best:.2f} | "
+                                 f"{'met' if best >= goal else 'MISSED'} |")
+                else:
+                    lines.append(f"| {n}: {label} time <= {goal}x native | {1 / best:.2f}x | "
+                                 f"{'met' if 1 / best <= goal else 'MISSED'} |")
     for name, m in s.get("memory", {}).items():
         if name == "passthroughfs":
             b = m["rss_bytes_per_inode"]
