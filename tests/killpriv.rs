@@ -436,3 +436,37 @@ fn writes_ask_for_security_capability_at_most_once() {
         assert!(asked >= 64, "{off:?}: only {asked} GETXATTR for 64 writes");
     }
 }
+
+/// `--xattr off`: the kernel cannot read security.capability, so it never
+/// asks for it or removes it (REMOVEXATTR under ATTR_KILL_PRIV). SOURCE
+/// still loses it, as natively, by the host's own rules on the daemon's
+/// write and chown and on the backing file's write.
+#[test]
+fn file_capability_on_source_removed_with_xattrs_off() {
+    require_root!();
+    for args in [
+        &["--xattr", "off"][..],
+        &["--xattr", "off", "--nopassthrough"],
+    ] {
+        let m = Mount::new(args);
+        for (name, chown) in [("written", false), ("chowned", true)] {
+            fs::write(m.s(name), b"binary\n").unwrap();
+            set_capability(&m.s(name));
+            assert!(has_capability(&m.s(name)));
+            if chown {
+                // To the same owner: natively that removes it too.
+                std::os::unix::fs::chown(m.m(name), Some(0), Some(0)).unwrap();
+            } else {
+                let mut f = fs::OpenOptions::new().append(true).open(m.m(name)).unwrap();
+                std::io::Write::write_all(&mut f, b"more\n").unwrap();
+            }
+            assert!(
+                !has_capability(&m.s(name)),
+                "{args:?} {name}: still on SOURCE"
+            );
+        }
+        assert_eq!(m.requests("REMOVEXATTR"), 0, "{args:?}");
+        assert!(m.requests("GETXATTR") <= 1, "{args:?}");
+        assert!(m.unmount().success());
+    }
+}
