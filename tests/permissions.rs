@@ -579,3 +579,41 @@ fn acls_on_source_still_deny_with_xattrs_off() {
     assert_eq!(open_as(1235, &m.m("denied")), 0, "other::r--");
     assert!(m.unmount().success());
 }
+
+/// execve needs execute permission, not read: an execute-only binary
+/// (0711) runs, a 0700 one does not, and neither can be read, through the
+/// mount as on SOURCE. Without default_permissions the daemon's read-only
+/// open as the caller needed read, so the 0711 binary did not run
+/// (fstests generic/126, found with `-o nodefault_permissions`).
+#[test]
+fn an_execute_only_binary_runs_as_on_source() {
+    require_root!();
+    let true_bin = ["/usr/bin/true", "/bin/true"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a true(1) binary");
+    for opts in MODES {
+        let m = Mount::with_source(
+            |s| {
+                for (name, mode) in [("x0711", 0o711), ("x0700", 0o700)] {
+                    fs::copy(true_bin, s.join(name)).unwrap();
+                    fs::set_permissions(s.join(name), fs::Permissions::from_mode(mode)).unwrap();
+                }
+            },
+            &["-o", opts],
+        );
+        let outcomes = |dir: &Path| {
+            ["x0711", "x0700"].map(|n| {
+                let p = dir.join(n).display().to_string();
+                (
+                    sh_as(1234, 1234, &p).0,
+                    sh_as(1234, 1234, &format!("cat {p} > /dev/null")).0,
+                )
+            })
+        };
+        let on_source = outcomes(&m.src);
+        assert_eq!(on_source, [(true, false), (false, false)], "on SOURCE");
+        assert_eq!(outcomes(&m.mnt), on_source, "{opts}: exec, read");
+        assert!(m.unmount().success());
+    }
+}

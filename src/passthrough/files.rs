@@ -11,6 +11,11 @@ use std::os::fd::AsFd;
 
 use super::*;
 
+/// `__FMODE_EXEC`: the open flag of the kernel's own opens for execve and
+/// uselib (`do_open_execat`). open(2) and openat2 drop or refuse it, so a
+/// caller cannot set it.
+const FMODE_EXEC: i32 = 0x20;
+
 impl PassthroughFs {
     /// Flags for the daemon's own fd of an open.
     pub(super) fn host_open_flags(&self, flags: i32) -> i32 {
@@ -24,13 +29,35 @@ impl PassthroughFs {
                 | libc::O_NOCTTY
                 | libc::O_NOFOLLOW
                 | libc::O_DIRECT
-                | libc::O_NOATIME)
+                | libc::O_NOATIME
+                | FMODE_EXEC)
             & !libc::O_APPEND;
         if self.writeback.load(Ordering::Relaxed) && f & libc::O_ACCMODE == libc::O_WRONLY {
             // The kernel reads to fill partial pages of a write-only file.
             f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
         }
         f
+    }
+
+    /// The open of an execve where SOURCE checks permissions as the caller
+    /// (`nodefault_permissions`). execve needs execute permission, not read
+    /// (`do_open_execat` asks MAY_EXEC only), but a read-only open made as
+    /// the caller needs read: an execute-only binary (mode 0711) would not
+    /// run (fstests generic/126). So the host checks X_OK as the caller, and
+    /// the daemon opens the file as itself. Where other users can call
+    /// (`allow_other`) the kernel checks too, and keeps the process of an
+    /// unreadable binary undumpable (`would_dump()` asks MAY_READ); without
+    /// it, the caller is the daemon's own user.
+    fn open_to_exec(&self, ctx: &Context, inode: &Inode, flags: i32) -> Result<OwnedFd, Errno> {
+        let fd = self.table.fd(inode)?;
+        {
+            let _g = self.as_caller(ctx, false)?;
+            sys::access_empty(fd.fd(), libc::X_OK).map_err(Errno::from)?;
+        }
+        self.open_noatime_first(inode, flags, |f| {
+            self.table
+                .with_fd_headroom(|| sys::reopen(self.table.proc_self_fd(), fd.fd(), f))
+        })
     }
 
     /// Registers an open file and decides how the kernel does its I/O.
@@ -303,7 +330,15 @@ impl FileOps for PassthroughFs {
             // FIFOs and devices are opened by the kernel itself, never here.
             _ => return Err(Errno::EINVAL),
         }
-        let file = self.reopen_for_io(ctx, &inode, self.host_open_flags(flags))?;
+        let host_flags = self.host_open_flags(flags);
+        let file = if !self.cfg.default_permissions
+            && flags & FMODE_EXEC != 0
+            && flags & libc::O_ACCMODE == libc::O_RDONLY
+        {
+            self.open_to_exec(ctx, &inode, host_flags)?
+        } else {
+            self.reopen_for_io(ctx, &inode, host_flags)?
+        };
         if flags & libc::O_TRUNC != 0 && self.open_trunc_kills(ctx, arg) {
             // open(O_TRUNC) by a caller without CAP_FSETID: the truncate
             // the host just did as root kept setuid/setgid (see
