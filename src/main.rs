@@ -30,6 +30,9 @@ Examples:
       stay in the foreground; `kill -USR1 <pid>` writes statistics
   passthroughfs --nopassthrough --nocache /srv/data /mnt/data
       the daemon serves every read and write, nothing is cached
+  passthroughfs -o nodefault_permissions --locks kernel --xattr off /srv/data /mnt/data
+      fewest requests per file for one user: SOURCE checks permissions,
+      the kernel keeps locks, no xattrs or ACLs through the mount
   passthroughfs /srv/data /mnt/data -o allow_other,ro
       share a read-only mount with every user (permission checks by the kernel)
   mount -t fuse.passthroughfs /srv/data /mnt/data -o allow_other
