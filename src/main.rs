@@ -515,7 +515,7 @@ fn run(cli: Cli) -> Result<()> {
         }
     };
     if !xattrs {
-        pol.remove_ops(policy::xattr_ops());
+        pol.remove_ops(policy::xattr_off_ops());
     }
     // With xattrs off the kernel sees no ACL and checks mode bits only: for
     // other users (allow_other) someone must still apply SOURCE's ACLs,

@@ -69,14 +69,21 @@ const OP_NAMES: &[(&str, &[Opcode])] = &[
 /// [`Policy::allow_dir_lookup`]).
 pub const LOOKUP_OP: u64 = abi::passthrough_op(Opcode::Lookup);
 
-/// The xattr ops' bits: `--xattr off` takes them out of every mask, or
-/// the kernel would serve xattrs from the backing inode all the same.
-pub fn xattr_ops() -> u64 {
+/// What `--xattr off` takes out of every mask. The xattr ops, or the
+/// kernel would serve them from the backing inode all the same. And
+/// SETATTR: whether a chown or truncate must remove `security.capability`
+/// the kernel decides by reading it through the mount
+/// (`security_inode_need_killpriv()`), which then finds none, so a SETATTR
+/// passed through to the backing inode would keep a capability that
+/// natively goes (tests/killpriv.rs, inside the patched kernel). Served by
+/// the daemon, the chown or truncate is SOURCE's own, which removes it.
+pub fn xattr_off_ops() -> u64 {
     [
         Opcode::Getxattr,
         Opcode::Listxattr,
         Opcode::Setxattr,
         Opcode::Removexattr,
+        Opcode::Setattr,
     ]
     .iter()
     .fold(0, |m, &op| m | abi::passthrough_op(op))
@@ -586,21 +593,21 @@ mod tests {
         assert!(e.to_string().contains("unknown op 'frobnicate'"), "{e}");
     }
 
-    /// `--xattr off`: no mask keeps an xattr op, in the defaults or in any
-    /// rule, and the other ops stay.
+    /// `--xattr off`: no mask keeps an xattr op or SETATTR, in the
+    /// defaults or in any rule, and the other ops stay.
     #[test]
     fn removed_ops_leave_every_mask() {
         let mut p = Policy::parse(
             "[[rule]]\npath = \"a\"\nfiles = [\"getxattr\", \"read\"]\n\
-             [[rule]]\nglob = \"**/*.x\"\ndirs = [\"listxattr\", \"readdir\"]\n",
+             [[rule]]\nglob = \"**/*.x\"\ndirs = [\"setattr\", \"listxattr\", \"readdir\"]\n",
             all_ops(),
         )
         .unwrap();
-        p.remove_ops(xattr_ops());
+        p.remove_ops(xattr_off_ops());
         for decision in 0..4 {
             for kind in [Kind::Directory, Kind::Regular] {
                 assert_eq!(
-                    p.mask(decision, kind) & xattr_ops(),
+                    p.mask(decision, kind) & xattr_off_ops(),
                     0,
                     "{decision} {kind:?}"
                 );
@@ -608,8 +615,8 @@ mod tests {
         }
         assert_eq!(p.mask(2, Kind::Regular), bit(Opcode::Read));
         assert_eq!(p.mask(3, Kind::Directory), bit(Opcode::Readdir));
-        assert_eq!(p.mask(0, Kind::Regular), all_ops() & !xattr_ops());
-        assert_eq!(xattr_ops().count_ones(), 4);
+        assert_eq!(p.mask(0, Kind::Regular), all_ops() & !xattr_off_ops());
+        assert_eq!(xattr_off_ops().count_ones(), 5);
     }
 
     /// `lookup` goes in directory masks only, and `all` gets it only
