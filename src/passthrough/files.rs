@@ -436,8 +436,10 @@ impl FileOps for PassthroughFs {
     fn flush(&self, ctx: &Context, nodeid: NodeId, arg: &abi::FlushIn) -> Result<(), Errno> {
         let _ = ctx;
         let f = self.open_file(nodeid, arg.fh)?;
-        // close(2) by a lock owner drops its POSIX locks.
+        // close(2) by a lock owner drops its POSIX locks; if it was the
+        // last close, the RELEASE that drops the file's OFD locks follows.
         self.locks.release_owner(nodeid, arg.lock_owner);
+        self.locks.note_close(nodeid, arg.fh);
         let r = if self.flush_is_noop(&f.inode, f.fd.as_fd()) {
             Ok(())
         } else {

@@ -51,11 +51,17 @@ const MAX_EARLY_INTERRUPTS: usize = 1024;
 const POLL_MIN: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(100);
 
+/// How long a lock check waits for the RELEASE of a file just closed
+/// (see [`LockTable::settle`]).
+const SETTLE: Duration = Duration::from_millis(20);
+
 /// The host open file description holding one lock owner's locks.
 struct OwnerLocks {
     fd: Arc<OwnedFd>,
     /// The fh the owner last locked through (its OFD, for OFD locks).
     fh: Fh,
+    /// When that fh was last closed (FLUSH): its RELEASE may follow.
+    closed: Option<Instant>,
 }
 
 /// One blocked wait: what to retry, and the reply it owes.
@@ -90,6 +96,9 @@ pub struct LockTable {
     /// Waits queued (read without the lock, to skip kicks when none).
     waiting: AtomicUsize,
     max_waiters: usize,
+    /// Counts RELEASEs that dropped locks, for [`LockTable::settle`].
+    releases: Mutex<u64>,
+    released: Condvar,
 }
 
 impl Default for LockTable {
@@ -109,6 +118,8 @@ impl LockTable {
             wake: Condvar::new(),
             waiting: AtomicUsize::new(0),
             max_waiters,
+            releases: Mutex::new(0),
+            released: Condvar::new(),
         }
     }
 
@@ -161,11 +172,75 @@ impl LockTable {
             .filter(|e| e.key().0 == nodeid && e.value().fh == fh)
             .map(|e| *e.key())
             .collect();
-        for k in gone {
-            self.owners.remove(&k);
-            self.pids.remove(&k);
+        if !gone.is_empty() {
+            // Under the count's lock: `settle` sees the owners gone and the
+            // count moved together, or neither.
+            let mut n = self.releases.lock();
+            for k in gone {
+                self.owners.remove(&k);
+                self.pids.remove(&k);
+            }
+            *n += 1;
+            self.released.notify_all();
         }
         self.kick();
+    }
+
+    /// The open file `fh` of `nodeid` was closed (FLUSH). If that was its
+    /// last close, the RELEASE that drops its OFD locks is on its way.
+    pub fn note_close(&self, nodeid: NodeId, fh: Fh) {
+        if !self.used.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        for mut e in self.owners.iter_mut() {
+            if e.key().0 == nodeid && e.value().fh == fh {
+                e.value_mut().closed = Some(now);
+            }
+        }
+    }
+
+    /// RELEASEs that dropped locks so far: read before a lock check, for
+    /// [`LockTable::settle`].
+    pub fn releases(&self) -> u64 {
+        *self.releases.lock()
+    }
+
+    /// Before a lock check answers "held" (GETLK, or a SETLK that failed):
+    /// waits up to [`SETTLE`] for the RELEASE of a file of `nodeid` closed
+    /// just before, by an owner other than `asker`. `seen` is
+    /// [`LockTable::releases`] from before the check. Returns whether locks
+    /// went since (then check again).
+    ///
+    /// An OFD lock goes at the last close of its open file description,
+    /// before close(2) returns; FUSE sends that RELEASE asynchronously,
+    /// after close(2) has returned, and over io_uring another process's
+    /// GETLK, on another CPU, reaches another queue and often came first
+    /// (fstests generic/478). The kernel queues the RELEASE before close(2)
+    /// returns, so it arrives within a moment; a file still open elsewhere
+    /// (a dup) sends none, and its lock is reported after the wait.
+    pub fn settle(&self, nodeid: NodeId, asker: LockOwner, seen: u64) -> bool {
+        let mut n = self.releases.lock();
+        if *n != seen {
+            return true;
+        }
+        let closed = self
+            .owners
+            .iter()
+            .filter(|e| e.key().0 == nodeid && e.key().1 != asker)
+            .filter_map(|e| e.value().closed)
+            .filter(|t| t.elapsed() < SETTLE)
+            .max();
+        let Some(closed) = closed else {
+            return false;
+        };
+        let deadline = closed + SETTLE;
+        while *n == seen {
+            if self.released.wait_until(&mut n, deadline).timed_out() {
+                break;
+            }
+        }
+        *n != seen
     }
 
     /// Locks may have been dropped: retry the queued waits now.
@@ -325,6 +400,7 @@ impl PassthroughFs {
         }
         if let Some(mut e) = self.locks.owners.get_mut(&(inode.nodeid, owner)) {
             e.fh = fh;
+            e.closed = None;
             return Ok(e.fd.clone());
         }
         let ipath = self.table.fd(inode)?;
@@ -341,7 +417,11 @@ impl PassthroughFs {
             .locks
             .owners
             .entry((inode.nodeid, owner))
-            .or_insert(OwnerLocks { fd, fh })
+            .or_insert(OwnerLocks {
+                fd,
+                fh,
+                closed: None,
+            })
             .fd
             .clone())
     }
@@ -378,7 +458,13 @@ impl LockOps for PassthroughFs {
         let inode = self.inode(nodeid, ctx.opcode)?;
         let mut fl = to_flock(&arg.lk)?;
         let fd = self.owner_fd(&inode, arg.owner, arg.fh)?;
+        let asked = fl;
+        let seen = self.locks.releases();
         sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
+        if fl.l_type as i32 != libc::F_UNLCK && self.locks.settle(nodeid, arg.owner, seen) {
+            fl = asked;
+            sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
+        }
         if fl.l_type as i32 == libc::F_UNLCK {
             return Ok(abi::FileLock {
                 typ: libc::F_UNLCK as u32,
@@ -408,7 +494,12 @@ impl LockOps for PassthroughFs {
 
     /// SETLK: one non-blocking try. Any change may free a queued wait.
     fn setlk(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn) -> Result<(), Errno> {
-        let r = self.lock_of(ctx, nodeid, arg)?.attempt();
+        let lock = self.lock_of(ctx, nodeid, arg)?;
+        let seen = self.locks.releases();
+        let mut r = lock.attempt();
+        if r == Err(Errno::EAGAIN) && self.locks.settle(nodeid, arg.owner, seen) {
+            r = lock.attempt();
+        }
         self.locks.kick();
         r
     }
