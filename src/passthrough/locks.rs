@@ -14,6 +14,8 @@
 //! carries its lock_owner); an OFD lock's owner is the client's open file
 //! description itself, for which the kernel sends no unlock at close, so
 //! an owner's locks also go at the RELEASE of the fh it last locked through.
+//! That RELEASE comes after close(2) has returned: a lock check that finds
+//! a conflict waits briefly for it ([`LockTable::settle`]).
 //!
 //! A blocking wait (SETLKW, blocking flock) never occupies a thread of its
 //! own, nor a worker: after a failed non-blocking try it joins a wait queue
