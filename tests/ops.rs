@@ -1424,6 +1424,26 @@ fn unprivileged_writes_clear_setuid() {
     }
 }
 
+/// lgetxattr(p, name): the value, or the errno.
+fn xattr_of(p: &Path, name: &std::ffi::CStr) -> Result<Vec<u8>, i32> {
+    let c = cpath(p);
+    let mut buf = vec![0u8; 256];
+    // SAFETY: `buf` is writable for its length; valid C strings.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(errno());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
 /// `--xattr off`: the four xattr ops fail with EOPNOTSUPP, and after the
 /// first ENOSYS of each the kernel answers by itself: a walk that asks
 /// `security.selinux` of every entry (as `ls -l` does) costs one GETXATTR,
@@ -1476,49 +1496,20 @@ fn xattrs_off_answers_without_requests_and_keeps_sources_xattrs() {
         let e = libc::EOPNOTSUPP;
         assert_eq!(calls(&m.m("f0"), c"user.kept"), (e, e, e, e), "{args:?}");
         for i in 0..50 {
-            let c = cpath(&m.m(&format!("f{i}")));
-            let mut buf = [0u8; 256];
-            // SAFETY: as above.
-            let n = unsafe {
-                libc::lgetxattr(
-                    c.as_ptr(),
-                    c"security.selinux".as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
-            assert_eq!((n, errno()), (-1, e), "{args:?}: f{i}");
+            let got = xattr_of(&m.m(&format!("f{i}")), c"security.selinux");
+            assert_eq!(got, Err(e), "{args:?}: f{i}");
         }
         for op in ["GETXATTR", "LISTXATTR", "SETXATTR", "REMOVEXATTR"] {
             assert!(m.requests(op) <= 1, "{args:?}: {op} {}", m.requests(op));
         }
-        let c = cpath(&m.s("f0"));
-        let mut buf = [0u8; 16];
-        // SAFETY: as above.
-        let n = unsafe {
-            libc::getxattr(
-                c.as_ptr(),
-                c"user.kept".as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
         assert_eq!(
-            &buf[..n.max(0) as usize],
-            b"v0",
+            xattr_of(&m.s("f0"), c"user.kept"),
+            Ok(b"v0".to_vec()),
             "{args:?}: SOURCE keeps user.kept"
         );
-        let n = unsafe {
-            libc::getxattr(
-                c.as_ptr(),
-                c"user.new".as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
         assert_eq!(
-            (n, errno()),
-            (-1, libc::ENODATA),
+            xattr_of(&m.s("f0"), c"user.new"),
+            Err(libc::ENODATA),
             "{args:?}: no user.new on SOURCE"
         );
         assert!(m.unmount().success());
@@ -1528,17 +1519,7 @@ fn xattrs_off_answers_without_requests_and_keeps_sources_xattrs() {
     let m = Mount::with_source(fill, &[]);
     assert_eq!(calls(&m.m("f0"), c"user.kept"), (0, 0, 0, 0));
     for i in 0..50 {
-        let c = cpath(&m.m(&format!("f{i}")));
-        let mut buf = [0u8; 256];
-        // SAFETY: as above.
-        unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                c"security.selinux".as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
+        let _ = xattr_of(&m.m(&format!("f{i}")), c"security.selinux");
     }
     if m.stats()["backing"]["mode"] != "inode" {
         assert!(

@@ -163,9 +163,10 @@ impl PassthroughFs {
     /// daemon changes an entry of its directory (`dir_changed`) and not
     /// reused once the directory's mtime or ctime moved since the stream
     /// was opened (changes made on SOURCE directly, as far as its
-    /// filesystem's timestamps resolve them; not tested: no test here
-    /// reaches a reused stream after such a change, fstests' generic/637
-    /// covers the change through the mount).
+    /// filesystem's timestamps resolve them). tests/ops.rs
+    /// `a_new_listing_does_not_continue_a_stream_read_before_an_unlink`
+    /// and `..._before_a_change_on_source` show both (the second fails
+    /// without the timestamp check).
     fn unpark_dir(&self, inode: &Arc<Inode>, offset: u64) -> Option<Arc<OpenFile>> {
         let f = {
             let mut parked = self.parked_dirs.lock();

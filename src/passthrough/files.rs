@@ -54,10 +54,7 @@ impl PassthroughFs {
             let _g = self.as_caller(ctx, false)?;
             sys::access_empty(fd.fd(), libc::X_OK).map_err(Errno::from)?;
         }
-        self.open_noatime_first(inode, flags, |f| {
-            self.table
-                .with_fd_headroom(|| sys::reopen(self.table.proc_self_fd(), fd.fd(), f))
-        })
+        self.open_noatime_first(inode, flags, |f| self.reopen(fd.fd(), f))
     }
 
     /// Registers an open file and decides how the kernel does its I/O.

@@ -361,8 +361,14 @@ impl PassthroughFs {
     fn reopen_as_caller(&self, ctx: &Context, inode: &Inode, flags: i32) -> Result<OwnedFd, Errno> {
         let fd = self.table.fd(inode)?;
         let _g = self.as_caller(ctx, false)?;
+        self.reopen(fd.fd(), flags)
+    }
+
+    /// A real open, with `flags`, of what the O_PATH fd `fd` names (through
+    /// /proc/self/fd), as whoever the thread acts as.
+    fn reopen(&self, fd: std::os::fd::BorrowedFd<'_>, flags: i32) -> Result<OwnedFd, Errno> {
         self.table
-            .with_fd_headroom(|| sys::reopen(self.table.proc_self_fd(), fd.fd(), flags))
+            .with_fd_headroom(|| sys::reopen(self.table.proc_self_fd(), fd, flags))
     }
 
     /// Whether the mount updates no access time of `inode` (`ro`, `noatime`,
