@@ -339,19 +339,9 @@ fn has_capability(p: &Path) -> bool {
 }
 
 fn set_capability(p: &Path) {
-    let c = cpath(p);
-    let v = file_capability();
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            c"security.capability".as_ptr(),
-            v.as_ptr().cast(),
-            v.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr security.capability: {}", errno());
+    if let Err(e) = set_xattr(p, c"security.capability", &file_capability()) {
+        panic!("setxattr security.capability: {e}");
+    }
 }
 
 #[test]

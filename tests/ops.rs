@@ -1424,26 +1424,6 @@ fn unprivileged_writes_clear_setuid() {
     }
 }
 
-/// lgetxattr(p, name): the value, or the errno.
-fn xattr_of(p: &Path, name: &std::ffi::CStr) -> Result<Vec<u8>, i32> {
-    let c = cpath(p);
-    let mut buf = vec![0u8; 256];
-    // SAFETY: `buf` is writable for its length; valid C strings.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(errno());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
-}
-
 /// `--xattr off`: the four xattr ops fail with EOPNOTSUPP, and after the
 /// first ENOSYS of each the kernel answers by itself: a walk that asks
 /// `security.selinux` of every entry (as `ls -l` does) costs one GETXATTR,
@@ -1456,18 +1436,7 @@ fn xattrs_off_answers_without_requests_and_keeps_sources_xattrs() {
         for i in 0..50 {
             fs::write(s.join(format!("f{i}")), b"x").unwrap();
         }
-        let c = cpath(&s.join("f0"));
-        // SAFETY: valid C strings and a 2-byte value.
-        let r = unsafe {
-            libc::setxattr(
-                c.as_ptr(),
-                c"user.kept".as_ptr(),
-                b"v0".as_ptr().cast(),
-                2,
-                0,
-            )
-        };
-        assert_eq!(r, 0, "user xattrs on SOURCE's filesystem");
+        set_xattr(&s.join("f0"), c"user.kept", b"v0").expect("user xattrs on SOURCE's filesystem");
     };
     // errno of getxattr(name), listxattr, setxattr(user.new), removexattr.
     let calls = |p: &Path, name: &std::ffi::CStr| {
@@ -1496,19 +1465,19 @@ fn xattrs_off_answers_without_requests_and_keeps_sources_xattrs() {
         let e = libc::EOPNOTSUPP;
         assert_eq!(calls(&m.m("f0"), c"user.kept"), (e, e, e, e), "{args:?}");
         for i in 0..50 {
-            let got = xattr_of(&m.m(&format!("f{i}")), c"security.selinux");
+            let got = get_xattr(&m.m(&format!("f{i}")), c"security.selinux");
             assert_eq!(got, Err(e), "{args:?}: f{i}");
         }
         for op in ["GETXATTR", "LISTXATTR", "SETXATTR", "REMOVEXATTR"] {
             assert!(m.requests(op) <= 1, "{args:?}: {op} {}", m.requests(op));
         }
         assert_eq!(
-            xattr_of(&m.s("f0"), c"user.kept"),
+            get_xattr(&m.s("f0"), c"user.kept"),
             Ok(b"v0".to_vec()),
             "{args:?}: SOURCE keeps user.kept"
         );
         assert_eq!(
-            xattr_of(&m.s("f0"), c"user.new"),
+            get_xattr(&m.s("f0"), c"user.new"),
             Err(libc::ENODATA),
             "{args:?}: no user.new on SOURCE"
         );
@@ -1519,7 +1488,7 @@ fn xattrs_off_answers_without_requests_and_keeps_sources_xattrs() {
     let m = Mount::with_source(fill, &[]);
     assert_eq!(calls(&m.m("f0"), c"user.kept"), (0, 0, 0, 0));
     for i in 0..50 {
-        let _ = xattr_of(&m.m(&format!("f{i}")), c"security.selinux");
+        let _ = get_xattr(&m.m(&format!("f{i}")), c"security.selinux");
     }
     if m.stats()["backing"]["mode"] != "inode" {
         assert!(

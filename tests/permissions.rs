@@ -463,18 +463,8 @@ fn trusted_xattrs_are_not_listed_to_unprivileged_callers() {
     let m = Mount::with_source(
         |s| {
             fs::write(s.join("f"), b"x").unwrap();
-            let c = cpath(&s.join("f"));
-            // SAFETY: valid C strings and a 1-byte value.
-            let r = unsafe {
-                libc::setxattr(
-                    c.as_ptr(),
-                    c"trusted.hidden".as_ptr(),
-                    b"h".as_ptr().cast(),
-                    1,
-                    0,
-                )
-            };
-            assert_eq!(r, 0, "trusted xattrs on SOURCE's filesystem");
+            set_xattr(&s.join("f"), c"trusted.hidden", b"h")
+                .expect("trusted xattrs on SOURCE's filesystem");
         },
         &["-o", "allow_other"],
     );

@@ -54,45 +54,6 @@ fn status_field(pid: i32, task: Option<i32>, field: &str) -> String {
         .to_string()
 }
 
-fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
-    let name = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid path, name and buffer.
-    let n = unsafe {
-        libc::getxattr(
-            cpath(p).as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        Err(errno())
-    } else {
-        buf.truncate(n as usize);
-        Ok(buf)
-    }
-}
-
-fn setxattr(p: &Path, name: &str, v: &[u8]) -> Result<(), i32> {
-    let name = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid path, name and value.
-    let r = unsafe {
-        libc::setxattr(
-            cpath(p).as_ptr(),
-            name.as_ptr(),
-            v.as_ptr().cast(),
-            v.len(),
-            0,
-        )
-    };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
-}
-
 fn fill(src: &Path) {
     std::fs::write(src.join("hello"), b"hello world\n").unwrap();
     std::fs::create_dir(src.join("shared")).unwrap();
@@ -166,10 +127,10 @@ fn sandboxed_daemon_serves_the_common_ops() {
     assert_eq!((a.f_bsize, a.f_blocks), (b.f_bsize, b.f_blocks));
 
     // xattrs.
-    setxattr(&m.m("d/c"), "user.colour", b"blue").unwrap();
-    assert_eq!(getxattr(&m.s("d/c"), "user.colour").unwrap(), b"blue");
-    assert_eq!(getxattr(&m.m("d/c"), "user.colour").unwrap(), b"blue");
-    assert_eq!(getxattr(&m.m("d/c"), "user.none"), Err(libc::ENODATA));
+    set_xattr(&m.m("d/c"), c"user.colour", b"blue").unwrap();
+    assert_eq!(get_xattr(&m.s("d/c"), c"user.colour").unwrap(), b"blue");
+    assert_eq!(get_xattr(&m.m("d/c"), c"user.colour").unwrap(), b"blue");
+    assert_eq!(get_xattr(&m.m("d/c"), c"user.none"), Err(libc::ENODATA));
 
     // chmod and chown as root (CAP_FOWNER, CAP_CHOWN), mknod of a device
     // (CAP_MKNOD), a FIFO.
@@ -364,26 +325,26 @@ fn sandboxed_daemon_sees_only_source_with_reduced_privileges() {
 #[test]
 fn a_forbidden_syscall_kills_the_sandboxed_daemon() {
     require_root!();
-    const HOOK: &str = "user.passthroughfs.test-forbidden-syscall";
+    const HOOK: &std::ffi::CStr = c"user.passthroughfs.test-forbidden-syscall";
 
     // Control: no sandbox, the syscall is made and answered.
     let m = Mount::with_source(fill, &["--test-forbidden-syscall"]);
-    assert_eq!(getxattr(&m.m("hello"), HOOK).unwrap(), b"survived");
+    assert_eq!(get_xattr(&m.m("hello"), HOOK).unwrap(), b"survived");
     assert!(m.unmount().success());
 
     // Without the hidden flag the name is an ordinary xattr, even sandboxed.
     let m = Mount::with_source(fill, &["--sandbox"]);
-    assert_eq!(getxattr(&m.m("hello"), HOOK), Err(libc::ENODATA));
-    setxattr(&m.m("hello"), HOOK, b"plain").unwrap();
-    assert_eq!(getxattr(&m.m("hello"), HOOK).unwrap(), b"plain");
+    assert_eq!(get_xattr(&m.m("hello"), HOOK), Err(libc::ENODATA));
+    set_xattr(&m.m("hello"), HOOK, b"plain").unwrap();
+    assert_eq!(get_xattr(&m.m("hello"), HOOK).unwrap(), b"plain");
     assert_eq!(status_field(sandboxed_pid(&m), None, "Seccomp"), "2");
     assert!(m.unmount().success());
 
     let mut m = Mount::with_source(fill, &["--sandbox", "--test-forbidden-syscall"]);
     let pid = sandboxed_pid(&m);
     // Allowed calls still work.
-    assert_eq!(getxattr(&m.m("hello"), "user.none"), Err(libc::ENODATA));
-    let e = getxattr(&m.m("hello"), HOOK).expect_err("the daemon answered");
+    assert_eq!(get_xattr(&m.m("hello"), c"user.none"), Err(libc::ENODATA));
+    let e = get_xattr(&m.m("hello"), HOOK).expect_err("the daemon answered");
     assert!(
         e == libc::ENOTCONN || e == libc::ECONNABORTED,
         "errno {e} after the forbidden syscall"

@@ -376,6 +376,46 @@ pub fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
+/// lgetxattr(p, name): the value (up to 256 bytes), or the errno.
+pub fn get_xattr(p: &Path, name: &std::ffi::CStr) -> Result<Vec<u8>, i32> {
+    let c = cpath(p);
+    let mut buf = vec![0u8; 256];
+    // SAFETY: `buf` is writable for its length; valid C strings.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(errno());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// lsetxattr(p, name, value, 0), or the errno.
+pub fn set_xattr(p: &Path, name: &std::ffi::CStr, value: &[u8]) -> Result<(), i32> {
+    let c = cpath(p);
+    // SAFETY: valid C strings; `value` is readable for its length.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
 /// The errno of an io::Result, or 0.
 pub fn err_of<T>(r: std::io::Result<T>) -> i32 {
     match r {
