@@ -185,6 +185,34 @@ class Bench:
         if os.path.exists(img):
             os.unlink(img)
         self.uring_restore()
+        self.halt_poll_restore()
+
+    # ---- idle polling of the vCPUs --------------------------------------
+
+    HALT_POLL_PARAM = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+
+    def halt_poll_set(self):
+        """--halt-poll-ns: how long an idle vCPU polls before it halts, for
+        this run only (cleanup() puts the old value back whatever happens).
+        Every FUSE round trip wakes a CPU; this shows what a halted one
+        costs (bench/README.md, "What a round trip costs here")."""
+        self.machine = machine()
+        if self.args.halt_poll_ns is None:
+            return
+        if not os.path.exists(self.HALT_POLL_PARAM):
+            sys.exit("bench: --halt-poll-ns: no cpuidle haltpoll governor on this machine")
+        with open(self.HALT_POLL_PARAM) as f:
+            self.halt_poll_orig = f.read().strip()
+        with open(self.HALT_POLL_PARAM, "w") as f:
+            f.write(str(self.args.halt_poll_ns))
+        self.machine = machine()
+
+    def halt_poll_restore(self):
+        orig = getattr(self, "halt_poll_orig", None)
+        if orig is not None:
+            with open(self.HALT_POLL_PARAM, "w") as f:
+                f.write(orig)
+            self.halt_poll_orig = None
 
     def targets_list(self):
         b = self.bin
@@ -437,9 +465,31 @@ class Bench:
             os.rmdir(d)
             return j["ops"] / j["seconds"], "ops/s"
 
+        def on_cpu0(cmd):
+            # The caller kept on one CPU: the daemon's ring thread for that
+            # CPU then runs on it too, and the reply wakes the caller there
+            # instead of on the other, idle, CPU (bench/README.md, "What a
+            # round trip costs here").
+            return ["taskset", "-c", "0"] + cmd
+
+        def create_unlink_cpu0(t):
+            d = f"{self.scratch(t)}/cu0"
+            os.makedirs(d, exist_ok=True)
+            j = json.loads(sh(on_cpu0([self.tool, "create-unlink", d, str(self.create_n)]), capture=True).stdout)
+            os.rmdir(d)
+            return j["ops"] / j["seconds"], "ops/s"
+
+        def lookup_miss(t, pin=False):
+            cmd = [self.tool, "lookup-miss", self.scratch(t), str(self.create_n)]
+            j = json.loads(sh(on_cpu0(cmd) if pin else cmd, capture=True).stdout)
+            return j["ops"] / j["seconds"], "lookups/s"
+
         w += [("seq read 1 MiB blocks (cold)", seq_read), ("seq write 1 MiB blocks", seq_write),
               ("4 KiB random read, 4 jobs (warm)", rand_read), ("stat of tree (warm)", stat_warm),
-              ("stat of tree (after drop_caches)", stat_cold), ("create+unlink small files", create_unlink)]
+              ("stat of tree (after drop_caches)", stat_cold), ("create+unlink small files", create_unlink),
+              ("round trip: lookup of a missing name", lookup_miss),
+              ("round trip: lookup of a missing name, caller on CPU 0", lambda t: lookup_miss(t, pin=True)),
+              ("create+unlink small files, caller on CPU 0", create_unlink_cpu0)]
 
         def timed_small(cmd, cold=False):
             if cold:
@@ -453,17 +503,12 @@ class Bench:
              lambda t: (timed_small(["ls", "-lR", f"{t.mnt}/small"]), timed_small(["ls", "-lR", f"{t.mnt}/small"]))[1]),
             ("untar small tree", lambda t: self.untar(t, self.small_tar, "usmall")),
             ("rm -rf small tree", lambda t: self.rm_tree(t, self.small_tar, "usmall")),
+            ("untar small tree, caller on CPU 0", lambda t: self.untar(t, self.small_tar, "usmall0", pin=True)),
         ]
 
         if getattr(self, "kernel_dir", None):
             kname = os.path.basename(self.kernel_dir)
-
-            def timed(cmd, cold=False):
-                if cold:
-                    drop_caches()
-                t0 = time.perf_counter()
-                sh(cmd, capture=True)
-                return time.perf_counter() - t0, "s"
+            timed = timed_small
 
             w += [
                 ("find of kernel tree (cold)", lambda t: timed(["find", f"{t.mnt}/{kname}"], cold=True)),
@@ -488,7 +533,7 @@ class Bench:
         os.makedirs(d, exist_ok=True)
         return d
 
-    def untar(self, t, tar, sub):
+    def untar(self, t, tar, sub, pin=False):
         d = f"{self.scratch(t)}/{sub}"
         if os.path.exists(d):
             shutil.rmtree(d)
@@ -501,7 +546,7 @@ class Bench:
             f.write("2")
         sh(["cat", tar], stdout=subprocess.DEVNULL)
         t0 = time.perf_counter()
-        sh(["tar", "xf", tar, "-C", d])
+        sh((["taskset", "-c", "0"] if pin else []) + ["tar", "xf", tar, "-C", d])
         sh(["sync", "-f", d])
         return time.perf_counter() - t0, "s"
 
@@ -525,6 +570,7 @@ class Bench:
         reps = self.args.reps or (1 if self.quick else 5)
         mnt_base = os.path.join(self.work, "mnt")
         self.uring_on()
+        self.halt_poll_set()
         self.transports = {}
         for ti, t in enumerate(self.targets):
             t.mount(self.src, f"{mnt_base}{ti}")
@@ -596,7 +642,7 @@ class Bench:
 
     def summary(self):
         out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "kernel": platform.release(), "machine": machine(), "quick": self.quick,
+               "kernel": platform.release(), "machine": getattr(self, "machine", None) or machine(), "quick": self.quick,
                "reps": self.args.reps or (1 if self.quick else 5), "workloads": {}, "memory": getattr(self, "mem", {}),
                "transports": getattr(self, "transports", {}), "small_tree_entries": getattr(self, "small_entries", None),
                "create_n": getattr(self, "create_n", None), "busy": getattr(self, "busy", "")}
@@ -644,7 +690,21 @@ def machine():
                     break
     except OSError:
         pass
-    return f"{cpus} vCPU {model}, {mem} GiB RAM"
+    return f"{cpus} vCPU {model}, {mem} GiB RAM{idle_polling()}"
+
+
+def idle_polling():
+    """How long an idle vCPU polls before it halts: each FUSE round trip
+    wakes a CPU, and waking a halted vCPU costs a VM exit (bench/README.md,
+    "What a round trip costs here")."""
+    try:
+        with open("/sys/devices/system/cpu/cpuidle/current_driver") as f:
+            driver = f.read().strip()
+        with open("/sys/module/haltpoll/parameters/guest_halt_poll_ns") as f:
+            ns = int(f.read())
+    except (OSError, ValueError):
+        return ""
+    return f"; cpuidle {driver}, guest_halt_poll_ns {ns}"
 
 
 def main():
@@ -664,6 +724,9 @@ def main():
     ap.add_argument("--merge", default=None,
                     help="results.json of an earlier run: its workloads that this run did not measure go in the report")
     ap.add_argument("--kernel-in-quick", action="store_true", help="include the kernel-tree workloads in --quick")
+    ap.add_argument("--halt-poll-ns", type=int, default=None,
+                    help="set haltpoll's guest_halt_poll_ns for the run (restored after): how long an idle vCPU "
+                         "polls before it halts")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: needs root (mounts, loop devices, drop_caches)")

@@ -4,6 +4,12 @@
 //!     bench_tool mktree DIR DIRS FILES_PER_DIR     make DIRS*FILES empty files
 //!     bench_tool stat DIR                          lstat every entry under DIR
 //!     bench_tool create-unlink DIR N               create N small files, unlink them
+//!     bench_tool lookup-miss DIR N                 lstat N names that do not exist
+//!
+//! `lookup-miss` times one FUSE round trip with nothing else in it: each
+//! name is new, so the kernel has no negative dentry for it and asks the
+//! daemon (LOOKUP, answered ENOENT), and the daemon's work is one failing
+//! openat.
 //!
 //! Prints one JSON object: {"seconds": ..., "ops": ...}.
 
@@ -39,7 +45,9 @@ fn walk(dir: &Path, n: &mut u64) -> std::io::Result<()> {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_tool mktree DIR DIRS FILES | stat DIR | create-unlink DIR N");
+    eprintln!(
+        "usage: bench_tool mktree DIR DIRS FILES | stat DIR | create-unlink DIR N | lookup-miss DIR N"
+    );
     std::process::exit(64)
 }
 
@@ -84,6 +92,25 @@ fn main() -> std::io::Result<()> {
                 fs::remove_file(dir.join(format!("c{i:06}")))?;
             }
             2 * n
+        }
+        "lookup-miss" => {
+            let n: u64 = args
+                .get(3)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| usage());
+            // A tag per run, so a second run in the same directory does
+            // not meet the negative dentries of the first.
+            let tag = std::process::id();
+            for i in 0..n {
+                match lstat_is_dir(&dir.join(format!("miss-{tag}-{i}"))) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                    Ok(_) => {
+                        return Err(std::io::Error::other("lookup-miss: a name exists"));
+                    }
+                }
+            }
+            n
         }
         _ => usage(),
     };
