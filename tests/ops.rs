@@ -8,6 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -1006,10 +1007,10 @@ fn blocking_lock_wait_is_interruptible() {
             }
         }
         // Signal it only once its wait is queued.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while !queued(pid) {
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "the wait never queued (kernel_locks={kernel_locks})"
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -1043,12 +1044,9 @@ fn blocking_lock_wait_is_interruptible() {
     for _ in 0..20 {
         assert_eq!(fs::read(m.m("f")).unwrap(), b"x");
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while m.stats()["lock_waiters"] != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a killed wait stayed queued"
-        );
+        assert!(Instant::now() < deadline, "a killed wait stayed queued");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // Nothing left behind holds the lock: once the holder goes, the file
@@ -1509,6 +1507,75 @@ fn pin_to_cpu(cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+/// A lock check that waits for a RELEASE (a conflict with a file closed
+/// just before) waits off the thread that serves its queue: over io_uring
+/// that thread is its CPU's only one, and a wait on it stalled every
+/// request from that CPU for up to 200 ms. Here the holder's close leaves
+/// a dup open, so no RELEASE comes and the GETLK waits its whole time;
+/// lookups from the same CPU meanwhile must be answered before it. (Over
+/// /dev/fuse another worker serves them either way; the suite runs both.)
+#[test]
+fn a_lock_check_waiting_for_a_release_does_not_stall_its_queue() {
+    require_root!();
+    let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 10]).unwrap(), &[]);
+    let path = m.m("f");
+    pin_to_cpu(0);
+    let holder = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut fl = write_lock(0, 0);
+    // SAFETY: `fl` is a valid flock for the call.
+    let r = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    assert_eq!(r, 0, "F_OFD_SETLK: {}", errno());
+    // SAFETY: dup of an open fd.
+    let dup = unsafe { libc::dup(holder.as_raw_fd()) };
+    assert!(dup >= 0);
+    // FLUSH, no RELEASE: the dup keeps the open file description.
+    drop(holder);
+    let getlks = m.requests("GETLK");
+    let getter_path = path.clone();
+    let getter = std::thread::spawn(move || {
+        pin_to_cpu(0);
+        let probe = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&getter_path)
+            .unwrap();
+        let mut p = write_lock(0, 0);
+        // SAFETY: `p` is a valid flock for the call.
+        let r = unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_OFD_GETLK, &mut p) };
+        assert_eq!(r, 0, "F_OFD_GETLK: {}", errno());
+        (p.l_type as i32, Instant::now())
+    });
+    // Once the GETLK has reached the daemon, look up names from the same CPU.
+    while m.requests("GETLK") == getlks && !getter.is_finished() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for i in 0..5 {
+        assert_eq!(
+            lstat(&m.m(&format!("missing{i}"))).err(),
+            Some(libc::ENOENT)
+        );
+    }
+    let looked_up = Instant::now();
+    let (typ, answered) = getter.join().unwrap();
+    assert_eq!(typ, libc::F_WRLCK, "the dup still holds the lock");
+    assert!(
+        looked_up < answered,
+        "the lookups waited for the lock check ({:?} after its answer)",
+        looked_up - answered
+    );
+    fl.l_type = libc::F_UNLCK as i16;
+    // SAFETY: `fl` is a valid flock; `dup` is ours to close.
+    unsafe {
+        libc::fcntl(dup, libc::F_OFD_SETLK, &fl);
+        libc::close(dup);
+    }
+    assert!(m.unmount().success());
 }
 
 /// An OFD lock goes with the last close of its open file description:

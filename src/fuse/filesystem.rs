@@ -326,16 +326,20 @@ pub trait XattrOps {
 /// POSIX, OFD and flock locks.
 #[allow(unused_variables)]
 pub trait LockOps {
-    fn getlk(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn) -> OpResult<abi::FileLock> {
-        Err(Errno::ENOSYS)
+    // The lock ops are the ops that may answer later: `reply` may be
+    // finished from another thread (a lock granted, a wait interrupted, a
+    // check that waits for a RELEASE). Never block the calling worker: over
+    // io_uring it is the only thread of its CPU's queue.
+
+    /// GETLK: who holds a lock that conflicts with `arg.lk`, if any.
+    fn getlk(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn, reply: Deferred) {
+        reply.finish(Err(Errno::ENOSYS))
     }
-    /// SETLK: take or drop a lock without waiting.
-    fn setlk(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn) -> OpResult<()> {
-        Err(Errno::ENOSYS)
+    /// SETLK: take or drop a lock without waiting for its holder.
+    fn setlk(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn, reply: Deferred) {
+        reply.finish(Err(Errno::ENOSYS))
     }
-    /// SETLKW: take a lock, waiting for it. The only op that answers later:
-    /// `reply` may be finished from another thread once the lock is granted
-    /// (or the wait interrupted). Never block the calling worker here.
+    /// SETLKW: take a lock, waiting for it.
     fn setlkw(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn, reply: Deferred) {
         reply.finish(Err(Errno::ENOSYS))
     }

@@ -171,6 +171,14 @@ impl Deferred {
     pub fn finish(self, r: Result<(), Errno>) {
         self.0.answer(r);
     }
+
+    /// Answers the request now, with a payload that holds nothing to undo
+    /// if the kernel does not take it (a lock, not an entry or an open).
+    pub fn finish_with<T: Payload>(self, r: Result<T, Errno>) {
+        if let Some(v) = self.0.answer(r) {
+            debug_assert_eq!(v.lost(), Lost::default(), "a deferred reply lost state");
+        }
+    }
 }
 
 /// What a reply handed to the kernel, to be given back if the kernel did

@@ -15,7 +15,10 @@
 //! description itself, for which the kernel sends no unlock at close, so
 //! an owner's locks also go at the RELEASE of the fh it last locked through.
 //! That RELEASE comes after close(2) has returned: a lock check that finds
-//! a conflict waits briefly for it ([`LockTable::settle`]).
+//! a conflict looks again once it came, or after a short wait; the check
+//! waits on a thread of its own, never on the worker, which must go on
+//! serving (over io_uring it is its CPU's only one, and may be the one the
+//! RELEASE arrives on) ([`LockTable::recheck`], [`LockTable::defer`]).
 //!
 //! A blocking wait (SETLKW, blocking flock) never occupies a thread of its
 //! own, nor a worker: after a failed non-blocking try it joins a wait queue
@@ -69,6 +72,36 @@ struct OwnerLocks {
     closed: Option<Instant>,
 }
 
+/// A lock check that found a conflict, waiting for a RELEASE: run by the
+/// settle thread once locks went (the count moved past `seen`) or at
+/// `deadline`. `then` checks again and answers.
+struct Settle {
+    seen: u64,
+    deadline: Instant,
+    then: Box<dyn FnOnce() + Send>,
+}
+
+/// RELEASEs that dropped locks so far, and the checks waiting for one.
+#[derive(Default)]
+struct Releases {
+    count: u64,
+    waiting: Vec<Settle>,
+    /// The settle thread runs.
+    settler: bool,
+}
+
+/// What a lock check that found a conflict should do (see
+/// [`LockTable::recheck`]).
+pub enum Recheck {
+    /// Locks went since the check began: check again now.
+    Now,
+    /// A file was closed just before: check again when its RELEASE comes,
+    /// at the latest at this instant ([`LockTable::defer`]).
+    After(Instant),
+    /// Nothing to wait for: the conflict stands.
+    Never,
+}
+
 /// One blocked wait: what to retry, and the reply it owes.
 struct Waiter {
     unique: u64,
@@ -101,8 +134,8 @@ pub struct LockTable {
     /// Waits queued (read without the lock, to skip kicks when none).
     waiting: AtomicUsize,
     max_waiters: usize,
-    /// Counts RELEASEs that dropped locks, for [`LockTable::settle`].
-    releases: Mutex<u64>,
+    /// RELEASEs that dropped locks, and the checks waiting for one.
+    releases: Mutex<Releases>,
     released: Condvar,
 }
 
@@ -123,12 +156,17 @@ impl LockTable {
             wake: Condvar::new(),
             waiting: AtomicUsize::new(0),
             max_waiters,
-            releases: Mutex::new(0),
+            releases: Mutex::new(Releases::default()),
             released: Condvar::new(),
         }
     }
 
     pub fn clear(&self) {
+        // Checks waiting for a RELEASE answer now, as things stand.
+        let settling = std::mem::take(&mut self.releases.lock().waiting);
+        for s in settling {
+            (s.then)();
+        }
         let gone: Vec<Waiter> = {
             let mut q = self.queue.lock();
             self.waiting.store(0, Ordering::Relaxed);
@@ -180,12 +218,12 @@ impl LockTable {
         if !gone.is_empty() {
             // Under the count's lock: `settle` sees the owners gone and the
             // count moved together, or neither.
-            let mut n = self.releases.lock();
+            let mut r = self.releases.lock();
             for k in gone {
                 self.owners.remove(&k);
                 self.pids.remove(&k);
             }
-            *n += 1;
+            r.count += 1;
             self.released.notify_all();
         }
         self.kick();
@@ -206,16 +244,16 @@ impl LockTable {
     }
 
     /// RELEASEs that dropped locks so far: read before a lock check, for
-    /// [`LockTable::settle`].
+    /// [`LockTable::recheck`].
     pub fn releases(&self) -> u64 {
-        *self.releases.lock()
+        self.releases.lock().count
     }
 
-    /// Before a lock check answers "held" (GETLK, or a SETLK that failed):
-    /// waits up to [`SETTLE`] for the RELEASE of a file of `nodeid` closed
-    /// just before, by an owner other than `asker`. `seen` is
-    /// [`LockTable::releases`] from before the check. Returns whether locks
-    /// went since (then check again).
+    /// A lock check (GETLK, or a SETLK that failed) found a conflict: should
+    /// it look again? `seen` is [`LockTable::releases`] from before the
+    /// check. It should when locks went since, or, when a file of `nodeid`
+    /// was closed less than [`SETTLE`] ago by an owner other than `asker`,
+    /// once that file's RELEASE has come.
     ///
     /// An OFD lock goes at the last close of its open file description,
     /// before close(2) returns; FUSE sends that RELEASE asynchronously,
@@ -224,10 +262,9 @@ impl LockTable {
     /// (fstests generic/478). The kernel queues the RELEASE before close(2)
     /// returns, so it arrives within a moment; a file still open elsewhere
     /// (a dup) sends none, and its lock is reported after the wait.
-    pub fn settle(&self, nodeid: NodeId, asker: LockOwner, seen: u64) -> bool {
-        let mut n = self.releases.lock();
-        if *n != seen {
-            return true;
+    pub fn recheck(&self, nodeid: NodeId, asker: LockOwner, seen: u64) -> Recheck {
+        if self.releases() != seen {
+            return Recheck::Now;
         }
         let closed = self
             .owners
@@ -236,16 +273,115 @@ impl LockTable {
             .filter_map(|e| e.value().closed)
             .filter(|t| t.elapsed() < SETTLE)
             .max();
-        let Some(closed) = closed else {
-            return false;
-        };
-        let deadline = closed + SETTLE;
-        while *n == seen {
-            if self.released.wait_until(&mut n, deadline).timed_out() {
-                break;
+        match closed {
+            Some(t) => Recheck::After(t + SETTLE),
+            None => Recheck::Never,
+        }
+    }
+
+    /// Runs `then` (the check again, and its answer) once a RELEASE has
+    /// dropped locks after `seen`, or at `deadline`, on the settle thread
+    /// (started when the first check waits, gone when none does). Never
+    /// blocks; a check waiting here is not interruptible, and waits at most
+    /// [`SETTLE`].
+    pub fn defer(self: &Arc<Self>, seen: u64, deadline: Instant, then: Box<dyn FnOnce() + Send>) {
+        let mut r = self.releases.lock();
+        if r.count != seen {
+            drop(r);
+            return then();
+        }
+        r.waiting.push(Settle {
+            seen,
+            deadline,
+            then,
+        });
+        if r.settler {
+            return;
+        }
+        let table = self.clone();
+        let started = std::thread::Builder::new()
+            .name("lock-settle".into())
+            .spawn(move || table.settler());
+        match started {
+            Ok(_) => r.settler = true,
+            Err(e) => {
+                // Answer as things stand rather than never.
+                warn!("cannot start the lock settle thread: {e}");
+                let waiting = std::mem::take(&mut r.waiting);
+                drop(r);
+                for s in waiting {
+                    (s.then)();
+                }
             }
         }
-        *n != seen
+    }
+
+    /// The settle thread: runs each waiting check once its RELEASE came or
+    /// its time is up, until none waits.
+    fn settler(&self) {
+        loop {
+            let ready: Vec<Settle> = {
+                let mut r = self.releases.lock();
+                loop {
+                    let Some(next) = r.waiting.iter().map(|s| s.deadline).min() else {
+                        r.settler = false;
+                        return;
+                    };
+                    let count = r.count;
+                    if Instant::now() >= next || r.waiting.iter().any(|s| s.seen != count) {
+                        break;
+                    }
+                    self.released.wait_until(&mut r, next);
+                }
+                let (now, count) = (Instant::now(), r.count);
+                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut r.waiting)
+                    .into_iter()
+                    .partition(|s| s.seen != count || s.deadline <= now);
+                r.waiting = waiting;
+                ready
+            };
+            for s in ready {
+                (s.then)();
+            }
+        }
+    }
+
+    /// The lock that conflicts with `asked` on `nodeid`, as GETLK answers
+    /// it to `owner` (whose open file description `fd` is): F_UNLCK if none.
+    fn holder(
+        &self,
+        nodeid: NodeId,
+        owner: LockOwner,
+        fd: &OwnedFd,
+        asked: libc::flock,
+        lk: abi::FileLock,
+    ) -> Result<abi::FileLock, Errno> {
+        let mut fl = asked;
+        sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
+        if fl.l_type as i32 == libc::F_UNLCK {
+            return Ok(abi::FileLock {
+                typ: libc::F_UNLCK as u32,
+                ..lk
+            });
+        }
+        let end = if fl.l_len == 0 {
+            i64::MAX as u64
+        } else {
+            (fl.l_start + fl.l_len - 1) as u64
+        };
+        // OFD locks have no pid: name the last other owner seen locking.
+        let pid = self
+            .pids
+            .iter()
+            .find(|e| e.key().0 == nodeid && e.key().1 != owner)
+            .map(|e| *e.value())
+            .unwrap_or(0);
+        Ok(abi::FileLock {
+            start: fl.l_start as u64,
+            end,
+            typ: fl.l_type as u32,
+            pid,
+        })
     }
 
     /// Locks may have been dropped: retry the queued waits now.
@@ -454,59 +590,61 @@ impl PassthroughFs {
 }
 
 impl LockOps for PassthroughFs {
-    fn getlk(
-        &self,
-        ctx: &Context,
-        nodeid: NodeId,
-        arg: &abi::LkIn,
-    ) -> Result<abi::FileLock, Errno> {
-        let inode = self.inode(nodeid, ctx.opcode)?;
-        let mut fl = to_flock(&arg.lk)?;
-        let fd = self.owner_fd(&inode, arg.owner, arg.fh)?;
-        let asked = fl;
-        let seen = self.locks.releases();
-        sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
-        if fl.l_type as i32 != libc::F_UNLCK && self.locks.settle(nodeid, arg.owner, seen) {
-            fl = asked;
-            sys::ofd_lock(fd.as_fd(), libc::F_OFD_GETLK, &mut fl)?;
-        }
-        if fl.l_type as i32 == libc::F_UNLCK {
-            return Ok(abi::FileLock {
-                typ: libc::F_UNLCK as u32,
-                ..arg.lk
-            });
-        }
-        let end = if fl.l_len == 0 {
-            i64::MAX as u64
-        } else {
-            (fl.l_start + fl.l_len - 1) as u64
+    /// GETLK: asked of the owner's open file description, which the host
+    /// answers as it would answer that process. A conflict with a file
+    /// closed just before is looked at again once its RELEASE came.
+    fn getlk(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn, reply: Deferred) {
+        let found = self
+            .inode(nodeid, ctx.opcode)
+            .and_then(|inode| Ok((to_flock(&arg.lk)?, inode)))
+            .and_then(|(asked, inode)| Ok((asked, self.owner_fd(&inode, arg.owner, arg.fh)?)));
+        let (asked, fd) = match found {
+            Ok(v) => v,
+            Err(e) => return reply.finish(Err(e)),
         };
-        // OFD locks have no pid: name the last other owner seen locking.
-        let pid = self
-            .locks
-            .pids
-            .iter()
-            .find(|e| e.key().0 == nodeid && e.key().1 != arg.owner)
-            .map(|e| *e.value())
-            .unwrap_or(0);
-        Ok(abi::FileLock {
-            start: fl.l_start as u64,
-            end,
-            typ: fl.l_type as u32,
-            pid,
-        })
+        let seen = self.locks.releases();
+        let check = {
+            let (locks, owner, lk) = (self.locks.clone(), arg.owner, arg.lk);
+            move || locks.holder(nodeid, owner, &fd, asked, lk)
+        };
+        let first = check();
+        let held = matches!(&first, Ok(l) if l.typ != libc::F_UNLCK as u32);
+        match held.then(|| self.locks.recheck(nodeid, arg.owner, seen)) {
+            Some(Recheck::Now) => reply.finish_with(check()),
+            Some(Recheck::After(deadline)) => {
+                self.locks
+                    .defer(seen, deadline, Box::new(move || reply.finish_with(check())))
+            }
+            Some(Recheck::Never) | None => reply.finish_with(first),
+        }
     }
 
-    /// SETLK: one non-blocking try. Any change may free a queued wait.
-    fn setlk(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn) -> Result<(), Errno> {
-        let lock = self.lock_of(ctx, nodeid, arg)?;
+    /// SETLK: one non-blocking try (again once the RELEASE of a file closed
+    /// just before came, as GETLK). Any change may free a queued wait.
+    fn setlk(&self, ctx: &Context, nodeid: NodeId, arg: &abi::LkIn, reply: Deferred) {
+        let lock = match self.lock_of(ctx, nodeid, arg) {
+            Ok(l) => l,
+            Err(e) => return reply.finish(Err(e)),
+        };
         let seen = self.locks.releases();
         let mut r = lock.attempt();
-        if r == Err(Errno::EAGAIN) && self.locks.settle(nodeid, arg.owner, seen) {
-            r = lock.attempt();
+        if r == Err(Errno::EAGAIN) {
+            match self.locks.recheck(nodeid, arg.owner, seen) {
+                Recheck::Now => r = lock.attempt(),
+                Recheck::After(deadline) => {
+                    let locks = self.locks.clone();
+                    let again = move || {
+                        let r = lock.attempt();
+                        locks.kick();
+                        reply.finish(r)
+                    };
+                    return self.locks.defer(seen, deadline, Box::new(again));
+                }
+                Recheck::Never => {}
+            }
         }
         self.locks.kick();
-        r
+        reply.finish(r)
     }
 
     /// SETLKW: granted now, or queued (see [`LockTable`]); never blocks.
@@ -568,6 +706,13 @@ mod tests {
         Some((unique, error))
     }
 
+    /// The next reply, header and payload, within a second.
+    fn reply_bytes(rx: &UnixDatagram) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 256];
+        let n = rx.recv(&mut buf).ok()?;
+        Some(buf[..n].to_vec())
+    }
+
     fn deferred(ch: &Arc<Channel>, unique: u64) -> Deferred {
         Deferred(Reply::new(ch.clone(), unique, Opcode::Setlkw))
     }
@@ -626,6 +771,73 @@ mod tests {
             assert!(Instant::now() < deadline, "the waker thread never ended");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A check that found a conflict with a file closed just before waits
+    /// for that file's RELEASE on the settle thread, not on the caller, and
+    /// answers at the RELEASE, or at its deadline when none comes.
+    #[test]
+    fn a_check_waits_for_the_release_off_the_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let (ch, rx) = channel();
+        let table = Arc::new(LockTable::default());
+        let (holder, fd) = write_lock(&file);
+        holder.attempt().unwrap();
+        let (nodeid, closer, asker, fh) = (
+            NodeId::from_raw(5),
+            LockOwner::from_raw(100),
+            LockOwner::from_raw(200),
+            Fh::from_raw(7),
+        );
+        table.used.store(true, Ordering::Release);
+        table.owners.insert(
+            (nodeid, closer),
+            OwnerLocks {
+                fd,
+                fh,
+                closed: None,
+            },
+        );
+        let seen = table.releases();
+        assert!(matches!(table.recheck(nodeid, asker, seen), Recheck::Never));
+        // The holder's file is closed (FLUSH): its RELEASE may follow.
+        table.note_close(nodeid, fh);
+        assert!(
+            matches!(table.recheck(nodeid, asker, seen), Recheck::After(_)),
+            "a conflict with a file just closed must wait for its RELEASE"
+        );
+        assert!(matches!(
+            table.recheck(nodeid, closer, seen),
+            Recheck::Never
+        ));
+        // A deadline past the read timeout of reply_of(): only the RELEASE
+        // can answer within it.
+        let reply = deferred(&ch, 30);
+        let late = Instant::now() + Duration::from_secs(30);
+        table.defer(seen, late, Box::new(move || reply.finish(Ok(()))));
+        // defer() returned without an answer: the worker goes on serving.
+        assert_eq!(reply_of(&rx), None, "answered before the RELEASE");
+        table.release_fh(nodeid, fh);
+        assert_eq!(reply_of(&rx), Some((30, 0)), "not answered at the RELEASE");
+        assert!(matches!(table.recheck(nodeid, asker, seen), Recheck::Now));
+        // No RELEASE: answered at the deadline.
+        let reply = deferred(&ch, 31);
+        let soon = Instant::now() + Duration::from_millis(50);
+        table.defer(
+            table.releases(),
+            soon,
+            Box::new(move || reply.finish(Ok(()))),
+        );
+        assert_eq!(reply_of(&rx), Some((31, 0)), "not answered at the deadline");
+        // With nothing waiting the settle thread ends.
+        let end = Instant::now() + Duration::from_secs(5);
+        while table.releases.lock().settler {
+            assert!(Instant::now() < end, "the settle thread never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(holder);
     }
 
     #[test]
@@ -701,8 +913,30 @@ mod tests {
             },
             ..Default::default()
         };
-        let set = |arg: abi::LkIn| fs.setlk(&ctx(Opcode::Setlk), n, &arg);
-        let get = |arg: abi::LkIn| fs.getlk(&ctx(Opcode::Getlk), n, &arg).unwrap();
+        // Nothing here waits for a RELEASE (no FLUSH came): every answer is
+        // sent before the call returns.
+        let (ch, rx) = channel();
+        let set = |arg: abi::LkIn| {
+            let reply = Deferred(Reply::new(ch.clone(), 1, Opcode::Setlk));
+            fs.setlk(&ctx(Opcode::Setlk), n, &arg, reply);
+            match reply_of(&rx).expect("SETLK answered") {
+                (_, 0) => Ok(()),
+                (_, e) => Err(Errno(-e)),
+            }
+        };
+        let get = |arg: abi::LkIn| {
+            let reply = Deferred(Reply::new(ch.clone(), 1, Opcode::Getlk));
+            fs.getlk(&ctx(Opcode::Getlk), n, &arg, reply);
+            let b = reply_bytes(&rx).expect("GETLK answered");
+            assert_eq!(b.len(), 16 + 24, "GETLK's reply: {b:?}");
+            let u32_at = |i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().unwrap());
+            abi::FileLock {
+                start: 0,
+                end: 0,
+                typ: u32_at(32),
+                pid: u32_at(36),
+            }
+        };
         let busy = Err(Errno::EAGAIN);
         assert_eq!(set(lk(a, fh_a, 0, 4, libc::F_WRLCK, 100)), Ok(()));
         // The same owner's second lock joins the first; another owner
