@@ -28,7 +28,8 @@
 # reports, WARNING, BUG, Oops, list corruption, ODEBUG, sleeping in atomic
 # context): they are printed, the console is kept in $PTFS_UML_DIR/splats/
 # and a run whose command succeeded exits 124. The default kernels are
-# unaffected.
+# unaffected. PTFS_UML_DEBUG=kasan adds KASAN (generic, outline) to that, in
+# place of SLUB_DEBUG_ON, in $PTFS_UML_DIR/stock-kasan and patched-kasan.
 #
 # Must run as root on Debian.  Environment:
 #   PTFS_UML_DIR      cache directory (default /var/tmp/passthroughfs-uml)
@@ -44,7 +45,8 @@
 #                     inside, the second /dev/ubdb ... (at most 16; paths
 #                     without spaces, commas or colons)
 #   PTFS_UML_VERBOSE  1: show the UML console after each run
-#   PTFS_UML_DEBUG    1: build and boot the SMP lock-debugging kernels (above)
+#   PTFS_UML_DEBUG    1: build and boot the SMP lock-debugging kernels (above),
+#                     kasan: the same with KASAN
 #   PTFS_UML_NCPUS    virtual CPUs of the debug kernels (default 2)
 #
 # Inside, CMD runs as root with /proc, /sys, /dev (devtmpfs, with /dev/fuse)
@@ -85,9 +87,9 @@ CONFIG_LOCALVERSION_AUTO=n'
 # Added with PTFS_UML_DEBUG=1: two CPUs that really run kernel code at the
 # same time, preemption between any two unlocked instructions, and the
 # checks that catch what races and lock-order bugs do to a kernel.
-# KASAN is left out: UML's KASAN needs a static shadow mapping and slows
-# the runs several times; SLUB_DEBUG_ON's poisoning catches the common
-# use-after-free at a fraction of the cost.
+# KASAN only with PTFS_UML_DEBUG=kasan: it slows the runs several times, and
+# SLUB_DEBUG_ON's poisoning catches the common use-after-free at a fraction
+# of the cost.
 DEBUG_FRAGMENT='CONFIG_SMP=y
 CONFIG_NR_CPUS=4
 CONFIG_PREEMPT=y
@@ -106,13 +108,25 @@ CONFIG_DEBUG_VM=y
 CONFIG_FRAME_POINTER=y'
 
 # What the kernels of this invocation are called in the cache
-if [ "$DEBUG" = 1 ]; then
+case "$DEBUG" in
+0|'') SUFFIX= ;;
+1)
 	SUFFIX=-debug
 	CONFIG_FRAGMENT="$CONFIG_FRAGMENT
 $DEBUG_FRAGMENT"
-else
-	SUFFIX=
-fi
+	;;
+kasan)
+	# SLUB_DEBUG_ON's poisoning of caches made at boot trips UML's KASAN
+	# (reports from init_object() before init runs)
+	SUFFIX=-kasan
+	CONFIG_FRAGMENT="$CONFIG_FRAGMENT
+${DEBUG_FRAGMENT/CONFIG_SLUB_DEBUG_ON=y/CONFIG_SLUB_DEBUG_ON=n}
+CONFIG_KASAN=y
+CONFIG_KASAN_GENERIC=y
+CONFIG_KASAN_OUTLINE=y"
+	;;
+*) echo "uml.sh: error: PTFS_UML_DEBUG must be 0, 1 or kasan" >&2; exit 1 ;;
+esac
 
 log() { printf 'uml.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -310,7 +324,7 @@ cmd_run() {
 	kernel=$CACHE/$flavor$SUFFIX/linux
 	[ -x "$kernel" ] || build_one "$flavor"
 	# SMP works only with seccomp userspace (ptrace's is refused at boot)
-	[ "$DEBUG" = 1 ] && boot+=("ncpus=$NCPUS" seccomp=on)
+	[ -n "$SUFFIX" ] && boot+=("ncpus=$NCPUS" seccomp=on)
 
 	mkdir -p "$CACHE/runs"
 	res=$(mktemp -d "$CACHE/runs/run.XXXXXX")
@@ -371,7 +385,7 @@ cmd_run() {
 		status=125
 	fi
 	[ "${PTFS_UML_VERBOSE:-0}" = 1 ] && cat "$res/console" >&2
-	if [ "$DEBUG" = 1 ] && ! check_splats "$res/console" && [ "$status" = 0 ]; then
+	if [ -n "$SUFFIX" ] && ! check_splats "$res/console" && [ "$status" = 0 ]; then
 		status=124
 	fi
 	rm -rf "$res"
@@ -432,7 +446,7 @@ run) shift; cmd_run "$@" ;;
 test) cmd_test ;;
 clean) rm -rf "$CACHE" ;;
 *)
-	sed -n '3,52p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '3,54p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac
