@@ -263,6 +263,7 @@ static const struct policy policies[] = {
 		    OP(READ) | OP(WRITE), 0, 3600 },
 };
 #define NPOL (sizeof(policies) / sizeof(policies[0]))
+_Static_assert(NPOL <= 64, "struct shared: pcount[64]");
 
 /* ---- state shared by the server (parent) and the client (child) */
 
@@ -304,6 +305,7 @@ struct shared {
 	int mask_without_ino_errno;	/* plain mode: non-zero ops_mask */
 	int legacy_id_errno;		/* plain mode: BACKING_OPEN mask 0 */
 	unsigned int count[MAXNODE][MAXOP];
+	unsigned int pcount[64][MAXOP];	/* per policy: nodes are reused */
 	struct node nodes[MAXNODE];
 	int server_errors;
 	int client_status;
@@ -1014,6 +1016,10 @@ static void serve_one(char *buf, ssize_t len)
 	if (nid < MAXNODE && ih->opcode < MAXOP)
 		__atomic_add_fetch(&sh->count[nid][ih->opcode], 1,
 				   __ATOMIC_SEQ_CST);
+	if (nid < MAXNODE && ih->opcode < MAXOP && sh->nodes[nid].used &&
+	    sh->nodes[nid].pol >= 0)
+		__atomic_add_fetch(&sh->pcount[sh->nodes[nid].pol][ih->opcode],
+				   1, __ATOMIC_SEQ_CST);
 	if (ih->opcode == FUSE_INIT) {
 		handle_init(ih->unique, arg);
 		return;
@@ -3049,6 +3055,18 @@ static unsigned int stress_nodes_held(void)
 	return held;
 }
 
+/* requests the server got for the nodes of policy @path */
+static unsigned int pcnt(const char *path, int op)
+{
+	size_t i;
+
+	for (i = 0; i < NPOL; i++)
+		if (!strcmp(policies[i].path, path))
+			return __atomic_load_n(&sh->pcount[i][op],
+					       __ATOMIC_SEQ_CST);
+	return 0;
+}
+
 static void client_stress(void)
 {
 	static void (*const workers[])(int) = {
@@ -3085,6 +3103,16 @@ static void client_stress(void)
 	}
 	for (i = 0; i < 8 && i < (unsigned int)sh->st.nmsg; i++)
 		printf("INFO: failure %u: %s\n", i + 1, sh->st.msg[i]);
+	/* what reached the server for the two directories' names */
+	printf("INFO: at the server: in s %u LOOKUP, %u READDIR, %u READDIRPLUS, %u UNLINK, %u RENAME, for its files %u GETXATTR; in q %u LOOKUP, %u READDIR, %u READDIRPLUS, %u UNLINK, %u RENAME, for its files %u GETXATTR\n",
+	       pcnt("s", FUSE_LOOKUP), pcnt("s", FUSE_READDIR),
+	       pcnt("s", FUSE_READDIRPLUS), pcnt("s", FUSE_UNLINK),
+	       pcnt("s", FUSE_RENAME) + pcnt("s", FUSE_RENAME2),
+	       pcnt("s/*", FUSE_GETXATTR),
+	       pcnt("q", FUSE_LOOKUP), pcnt("q", FUSE_READDIR),
+	       pcnt("q", FUSE_READDIRPLUS), pcnt("q", FUSE_UNLINK),
+	       pcnt("q", FUSE_RENAME) + pcnt("q", FUSE_RENAME2),
+	       pcnt("q/*", FUSE_GETXATTR));
 	check(!crashed, "stress workers exited normally: %d did not", crashed);
 	check(sh->st.stats && sh->st.reads && sh->st.getxattrs &&
 	      sh->st.lists && sh->st.unlinks &&
