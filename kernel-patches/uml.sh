@@ -15,8 +15,21 @@
 #                                    boot a kernel, run CMD inside, return its
 #                                    exit status and output
 #   uml.sh test                      build test/ptino_test.c with the host gcc
-#                                    and run it on both kernels
+#                                    and run it on both kernels (its stress
+#                                    mode for PTINO_STRESS_SECONDS, default 20)
 #   uml.sh clean                     remove the cache directory
+#
+# With PTFS_UML_DEBUG=1 every command above uses the debug kernels instead:
+# the same trees built with SMP, preemption and lock debugging (lockdep,
+# atomic-sleep, list, debug-objects and SLUB checks; DEBUG_FRAGMENT below),
+# cached apart in $PTFS_UML_DIR/stock-debug and patched-debug, booted with
+# PTFS_UML_NCPUS virtual CPUs (default 2, seccomp userspace, which SMP
+# needs). After each run the console is searched for kernel splats (lockdep
+# reports, WARNING, BUG, Oops, list corruption, ODEBUG, sleeping in atomic
+# context): they are printed, the console is kept in $PTFS_UML_DIR/splats/
+# and a run whose command succeeded exits 124. The default kernels are
+# unaffected. PTFS_UML_DEBUG=kasan adds KASAN (generic, outline) to that, in
+# place of SLUB_DEBUG_ON, in $PTFS_UML_DIR/stock-kasan and patched-kasan.
 #
 # Must run as root on Debian.  Environment:
 #   PTFS_UML_DIR      cache directory (default /var/tmp/passthroughfs-uml)
@@ -32,6 +45,9 @@
 #                     inside, the second /dev/ubdb ... (at most 16; paths
 #                     without spaces, commas or colons)
 #   PTFS_UML_VERBOSE  1: show the UML console after each run
+#   PTFS_UML_DEBUG    1: build and boot the SMP lock-debugging kernels (above),
+#                     kasan: the same with KASAN
+#   PTFS_UML_NCPUS    virtual CPUs of the debug kernels (default 2)
 #
 # Inside, CMD runs as root with /proc, /sys, /dev (devtmpfs, with /dev/fuse)
 # and a private tmpfs on /tmp, in the current directory if it is visible.
@@ -44,6 +60,8 @@ CACHE=${PTFS_UML_DIR:-/var/tmp/passthroughfs-uml}
 JOBS=${PTFS_UML_JOBS:-2}
 MEM=${PTFS_UML_MEM:-1G}
 TIMEOUT=${PTFS_UML_TIMEOUT:-600}
+DEBUG=${PTFS_UML_DEBUG:-0}
+NCPUS=${PTFS_UML_NCPUS:-2}
 KVER=7.3
 TARBALL=/usr/src/linux-source-$KVER.tar.xz
 SERIES_DIR=$SELF_DIR
@@ -65,6 +83,50 @@ CONFIG_DEVTMPFS_MOUNT=y
 CONFIG_IKCONFIG=y
 CONFIG_IKCONFIG_PROC=y
 CONFIG_LOCALVERSION_AUTO=n'
+
+# Added with PTFS_UML_DEBUG=1: two CPUs that really run kernel code at the
+# same time, preemption between any two unlocked instructions, and the
+# checks that catch what races and lock-order bugs do to a kernel.
+# KASAN only with PTFS_UML_DEBUG=kasan: it slows the runs several times, and
+# SLUB_DEBUG_ON's poisoning catches the common use-after-free at a fraction
+# of the cost.
+DEBUG_FRAGMENT='CONFIG_SMP=y
+CONFIG_NR_CPUS=4
+CONFIG_PREEMPT=y
+CONFIG_DEBUG_KERNEL=y
+CONFIG_PROVE_LOCKING=y
+CONFIG_DEBUG_ATOMIC_SLEEP=y
+CONFIG_DEBUG_LIST=y
+CONFIG_DEBUG_OBJECTS=y
+CONFIG_DEBUG_OBJECTS_FREE=y
+CONFIG_DEBUG_OBJECTS_TIMERS=y
+CONFIG_DEBUG_OBJECTS_WORK=y
+CONFIG_DEBUG_OBJECTS_RCU_HEAD=y
+CONFIG_SLUB_DEBUG=y
+CONFIG_SLUB_DEBUG_ON=y
+CONFIG_DEBUG_VM=y
+CONFIG_FRAME_POINTER=y'
+
+# What the kernels of this invocation are called in the cache
+case "$DEBUG" in
+0|'') SUFFIX= ;;
+1)
+	SUFFIX=-debug
+	CONFIG_FRAGMENT="$CONFIG_FRAGMENT
+$DEBUG_FRAGMENT"
+	;;
+kasan)
+	# SLUB_DEBUG_ON's poisoning of caches made at boot trips UML's KASAN
+	# (reports from init_object() before init runs)
+	SUFFIX=-kasan
+	CONFIG_FRAGMENT="$CONFIG_FRAGMENT
+${DEBUG_FRAGMENT/CONFIG_SLUB_DEBUG_ON=y/CONFIG_SLUB_DEBUG_ON=n}
+CONFIG_KASAN=y
+CONFIG_KASAN_GENERIC=y
+CONFIG_KASAN_OUTLINE=y"
+	;;
+*) echo "uml.sh: error: PTFS_UML_DEBUG must be 0, 1 or kasan" >&2; exit 1 ;;
+esac
 
 log() { printf 'uml.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -184,13 +246,13 @@ build_key() {
 }
 
 build_one() {
-	local flavor=$1 dir=$CACHE/$1 key start end p
+	local flavor=$1 dir=$CACHE/$1$SUFFIX key start end p
 
 	need_root
 	cmd_setup
 	key=$(build_key "$flavor")
 	if [ -x "$dir/linux" ] && [ "$(cat "$dir/.ptfs-key" 2>/dev/null)" = "$key" ]; then
-		log "$flavor kernel is up to date ($dir/linux)"
+		log "$flavor$SUFFIX kernel is up to date ($dir/linux)"
 		return 0
 	fi
 	start=$(date +%s)
@@ -205,12 +267,19 @@ build_one() {
 				die "$(basename "$p") does not apply"
 		done
 	fi
-	log "configuring ($flavor): ARCH=um defconfig + FUSE, hostfs, tmpfs, devtmpfs"
+	log "configuring ($flavor$SUFFIX): ARCH=um defconfig + FUSE, hostfs, tmpfs, devtmpfs"
 	make -C "$dir" -s ARCH=um defconfig >/dev/null
 	printf '%s\n' "$CONFIG_FRAGMENT" > "$dir/ptfs.config"
 	(cd "$dir" && scripts/kconfig/merge_config.sh -m .config ptfs.config >/dev/null)
 	make -C "$dir" -s ARCH=um olddefconfig >/dev/null
-	log "building the $flavor kernel with make -j$JOBS (a few minutes)"
+	# An option the fragment asks for that Kconfig dropped would make the
+	# kernel quietly weaker than the one documented
+	while read -r p; do
+		grep -qx "$p" "$dir/.config" ||
+			{ [ "${p#*=}" = n ] && ! grep -q "^${p%%=*}=" "$dir/.config"; } ||
+			die "$p did not survive olddefconfig"
+	done <<< "$CONFIG_FRAGMENT"
+	log "building the $flavor$SUFFIX kernel with make -j$JOBS (a few minutes)"
 	if ! make -C "$dir" ARCH=um -j"$JOBS" linux > "$dir/build.log" 2>&1; then
 		tail -30 "$dir/build.log" >&2
 		die "$flavor build failed, see $dir/build.log"
@@ -218,14 +287,14 @@ build_one() {
 	echo "$key" > "$dir/.ptfs-key"
 	end=$(date +%s)
 	echo "$((end - start))" > "$dir/.ptfs-build-seconds"
-	log "$flavor kernel built in $((end - start)) s: $dir/linux"
+	log "$flavor$SUFFIX kernel built in $((end - start)) s: $dir/linux"
 }
 
 cmd_check() {
 	local flavor=${1:-} dir
 
 	case "$flavor" in stock|patched) ;; *) die "usage: uml.sh check stock|patched" ;; esac
-	dir=$CACHE/$flavor
+	dir=$CACHE/$flavor$SUFFIX
 	[ -r "$TARBALL" ] && [ -x "$dir/linux" ] &&
 		[ "$(cat "$dir/.ptfs-key" 2>/dev/null)" = "$(build_key "$flavor")" ]
 }
@@ -245,15 +314,17 @@ cmd_build() {
 # Boot a kernel and run a command inside; prints its output, returns its status
 cmd_run() {
 	local flavor=${1:-} kernel res init rw d v q pid status rc f
-	local -a ubd=()
+	local -a ubd=() boot=()
 
 	shift || true
 	[ "${1:-}" = "--" ] && shift
 	case "$flavor" in stock|patched) ;; *) die "usage: uml.sh run stock|patched -- CMD [ARGS...]" ;; esac
 	[ $# -gt 0 ] || die "usage: uml.sh run stock|patched -- CMD [ARGS...]"
 	need_root
-	kernel=$CACHE/$flavor/linux
+	kernel=$CACHE/$flavor$SUFFIX/linux
 	[ -x "$kernel" ] || build_one "$flavor"
+	# SMP works only with seccomp userspace (ptrace's is refused at boot)
+	[ -n "$SUFFIX" ] && boot+=("ncpus=$NCPUS" seccomp=on)
 
 	mkdir -p "$CACHE/runs"
 	res=$(mktemp -d "$CACHE/runs/run.XXXXXX")
@@ -293,7 +364,7 @@ cmd_run() {
 
 	# The UML process and its helpers run in their own session
 	set +e
-	setsid -w timeout -k 10 "$TIMEOUT" "$kernel" mem="$MEM" "${ubd[@]}" rootfstype=hostfs \
+	setsid -w timeout -k 10 "$TIMEOUT" "$kernel" mem="$MEM" "${boot[@]}" "${ubd[@]}" rootfstype=hostfs \
 		rootflags=/ ro init="$init" con=null con0=null,fd:1 \
 		< /dev/null > "$res/console" 2>&1 &
 	pid=$!
@@ -314,8 +385,28 @@ cmd_run() {
 		status=125
 	fi
 	[ "${PTFS_UML_VERBOSE:-0}" = 1 ] && cat "$res/console" >&2
+	if [ -n "$SUFFIX" ] && ! check_splats "$res/console" && [ "$status" = 0 ]; then
+		status=124
+	fi
 	rm -rf "$res"
 	return "$status"
+}
+
+# What the debug options print when they catch something
+SPLAT_RE='WARNING:|BUG:|BUG |Oops|kernel BUG|INFO: possible|INFO: task|possible circular locking|possible recursive locking|inconsistent lock state|suspicious RCU usage|lock held when returning|bad unlock balance|sleeping function called from invalid context|scheduling while atomic|list_add corruption|list_del corruption|ODEBUG|Kernel panic|general protection|refcount_t:|Poison overwritten|Object padding overwritten|Redzone overwritten|held lock freed|turning off the locking correctness validator'
+
+# 0 if a console holds no kernel splat; else prints them, keeps the console
+check_splats() {
+	local console=$1 keep
+
+	[ -r "$console" ] || return 0
+	grep -Eq "$SPLAT_RE" "$console" || return 0
+	mkdir -p "$CACHE/splats"
+	keep=$(mktemp "$CACHE/splats/console.$(date +%Y%m%d-%H%M%S).XXXXXX")
+	cp "$console" "$keep"
+	log "kernel splat in the console (kept in $keep):"
+	grep -E -A3 "$SPLAT_RE" "$console" | head -60 >&2
+	return 1
 }
 
 # ---------------------------------------------------------------- test
@@ -330,10 +421,11 @@ cmd_test() {
 	gcc -O2 -Wall -Wextra -Werror -o "$bin" "$SELF_DIR/test/ptino_test.c"
 
 	for run in "stock stock" "patched plain" "patched ino" "patched walk" "patched lookup" \
-		"patched nodp"; do
+		"patched nodp" "patched stress"; do
 		set -- $run
 		echo "=== $1 kernel, ptino_test $2 ==="
-		if PTFS_UML_RW="" cmd_run "$1" -- "$bin" "$2" /tmp/ptino; then
+		if PTFS_UML_RW="" PTFS_UML_PASSENV="${PTFS_UML_PASSENV:-} PTINO_STRESS_SECONDS" \
+			cmd_run "$1" -- "$bin" "$2" /tmp/ptino; then
 			echo "=== $1 kernel, ptino_test $2: OK ==="
 		else
 			echo "=== $1 kernel, ptino_test $2: FAILED ==="
@@ -354,7 +446,7 @@ run) shift; cmd_run "$@" ;;
 test) cmd_test ;;
 clean) rm -rf "$CACHE" ;;
 *)
-	sed -n '3,39p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '3,54p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac

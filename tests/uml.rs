@@ -17,6 +17,10 @@
 //! (a test that cannot run never passes), and `scripts/test.sh` leaves it
 //! out, saying so (`PTFS_UML=1 scripts/test.sh` builds the kernel first).
 //! `PTFS_UML_SUITES="ops masks"` narrows the suites run inside.
+//! `PTFS_UML_DEBUG=1` (passed on to `uml.sh`) runs all of it on the SMP
+//! lock-debugging build of the patched kernel instead (`uml.sh build
+//! patched` with the same variable builds it); a kernel splat in a run's
+//! console then fails that run.
 
 mod common;
 

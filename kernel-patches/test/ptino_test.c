@@ -27,6 +27,13 @@
  *                               default_permissions: the kernel still checks
  *                               inodes with a backing file, sticky bit
  *                               included
+ *   ptino_test stress [WORKDIR] walk flags; for PTINO_STRESS_SECONDS (default
+ *                               20) processes on every CPU stat, list, open
+ *                               and read passthrough files while others
+ *                               unlink, rename, re-create, chmod and
+ *                               truncate them and drop the dentry and inode
+ *                               caches; checks every result, then that no
+ *                               lookup count or backing file is left over
  *
  * Needs root, /dev/fuse and a kernel with CONFIG_FUSE_PASSTHROUGH.  Prints one
  * line per check; exits 0 only if every check holds.  WORKDIR (default
@@ -65,7 +72,7 @@
 
 enum {
 	FUSE_LOOKUP = 1, FUSE_FORGET = 2, FUSE_GETATTR = 3, FUSE_SETATTR = 4,
-	FUSE_READLINK = 5, FUSE_UNLINK = 10, FUSE_OPEN = 14, FUSE_READ = 15,
+	FUSE_READLINK = 5, FUSE_UNLINK = 10, FUSE_RENAME = 12, FUSE_OPEN = 14, FUSE_READ = 15,
 	FUSE_WRITE = 16,
 	FUSE_STATFS = 17, FUSE_RELEASE = 18, FUSE_FSYNC = 20,
 	FUSE_SETXATTR = 21, FUSE_GETXATTR = 22, FUSE_LISTXATTR = 23,
@@ -243,12 +250,24 @@ static const struct policy policies[] = {
 	{ "k", 1, OP(GETATTR) | OP(STATX), 0, 3600 },
 	{ "k/t", 1, OP(GETATTR) | OP(STATX), 0, 3600 },
 	{ "k/t/*", 0, OP(GETATTR) | OP(STATX), 0, 3600 },
+	/* nodp mode: u (1777) gets its backing file at its second LOOKUP */
+	{ "k/u", 1, OP(GETATTR) | OP(STATX), 0, 0 },
+	/* stress mode: s passes READDIR through, its files are re-looked up */
+	{ "s", 1, OP(GETATTR) | OP(STATX) | OP(READDIR) | OP(OPEN), 0, 3600 },
+	{ "s/*", 0, OP(GETATTR) | OP(STATX) | OP(SETATTR) | OP(OPEN) |
+		    OP(READ) | OP(WRITE) | OP(GETXATTR) | OP(LISTXATTR), 0, 0 },
+	/* stress mode: names in q are looked up by the kernel (patch 0015) */
+	{ "q", 1, OP(GETATTR) | OP(STATX) | OP(READDIR) | OP(OPEN) | OP(READ) |
+		  OP(WRITE) | OP(SETATTR) | OP(LOOKUP), 0, 1 },
+	{ "q/*", 0, OP(GETATTR) | OP(STATX) | OP(SETATTR) | OP(OPEN) |
+		    OP(READ) | OP(WRITE), 0, 3600 },
 };
 #define NPOL (sizeof(policies) / sizeof(policies[0]))
+_Static_assert(NPOL <= 64, "struct shared: pcount[64]");
 
 /* ---- state shared by the server (parent) and the client (child) */
 
-#define MAXNODE 128
+#define MAXNODE 512
 #define MAXOP 64
 
 struct node {
@@ -269,6 +288,10 @@ struct shared {
 	int walk_mode;			/* ino mode with READDIRPLUS */
 	int lookup_mode;		/* walk flags, LOOKUP passed through */
 	int nodp_mode;			/* ino without default_permissions */
+	int stress_mode;		/* walk flags, concurrent churn */
+	unsigned int bk_open, bk_close;	/* BACKING_OPEN/CLOSE that succeeded */
+	unsigned int close_fail;	/* FORGET: id not closed exactly once */
+	unsigned int forgets;		/* nodes whose lookup count reached 0 */
 	unsigned int kernel_nodeids;	/* requests naming nodeid >= MAXNODE */
 	int kernel_offers_dirplus, dirplus;	/* FUSE_PASSTHROUGH_DIRENTPLUS */
 	int stock;			/* expect an unpatched 7.46 kernel */
@@ -282,6 +305,7 @@ struct shared {
 	int mask_without_ino_errno;	/* plain mode: non-zero ops_mask */
 	int legacy_id_errno;		/* plain mode: BACKING_OPEN mask 0 */
 	unsigned int count[MAXNODE][MAXOP];
+	unsigned int pcount[64][MAXOP];	/* per policy: nodes are reused */
 	struct node nodes[MAXNODE];
 	int server_errors;
 	int client_status;
@@ -289,6 +313,15 @@ struct shared {
 		unsigned int attempts, ok, eperm, other, stats;
 		int other_errno, stop;
 	} race;
+	struct {			/* client_stress() */
+		unsigned long stats, reads, lists, unlinks, renames, refills,
+			      writes, chmods, setattrs, drops, getxattrs,
+			      estale;
+		unsigned long bad_errno, bad_attr, bad_content, bad_names,
+			      bad_setattr;
+		int stop, nmsg;
+		char msg[8][200];
+	} st;
 };
 
 static struct shared *sh;
@@ -370,14 +403,20 @@ static int backing_open(int fd, uint64_t mask)
 	struct fuse_backing_map map = { .fd = fd, .flags = 0, .ops_mask = mask };
 	int id = ioctl(fuse_fd, FUSE_DEV_IOC_BACKING_OPEN, &map);
 
-	return id < 0 ? -errno : id;
+	if (id < 0)
+		return -errno;
+	sh->bk_open++;
+	return id;
 }
 
 static int backing_close(int id)
 {
 	uint32_t i = id;
 
-	return ioctl(fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE, &i) < 0 ? -errno : 0;
+	if (ioctl(fuse_fd, FUSE_DEV_IOC_BACKING_CLOSE, &i) < 0)
+		return -errno;
+	sh->bk_close++;
+	return 0;
 }
 
 static const struct policy *node_policy(int nid)
@@ -414,6 +453,10 @@ static int policy_of(int parent, const char *name)
 		snprintf(path, sizeof(path), "x/*/*");
 	if (!strncmp(path, "k/t/", 4))
 		snprintf(path, sizeof(path), "k/t/*");
+	if (!strncmp(path, "s/", 2))
+		snprintf(path, sizeof(path), "s/*");
+	if (!strncmp(path, "q/", 2))
+		snprintf(path, sizeof(path), "q/*");
 	for (i = 0; i < NPOL; i++)
 		if (!strcmp(policies[i].path, path))
 			return i;
@@ -446,7 +489,7 @@ static void handle_init(uint64_t unique, const struct fuse_init_in *in)
 	 * READDIRPLUS when the kernel thinks it useful (w: at the start and
 	 * after lookups; v, which passes READDIR through: after lookups)
 	 */
-	if (sh->walk_mode || sh->lookup_mode)
+	if (sh->walk_mode || sh->lookup_mode || sh->stress_mode)
 		want |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO |
 			FUSE_PASSTHROUGH_DIRENTPLUS;
 	want &= kflags;
@@ -504,6 +547,12 @@ static int new_node(int parent, int fd, const struct stat *st, int pol)
 	int i;
 
 	for (i = 2; i < MAXNODE; i++) {
+		/* stress mode makes more inodes than fit: reuse forgotten ones */
+		if (sh->stress_mode && sh->nodes[i].used &&
+		    sh->nodes[i].forgotten) {
+			close(sh->nodes[i].fd);
+			sh->nodes[i].used = 0;
+		}
 		if (!sh->nodes[i].used) {
 			struct node *n = &sh->nodes[i];
 
@@ -573,7 +622,8 @@ static void handle_lookup(uint64_t unique, uint64_t parent, const char *name)
 		int legacy = !strcmp(pol->path, "d/legacy");
 		uint64_t mask = pol->mask & sh->supported;
 
-		if (!strcmp(pol->path, "d/busy") && n->nlookup == 1)
+		if ((!strcmp(pol->path, "d/busy") ||
+		     !strcmp(pol->path, "k/u")) && n->nlookup == 1)
 			mask = 0;
 		/* only regular files and directories have backing files */
 		if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
@@ -614,10 +664,13 @@ static void forget_node(uint64_t nid, uint64_t nlookup)
 	if (n->nlookup)
 		return;
 	n->forgotten = 1;
+	sh->forgets++;
 	if (sh->ino_mode && n->backing_id) {
 		n->close_rc = backing_close(n->backing_id);
 		rc = backing_close(n->backing_id);
 		n->close_again_errno = rc < 0 ? -rc : 0;
+		if (n->close_rc || !rc)
+			sh->close_fail++;
 	}
 	if (n->dup_id)
 		backing_close(n->dup_id);
@@ -930,6 +983,24 @@ static void handle_unlink(uint64_t unique, struct node *n, const char *name)
 	reply_err(unique, unlinkat(n->fd, name, 0) ? errno : 0);
 }
 
+/* struct fuse_rename_in / fuse_rename2_in, then the two names */
+static void handle_rename(uint64_t unique, struct node *n, const void *arg,
+			  int v2)
+{
+	uint64_t newdir = *(const uint64_t *)arg;
+	uint32_t flags = v2 ? ((const uint32_t *)arg)[2] : 0;
+	const char *oldname = (const char *)arg + (v2 ? 16 : 8);
+	const char *newname = oldname + strlen(oldname) + 1;
+
+	if (newdir >= MAXNODE || !sh->nodes[newdir].used) {
+		reply_err(unique, ESTALE);
+		return;
+	}
+	reply_err(unique, syscall(SYS_renameat2, n->fd, oldname,
+				  sh->nodes[newdir].fd, newname, flags) ?
+			  errno : 0);
+}
+
 static void serve_one(char *buf, ssize_t len)
 {
 	struct fuse_in_header *ih = (void *)buf;
@@ -945,6 +1016,10 @@ static void serve_one(char *buf, ssize_t len)
 	if (nid < MAXNODE && ih->opcode < MAXOP)
 		__atomic_add_fetch(&sh->count[nid][ih->opcode], 1,
 				   __ATOMIC_SEQ_CST);
+	if (nid < MAXNODE && ih->opcode < MAXOP && sh->nodes[nid].used &&
+	    sh->nodes[nid].pol >= 0)
+		__atomic_add_fetch(&sh->pcount[sh->nodes[nid].pol][ih->opcode],
+				   1, __ATOMIC_SEQ_CST);
 	if (ih->opcode == FUSE_INIT) {
 		handle_init(ih->unique, arg);
 		return;
@@ -1007,6 +1082,10 @@ static void serve_one(char *buf, ssize_t len)
 		break;
 	case FUSE_UNLINK:
 		handle_unlink(ih->unique, n, arg);
+		break;
+	case FUSE_RENAME:
+	case FUSE_RENAME2:
+		handle_rename(ih->unique, n, arg, ih->opcode == FUSE_RENAME2);
 		break;
 	case FUSE_STATFS:
 		handle_statfs(ih->unique, n);
@@ -2512,11 +2591,12 @@ static void unlink_race(const char *dir, unsigned int n, unsigned int max_ok)
 /*
  * Overlayfs with @lower as its lower layer copies the mode of the lower
  * inode of t into its own inode when it looks t up, and checks the sticky
- * bit there: whatever the fuse inode's i_mode holds after a stat is what
- * the overlay enforces.  Returns the errno of uid 65534's unlink of
- * t/victim through the overlay, or -errno of the mount.
+ * bit there: whatever the fuse inode's i_mode holds after a stat (with
+ * @prestat) is what the overlay enforces.  Returns the errno of uid 65534's
+ * unlink of @dir/victim through the overlay, or -errno of the mount.
  */
-static int overlay_unlink(const char *lower, const char *tag)
+static int overlay_unlink(const char *lower, const char *tag, const char *dir,
+			  int prestat)
 {
 	char base[300], up[320], wk[320], mnt[320], opts[1200], path[400];
 	struct stat st;
@@ -2533,15 +2613,17 @@ static int overlay_unlink(const char *lower, const char *tag)
 	snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s,workdir=%s",
 		 lower, up, wk);
 	/* the fuse inode of t as a stat leaves it */
-	stat(m("k/t"), &st);
+	snprintf(path, sizeof(path), "k/%s", dir);
+	if (prestat)
+		stat(m(path), &st);
 	if (mount("overlay", mnt, "overlay", 0, opts)) {
 		e = -errno;
 		remove_tree(base);
 		return e;
 	}
-	snprintf(path, sizeof(path), "%s/t", mnt);
+	snprintf(path, sizeof(path), "%s/%s", mnt, dir);
 	stat(path, &st);
-	snprintf(path, sizeof(path), "%s/t/victim", mnt);
+	snprintf(path, sizeof(path), "%s/%s/victim", mnt, dir);
 	e = unlink_as(65534, path);
 	if (umount2(mnt, 0) && umount2(mnt, MNT_DETACH))
 		fprintf(stderr, "ptino_test: umount %s: %s\n", mnt,
@@ -2554,7 +2636,7 @@ static void client_nodp(void)
 {
 	struct stat st;
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	int e, e2;
+	int e, e2, nid;
 
 	check(sh->kernel_offers_ino, "kernel offers FUSE_PASSTHROUGH_OPS");
 	if (!sh->kernel_offers_ino)
@@ -2569,12 +2651,35 @@ static void client_nodp(void)
 	      cnt("k/t", FUSE_GETATTR));
 
 	/* deterministic: overlayfs copies the fuse inode's mode at lookup */
-	e = overlay_unlink(s("k"), "native");
-	e2 = overlay_unlink(m("k"), "fuse");
+	e = overlay_unlink(s("k"), "native", "t", 1);
+	e2 = overlay_unlink(m("k"), "fuse", "t", 1);
 	check(e == EPERM && e2 == EPERM,
 	      "sticky_overlay: uid 65534 unlinks root's t/victim through an overlay on the backing k: %s, on the fuse k after a stat of k/t: %s",
 	      e < 0 ? strerror(-e) : strerror(e),
 	      e2 < 0 ? strerror(-e2) : strerror(e2));
+
+	/*
+	 * u gets its backing file at its second LOOKUP, the revalidation of
+	 * the overlay's lookup, after its first attributes were set without
+	 * one: the sticky bit stripped then must be back when the overlay
+	 * copies the mode.
+	 */
+	e = stat(m("k/u"), &st) ? errno : 0;
+	nid = nid_of("k/u");
+	check(!e && (st.st_mode & 07777) == 01777 && nid > 0 &&
+	      sh->nodes[nid].nlookup == 1 && !sh->nodes[nid].backing_id &&
+	      cnt("k/u", FUSE_GETATTR) == 1,
+	      "stat k/u (first LOOKUP without a backing file): %s, mode %o, %llu LOOKUPs, GETATTR %u at the server",
+	      strerror(e), st.st_mode & 07777,
+	      nid > 0 ? (unsigned long long)sh->nodes[nid].nlookup : 0ULL,
+	      cnt("k/u", FUSE_GETATTR));
+	e = overlay_unlink(m("k"), "late", "u", 0);
+	check(e == EPERM && nid > 0 && sh->nodes[nid].nlookup >= 2 &&
+	      sh->nodes[nid].backing_id && cnt("k/u", FUSE_GETATTR) == 1,
+	      "sticky_late_attach: uid 65534 unlinks root's u/victim through an overlay on the fuse k, u attached at the overlay's lookup: %s (%llu LOOKUPs, GETATTR %u at the server)",
+	      e < 0 ? strerror(-e) : strerror(e),
+	      nid > 0 ? (unsigned long long)sh->nodes[nid].nlookup : 0ULL,
+	      cnt("k/u", FUSE_GETATTR));
 
 	/* natively, and then through the mount */
 	unlink_race(s("k/t"), 2000, 10);
@@ -2591,13 +2696,470 @@ static void client_nodp(void)
 	      strerror(sh->race.other_errno), sh->race.stats);
 }
 
+/*
+ * stress mode: processes pinned to every CPU race on the passthrough files
+ * of s (looked up by the server, READDIR passed through) and q (looked up
+ * by the kernel, patch 0015).  Readers stat, open, read and getxattr
+ * n0..n7 and fixed (a getxattr in q reaches the server, translated); a
+ * lister lists both directories and stats each entry; a mutator
+ * unlinks, renames, writes, chmods and truncates n0..n7 through the mount
+ * and re-creates missing names in the backing directory; a setattr worker
+ * chmods and truncates fixed (which only it changes) and checks each
+ * change in a stat, an fstat and the backing file; a dropper drops the
+ * dentry and inode caches, so inodes are forgotten and their backing
+ * files attached again.  The native results are the reference: ENOENT is
+ * the only error a name can give (and ESTALE for a translated request in
+ * q, counted), every mode is 644 or 600, every size 9 or 4096, every
+ * content "stressNN\n", no user.stress xattr.
+ */
+#define NNAMES 8
+static const char *const stress_dirs[] = { "s", "q" };
+
+static void stress_bump(unsigned long *c)
+{
+	__atomic_add_fetch(c, 1, __ATOMIC_RELAXED);
+}
+
+static int stress_stopped(void)
+{
+	return __atomic_load_n(&sh->st.stop, __ATOMIC_SEQ_CST);
+}
+
+/* counts a failure and keeps the first messages */
+static void stress_bad(unsigned long *c, const char *fmt, ...)
+{
+	va_list ap;
+	int i;
+
+	stress_bump(c);
+	i = __atomic_fetch_add(&sh->st.nmsg, 1, __ATOMIC_SEQ_CST);
+	if (i >= 8)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(sh->st.msg[i], sizeof(sh->st.msg[i]), fmt, ap);
+	va_end(ap);
+}
+
+static int stress_attr_ok(const struct stat *st)
+{
+	return S_ISREG(st->st_mode) &&
+	       ((st->st_mode & 07777) == 0644 || (st->st_mode & 07777) == 0600) &&
+	       st->st_uid == 0 && st->st_gid == 0 &&
+	       (st->st_size == 9 || st->st_size == 4096) && st->st_nlink <= 1;
+}
+
+static void stress_check_attr(const char *what, const char *path,
+			      const struct stat *st)
+{
+	if (!stress_attr_ok(st))
+		stress_bad(&sh->st.bad_attr,
+			   "%s %s: mode %o uid %u gid %u size %lld nlink %lu",
+			   what, path, st->st_mode, st->st_uid, st->st_gid,
+			   (long long)st->st_size, (unsigned long)st->st_nlink);
+}
+
+/* an error that the native filesystem gives too: a name that went away */
+static void stress_errno(const char *what, const char *path, int e,
+			 int may_vanish)
+{
+	if (e == ENOENT && may_vanish)
+		return;
+	stress_bad(&sh->st.bad_errno, "%s %s: %s", what, path, strerror(e));
+}
+
+static void stress_pin(int cpu)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(n > 0 ? cpu % n : 0, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+}
+
+static void stress_read_one(const char *path, int may_vanish)
+{
+	struct stat st;
+	char buf[16];
+	ssize_t r;
+	int fd;
+
+	if (stat(path, &st)) {
+		stress_errno("stat", path, errno, may_vanish);
+		return;
+	}
+	stress_bump(&sh->st.stats);
+	stress_check_attr("stat", path, &st);
+	fd = open(path, O_RDONLY);
+	if (fd < 0) {
+		stress_errno("open", path, errno, may_vanish);
+		return;
+	}
+	r = pread(fd, buf, 9, 0);
+	if (r < 0)
+		stress_errno("read", path, errno, 0);
+	else if (r != 9 || memcmp(buf, "stress", 6) || buf[6] < '0' ||
+		 buf[6] > '9' || buf[7] < '0' || buf[7] > '9' || buf[8] != '\n')
+		stress_bad(&sh->st.bad_content, "read %s: %zd bytes \"%.*s\"",
+			   path, r, (int)(r > 0 ? r : 0), buf);
+	else
+		stress_bump(&sh->st.reads);
+	if (fstat(fd, &st))
+		stress_errno("fstat", path, errno, 0);
+	else
+		stress_check_attr("fstat", path, &st);
+	close(fd);
+
+	/*
+	 * Not in q's mask: sent to the server, for an inode with a kernel
+	 * nodeid after a LOOKUP of its name there, which fails with ESTALE
+	 * (documented) when the name went to another inode meanwhile
+	 */
+	if (getxattr(path, "user.stress", buf, sizeof(buf)) >= 0)
+		stress_bad(&sh->st.bad_content, "getxattr %s: found", path);
+	else if (errno == ESTALE && may_vanish && path[strlen(mntdir) + 1] == 'q')
+		stress_bump(&sh->st.estale);
+	else if (errno != ENODATA)
+		stress_errno("getxattr", path, errno, may_vanish);
+	else
+		stress_bump(&sh->st.getxattrs);
+}
+
+static void stress_reader(int cpu)
+{
+	char rel[32];
+	size_t d;
+	int k;
+
+	stress_pin(cpu);
+	while (!stress_stopped()) {
+		for (d = 0; d < 2; d++) {
+			for (k = 0; k < NNAMES; k++) {
+				snprintf(rel, sizeof(rel), "%s/n%d",
+					 stress_dirs[d], k);
+				stress_read_one(m(rel), 1);
+			}
+			snprintf(rel, sizeof(rel), "%s/fixed", stress_dirs[d]);
+			stress_read_one(m(rel), 0);
+		}
+	}
+	_exit(0);
+}
+
+static void stress_lister(int cpu)
+{
+	struct dirent *de;
+	struct stat st;
+	size_t d;
+	DIR *dir;
+	int k;
+
+	stress_pin(cpu);
+	while (!stress_stopped()) {
+		for (d = 0; d < 2; d++) {
+			const char *path = m(stress_dirs[d]);
+
+			dir = opendir(path);
+			if (!dir) {
+				stress_errno("opendir", path, errno, 0);
+				continue;
+			}
+			while ((de = readdir(dir))) {
+				if (!strcmp(de->d_name, ".") ||
+				    !strcmp(de->d_name, ".."))
+					continue;
+				if (strcmp(de->d_name, "fixed") &&
+				    (de->d_name[0] != 'n' ||
+				     sscanf(de->d_name + 1, "%d", &k) != 1 ||
+				     k < 0 || k >= NNAMES))
+					stress_bad(&sh->st.bad_names,
+						   "readdir %s: \"%s\"", path,
+						   de->d_name);
+				if (fstatat(dirfd(dir), de->d_name, &st,
+					    AT_SYMLINK_NOFOLLOW))
+					stress_errno("fstatat", de->d_name,
+						     errno,
+						     strcmp(de->d_name, "fixed"));
+				else
+					stress_check_attr("fstatat", de->d_name,
+							  &st);
+			}
+			closedir(dir);
+			stress_bump(&sh->st.lists);
+		}
+	}
+	_exit(0);
+}
+
+/* puts back the missing names of DIR in the backing directory */
+static void stress_refill(const char *dir)
+{
+	char rel[32], tmp[32], content[16];
+	int k;
+
+	for (k = 0; k < NNAMES; k++) {
+		snprintf(rel, sizeof(rel), "%s/n%d", dir, k);
+		if (!access(s(rel), F_OK))
+			continue;
+		snprintf(tmp, sizeof(tmp), "stmp/%s%d", dir, k);
+		snprintf(content, sizeof(content), "stress%02d\n", k);
+		put(tmp, content);
+		if (syscall(SYS_renameat2, AT_FDCWD, s(tmp), AT_FDCWD, s(rel),
+			    1 /* RENAME_NOREPLACE */)) {
+			unlink(s(tmp));
+			continue;
+		}
+		stress_bump(&sh->st.refills);
+	}
+}
+
+static void stress_mutator(int cpu)
+{
+	unsigned int seed = 1;
+	char a[32], b[32], content[16];
+	const char *d;
+	int fd, k;
+
+	stress_pin(cpu);
+	while (!stress_stopped()) {
+		d = stress_dirs[rand_r(&seed) % 2];
+		k = rand_r(&seed) % NNAMES;
+		snprintf(a, sizeof(a), "%s/n%d", d, k);
+		snprintf(b, sizeof(b), "%s/n%d", d,
+			 (k + 1 + rand_r(&seed) % (NNAMES - 1)) % NNAMES);
+		switch (rand_r(&seed) % 6) {
+		case 0:
+			if (unlink(m(a)))
+				stress_errno("unlink", m(a), errno, 1);
+			else
+				stress_bump(&sh->st.unlinks);
+			break;
+		case 1:
+			if (rename(m(a), m(b)))
+				stress_errno("rename", m(a), errno, 1);
+			else
+				stress_bump(&sh->st.renames);
+			break;
+		case 2:
+			fd = open(m(a), O_WRONLY);
+			if (fd < 0) {
+				stress_errno("open for writing", m(a), errno, 1);
+				break;
+			}
+			snprintf(content, sizeof(content), "stress%02d\n", k);
+			if (pwrite(fd, content, 9, 0) != 9)
+				stress_errno("write", m(a), errno, 0);
+			else
+				stress_bump(&sh->st.writes);
+			close(fd);
+			break;
+		case 3:
+			if (chmod(m(a), rand_r(&seed) % 2 ? 0600 : 0644))
+				stress_errno("chmod", m(a), errno, 1);
+			else if (truncate(m(a), rand_r(&seed) % 2 ? 9 : 4096))
+				stress_errno("truncate", m(a), errno, 1);
+			else
+				stress_bump(&sh->st.chmods);
+			break;
+		default:
+			stress_refill(d);
+			break;
+		}
+	}
+	_exit(0);
+}
+
+/* fixed is changed by this worker only: every change must show at once */
+static void stress_setattr(int cpu)
+{
+	struct stat st, bst, fst;
+	char rel[32];
+	unsigned int i = 0;
+	mode_t mode;
+	off_t size;
+	size_t d;
+	int fd;
+
+	stress_pin(cpu);
+	while (!stress_stopped()) {
+		for (d = 0; d < 2; d++, i++) {
+			snprintf(rel, sizeof(rel), "%s/fixed", stress_dirs[d]);
+			mode = i % 4 < 2 ? 0600 : 0644;
+			size = i % 3 ? 4096 : 9;
+			if (chmod(m(rel), mode) || truncate(m(rel), size)) {
+				stress_errno("setattr", m(rel), errno, 0);
+				continue;
+			}
+			fd = open(m(rel), O_RDONLY);
+			if (fd < 0 || stat(m(rel), &st) || fstat(fd, &fst) ||
+			    stat(s(rel), &bst)) {
+				stress_errno("stat after setattr", m(rel),
+					     errno, 0);
+				if (fd >= 0)
+					close(fd);
+				continue;
+			}
+			close(fd);
+			if ((st.st_mode & 07777) != mode || st.st_size != size ||
+			    (fst.st_mode & 07777) != mode ||
+			    fst.st_size != size ||
+			    (bst.st_mode & 07777) != mode ||
+			    bst.st_size != size)
+				stress_bad(&sh->st.bad_setattr,
+					   "%s: set %o size %lld, stat %o %lld, fstat %o %lld, backing %o %lld",
+					   rel, mode, (long long)size,
+					   st.st_mode & 07777,
+					   (long long)st.st_size,
+					   fst.st_mode & 07777,
+					   (long long)fst.st_size,
+					   bst.st_mode & 07777,
+					   (long long)bst.st_size);
+			else
+				stress_bump(&sh->st.setattrs);
+		}
+	}
+	_exit(0);
+}
+
+static int drop_caches(void)
+{
+	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
+	int ok;
+
+	if (fd < 0)
+		return -1;
+	ok = write(fd, "2", 1) == 1;
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+static void stress_dropper(int cpu)
+{
+	stress_pin(cpu);
+	while (!stress_stopped()) {
+		if (!drop_caches())
+			stress_bump(&sh->st.drops);
+		usleep(20000);
+	}
+	_exit(0);
+}
+
+/* nodes the kernel still holds a lookup count of (the root's aside) */
+static unsigned int stress_nodes_held(void)
+{
+	unsigned int i, held = 0;
+
+	for (i = 2; i < MAXNODE; i++)
+		if (sh->nodes[i].used && !sh->nodes[i].forgotten)
+			held++;
+	return held;
+}
+
+/* requests the server got for the nodes of policy @path */
+static unsigned int pcnt(const char *path, int op)
+{
+	size_t i;
+
+	for (i = 0; i < NPOL; i++)
+		if (!strcmp(policies[i].path, path))
+			return __atomic_load_n(&sh->pcount[i][op],
+					       __ATOMIC_SEQ_CST);
+	return 0;
+}
+
+static void client_stress(void)
+{
+	static void (*const workers[])(int) = {
+		stress_reader, stress_reader, stress_lister, stress_mutator,
+		stress_setattr, stress_dropper,
+	};
+	const char *env = getenv("PTINO_STRESS_SECONDS");
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned int secs = env ? strtoul(env, NULL, 10) : 20;
+	pid_t pids[sizeof(workers) / sizeof(workers[0])];
+	unsigned int i, held, opens_before;
+	int status, crashed = 0;
+
+	check(sh->kernel_offers_ino && sh->dirplus,
+	      "kernel offers FUSE_PASSTHROUGH_OPS and FUSE_PASSTHROUGH_DIRENTPLUS");
+	if (!sh->kernel_offers_ino)
+		return;
+	printf("INFO: %ld CPU(s) online, %zu workers for %u s\n", cpus,
+	       sizeof(workers) / sizeof(workers[0]), secs);
+	opens_before = sh->bk_open;
+	for (i = 0; i < sizeof(workers) / sizeof(workers[0]); i++) {
+		pids[i] = fork();
+		if (pids[i] < 0)
+			die("fork");
+		if (pids[i] == 0)
+			workers[i](i);
+	}
+	sleep(secs);
+	__atomic_store_n(&sh->st.stop, 1, __ATOMIC_SEQ_CST);
+	for (i = 0; i < sizeof(workers) / sizeof(workers[0]); i++) {
+		waitpid(pids[i], &status, 0);
+		if (!WIFEXITED(status) || WEXITSTATUS(status))
+			crashed++;
+	}
+	for (i = 0; i < 8 && i < (unsigned int)sh->st.nmsg; i++)
+		printf("INFO: failure %u: %s\n", i + 1, sh->st.msg[i]);
+	/* what reached the server for the two directories' names */
+	printf("INFO: at the server: in s %u LOOKUP, %u READDIR, %u READDIRPLUS, %u UNLINK, %u RENAME, for its files %u GETXATTR; in q %u LOOKUP, %u READDIR, %u READDIRPLUS, %u UNLINK, %u RENAME, for its files %u GETXATTR\n",
+	       pcnt("s", FUSE_LOOKUP), pcnt("s", FUSE_READDIR),
+	       pcnt("s", FUSE_READDIRPLUS), pcnt("s", FUSE_UNLINK),
+	       pcnt("s", FUSE_RENAME) + pcnt("s", FUSE_RENAME2),
+	       pcnt("s/*", FUSE_GETXATTR),
+	       pcnt("q", FUSE_LOOKUP), pcnt("q", FUSE_READDIR),
+	       pcnt("q", FUSE_READDIRPLUS), pcnt("q", FUSE_UNLINK),
+	       pcnt("q", FUSE_RENAME) + pcnt("q", FUSE_RENAME2),
+	       pcnt("q/*", FUSE_GETXATTR));
+	check(!crashed, "stress workers exited normally: %d did not", crashed);
+	check(sh->st.stats && sh->st.reads && sh->st.getxattrs &&
+	      sh->st.lists && sh->st.unlinks &&
+	      sh->st.renames && sh->st.refills && sh->st.writes &&
+	      sh->st.chmods && sh->st.setattrs && sh->st.drops &&
+	      sh->forgets && sh->bk_open - opens_before > 2 * 2 * NNAMES,
+	      "stress_ran: %lu stats, %lu reads, %lu getxattrs (%lu ESTALE in q), %lu listings, %lu unlinks, %lu renames, %lu re-creations, %lu writes, %lu chmod+truncate, %lu checked setattrs, %lu cache drops; %u FORGETs, %u backing files registered",
+	      sh->st.stats, sh->st.reads, sh->st.getxattrs, sh->st.estale,
+	      sh->st.lists, sh->st.unlinks,
+	      sh->st.renames, sh->st.refills, sh->st.writes, sh->st.chmods,
+	      sh->st.setattrs, sh->st.drops, sh->forgets,
+	      sh->bk_open - opens_before);
+	check(!sh->st.bad_errno,
+	      "stress_errors: no error but ENOENT for a name that can go away: %lu",
+	      sh->st.bad_errno);
+	check(!sh->st.bad_attr,
+	      "stress_attrs: every stat a mode, owner, size and link count the files can have: %lu wrong",
+	      sh->st.bad_attr);
+	check(!sh->st.bad_content && !sh->st.bad_names,
+	      "stress_content: reads and listings as in the backing directories: %lu wrong contents, %lu wrong names",
+	      sh->st.bad_content, sh->st.bad_names);
+	check(!sh->st.bad_setattr,
+	      "stress_setattr: a chmod or truncate shows at once in stat, fstat and the backing file: %lu wrong",
+	      sh->st.bad_setattr);
+	check(!sh->kernel_nodeids,
+	      "stress_nodeids: no request named a kernel nodeid: %u did",
+	      sh->kernel_nodeids);
+
+	/* nothing in use any more: every inode must go, and its backing */
+	for (i = 0; i < 500 && (held = stress_nodes_held()); i++) {
+		drop_caches();
+		usleep(10000);
+	}
+	check(!held && !sh->close_fail && sh->bk_open == sh->bk_close,
+	      "stress_forget: after dropping the caches %u nodes still looked up, %u backing ids not closed exactly once at FORGET, %u registered and %u closed",
+	      held, sh->close_fail, sh->bk_open, sh->bk_close);
+}
+
 static void client(void)
 {
 	wait_for(&sh->init_done);
 	/* the first access waits for INIT; the probe runs right after it */
 	access(mntdir, F_OK);
 	wait_for(&sh->probe_done);
-	if (sh->nodp_mode) {
+	if (sh->stress_mode) {
+		client_stress();
+	} else if (sh->nodp_mode) {
 		client_nodp();
 	} else if (sh->lookup_mode) {
 		client_lookup();
@@ -2612,6 +3174,7 @@ static void client(void)
 		check_release();
 	}
 	printf("RESULT: %s mode: %d checks, %d failed, %d skipped\n",
+	       sh->stress_mode ? "stress" :
 	       sh->nodp_mode ? "nodp" : sh->lookup_mode ? "lookup" :
 	       sh->walk_mode ? "walk" : sh->ino_mode ? "ino" :
 	       sh->stock ? "stock" : "plain", checks,
@@ -2708,11 +3271,23 @@ static void make_tree(void)
 	    setxattr(s("l/sub/g0"), "user.pt", "g0", 3, 0))
 		die("setxattr in l");
 	mkdir(s("e"), 0755);
+	if (sh->stress_mode) {
+		mkdir(s("s"), 0755);
+		mkdir(s("q"), 0755);
+		mkdir(s("stmp"), 0755);
+		put_numbered("s/n", NNAMES, 1, "stress00\n");
+		put_numbered("q/n", NNAMES, 1, "stress00\n");
+		put("s/fixed", "stress99\n");
+		put("q/fixed", "stress99\n");
+	}
 	if (sh->nodp_mode) {
 		mkdir(s("k"), 0755);
 		mkdir(s("k/t"), 0755);
 		chmod(s("k/t"), 01777);
 		put("k/t/victim", "victim\n");
+		mkdir(s("k/u"), 0755);
+		chmod(s("k/u"), 01777);
+		put("k/u/victim", "victim\n");
 	}
 	if (set_acl(s("d/aclc"), 4, 1234, 4))
 		die("set ACL of d/aclc");
@@ -2757,8 +3332,9 @@ int main(int argc, char **argv)
 
 	if (argc < 2 || (strcmp(argv[1], "ino") && strcmp(argv[1], "plain") &&
 			 strcmp(argv[1], "stock") && strcmp(argv[1], "walk") &&
-			 strcmp(argv[1], "lookup") && strcmp(argv[1], "nodp"))) {
-		fprintf(stderr, "usage: %s ino|plain|stock|walk|lookup|nodp [WORKDIR]\n",
+			 strcmp(argv[1], "lookup") && strcmp(argv[1], "nodp") &&
+			 strcmp(argv[1], "stress"))) {
+		fprintf(stderr, "usage: %s ino|plain|stock|walk|lookup|nodp|stress [WORKDIR]\n",
 			argv[0]);
 		return 2;
 	}
@@ -2772,8 +3348,9 @@ int main(int argc, char **argv)
 	sh->walk_mode = !strcmp(argv[1], "walk");
 	sh->lookup_mode = !strcmp(argv[1], "lookup");
 	sh->nodp_mode = !strcmp(argv[1], "nodp");
+	sh->stress_mode = !strcmp(argv[1], "stress");
 	sh->ino_mode = !strcmp(argv[1], "ino") || sh->walk_mode ||
-		       sh->lookup_mode || sh->nodp_mode;
+		       sh->lookup_mode || sh->nodp_mode || sh->stress_mode;
 	sh->stock = !strcmp(argv[1], "stock");
 
 	if (mkdir(work, 0755) && errno != EEXIST)
@@ -2781,6 +3358,13 @@ int main(int argc, char **argv)
 	snprintf(srcdir, sizeof(srcdir), "%s/src-%s", work, argv[1]);
 	snprintf(mntdir, sizeof(mntdir), "%s/mnt-%s", work, argv[1]);
 	remove_tree(srcdir);
+	/*
+	 * stress mode: a tmpfs of its own, which cannot be unmounted at the
+	 * end while the kernel still holds a backing file in it
+	 */
+	if (sh->stress_mode && (mkdir(srcdir, 0755) ||
+				mount("tmpfs", srcdir, "tmpfs", 0, "mode=755")))
+		die("tmpfs on %s", srcdir);
 	make_tree();
 	if (mkdir(mntdir, 0755) && errno != EEXIST)
 		die("mkdir %s", mntdir);
@@ -2825,6 +3409,30 @@ int main(int argc, char **argv)
 			strerror(errno));
 	close(fuse_fd);
 	rmdir(mntdir);
+	if (sh->stress_mode) {
+		int i, e = 0;
+
+		for (i = 1; i < MAXNODE; i++) {
+			if (sh->nodes[i].used)
+				close(sh->nodes[i].fd);
+			if (sh->nodes[i].used && sh->nodes[i].ro_fd >= 0)
+				close(sh->nodes[i].ro_fd);
+			sh->nodes[i].used = 0;
+		}
+		/* a file put last is released at once, a fput may be deferred */
+		for (i = 0; i < 200; i++) {
+			e = umount2(srcdir, 0) ? errno : 0;
+			if (e != EBUSY)
+				break;
+			usleep(10000);
+		}
+		printf("%s: stress_leak: the backing tmpfs unmounts once the fuse mount is gone: %s\n",
+		       e ? "FAIL" : "PASS", strerror(e));
+		if (e) {
+			status = 1;
+			umount2(srcdir, MNT_DETACH);
+		}
+	}
 	remove_tree(srcdir);
 	if (sh->server_errors) {
 		printf("FAIL: the server saw %d errors\n", sh->server_errors);
