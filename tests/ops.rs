@@ -1519,7 +1519,14 @@ fn pin_to_cpu(cpu: usize) {
 #[test]
 fn a_lock_check_waiting_for_a_release_does_not_stall_its_queue() {
     require_root!();
-    let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 10]).unwrap(), &[]);
+    // On the patched kernel (tests/uml.rs) opens pass through by default
+    // and their locks stay in the kernel: there, opens stay with the daemon.
+    let stay = if kernel_keeps_locks() {
+        &["--passthrough-ops", "read,write"][..]
+    } else {
+        &[][..]
+    };
+    let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 10]).unwrap(), stay);
     let path = m.m("f");
     pin_to_cpu(0);
     let holder = OpenOptions::new()
