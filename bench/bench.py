@@ -184,8 +184,7 @@ class Bench:
         img = os.path.join(self.work, "lower.img")
         if os.path.exists(img):
             os.unlink(img)
-        self.uring_restore()
-        self.halt_poll_restore()
+        self.restore_params()
 
     # ---- idle polling of the vCPUs --------------------------------------
 
@@ -201,18 +200,25 @@ class Bench:
             return
         if not os.path.exists(self.HALT_POLL_PARAM):
             sys.exit("bench: --halt-poll-ns: no cpuidle haltpoll governor on this machine")
-        with open(self.HALT_POLL_PARAM) as f:
-            self.halt_poll_orig = f.read().strip()
-        with open(self.HALT_POLL_PARAM, "w") as f:
-            f.write(str(self.args.halt_poll_ns))
+        self.set_param(self.HALT_POLL_PARAM, str(self.args.halt_poll_ns))
         self.machine = machine()
 
-    def halt_poll_restore(self):
-        orig = getattr(self, "halt_poll_orig", None)
-        if orig is not None:
-            with open(self.HALT_POLL_PARAM, "w") as f:
+    def set_param(self, path, value):
+        """Writes a kernel parameter for this run; restore_params() (from
+        cleanup(), whatever happens) puts the first value seen back."""
+        if not hasattr(self, "saved_params"):
+            self.saved_params = {}
+        if path not in self.saved_params:
+            with open(path) as f:
+                self.saved_params[path] = f.read().strip()
+        with open(path, "w") as f:
+            f.write(value)
+
+    def restore_params(self):
+        for path, orig in getattr(self, "saved_params", {}).items():
+            with open(path, "w") as f:
                 f.write(orig)
-            self.halt_poll_orig = None
+        self.saved_params = {}
 
     def targets_list(self):
         b = self.bin
@@ -263,17 +269,7 @@ class Bench:
             return
         if not os.path.exists(self.URING_PARAM):
             sys.exit("bench: this kernel has no FUSE-over-io_uring (no enable_uring): drop the io_uring targets")
-        with open(self.URING_PARAM) as f:
-            self.uring_orig = f.read().strip()
-        with open(self.URING_PARAM, "w") as f:
-            f.write("Y")
-
-    def uring_restore(self):
-        orig = getattr(self, "uring_orig", None)
-        if orig is not None:
-            with open(self.URING_PARAM, "w") as f:
-                f.write(orig)
-            self.uring_orig = None
+        self.set_param(self.URING_PARAM, "Y")
 
     def check_transport(self, t):
         """An io_uring target must really run over io_uring: its daemon holds

@@ -798,6 +798,17 @@ fn kernel_keeps_locks() -> bool {
     std::env::var("PTFS_KERNEL_LOCKS").as_deref() == Ok("1")
 }
 
+/// Daemon arguments that keep opens (and so FLUSH, RELEASE and the locks
+/// of open files) with the daemon: on the patched kernel opens pass
+/// through by default, and their locks stay in the kernel.
+fn opens_stay_with_the_daemon() -> &'static [&'static str] {
+    if kernel_keeps_locks() {
+        &["--passthrough-ops", "read,write"]
+    } else {
+        &[]
+    }
+}
+
 /// A write lock on `len` bytes from `start` (0: to the end of the file).
 fn write_lock(start: i64, len: i64) -> libc::flock {
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -1282,13 +1293,7 @@ fn a_posix_lock_goes_with_any_close_by_its_owner() {
 #[test]
 fn close_sends_flush_only_when_it_has_work() {
     require_root!();
-    // On the patched kernel (tests/uml.rs) opens pass through by default
-    // and never reach the daemon: there, opens stay with the daemon.
-    let stay = if kernel_keeps_locks() {
-        &["--passthrough-ops", "read,write"][..]
-    } else {
-        &[][..]
-    };
+    let stay = opens_stay_with_the_daemon();
     for (lock_args, kernel_locks) in [(&[][..], false), (&["--locks", "kernel"][..], true)] {
         let args = [lock_args, stay].concat();
         let m = Mount::with_source(|s| fs::write(s.join("f"), b"x").unwrap(), &args);
@@ -1519,13 +1524,7 @@ fn pin_to_cpu(cpu: usize) {
 #[test]
 fn a_lock_check_waiting_for_a_release_does_not_stall_its_queue() {
     require_root!();
-    // On the patched kernel (tests/uml.rs) opens pass through by default
-    // and their locks stay in the kernel: there, opens stay with the daemon.
-    let stay = if kernel_keeps_locks() {
-        &["--passthrough-ops", "read,write"][..]
-    } else {
-        &[][..]
-    };
+    let stay = opens_stay_with_the_daemon();
     let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 10]).unwrap(), stay);
     let path = m.m("f");
     pin_to_cpu(0);

@@ -349,22 +349,7 @@ fn setfacl(args: &[&str], p: &Path) {
 
 /// The raw `system.posix_acl_access` of `p`, or the errno.
 fn acl_of(p: &Path) -> Result<Vec<u8>, i32> {
-    let c = cpath(p);
-    let mut buf = vec![0u8; 1024];
-    // SAFETY: `buf` is writable for its length; `c` is a valid C string.
-    let n = unsafe {
-        libc::getxattr(
-            c.as_ptr(),
-            c"system.posix_acl_access".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(errno());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
+    get_xattr(p, c"system.posix_acl_access")
 }
 
 /// errno of opening `p` for reading as `uid`.

@@ -376,10 +376,10 @@ pub fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
-/// lgetxattr(p, name): the value (up to 256 bytes), or the errno.
+/// lgetxattr(p, name): the value (up to 4 KiB), or the errno.
 pub fn get_xattr(p: &Path, name: &std::ffi::CStr) -> Result<Vec<u8>, i32> {
     let c = cpath(p);
-    let mut buf = vec![0u8; 256];
+    let mut buf = vec![0u8; 4096];
     // SAFETY: `buf` is writable for its length; valid C strings.
     let n = unsafe {
         libc::lgetxattr(
