@@ -1619,9 +1619,9 @@ fn an_ofd_lock_is_gone_once_its_last_close_returns() {
     let setter = std::thread::spawn(move || {
         // A file table of its own: a child that another test of the suite
         // forks meanwhile would copy the shared table, and hold that
-        // round's fd, and so its lock, until it execs (natively as well):
-        // the likely cause of one lock in 2,000 still held in one CI run,
-        // and of one failed F_OFD_SETLK under KASAN.
+        // round's fd, and so its lock, until it execs (natively as well).
+        // (The one lock in 2,000 still held in CI was the daemon's: see
+        // locks::tests::locks_go_with_their_owner_even_while_its_fd_is_held.)
         // SAFETY: unshare(CLONE_FILES) only copies this thread's fd table.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_FILES) }, 0);
         pin_to_cpu(0);

@@ -72,6 +72,21 @@ struct OwnerLocks {
     closed: Option<Instant>,
 }
 
+impl OwnerLocks {
+    /// The owner's locks go now. Dropping `fd` is not enough: a request
+    /// that locked through it may hold a clone a moment longer (a SETLK
+    /// still returning after its reply went), and the host keeps an OFD
+    /// lock while any fd of the description is open. A check run in that
+    /// moment saw the lock of a file already released (one in 2,000 in
+    /// CI, and a failed F_OFD_SETLK of the next open).
+    fn unlock(&self) {
+        let mut all = crate::sys::empty_flock();
+        all.l_type = libc::F_UNLCK as i16;
+        all.l_whence = libc::SEEK_SET as i16;
+        let _ = sys::ofd_lock(self.fd.as_fd(), libc::F_OFD_SETLK, &mut all);
+    }
+}
+
 /// A lock check that found a conflict, waiting for a RELEASE: run by the
 /// settle thread once locks went (the count moved past `seen`) or at
 /// `deadline`. `then` checks again and answers.
@@ -188,7 +203,13 @@ impl LockTable {
         if !self.used.load(Ordering::Acquire) {
             return self.kick();
         }
-        self.owners.retain(|k, _| k.0 != nodeid);
+        self.owners.retain(|k, v| {
+            let keep = k.0 != nodeid;
+            if !keep {
+                v.unlock();
+            }
+            keep
+        });
         self.pids.retain(|k, _| k.0 != nodeid);
         self.kick();
     }
@@ -198,7 +219,9 @@ impl LockTable {
         if !self.used.load(Ordering::Acquire) {
             return self.kick();
         }
-        self.owners.remove(&(nodeid, owner));
+        if let Some((_, gone)) = self.owners.remove(&(nodeid, owner)) {
+            gone.unlock();
+        }
         self.pids.remove(&(nodeid, owner));
         self.kick();
     }
@@ -220,7 +243,9 @@ impl LockTable {
             // count moved together, or neither.
             let mut r = self.releases.lock();
             for k in gone {
-                self.owners.remove(&k);
+                if let Some((_, owner)) = self.owners.remove(&k) {
+                    owner.unlock();
+                }
                 self.pids.remove(&k);
             }
             r.count += 1;
@@ -838,6 +863,60 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         drop(holder);
+    }
+
+    /// An owner's locks go when its entry does (RELEASE of the file it
+    /// locked through, close by a POSIX owner, FORGET), even while a request
+    /// that locked through it still holds a clone of its fd: the SETLK that
+    /// took the lock drops its clone only after its reply has gone.
+    #[test]
+    fn locks_go_with_their_owner_even_while_its_fd_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let (nodeid, fh) = (NodeId::from_raw(5), Fh::from_raw(7));
+        let other = write_lock(&file);
+        let held = |table: &LockTable, owner: u64| {
+            let (lock, fd) = write_lock(&file);
+            lock.attempt().unwrap();
+            table.used.store(true, Ordering::Release);
+            table.owners.insert(
+                (nodeid, LockOwner::from_raw(owner)),
+                OwnerLocks {
+                    fd: fd.clone(),
+                    fh,
+                    closed: None,
+                },
+            );
+            (lock, fd)
+        };
+        let free = || match other.0.attempt() {
+            Ok(()) => {
+                let Lock::Posix(fd, fl) = &other.0 else {
+                    unreachable!()
+                };
+                let mut un = *fl;
+                un.l_type = libc::F_UNLCK as i16;
+                sys::ofd_lock(fd.as_fd(), libc::F_OFD_SETLK, &mut un).unwrap();
+                true
+            }
+            Err(e) if e == Errno::EAGAIN => false,
+            Err(e) => panic!("F_OFD_SETLK: {e:?}"),
+        };
+        let table = LockTable::default();
+        let clone = held(&table, 1);
+        assert!(!free(), "the owner holds the lock");
+        table.release_fh(nodeid, fh);
+        assert!(free(), "the lock outlived the RELEASE of its file");
+        drop(clone);
+        let clone = held(&table, 2);
+        table.release_owner(nodeid, LockOwner::from_raw(2));
+        assert!(free(), "the lock outlived its owner's close");
+        drop(clone);
+        let clone = held(&table, 3);
+        table.forget_inode(nodeid);
+        assert!(free(), "the lock outlived its inode");
+        drop(clone);
     }
 
     #[test]
