@@ -288,7 +288,12 @@ impl LockTable {
     /// returns, so it arrives within a moment; a file still open elsewhere
     /// (a dup) sends none, and its lock is reported after the wait.
     pub fn recheck(&self, nodeid: NodeId, asker: LockOwner, seen: u64) -> Recheck {
-        if self.releases() != seen {
+        // Under the count's lock, as `release_fh` removes owners and moves
+        // the count: a RELEASE between reading the count and looking for
+        // the closed file would leave neither to see (the conflict then
+        // stood, one check in 2,000 under load).
+        let r = self.releases.lock();
+        if r.count != seen {
             return Recheck::Now;
         }
         let closed = self
@@ -298,6 +303,7 @@ impl LockTable {
             .filter_map(|e| e.value().closed)
             .filter(|t| t.elapsed() < SETTLE)
             .max();
+        drop(r);
         match closed {
             Some(t) => Recheck::After(t + SETTLE),
             None => Recheck::Never,
