@@ -973,6 +973,8 @@ fn kernel_lock_waiter(pid: libc::pid_t) -> bool {
 #[test]
 fn blocking_lock_wait_is_interruptible() {
     require_root!();
+    // The holder's lock goes with its last close, below.
+    own_fd_table();
     let m = Mount::with_source(|s| fs::write(s.join("f"), b"x").unwrap(), &[]);
     // Hold the lock, then block on it through the mount in a child: a
     // signal makes its wait return EINTR, and a child that we kill leaves
@@ -1076,11 +1078,13 @@ fn blocking_lock_wait_is_interruptible() {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    let e = errno();
     assert_eq!(
         r,
         0,
-        "the lock is free once its holder went (errno {})",
-        errno()
+        "the lock is free once its holder went (errno {e}); open elsewhere: {:?} {:?}",
+        open_elsewhere(&m.s("f")),
+        open_elsewhere(&m.m("f"))
     );
     drop(again);
     assert!(m.unmount().success());
@@ -1187,6 +1191,8 @@ fn without_default_permissions_the_host_checks_as_the_caller() {
 #[test]
 fn ofd_locks_live_as_long_as_their_open_file() {
     require_root!();
+    // `a`'s lock goes with its last close, below.
+    own_fd_table();
     // Found by fstests generic/478: the kernel sends no unlock for OFD
     // locks at close, so the daemon must drop them with the open file.
     let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 100]).unwrap(), &[]);
@@ -1617,13 +1623,8 @@ fn an_ofd_lock_is_gone_once_its_last_close_returns() {
         }
     });
     let setter = std::thread::spawn(move || {
-        // A file table of its own: a child that another test of the suite
-        // forks meanwhile would copy the shared table, and hold that
-        // round's fd, and so its lock, until it execs (natively as well).
-        // (The one lock in 2,000 still held in CI was the daemon's: see
-        // locks::tests::locks_go_with_their_owner_even_while_its_fd_is_held.)
-        // SAFETY: unshare(CLONE_FILES) only copies this thread's fd table.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_FILES) }, 0);
+        // Each round relies on its last close.
+        own_fd_table();
         pin_to_cpu(0);
         let mut held = 0;
         for _ in 0..2000 {

@@ -446,6 +446,82 @@ pub fn process_gone(pid: i32) -> bool {
     }
 }
 
+/// Gives the calling thread a file table of its own, holding only stdin,
+/// stdout and stderr. For tests that rely on a last close (an OFD or flock
+/// lock goes with its open file description): other tests run on other
+/// threads of this process, and a child one of them forks copies the
+/// shared table, holding those fds, and so their locks, until it exits or
+/// execs. unshare(CLONE_FILES) alone copies the shared table too, with
+/// every other test's fds in it: those are closed at once (kept, they held
+/// another test's lock for as long as this thread ran). Call it first,
+/// before the test opens anything it must keep.
+pub fn own_fd_table() {
+    // SAFETY: unshare(CLONE_FILES) replaces only this thread's fd table by
+    // a copy; close_range then closes fds of that private copy, which no
+    // other thread uses.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_FILES), 0, "unshare: {}", errno());
+        assert_eq!(
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32),
+            0,
+            "close_range: {}",
+            errno()
+        );
+    }
+}
+
+/// Who else has `path` open: "pid (comm, parent ppid) fd N" for every fd
+/// of every process, this one's other threads' tables included, whose link
+/// names `path`. For failure messages of tests that rely on a last close:
+/// an OFD or flock lock lives while any copy of its fd is open, and a child
+/// that another test forks copies the fds of the whole process.
+pub fn open_elsewhere(path: &Path) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // Each thread of this process may have a file table of its own.
+        let tables: Vec<std::path::PathBuf> = if pid == me {
+            std::fs::read_dir(p.path().join("task"))
+                .map(|t| t.flatten().map(|t| t.path().join("fd")).collect())
+                .unwrap_or_default()
+        } else {
+            vec![p.path().join("fd")]
+        };
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        let comm = stat.split(['(', ')']).nth(1).unwrap_or("?").to_string();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string();
+        for table in tables {
+            let Ok(fds) = std::fs::read_dir(&table) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                if std::fs::read_link(fd.path()).is_ok_and(|l| l == path) {
+                    found.push(format!(
+                        "{} ({comm}, parent {ppid}) fd {}",
+                        table.display(),
+                        fd.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
 /// Runs `f` on a new thread whose effective uid/gid are `uid`/`gid` (raw
 /// syscalls, so only that thread changes): a caller of another user without
 /// forking.
