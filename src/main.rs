@@ -165,6 +165,13 @@ struct Cli {
     /// `-o locks=WHERE`
     #[arg(long, value_enum, default_value_t = LockMode::Host, value_name = "WHERE")]
     locks: LockMode,
+    /// With `--locks host`: how long a lock check (F_GETLK, F_SETLK) that
+    /// conflicts with a file closed just before waits for that file's
+    /// RELEASE, which the kernel sends after close(2) has returned (an OFD
+    /// lock goes at its last close). The wait is on a thread of its own;
+    /// only a conflict with a file still open elsewhere waits all of it
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    lock_settle_ms: u64,
     /// Extended attributes through the mount: `on` (the default) or `off`.
     /// Off, getxattr, listxattr, setxattr and removexattr fail with
     /// EOPNOTSUPP without a request (the kernel remembers the first
@@ -651,6 +658,7 @@ fn daemon_config(
         },
         // -o locks= (fstab) wins over --locks, as for io_uring.
         host_locks: parsed.locks.unwrap_or(cli.locks) == LockMode::Host,
+        lock_settle: Duration::from_millis(cli.lock_settle_ms),
         xattrs: xattrs_on(cli, parsed),
     }
 }

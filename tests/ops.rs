@@ -1524,14 +1524,17 @@ fn pin_to_cpu(cpu: usize) {
 /// just before) waits off the thread that serves its queue: over io_uring
 /// that thread is its CPU's only one, and a wait on it stalled every
 /// request from that CPU for up to 200 ms. Here the holder's close leaves
-/// a dup open, so no RELEASE comes and the GETLK waits its whole time;
-/// lookups from the same CPU meanwhile must be answered before it. (Over
-/// /dev/fuse another worker serves them either way; the suite runs both.)
+/// a dup open, so the GETLK waits; lookups from the same CPU meanwhile
+/// must be answered, and only then does the dup's close send the RELEASE
+/// that answers the GETLK. With the settle time at 30 s no timing decides
+/// the outcome: a stalled queue answers the lookups only after the GETLK
+/// gave up. (Over /dev/fuse another worker serves them either way; the
+/// suite runs both.)
 #[test]
 fn a_lock_check_waiting_for_a_release_does_not_stall_its_queue() {
     require_root!();
-    let stay = opens_stay_with_the_daemon();
-    let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 10]).unwrap(), stay);
+    let args = [opens_stay_with_the_daemon(), &["--lock-settle-ms", "30000"]].concat();
+    let m = Mount::with_source(|s| fs::write(s.join("f"), vec![0u8; 10]).unwrap(), &args);
     let path = m.m("f");
     pin_to_cpu(0);
     let holder = OpenOptions::new()
@@ -1539,7 +1542,7 @@ fn a_lock_check_waiting_for_a_release_does_not_stall_its_queue() {
         .write(true)
         .open(&path)
         .unwrap();
-    let mut fl = write_lock(0, 0);
+    let fl = write_lock(0, 0);
     // SAFETY: `fl` is a valid flock for the call.
     let r = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
     assert_eq!(r, 0, "F_OFD_SETLK: {}", errno());
@@ -1574,19 +1577,16 @@ fn a_lock_check_waiting_for_a_release_does_not_stall_its_queue() {
         );
     }
     let looked_up = Instant::now();
+    // The last close: its RELEASE drops the lock and answers the check.
+    // SAFETY: `dup` is ours to close.
+    unsafe { libc::close(dup) };
     let (typ, answered) = getter.join().unwrap();
-    assert_eq!(typ, libc::F_WRLCK, "the dup still holds the lock");
     assert!(
         looked_up < answered,
         "the lookups waited for the lock check ({:?} after its answer)",
         looked_up - answered
     );
-    fl.l_type = libc::F_UNLCK as i16;
-    // SAFETY: `fl` is a valid flock; `dup` is ours to close.
-    unsafe {
-        libc::fcntl(dup, libc::F_OFD_SETLK, &fl);
-        libc::close(dup);
-    }
+    assert_eq!(typ, libc::F_UNLCK, "the check was answered at the RELEASE");
     assert!(m.unmount().success());
 }
 

@@ -56,12 +56,12 @@ const MAX_EARLY_INTERRUPTS: usize = 1024;
 const POLL_MIN: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(100);
 
-/// How long after a close a lock check waits for its RELEASE (see
-/// [`LockTable::settle`]). The RELEASE is queued before close(2) returns
-/// and normally arrives within microseconds; 20 ms still missed one in
-/// 2,000 while the whole suite ran on 2 CPUs. Only a conflict with a file
-/// still open elsewhere (a dup) waits all of it.
-const SETTLE: Duration = Duration::from_millis(200);
+/// How long after a close a lock check waits for its RELEASE, by default
+/// (`--lock-settle-ms`; see [`LockTable::recheck`]). The RELEASE is queued
+/// before close(2) returns and normally arrives within microseconds; 20 ms
+/// still missed one in 2,000 while the whole suite ran on 2 CPUs. Only a
+/// conflict with a file still open elsewhere (a dup) waits all of it.
+pub const SETTLE: Duration = Duration::from_millis(200);
 
 /// The host open file description holding one lock owner's locks.
 struct OwnerLocks {
@@ -149,6 +149,8 @@ pub struct LockTable {
     /// Waits queued (read without the lock, to skip kicks when none).
     waiting: AtomicUsize,
     max_waiters: usize,
+    /// How long a check waits for the RELEASE of a file just closed.
+    settle: Duration,
     /// RELEASEs that dropped locks, and the checks waiting for one.
     releases: Mutex<Releases>,
     released: Condvar,
@@ -156,13 +158,14 @@ pub struct LockTable {
 
 impl Default for LockTable {
     fn default() -> Self {
-        LockTable::with_limit(MAX_LOCK_WAITERS)
+        LockTable::with_limits(MAX_LOCK_WAITERS, SETTLE)
     }
 }
 
 impl LockTable {
-    /// A table that queues at most `max_waiters` blocked waits.
-    pub fn with_limit(max_waiters: usize) -> LockTable {
+    /// A table that queues at most `max_waiters` blocked waits, and whose
+    /// checks wait at most `settle` for the RELEASE of a file just closed.
+    pub fn with_limits(max_waiters: usize, settle: Duration) -> LockTable {
         LockTable {
             owners: FastMap::default(),
             pids: FastMap::default(),
@@ -171,6 +174,7 @@ impl LockTable {
             wake: Condvar::new(),
             waiting: AtomicUsize::new(0),
             max_waiters,
+            settle,
             releases: Mutex::new(Releases::default()),
             released: Condvar::new(),
         }
@@ -277,7 +281,7 @@ impl LockTable {
     /// A lock check (GETLK, or a SETLK that failed) found a conflict: should
     /// it look again? `seen` is [`LockTable::releases`] from before the
     /// check. It should when locks went since, or, when a file of `nodeid`
-    /// was closed less than [`SETTLE`] ago by an owner other than `asker`,
+    /// was closed less than its settle time ago by an owner other than `asker`,
     /// once that file's RELEASE has come.
     ///
     /// An OFD lock goes at the last close of its open file description,
@@ -301,11 +305,11 @@ impl LockTable {
             .iter()
             .filter(|e| e.key().0 == nodeid && e.key().1 != asker)
             .filter_map(|e| e.value().closed)
-            .filter(|t| t.elapsed() < SETTLE)
+            .filter(|t| t.elapsed() < self.settle)
             .max();
         drop(r);
         match closed {
-            Some(t) => Recheck::After(t + SETTLE),
+            Some(t) => Recheck::After(t + self.settle),
             None => Recheck::Never,
         }
     }
@@ -314,7 +318,7 @@ impl LockTable {
     /// dropped locks after `seen`, or at `deadline`, on the settle thread
     /// (started when the first check waits, gone when none does). Never
     /// blocks; a check waiting here is not interruptible, and waits at most
-    /// [`SETTLE`].
+    /// its settle time.
     pub fn defer(self: &Arc<Self>, seen: u64, deadline: Instant, then: Box<dyn FnOnce() + Send>) {
         let mut r = self.releases.lock();
         if r.count != seen {
@@ -772,7 +776,7 @@ mod tests {
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
         let (ch, rx) = channel();
-        let table = Arc::new(LockTable::with_limit(2));
+        let table = Arc::new(LockTable::with_limits(2, SETTLE));
         let (holder, holder_fd) = write_lock(&file);
         holder.attempt().unwrap();
         let owners: Vec<_> = (0..4).map(|_| write_lock(&file)).collect();

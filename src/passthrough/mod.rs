@@ -77,6 +77,9 @@ pub struct Config {
     /// The daemon keeps POSIX and flock locks as OFD locks on SOURCE
     /// (`--locks host`); otherwise the kernel keeps them on the mount.
     pub host_locks: bool,
+    /// How long a lock check that conflicts with a file closed just before
+    /// waits for that file's RELEASE (`--lock-settle-ms`, see `locks.rs`).
+    pub lock_settle: Duration,
     /// Serve extended attributes (`--xattr on`, the default). Off, the
     /// four xattr ops answer ENOSYS once and the kernel asks no more.
     pub xattrs: bool,
@@ -103,6 +106,7 @@ impl Config {
             nodiratime: false,
             killpriv_v2: true,
             host_locks: true,
+            lock_settle: locks::SETTLE,
             xattrs: true,
         }
     }
@@ -244,6 +248,10 @@ impl PassthroughFs {
         if cfg.media.is_some() || cfg.policy.needs_paths() {
             table.track_names();
         }
+        let locks = Arc::new(LockTable::with_limits(
+            locks::MAX_LOCK_WAITERS,
+            cfg.lock_settle,
+        ));
         Ok(PassthroughFs {
             cfg,
             table,
@@ -259,7 +267,7 @@ impl PassthroughFs {
             parked_count: Default::default(),
             writeback: AtomicBool::new(false),
             groups: GroupCache::default(),
-            locks: Arc::default(),
+            locks,
             kinds: KindCounters::default(),
             kernel_files: FastMap::default(),
             flush_noop: Mutex::new(Vec::new()),
