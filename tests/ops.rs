@@ -1620,8 +1620,9 @@ fn an_ofd_lock_is_gone_once_its_last_close_returns() {
         // A file table of its own: a child that another test of the suite
         // forks meanwhile would copy the shared table, and hold that
         // round's fd, and so its lock, until it execs (natively as well).
-        // (The one lock in 2,000 still held in CI was the daemon's: see
-        // locks::tests::locks_go_with_their_owner_even_while_its_fd_is_held.)
+        // (The locks still held here were the daemon's, twice: see
+        // locks::tests::locks_go_with_their_owner_even_while_its_fd_is_held
+        // and a_release_while_a_check_decides_to_look_again_is_not_missed.)
         // SAFETY: unshare(CLONE_FILES) only copies this thread's fd table.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_FILES) }, 0);
         pin_to_cpu(0);
