@@ -809,6 +809,26 @@ fn opens_stay_with_the_daemon() -> &'static [&'static str] {
     }
 }
 
+/// In a child just forked, or a thread that just unshared its fd table:
+/// closes every fd but stdio and `keep` (ascending). The copied table has
+/// the files other tests running meanwhile hold open, and a copy of a
+/// locked open file description keeps its lock for as long as the copy
+/// lives (one of those tests then found its lock still held after its own
+/// close). Async-signal-safe: close_range only.
+fn close_inherited_fds(keep: &[libc::c_int]) {
+    let mut from = 3u32;
+    for &k in keep {
+        let k = k as u32;
+        if k > from {
+            // SAFETY: closes fds this child does not use.
+            unsafe { libc::close_range(from, k - 1, 0) };
+        }
+        from = from.max(k + 1);
+    }
+    // SAFETY: as above.
+    unsafe { libc::close_range(from, u32::MAX, 0) };
+}
+
 /// A write lock on `len` bytes from `start` (0: to the end of the file).
 fn write_lock(start: i64, len: i64) -> libc::flock {
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -878,6 +898,7 @@ fn flock_and_posix_locks_in(args: &[&str], kernel_locks: bool) {
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // Child: only async-signal-safe calls until _exit.
+        close_inherited_fds(&[up[1].min(down[0]), up[1].max(down[0])]);
         unsafe {
             let fd = libc::open(path.as_ptr(), libc::O_RDWR);
             let ok = fd >= 0 && libc::fcntl(fd, libc::F_SETLK, &fl) == 0;
@@ -1007,6 +1028,7 @@ fn blocking_lock_wait_is_interruptible() {
     let waiter = || {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            close_inherited_fds(&[]);
             unsafe {
                 let mut sa: libc::sigaction = std::mem::zeroed();
                 sa.sa_sigaction = ignore_signal as *const () as usize;
@@ -1523,12 +1545,15 @@ fn pin_to_cpu(cpu: usize) {
 /// /dev/fuse another worker serves them either way; the suite runs both.)
 ///
 /// The GETLK itself tells, without a clock: only after the lookups does
-/// the dup's close send the RELEASE that ends a check still waiting, which
-/// then finds the range free. A check whose wait ran out first (200 ms)
-/// has answered that the dup holds it: a stalled queue always ends so, and
-/// so does a round where this test was too slow to look up in time (one
-/// run in 200 alone at load average 12, when the test compared clocks): a
-/// round like that shows nothing, and the next one is tried.
+/// the dup's lock go (unlocked, then closed: the RELEASE ends a check
+/// still waiting), and a check still waiting then finds the range free. A
+/// check whose wait ran out first (200 ms) has answered that the dup holds
+/// it: a stalled queue always ends so, and so does a round where this test
+/// was too slow to look up in time (one run in 200 alone at load average
+/// 12, when the test compared clocks): a round like that shows nothing,
+/// and the next one is tried. (Unlocked before its close, a copy of the
+/// dup that a child of another test holds a moment keeps no lock into the
+/// next round.)
 #[test]
 fn a_lock_check_waiting_for_a_release_does_not_stall_its_queue() {
     require_root!();
@@ -1553,8 +1578,9 @@ fn a_lock_check_waiting_for_a_release_does_not_stall_its_queue() {
         // SAFETY: `fl` is a valid flock for the call.
         let r = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
         assert_eq!(r, 0, "F_OFD_SETLK: {}", errno());
-        // SAFETY: dup of an open fd.
-        let dup = unsafe { libc::dup(holder.as_raw_fd()) };
+        // SAFETY: dup of an open fd (close-on-exec: no program another
+        // test runs meanwhile keeps it).
+        let dup = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
         assert!(dup >= 0);
         let getlks = m.requests("GETLK");
         // FLUSH, no RELEASE: the dup keeps the open file description.
@@ -1578,8 +1604,13 @@ fn a_lock_check_waiting_for_a_release_does_not_stall_its_queue() {
                 Some(libc::ENOENT)
             );
         }
-        // SAFETY: `dup` is ours to close.
-        unsafe { libc::close(dup) };
+        // SAFETY: `fl` is a valid flock; `dup` is ours to close.
+        unsafe {
+            let mut un = fl;
+            un.l_type = libc::F_UNLCK as i16;
+            libc::fcntl(dup, libc::F_OFD_SETLK, &un);
+            libc::close(dup);
+        }
         match getter.join().unwrap() {
             t if t == libc::F_UNLCK => {
                 assert!(m.unmount().success());
@@ -1633,8 +1664,15 @@ fn an_ofd_lock_is_gone_once_its_last_close_returns() {
         // (The locks still held here were the daemon's, twice: see
         // locks::tests::locks_go_with_their_owner_even_while_its_fd_is_held
         // and a_release_while_a_check_decides_to_look_again_is_not_missed.)
-        // SAFETY: unshare(CLONE_FILES) only copies this thread's fd table.
+        // The table starts as a copy of the shared one, with the files
+        // the other tests hold open right now: closed at once, or this
+        // thread keeps them, and their locks, for as long as it runs (the
+        // lock of blocking_lock_wait_is_interruptible stayed held after
+        // its holder's close, 2 suite runs of 3 with 8 test threads).
+        // SAFETY: unshare(CLONE_FILES) gives this thread a private copy of
+        // the fd table; the copies closed are nobody else's.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_FILES) }, 0);
+        close_inherited_fds(&[]);
         pin_to_cpu(0);
         let mut held = 0;
         for _ in 0..2000 {
