@@ -809,6 +809,26 @@ fn opens_stay_with_the_daemon() -> &'static [&'static str] {
     }
 }
 
+/// In a child just forked: closes every fd but stdio and `keep`
+/// (ascending). fork copies the whole fd table, with the files other tests
+/// running meanwhile hold open, and a copy of a locked open file
+/// description keeps its lock for as long as the copy lives (one of those
+/// tests then found its lock still held after its own close), or a mount
+/// busy at its unmount. Async-signal-safe: close_range only.
+fn close_inherited_fds(keep: &[libc::c_int]) {
+    let mut from = 3u32;
+    for &k in keep {
+        let k = k as u32;
+        if k > from {
+            // SAFETY: closes fds this child does not use.
+            unsafe { libc::close_range(from, k - 1, 0) };
+        }
+        from = from.max(k + 1);
+    }
+    // SAFETY: as above.
+    unsafe { libc::close_range(from, u32::MAX, 0) };
+}
+
 /// A write lock on `len` bytes from `start` (0: to the end of the file).
 fn write_lock(start: i64, len: i64) -> libc::flock {
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -878,6 +898,7 @@ fn flock_and_posix_locks_in(args: &[&str], kernel_locks: bool) {
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // Child: only async-signal-safe calls until _exit.
+        close_inherited_fds(&[up[1].min(down[0]), up[1].max(down[0])]);
         unsafe {
             let fd = libc::open(path.as_ptr(), libc::O_RDWR);
             let ok = fd >= 0 && libc::fcntl(fd, libc::F_SETLK, &fl) == 0;
@@ -1009,6 +1030,7 @@ fn blocking_lock_wait_is_interruptible() {
     let waiter = || {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            close_inherited_fds(&[]);
             unsafe {
                 let mut sa: libc::sigaction = std::mem::zeroed();
                 sa.sa_sigaction = ignore_signal as *const () as usize;
@@ -1546,8 +1568,9 @@ fn a_lock_check_waiting_for_a_release_does_not_stall_its_queue() {
     // SAFETY: `fl` is a valid flock for the call.
     let r = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
     assert_eq!(r, 0, "F_OFD_SETLK: {}", errno());
-    // SAFETY: dup of an open fd.
-    let dup = unsafe { libc::dup(holder.as_raw_fd()) };
+    // SAFETY: dup of an open fd (close-on-exec: no program another test
+    // runs meanwhile keeps it).
+    let dup = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     assert!(dup >= 0);
     // FLUSH, no RELEASE: the dup keeps the open file description.
     drop(holder);

@@ -292,14 +292,17 @@ impl LockTable {
     /// returns, so it arrives within a moment; a file still open elsewhere
     /// (a dup) sends none, and its lock is reported after the wait.
     pub fn recheck(&self, nodeid: NodeId, asker: LockOwner, seen: u64) -> Recheck {
-        // Under the count's lock, as `release_fh` removes owners and moves
-        // the count: a RELEASE between reading the count and looking for
-        // the closed file would leave neither to see (the conflict then
-        // stood, one check in 2,000 under load).
+        // The count and the owners are read under the count's lock, under
+        // which `release_fh` removes owners and moves the count. Read apart,
+        // a RELEASE landing between the two looked like neither (the count
+        // not moved yet, the closed owner already gone) and the check
+        // answered a lock already gone.
         let r = self.releases.lock();
         if r.count != seen {
             return Recheck::Now;
         }
+        #[cfg(test)]
+        tests::race_point();
         let closed = self
             .owners
             .iter()
@@ -927,6 +930,89 @@ mod tests {
         table.forget_inode(nodeid);
         assert!(free(), "the lock outlived its inode");
         drop(clone);
+    }
+
+    thread_local! {
+        /// Run once by [`race_point`] on this thread (see its use).
+        static RACE: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// Where `recheck` has learned the release count and has yet to look at
+    /// the owners: a test runs what it set in `RACE` there.
+    pub(super) fn race_point() {
+        if let Some(f) = RACE.with(|r| r.borrow_mut().take()) {
+            f()
+        }
+    }
+
+    /// A RELEASE that drops the conflicting lock while a check decides
+    /// whether to look again (after it saw the lock, before it answers) is
+    /// not missed: the check looks again, now or once that RELEASE counted.
+    /// `recheck` read the count, then the owners: a RELEASE landing between
+    /// the two looked like neither (the count not moved yet, the closed
+    /// owner already gone), and GETLK answered a lock already gone
+    /// (ops::an_ofd_lock_is_gone_once_its_last_close_returns, 1 run in 30
+    /// under load).
+    #[test]
+    fn a_release_while_a_check_decides_to_look_again_is_not_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let (nodeid, fh) = (NodeId::from_raw(5), Fh::from_raw(7));
+        let (closer, asker) = (LockOwner::from_raw(1), LockOwner::from_raw(2));
+        let table = Arc::new(LockTable::default());
+        // The closer's lock, its file closed (FLUSH) and its RELEASE coming.
+        // (Closed "in an hour": the RELEASE is awaited for SETTLE after a
+        // close, and this test is about the RELEASE, not that window.)
+        let (lock, fd) = write_lock(&file);
+        lock.attempt().unwrap();
+        drop(lock);
+        table.used.store(true, Ordering::Release);
+        table.owners.insert(
+            (nodeid, closer),
+            OwnerLocks {
+                fd,
+                fh,
+                closed: Some(Instant::now() + Duration::from_secs(3600)),
+            },
+        );
+        // The asker's check: the count, then the lock, held.
+        let (probe, _) = write_lock(&file);
+        let seen = table.releases();
+        assert_eq!(
+            probe.attempt(),
+            Err(Errno::EAGAIN),
+            "the closer holds the lock"
+        );
+        // The RELEASE comes while the check decides. It completes there,
+        // unless `recheck` holds off RELEASEs meanwhile (then it completes
+        // once `recheck` has decided: the wait below only bounds how long
+        // the test gives it).
+        let releasing = Arc::new(Mutex::new(None));
+        let (t, slot) = (table.clone(), releasing.clone());
+        RACE.with(|r| {
+            *r.borrow_mut() = Some(Box::new(move || {
+                let h = std::thread::spawn(move || t.release_fh(nodeid, fh));
+                let until = Instant::now() + Duration::from_millis(100);
+                while !h.is_finished() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                *slot.lock() = Some(h);
+            }))
+        });
+        let decided = table.recheck(nodeid, asker, seen);
+        releasing
+            .lock()
+            .take()
+            .expect("the RELEASE ran")
+            .join()
+            .unwrap();
+        assert!(
+            !matches!(decided, Recheck::Never),
+            "the check missed the RELEASE and would answer a lock already gone"
+        );
+        assert_eq!(probe.attempt(), Ok(()), "the RELEASE dropped the lock");
     }
 
     #[test]
