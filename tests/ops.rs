@@ -791,24 +791,6 @@ fn fallocate_copy_file_range_lseek() {
     assert!(m.unmount().success());
 }
 
-/// The patched kernel with open passthrough (tests/uml.rs sets
-/// PTFS_KERNEL_LOCKS=1 there) keeps the locks of files it opens from their
-/// backing file itself.
-fn kernel_keeps_locks() -> bool {
-    std::env::var("PTFS_KERNEL_LOCKS").as_deref() == Ok("1")
-}
-
-/// Daemon arguments that keep opens (and so FLUSH, RELEASE and the locks
-/// of open files) with the daemon: on the patched kernel opens pass
-/// through by default, and their locks stay in the kernel.
-fn opens_stay_with_the_daemon() -> &'static [&'static str] {
-    if kernel_keeps_locks() {
-        &["--passthrough-ops", "read,write"]
-    } else {
-        &[]
-    }
-}
-
 /// A write lock on `len` bytes from `start` (0: to the end of the file).
 fn write_lock(start: i64, len: i64) -> libc::flock {
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
