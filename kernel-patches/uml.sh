@@ -14,9 +14,10 @@
 #   uml.sh run stock|patched -- CMD [ARGS...]
 #                                    boot a kernel, run CMD inside, return its
 #                                    exit status and output
-#   uml.sh test                      build test/ptino_test.c with the host gcc
-#                                    and run it on both kernels (its stress
-#                                    mode for PTINO_STRESS_SECONDS, default 20)
+#   uml.sh test [all|patched]        build test/ptino_test.c with the host gcc
+#                                    and run it on both kernels, or only on
+#                                    the patched one (its stress mode for
+#                                    PTINO_STRESS_SECONDS, default 20)
 #   uml.sh clean                     remove the cache directory
 #
 # With PTFS_UML_DEBUG=1 every command above uses the debug kernels instead:
@@ -30,6 +31,14 @@
 # and a run whose command succeeded exits 124. The default kernels are
 # unaffected. PTFS_UML_DEBUG=kasan adds KASAN (generic, outline) to that, in
 # place of SLUB_DEBUG_ON, in $PTFS_UML_DIR/stock-kasan and patched-kasan.
+#
+# With PTFS_UML_URING=1 the kernels also have FUSE-over-io_uring
+# (CONFIG_FUSE_IO_URING, off in the default kernels) and SMP, cached apart
+# with "-uring" after the name (stock-uring, patched-uring; with
+# PTFS_UML_DEBUG: patched-debug-uring ...), and boot with
+# fuse.enable_uring=1 and PTFS_UML_NCPUS virtual CPUs (default 2; 1 for one
+# queue): the daemon's --io-uring then registers one queue per CPU. The init
+# refuses to run the command (exit 126) if enable_uring is not Y inside.
 #
 # Must run as root on Debian.  Environment:
 #   PTFS_UML_DIR      cache directory (default /var/tmp/passthroughfs-uml)
@@ -47,7 +56,8 @@
 #   PTFS_UML_VERBOSE  1: show the UML console after each run
 #   PTFS_UML_DEBUG    1: build and boot the SMP lock-debugging kernels (above),
 #                     kasan: the same with KASAN
-#   PTFS_UML_NCPUS    virtual CPUs of the debug kernels (default 2)
+#   PTFS_UML_URING    1: build and boot the FUSE-over-io_uring kernels (above)
+#   PTFS_UML_NCPUS    virtual CPUs of the debug and uring kernels (default 2)
 #
 # Inside, CMD runs as root with /proc, /sys, /dev (devtmpfs, with /dev/fuse)
 # and a private tmpfs on /tmp, in the current directory if it is visible.
@@ -61,6 +71,7 @@ JOBS=${PTFS_UML_JOBS:-2}
 MEM=${PTFS_UML_MEM:-1G}
 TIMEOUT=${PTFS_UML_TIMEOUT:-600}
 DEBUG=${PTFS_UML_DEBUG:-0}
+URING=${PTFS_UML_URING:-0}
 NCPUS=${PTFS_UML_NCPUS:-2}
 KVER=7.3
 TARBALL=/usr/src/linux-source-$KVER.tar.xz
@@ -126,6 +137,24 @@ CONFIG_KASAN_GENERIC=y
 CONFIG_KASAN_OUTLINE=y"
 	;;
 *) echo "uml.sh: error: PTFS_UML_DEBUG must be 0, 1 or kasan" >&2; exit 1 ;;
+esac
+
+# Added with PTFS_UML_URING=1: the daemon's FUSE-over-io_uring transport
+# (one queue per possible CPU, so SMP for more than one); the default
+# kernels keep it off, so that their cache keys do not change.
+URING_FRAGMENT='CONFIG_IO_URING=y
+CONFIG_SMP=y
+CONFIG_NR_CPUS=4'
+
+case "$URING" in
+0|'') ;;
+1)
+	SUFFIX=$SUFFIX-uring
+	# (The debug fragment has the same SMP lines: they agree.)
+	CONFIG_FRAGMENT="${CONFIG_FRAGMENT/CONFIG_FUSE_IO_URING=n/CONFIG_FUSE_IO_URING=y}
+$URING_FRAGMENT"
+	;;
+*) echo "uml.sh: error: PTFS_UML_URING must be 0 or 1" >&2; exit 1 ;;
 esac
 
 log() { printf 'uml.sh: %s\n' "$*" >&2; }
@@ -325,6 +354,8 @@ cmd_run() {
 	[ -x "$kernel" ] || build_one "$flavor"
 	# SMP works only with seccomp userspace (ptrace's is refused at boot)
 	[ -n "$SUFFIX" ] && boot+=("ncpus=$NCPUS" seccomp=on)
+	# The module parameter of the built-in fuse (N by default)
+	[ "$URING" = 1 ] && boot+=(fuse.enable_uring=1)
 
 	mkdir -p "$CACHE/runs"
 	res=$(mktemp -d "$CACHE/runs/run.XXXXXX")
@@ -347,6 +378,12 @@ cmd_run() {
 		echo 'mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev'
 		echo 'mount -t tmpfs -o mode=1777 tmpfs /tmp'
 		printf 'mount -t hostfs -o %q hostfs %q\n' "$res" "$res"
+		if [ "$URING" = 1 ]; then
+			# A run meant for io_uring must not pass on /dev/fuse
+			printf 'if [ "$(cat /sys/module/fuse/parameters/enable_uring 2>&1)" != Y ]; then\n'
+			printf '\techo "uml.sh: enable_uring is not Y inside: $(cat /sys/module/fuse/parameters/enable_uring 2>&1)" > %q\n' "$res/output"
+			printf '\techo 126 > %q; sync; poweroff -f || halt -f\nfi\n' "$res/status"
+		fi
 		for d in $rw; do
 			[ -d "$d" ] && printf 'mount -t hostfs -o %q hostfs %q\n' "$d" "$d"
 		done
@@ -412,10 +449,11 @@ check_splats() {
 # ---------------------------------------------------------------- test
 
 cmd_test() {
-	local bin=$CACHE/ptino_test fail=0 out
+	local what=${1:-all} bin=$CACHE/ptino_test fail=0 out run
 
+	case "$what" in all|patched) ;; *) die "usage: uml.sh test [all|patched]" ;; esac
 	need_root
-	cmd_build all
+	cmd_build "$what"
 	mkdir -p "$CACHE"
 	log "building test/ptino_test.c with $(gcc --version | head -1)"
 	gcc -O2 -Wall -Wextra -Werror -o "$bin" "$SELF_DIR/test/ptino_test.c"
@@ -423,6 +461,7 @@ cmd_test() {
 	for run in "stock stock" "patched plain" "patched ino" "patched walk" "patched lookup" \
 		"patched nodp" "patched stress"; do
 		set -- $run
+		[ "$what" = all ] || [ "$1" = "$what" ] || continue
 		echo "=== $1 kernel, ptino_test $2 ==="
 		if PTFS_UML_RW="" PTFS_UML_PASSENV="${PTFS_UML_PASSENV:-} PTINO_STRESS_SECONDS" \
 			cmd_run "$1" -- "$bin" "$2" /tmp/ptino; then
@@ -443,10 +482,10 @@ setup) cmd_setup ;;
 build) shift; cmd_build "$@" ;;
 check) shift; cmd_check "$@" ;;
 run) shift; cmd_run "$@" ;;
-test) cmd_test ;;
+test) shift; cmd_test "$@" ;;
 clean) rm -rf "$CACHE" ;;
 *)
-	sed -n '3,54p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '3,64p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac

@@ -791,24 +791,6 @@ fn fallocate_copy_file_range_lseek() {
     assert!(m.unmount().success());
 }
 
-/// The patched kernel with open passthrough (tests/uml.rs sets
-/// PTFS_KERNEL_LOCKS=1 there) keeps the locks of files it opens from their
-/// backing file itself.
-fn kernel_keeps_locks() -> bool {
-    std::env::var("PTFS_KERNEL_LOCKS").as_deref() == Ok("1")
-}
-
-/// Daemon arguments that keep opens (and so FLUSH, RELEASE and the locks
-/// of open files) with the daemon: on the patched kernel opens pass
-/// through by default, and their locks stay in the kernel.
-fn opens_stay_with_the_daemon() -> &'static [&'static str] {
-    if kernel_keeps_locks() {
-        &["--passthrough-ops", "read,write"]
-    } else {
-        &[]
-    }
-}
-
 /// In a child just forked: closes every fd but stdio and `keep`
 /// (ascending). fork copies the whole fd table, with the files other tests
 /// running meanwhile hold open, and a copy of a locked open file

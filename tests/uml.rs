@@ -21,6 +21,14 @@
 //! lock-debugging build of the patched kernel instead (`uml.sh build
 //! patched` with the same variable builds it); a kernel splat in a run's
 //! console then fails that run.
+//! `PTFS_TRANSPORT=uring` runs all of it over FUSE-over-io_uring: on the
+//! kernels `PTFS_UML_URING=1 kernel-patches/uml.sh build patched` builds
+//! (SMP, `CONFIG_FUSE_IO_URING`, booted with `fuse.enable_uring=1` and
+//! `PTFS_UML_NCPUS` CPUs), with `PTFS_TRANSPORT` passed inside, where every
+//! mount of the suites fails unless its stats say the ring served it, and
+//! the checks below check the queues (one per CPU) themselves; the
+//! transport's own suite (`tests/uring.rs`) runs inside then too. A suite
+//! named in `PTFS_UML_SUITES` that the run cannot run fails it (NOT RUN).
 
 mod common;
 
@@ -52,6 +60,10 @@ const SUITES: &[(&str, &[&str])] = &[
     ("killpriv", &[]),
 ];
 
+/// Suites run inside UML only over io_uring (`PTFS_TRANSPORT=uring`): the
+/// transport's own, which needs a kernel with FUSE-over-io_uring.
+const URING_SUITES: &[(&str, &[&str])] = &[("uring", &[])];
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
@@ -59,7 +71,7 @@ fn main() {
         return;
     }
     if args.iter().any(|a| a == "--inside-uml") {
-        std::process::exit(inside());
+        std::process::exit(inside(args.iter().any(|a| a == "--uring")));
     }
     // `cargo test NAME` passes NAME to every test binary: run only if it
     // names us (or nothing).
@@ -82,10 +94,20 @@ fn uml_sh() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-patches/uml.sh")
 }
 
+/// `uml.sh` with the kernel flavour this run asks for: the io_uring
+/// kernels when the suites run over io_uring.
+fn uml_cmd() -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(uml_sh());
+    if transport_uring() {
+        cmd.env("PTFS_UML_URING", "1");
+    }
+    cmd
+}
+
 /// Runs `exe args` inside the patched kernel; (success, output).
 fn in_uml(exe: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("bash")
-        .arg(uml_sh())
+    let out = uml_cmd()
         .args(["run", "patched", "--"])
         .arg(exe)
         .args(args)
@@ -94,7 +116,7 @@ fn in_uml(exe: &Path, args: &[&str]) -> (bool, String) {
         .env("PTFS_KERNEL_LOCKS", "1")
         .env(
             "PTFS_UML_PASSENV",
-            "RUST_BACKTRACE PTFS_TEST_LOG PTFS_KERNEL_LOCKS",
+            "RUST_BACKTRACE PTFS_TEST_LOG PTFS_KERNEL_LOCKS PTFS_TRANSPORT",
         )
         .output()
         .expect("bash kernel-patches/uml.sh");
@@ -127,15 +149,23 @@ fn host() -> i32 {
         eprintln!("uml: FAILED: needs root (CI runs it as root)");
         return 1;
     }
+    if std::env::var("PTFS_UML_URING").is_ok_and(|v| v != "1") && transport_uring() {
+        eprintln!("uml: FAILED: PTFS_TRANSPORT=uring needs the io_uring kernel, but PTFS_UML_URING is not 1");
+        return 1;
+    }
+    let uring = if transport_uring() {
+        " PTFS_UML_URING=1"
+    } else {
+        ""
+    };
     // Built, and from the series as it is now (not a stale build).
-    let fresh = Command::new("bash")
-        .arg(uml_sh())
+    let fresh = uml_cmd()
         .args(["check", "patched"])
         .status()
         .is_ok_and(|s| s.success());
     if !fresh {
         let why = format!(
-            "no up-to-date patched UML kernel in {} (build it with kernel-patches/uml.sh build patched, or run PTFS_UML=1 scripts/test.sh)",
+            "no up-to-date patched UML kernel in {} (build it with{uring} kernel-patches/uml.sh build patched, or run{uring} PTFS_UML=1 scripts/test.sh)",
             uml_dir().display()
         );
         // A test that cannot run fails; scripts/test.sh leaves this binary
@@ -145,9 +175,25 @@ fn host() -> i32 {
     }
     let mut failed = Vec::new();
 
+    // Says which run this was: the same suites on another transport or CPU
+    // count are another result.
+    let run = if transport_uring() {
+        format!(
+            "transport uring, {} CPUs",
+            std::env::var("PTFS_UML_NCPUS").unwrap_or_else(|_| "2".into())
+        )
+    } else {
+        "transport /dev/fuse".to_string()
+    };
+    println!("uml: {run}");
     let started = Instant::now();
     let me = std::env::current_exe().unwrap();
-    let (ok, out) = in_uml(&me, &["--inside-uml"]);
+    let inside_args: &[&str] = if transport_uring() {
+        &["--inside-uml", "--uring"]
+    } else {
+        &["--inside-uml"]
+    };
+    let (ok, out) = in_uml(&me, inside_args);
     print!("{out}");
     println!(
         "uml: inode passthrough checks {} ({} s)",
@@ -158,12 +204,32 @@ fn host() -> i32 {
         failed.push("inode passthrough checks".to_string());
     }
 
+    let known: Vec<&(&str, &[&str])> = if transport_uring() {
+        SUITES.iter().chain(URING_SUITES).collect()
+    } else {
+        SUITES.iter().collect()
+    };
     let wanted: Vec<&(&str, &[&str])> = match std::env::var("PTFS_UML_SUITES") {
         Ok(s) => {
             let names: Vec<&str> = s.split_whitespace().collect();
-            SUITES.iter().filter(|(n, _)| names.contains(n)).collect()
+            // A suite asked for that this run cannot run fails the run.
+            for name in names.iter().filter(|n| !known.iter().any(|(k, _)| k == *n)) {
+                println!(
+                    "uml: suite {name}: NOT RUN (not a UML suite of this run{})",
+                    if URING_SUITES.iter().any(|(k, _)| k == name) {
+                        "; it needs PTFS_TRANSPORT=uring"
+                    } else {
+                        ""
+                    }
+                );
+                failed.push(name.to_string());
+            }
+            known
+                .into_iter()
+                .filter(|(n, _)| names.contains(n))
+                .collect()
         }
-        Err(_) => SUITES.iter().collect(),
+        Err(_) => known,
     };
     for (suite, skips) in wanted {
         let suite = suite.to_string();
@@ -191,10 +257,13 @@ fn host() -> i32 {
         }
     }
     if failed.is_empty() {
-        println!("uml: everything passed on the patched kernel");
+        println!("uml: everything passed on the patched kernel ({run})");
         0
     } else {
-        println!("uml: FAILED on the patched kernel: {}", failed.join(", "));
+        println!(
+            "uml: FAILED on the patched kernel ({run}): {}",
+            failed.join(", ")
+        );
         1
     }
 }
@@ -320,10 +389,55 @@ impl Checks {
     }
 }
 
-fn inside() -> i32 {
+/// CPUs the kernel may bring up (its FUSE-over-io_uring queues): the
+/// highest number in /sys/devices/system/cpu/possible plus one.
+fn possible_cpus() -> u64 {
+    let s = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    s.trim()
+        .split([',', '-'])
+        .filter_map(|n| n.parse::<u64>().ok())
+        .max()
+        .map_or(0, |m| m + 1)
+}
+
+/// With `--uring`: the mount's requests came through the ring, with one
+/// registered queue per CPU (not the /dev/fuse fallback).
+fn check_ring(c: &mut Checks, want_uring: bool, s: &serde_json::Value, what: &str) {
+    if !want_uring {
+        return;
+    }
+    let t = &s["transport"];
+    let cpus = possible_cpus();
+    c.check(
+        t["mode"] == "uring"
+            && t["queues"].as_u64() == Some(cpus)
+            && t["queues_registered"].as_u64() == Some(cpus)
+            && t["ring_requests"].as_u64().unwrap_or(0) > 0,
+        &format!("{what}: served over io_uring, one queue per CPU ({cpus} CPUs): {t}"),
+    );
+}
+
+fn inside(want_uring: bool) -> i32 {
     let mut c = Checks { failed: 0 };
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("inside UML: kernel {}", release.trim());
+    println!(
+        "inside UML: kernel {}, {} possible CPUs",
+        release.trim(),
+        possible_cpus()
+    );
+    if want_uring {
+        // Without these the mounts below would quietly use /dev/fuse.
+        let param = fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+            .unwrap_or_else(|e| e.to_string());
+        c.check(
+            transport_uring() && param.trim() == "Y",
+            &format!(
+                "io_uring run: PTFS_TRANSPORT=uring inside ({}), enable_uring {}",
+                transport_uring(),
+                param.trim()
+            ),
+        );
+    }
 
     // 1. Everything the mask names is served by the kernel.
     let m = Mount::with_source(
@@ -405,6 +519,7 @@ fn inside() -> i32 {
             delta("LOOKUP")
         ),
     );
+    check_ring(&mut c, want_uring, &after, "mask walk");
     let registered = after["passthrough_ops"]["GETATTR"]["entries_registered"]
         .as_u64()
         .unwrap_or(0);
@@ -570,6 +685,7 @@ fn inside() -> i32 {
     let before = m.stats();
     let walked = walk_and_compare(&m, "");
     let after = m.stats();
+    check_ring(&mut c, want_uring, &after, "lookup passthrough walk");
     // (The daemon probes the kernel's ops at the first entry.)
     let supported = after["backing"]["supported_ops"].to_string();
     c.check(

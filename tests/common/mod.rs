@@ -556,6 +556,24 @@ pub fn thread_as_groups<T: Send + 'static>(
     })
 }
 
+/// The patched kernel with open passthrough (tests/uml.rs sets
+/// PTFS_KERNEL_LOCKS=1 there) keeps the locks of files it opens from their
+/// backing file itself.
+pub fn kernel_keeps_locks() -> bool {
+    std::env::var("PTFS_KERNEL_LOCKS").as_deref() == Ok("1")
+}
+
+/// Daemon arguments that keep opens (and so FLUSH, RELEASE and the locks
+/// of open files) with the daemon: on the patched kernel opens pass
+/// through by default, and their locks stay in the kernel.
+pub fn opens_stay_with_the_daemon() -> &'static [&'static str] {
+    if kernel_keeps_locks() {
+        &["--passthrough-ops", "read,write"]
+    } else {
+        &[]
+    }
+}
+
 // ---- transport (PTFS_TRANSPORT=uring) ------------------------------------
 
 /// True when the suites run over FUSE-over-io_uring (`PTFS_TRANSPORT=uring`,
