@@ -816,10 +816,7 @@ fn close_inherited_fds(keep: &[libc::c_int]) {
 fn in_own_fd_table<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: unshare(CLONE_FILES) gives this thread a private copy
-            // of the fd table; the copies closed are nobody else's.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_FILES) }, 0);
-            close_inherited_fds(&[]);
+            own_fd_table();
             f()
         })
         .join()
