@@ -78,7 +78,7 @@ run_tests() {
     fi
 }
 
-# The wire-layer, ops, stress and differential suites a second time over
+# The wire-layer, ops, locks, stress and differential suites a second time over
 # FUSE-over-io_uring (tests/common adds --io-uring, switches enable_uring on
 # and restores it, and fails a mount whose requests did not come through
 # the ring).
@@ -87,9 +87,9 @@ uring_pass() {
         echo "NOT RUN: io_uring pass: this kernel has no FUSE-over-io_uring ($uring_param)"
         return 0
     fi
-    echo "== wire_layer, ops, stress, differential, killpriv over FUSE-over-io_uring (PTFS_TRANSPORT=uring)"
+    echo "== wire_layer, ops, locks, stress, differential, killpriv over FUSE-over-io_uring (PTFS_TRANSPORT=uring)"
     PTFS_TRANSPORT=uring run_tests \
-        --test wire_layer --test ops --test stress --test differential --test killpriv
+        --test wire_layer --test ops --test locks --test stress --test differential --test killpriv
     echo "$uring_orig" > "$uring_param"
 }
 

@@ -38,6 +38,9 @@ pub struct TransportInfo {
     /// Requests that came through ring entries (the rest came on /dev/fuse:
     /// INIT, FORGET, INTERRUPT, and everything before the ring was ready).
     pub ring_requests: u64,
+    /// Ring entries registered beyond each queue's 8 because replies were
+    /// held back (blocked lock waits keep their entries).
+    pub spare_entries: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,6 +156,7 @@ fn transport_info(fs: &PassthroughFs) -> TransportInfo {
             queues: 0,
             queues_registered: 0,
             ring_requests: 0,
+            spare_entries: 0,
         };
     };
     let t = &c.transport;
@@ -162,6 +166,7 @@ fn transport_info(fs: &PassthroughFs) -> TransportInfo {
         queues: t.queues.load(Ordering::Relaxed),
         queues_registered: t.queues_registered.load(Ordering::Relaxed),
         ring_requests: t.ring_requests.load(Ordering::Relaxed),
+        spare_entries: t.spare_entries.load(Ordering::Relaxed),
     }
 }
 

@@ -35,7 +35,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -117,7 +117,14 @@ unsafe impl Sync for RingEntry {}
 impl RingEntry {
     fn new(payload_len: usize) -> RingEntry {
         let header: Box<UnsafeCell<ReqHeader>> = Box::new(UnsafeCell::new(ReqHeader::new_zeroed()));
-        let payload: Box<[UnsafeCell<u8>]> = (0..payload_len).map(|_| UnsafeCell::new(0)).collect();
+        // Zeroed by the allocator (calloc: fresh pages, untouched), so an
+        // entry costs memory only for what requests write into it: most
+        // carry no payload, and spares may be many (SPARE_ENTRIES).
+        let zeroed: Box<[u8]> = vec![0u8; payload_len].into_boxed_slice();
+        // SAFETY: UnsafeCell<u8> is repr(transparent) over u8, so the slice
+        // has the same layout and the allocation the same size and align.
+        let payload: Box<[UnsafeCell<u8>]> =
+            unsafe { Box::from_raw(Box::into_raw(zeroed) as *mut [UnsafeCell<u8>]) };
         let iov = Box::new(UnsafeCell::new([
             libc::iovec {
                 iov_base: header.get().cast(),
@@ -145,13 +152,29 @@ impl RingEntry {
 /// What a queue shares with the threads that reply to its entries.
 pub(crate) struct QueueShared {
     qid: u16,
-    entries: Vec<RingEntry>,
+    /// The first `depth` are registered at start; the rest are spares, made
+    /// and registered when replies held back (blocked lock waits) would
+    /// otherwise leave fewer than `depth` entries with the kernel.
+    entries: Box<[OnceLock<RingEntry>]>,
+    payload_len: usize,
     /// Entries whose reply is written and whose commit the queue thread
     /// must submit.
     pending: Mutex<Vec<u16>>,
     /// Written by repliers on other threads to wake the queue thread.
     wake: OwnedFd,
     wake_buf: Box<UnsafeCell<u64>>,
+}
+
+impl QueueShared {
+    /// Entry `idx`, if it was ever made.
+    fn entry(&self, idx: u16) -> Option<&RingEntry> {
+        self.entries.get(idx as usize)?.get()
+    }
+
+    /// Entry `idx`, made now if it is a spare never used before.
+    fn entry_made(&self, idx: u16) -> &RingEntry {
+        self.entries[idx as usize].get_or_init(|| RingEntry::new(self.payload_len))
+    }
 }
 
 // SAFETY: `wake_buf` is written only by the kernel (the eventfd READ); the
@@ -175,7 +198,9 @@ impl EntrySink {
     /// Writes the reply into the entry's buffers and hands the entry to its
     /// queue thread for COMMIT_AND_FETCH.
     pub(crate) fn send(&self, unique: u64, error: i32, payload: &[IoSlice<'_>]) -> io::Result<()> {
-        let ent = &self.queue.entries[self.idx as usize];
+        let Some(ent) = self.queue.entry(self.idx) else {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        };
         if ent
             .state
             .compare_exchange(
@@ -243,6 +268,9 @@ pub struct TransportStats {
     pub queues_registered: AtomicUsize,
     /// Requests served through ring entries.
     pub ring_requests: AtomicU64,
+    /// Spare entries registered beyond each queue's depth, for replies held
+    /// back (blocked lock waits).
+    pub spare_entries: AtomicUsize,
     /// Set when registering failed (the kernel keeps /dev/fuse then).
     pub failed: AtomicBool,
 }
@@ -293,6 +321,15 @@ fn parse_cpu_list_max(s: &str) -> Option<usize> {
 /// Entries registered per queue.
 pub const DEFAULT_DEPTH: usize = 8;
 
+/// Spare entries a queue may add, one for each reply held back beyond
+/// what `depth` absorbs: as many as blocked lock waits may queue at once
+/// (`passthrough::locks::MAX_LOCK_WAITERS`), and a few for lock checks
+/// waiting for a RELEASE. A blocked wait keeps its entry until it is
+/// granted; without spares, `depth` waits from callers on one CPU took all
+/// of its entries, and every later request from that CPU (the holder's
+/// unlock too) waited behind them (tests/locks.rs over io_uring hung).
+const SPARE_ENTRIES: usize = 4096 + 64;
+
 /// Serves queue `qid` until the kernel tears the ring down or `stop` is set.
 /// Waits for INIT first; returns at once if io_uring was not negotiated.
 pub(crate) fn queue_loop<F: Filesystem>(
@@ -330,21 +367,16 @@ pub(crate) fn queue_loop<F: Filesystem>(
     };
     let queue = Arc::new(QueueShared {
         qid,
-        entries: (0..depth).map(|_| RingEntry::new(payload_len)).collect(),
+        entries: (0..depth + SPARE_ENTRIES)
+            .map(|_| OnceLock::new())
+            .collect(),
+        payload_len,
         pending: Mutex::new(Vec::with_capacity(depth)),
         wake: efd,
         wake_buf: Box::new(UnsafeCell::new(0)),
     });
-    let channels: Vec<Arc<Channel>> = (0..depth)
-        .map(|i| {
-            Arc::new(Channel::ring(
-                conn.clone(),
-                EntrySink {
-                    queue: queue.clone(),
-                    idx: i as u16,
-                },
-            ))
-        })
+    let mut channels: Vec<Arc<Channel>> = (0..depth)
+        .map(|i| entry_channel(conn, &queue, i as u16))
         .collect();
     let mut ring = match build_ring(depth) {
         Ok(r) => r,
@@ -357,13 +389,24 @@ pub(crate) fn queue_loop<F: Filesystem>(
     pin_to_cpu(qid as usize);
     fs.worker_started();
     CURRENT_QUEUE.with(|c| c.set(Arc::as_ptr(&queue)));
-    let exit = serve(fs, conn, state, stop, &queue, &channels, &mut ring);
+    let exit = serve(fs, conn, state, stop, &queue, &mut channels, &mut ring);
     CURRENT_QUEUE.with(|c| c.set(std::ptr::null()));
     // Closing the ring cancels what is still registered; the buffers
     // outlive it (the queue is dropped after the ring).
     drop(ring);
     drop(channels);
     exit
+}
+
+/// The reply channel of entry `idx`.
+fn entry_channel(conn: &Arc<Connection>, queue: &Arc<QueueShared>, idx: u16) -> Arc<Channel> {
+    Arc::new(Channel::ring(
+        conn.clone(),
+        EntrySink {
+            queue: queue.clone(),
+            idx,
+        },
+    ))
 }
 
 fn build_ring(depth: usize) -> io::Result<IoUring<squeue::Entry128, cqueue::Entry>> {
@@ -406,7 +449,7 @@ fn cmd_req(qid: u16, commit_id: u64) -> [u8; 80] {
 }
 
 fn register_sqe(dev: RawFd, queue: &QueueShared, idx: u16) -> squeue::Entry128 {
-    let ent = &queue.entries[idx as usize];
+    let ent = queue.entry_made(idx);
     let mut sqe = opcode::UringCmd80::new(types::Fd(dev), CMD_REGISTER)
         .cmd(cmd_req(queue.qid, 0))
         .addr(Some(ent.iov.get() as u64))
@@ -419,9 +462,7 @@ fn register_sqe(dev: RawFd, queue: &QueueShared, idx: u16) -> squeue::Entry128 {
 }
 
 fn commit_sqe(dev: RawFd, queue: &QueueShared, idx: u16) -> squeue::Entry128 {
-    let commit_id = queue.entries[idx as usize]
-        .commit_id
-        .load(Ordering::Acquire);
+    let commit_id = queue.entry_made(idx).commit_id.load(Ordering::Acquire);
     opcode::UringCmd80::new(types::Fd(dev), CMD_COMMIT_AND_FETCH)
         .cmd(cmd_req(queue.qid, commit_id))
         .build()
@@ -462,13 +503,13 @@ fn serve<F: Filesystem>(
     state: &DispatchState,
     stop: &AtomicBool,
     queue: &Arc<QueueShared>,
-    channels: &[Arc<Channel>],
+    channels: &mut Vec<Arc<Channel>>,
     ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
 ) -> WorkerExit {
     let dev = conn.dev_fd().as_raw_fd();
-    let depth = queue.entries.len();
+    let depth = channels.len();
     let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(depth + 1);
-    if let Err(exit) = register_all(conn, queue, ring, &mut cqes) {
+    if let Err(exit) = register_all(conn, queue, depth, ring, &mut cqes) {
         return exit;
     }
     conn.transport
@@ -481,8 +522,7 @@ fn serve<F: Filesystem>(
     // lock wait): the queue is done once it holds none.
     let mut inflight = depth;
     let mut torn_down = false;
-    let mut buf: Vec<u8> =
-        Vec::with_capacity(IN_HEADER_SZ + OP_IN_OUT_SZ + queue.entries[0].payload.len());
+    let mut buf: Vec<u8> = Vec::with_capacity(IN_HEADER_SZ + OP_IN_OUT_SZ + queue.payload_len);
     let mut commits: Vec<u16> = Vec::with_capacity(depth);
     let mut first = true;
     loop {
@@ -492,11 +532,23 @@ fn serve<F: Filesystem>(
         if !first {
             std::mem::swap(&mut commits, &mut *queue.pending.lock());
             for idx in commits.drain(..) {
-                queue.entries[idx as usize]
+                queue
+                    .entry_made(idx)
                     .state
                     .store(ENT_IN_KERNEL, Ordering::Release);
                 push(ring, &commit_sqe(dev, queue, idx));
                 inflight += 1;
+            }
+            // Replies held back (blocked lock waits) keep their entries:
+            // keep `depth` with the kernel by registering spares. The
+            // kernel hands a new entry only requests that come after it,
+            // which is why it comes now, before the queue runs dry.
+            while inflight < depth && channels.len() < queue.entries.len() && !torn_down {
+                let idx = channels.len() as u16;
+                channels.push(entry_channel(conn, queue, idx));
+                push(ring, &register_sqe(dev, queue, idx));
+                inflight += 1;
+                conn.transport.spare_entries.fetch_add(1, Ordering::Relaxed);
             }
             match ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -515,7 +567,7 @@ fn serve<F: Filesystem>(
                 push(ring, &wake_sqe(queue));
                 continue;
             }
-            let Some(ent) = queue.entries.get(ud as usize) else {
+            let Some(ent) = u16::try_from(ud).ok().and_then(|i| queue.entry(i)) else {
                 continue;
             };
             let idx = ud as u16;
@@ -559,6 +611,7 @@ fn idle_queue_exit(queue: &QueueShared, torn_down: bool) -> Option<WorkerExit> {
     if queue
         .entries
         .iter()
+        .filter_map(|e| e.get())
         .all(|e| e.state.load(Ordering::Acquire) == ENT_DEAD)
     {
         error!("ring queue {}: every entry failed", queue.qid);
@@ -572,11 +625,11 @@ fn idle_queue_exit(queue: &QueueShared, torn_down: bool) -> Option<WorkerExit> {
 fn register_all(
     conn: &Connection,
     queue: &QueueShared,
+    depth: usize,
     ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
     cqes: &mut Vec<(u64, i32)>,
 ) -> Result<(), WorkerExit> {
     let dev = conn.dev_fd().as_raw_fd();
-    let depth = queue.entries.len();
     // REGISTER fails at once (a completion right after submit) or stays
     // queued until a request comes; EAGAIN means the kernel has not quite
     // finished INIT yet.
@@ -644,7 +697,7 @@ fn handle_request<F: Filesystem>(
     idx: u16,
     buf: &mut Vec<u8>,
 ) {
-    let ent = &queue.entries[idx as usize];
+    let ent = queue.entry_made(idx);
     buf.clear();
     // SAFETY: the kernel completed the command, so the entry's buffers are
     // ours until we reply; reads stay inside them (sizes checked).
@@ -722,7 +775,8 @@ mod tests {
         let (r, w) = nix::unistd::pipe().unwrap();
         let q = QueueShared {
             qid: 3,
-            entries: vec![RingEntry::new(8192)],
+            entries: vec![OnceLock::new()].into_boxed_slice(),
+            payload_len: 8192,
             pending: Mutex::new(Vec::new()),
             wake: w,
             wake_buf: Box::new(UnsafeCell::new(0)),
@@ -736,7 +790,7 @@ mod tests {
         );
         assert_eq!(
             u64::from_ne_bytes(b[16..24].try_into().unwrap()),
-            q.entries[0].iov.get() as u64
+            q.entry_made(0).iov.get() as u64
         );
         assert_eq!(u32::from_ne_bytes(b[24..28].try_into().unwrap()), 2);
         // fuse_uring_cmd_req.qid at byte 16 of the command area (SQE byte 48).
