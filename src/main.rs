@@ -170,7 +170,7 @@ struct Cli {
     /// RELEASE, which the kernel sends after close(2) has returned (an OFD
     /// lock goes at its last close). The wait is on a thread of its own;
     /// only a conflict with a file still open elsewhere waits all of it
-    #[arg(long, default_value_t = 200, value_name = "MS")]
+    #[arg(long, default_value_t = passthroughfs::passthrough::LOCK_SETTLE.as_millis() as u64, value_name = "MS")]
     lock_settle_ms: u64,
     /// Extended attributes through the mount: `on` (the default) or `off`.
     /// Off, getxattr, listxattr, setxattr and removexattr fail with

@@ -32,6 +32,18 @@ fn ofd(f: &File, cmd: i32, typ: i32) -> Result<(), i32> {
 }
 
 /// Threads and open fds of a process.
+/// The daemon's resident memory, KiB (for the report line).
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn threads_and_fds(pid: u32) -> (usize, usize) {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let threads = status
@@ -89,6 +101,7 @@ fn thousand_waiters_half_interrupted() {
     let holder = open();
     ofd(&holder, libc::F_OFD_SETLK, libc::F_WRLCK).unwrap();
     let (threads_before, fds_before) = threads_and_fds(m.pid());
+    let rss_before = rss_kib(m.pid());
 
     // WAITERS threads, each with its own open file (its own OFD lock owner),
     // block on the holder's lock through the mount.
@@ -138,6 +151,7 @@ fn thousand_waiters_half_interrupted() {
         );
     }
     let (threads_waiting, fds_waiting) = threads_and_fds(m.pid());
+    let rss_waiting = rss_kib(m.pid());
     assert!(
         results.iter().all(|r| r.load(Ordering::SeqCst) == PENDING),
         "nobody got the lock while it is held"
@@ -191,8 +205,10 @@ fn thousand_waiters_half_interrupted() {
     eprintln!(
         "daemon threads/fds: before {threads_before}/{fds_before}, \
          {WAITERS} waiting {threads_waiting}/{fds_waiting}, after {threads_after}/{fds_after}; \
-         {} granted in turn in {granted_in:?}",
-        WAITERS / 2
+         {} granted in turn in {granted_in:?}; RSS {rss_before} KiB before, {rss_waiting} KiB \
+         with every wait held; transport {}",
+        WAITERS / 2,
+        m.stats()["transport"]
     );
     assert!(
         threads_waiting <= threads_before + 1,

@@ -791,26 +791,6 @@ fn fallocate_copy_file_range_lseek() {
     assert!(m.unmount().success());
 }
 
-/// In a child just forked: closes every fd but stdio and `keep`
-/// (ascending). fork copies the whole fd table, with the files other tests
-/// running meanwhile hold open, and a copy of a locked open file
-/// description keeps its lock for as long as the copy lives (one of those
-/// tests then found its lock still held after its own close), or a mount
-/// busy at its unmount. Async-signal-safe: close_range only.
-fn close_inherited_fds(keep: &[libc::c_int]) {
-    let mut from = 3u32;
-    for &k in keep {
-        let k = k as u32;
-        if k > from {
-            // SAFETY: closes fds this child does not use.
-            unsafe { libc::close_range(from, k - 1, 0) };
-        }
-        from = from.max(k + 1);
-    }
-    // SAFETY: as above.
-    unsafe { libc::close_range(from, u32::MAX, 0) };
-}
-
 /// Runs `f` on a thread with an fd table of its own, holding none of the
 /// files other tests have open, and none a process they fork copies.
 fn in_own_fd_table<T: Send>(f: impl FnOnce() -> T + Send) -> T {

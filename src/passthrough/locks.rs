@@ -336,12 +336,8 @@ impl LockTable {
         if r.settler {
             return;
         }
-        let table = self.clone();
-        let started = std::thread::Builder::new()
-            .name("lock-settle".into())
-            .spawn(move || table.settler());
-        match started {
-            Ok(_) => r.settler = true,
+        match self.start("lock-settle", LockTable::settler) {
+            Ok(()) => r.settler = true,
             Err(e) => {
                 // Answer as things stand rather than never.
                 warn!("cannot start the lock settle thread: {e}");
@@ -352,6 +348,16 @@ impl LockTable {
                 }
             }
         }
+    }
+
+    /// Starts one of the table's on-demand threads (settle, waker), which
+    /// ends by itself once it has nothing left to do.
+    fn start(self: &Arc<Self>, name: &str, body: fn(&LockTable)) -> std::io::Result<()> {
+        let table = self.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || body(&table))
+            .map(drop)
     }
 
     /// The settle thread: runs each waiting check once its RELEASE came or
@@ -486,12 +492,8 @@ impl LockTable {
         });
         self.waiting.fetch_add(1, Ordering::Relaxed);
         if !q.waker {
-            let table = self.clone();
-            let started = std::thread::Builder::new()
-                .name("lock-waker".into())
-                .spawn(move || table.waker());
-            match started {
-                Ok(_) => q.waker = true,
+            match self.start("lock-waker", LockTable::waker) {
+                Ok(()) => q.waker = true,
                 Err(e) => {
                     // The waits stay queued; the next one tries again.
                     warn!("cannot start the lock waker: {e}");
@@ -763,21 +765,32 @@ mod tests {
             .write(true)
             .open(file)
             .unwrap();
-        let lk = abi::FileLock {
+        let fd = Arc::new(OwnedFd::from(f));
+        (Lock::Posix(fd.clone(), whole_file_write()), fd)
+    }
+
+    /// A write lock on the whole file, in host terms.
+    fn whole_file_write() -> libc::flock {
+        to_flock(&abi::FileLock {
             start: 0,
             end: u64::MAX,
             typ: libc::F_WRLCK as u32,
             pid: 0,
-        };
-        let fd = Arc::new(OwnedFd::from(f));
-        (Lock::Posix(fd.clone(), to_flock(&lk).unwrap()), fd)
+        })
+        .unwrap()
+    }
+
+    /// A file to lock, in a directory of its own (kept while the guard is).
+    fn lock_file() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        (dir, file)
     }
 
     #[test]
     fn waits_queue_up_to_the_limit_and_are_granted_or_interrupted() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, b"x").unwrap();
+        let (_dir, file) = lock_file();
         let (ch, rx) = channel();
         let table = Arc::new(LockTable::with_limits(2, SETTLE));
         let (holder, holder_fd) = write_lock(&file);
@@ -816,9 +829,7 @@ mod tests {
     /// answers at the RELEASE, or at its deadline when none comes.
     #[test]
     fn a_check_waits_for_the_release_off_the_worker() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, b"x").unwrap();
+        let (_dir, file) = lock_file();
         let (ch, rx) = channel();
         let table = Arc::new(LockTable::default());
         let (holder, fd) = write_lock(&file);
@@ -884,11 +895,10 @@ mod tests {
     /// took the lock drops its clone only after its reply has gone.
     #[test]
     fn locks_go_with_their_owner_even_while_its_fd_is_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, b"x").unwrap();
+        let (_dir, file) = lock_file();
         let (nodeid, fh) = (NodeId::from_raw(5), Fh::from_raw(7));
-        let other = write_lock(&file);
+        // Another open file description, to ask the host who holds what.
+        let probe = write_lock(&file).1;
         let held = |table: &LockTable, owner: u64| {
             let (lock, fd) = write_lock(&file);
             lock.attempt().unwrap();
@@ -903,18 +913,10 @@ mod tests {
             );
             (lock, fd)
         };
-        let free = || match other.0.attempt() {
-            Ok(()) => {
-                let Lock::Posix(fd, fl) = &other.0 else {
-                    unreachable!()
-                };
-                let mut un = *fl;
-                un.l_type = libc::F_UNLCK as i16;
-                sys::ofd_lock(fd.as_fd(), libc::F_OFD_SETLK, &mut un).unwrap();
-                true
-            }
-            Err(e) if e == Errno::EAGAIN => false,
-            Err(e) => panic!("F_OFD_SETLK: {e:?}"),
+        let free = || {
+            let mut fl = whole_file_write();
+            sys::ofd_lock(probe.as_fd(), libc::F_OFD_GETLK, &mut fl).unwrap();
+            fl.l_type as i32 == libc::F_UNLCK
         };
         let table = LockTable::default();
         let clone = held(&table, 1);
@@ -956,9 +958,7 @@ mod tests {
     /// under load).
     #[test]
     fn a_release_while_a_check_decides_to_look_again_is_not_missed() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, b"x").unwrap();
+        let (_dir, file) = lock_file();
         let (nodeid, fh) = (NodeId::from_raw(5), Fh::from_raw(7));
         let (closer, asker) = (LockOwner::from_raw(1), LockOwner::from_raw(2));
         let table = Arc::new(LockTable::default());
@@ -1017,9 +1017,7 @@ mod tests {
 
     #[test]
     fn a_lock_held_outside_is_polled_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, b"x").unwrap();
+        let (_dir, file) = lock_file();
         let (ch, rx) = channel();
         let table = Arc::new(LockTable::default());
         let outside = write_lock(&file);

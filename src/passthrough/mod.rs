@@ -38,7 +38,7 @@ use crate::media::MediaProvider;
 use crate::policy::Policy;
 use crate::sys;
 
-pub use locks::LockTable;
+pub use locks::{LockTable, SETTLE as LOCK_SETTLE};
 
 /// How the daemon was asked to behave (from the command line).
 #[derive(Clone, Debug)]

@@ -457,17 +457,37 @@ pub fn process_gone(pid: i32) -> bool {
 /// before the test opens anything it must keep.
 pub fn own_fd_table() {
     // SAFETY: unshare(CLONE_FILES) replaces only this thread's fd table by
-    // a copy; close_range then closes fds of that private copy, which no
-    // other thread uses.
-    unsafe {
-        assert_eq!(libc::unshare(libc::CLONE_FILES), 0, "unshare: {}", errno());
-        assert_eq!(
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32),
-            0,
-            "close_range: {}",
-            errno()
-        );
+    // a copy, whose fds no other thread uses.
+    assert_eq!(
+        unsafe { libc::unshare(libc::CLONE_FILES) },
+        0,
+        "unshare: {}",
+        errno()
+    );
+    assert!(close_inherited_fds(&[]), "close_range: {}", errno());
+}
+
+/// In a child just forked, or a thread that unshared its fd table: closes
+/// every fd but stdio and `keep` (ascending); false if a close_range
+/// failed. fork copies the whole fd table, with the files other tests
+/// running meanwhile hold open, and a copy of a locked open file
+/// description keeps its lock for as long as the copy lives (one of those
+/// tests then found its lock still held after its own close), or a mount
+/// busy at its unmount. Async-signal-safe: close_range only.
+pub fn close_inherited_fds(keep: &[libc::c_int]) -> bool {
+    let mut from = 3u32;
+    let mut ok = true;
+    for &k in keep {
+        let k = k as u32;
+        if k > from {
+            // SAFETY: closes fds this child does not use.
+            ok &= unsafe { libc::close_range(from, k - 1, 0) } == 0;
+        }
+        from = from.max(k + 1);
     }
+    // SAFETY: as above.
+    let rest = unsafe { libc::close_range(from, u32::MAX, 0) } == 0;
+    ok && rest
 }
 
 /// Who else has `path` open: "pid (comm, parent ppid) fd N" for every fd
